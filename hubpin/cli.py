@@ -1,0 +1,596 @@
+"""The ``hubpin`` command. It never imports TensorFlow.
+
+Reports go to stderr (like uv and Cargo); what a script asks for (``status``,
+``resolve``, ``env``, ``--json``) goes to stdout. Every HubpinError ends in one
+line and its exit code: 1 for a failed check or operation, 2 for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import shlex
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from hubpin.cache import entry_size
+from hubpin.errors import HubpinError, InputError, StaleLockError, UnknownAliasError
+from hubpin.fetch import Fetcher
+from hubpin.handles import Format, Kind
+from hubpin.lockfile import Lock, Pin, differences, manifest_digest, spec_inputs, write_lock
+from hubpin.manifest import add_model
+from hubpin.pin import pin_into_cache
+from hubpin.project import Project
+from hubpin.sync import Outcome, Syncer
+
+log = logging.getLogger("hubpin")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args)
+    if not getattr(args, "command", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except HubpinError as exc:
+        print(f"hubpin: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except OSError as exc:
+        print(f"hubpin: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("hubpin: interrupted; nothing half-written was published", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("project options")
+    g.add_argument(
+        "-m", "--manifest", type=Path, default=argparse.SUPPRESS, help="models.toml to use"
+    )
+    g.add_argument(
+        "--lock",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="lock file (default: <manifest stem>.lock)",
+    )
+    g.add_argument(
+        "--cache-dir",
+        "--tfhub_cache_dir",
+        dest="cache_dir",
+        default=argparse.SUPPRESS,
+        help="cache folder (default: TFHUB_CACHE_DIR, hubpin.toml, $TMPDIR/tfhub_modules)",
+    )
+    g.add_argument(
+        "--tfhub_model_load_format",
+        "--format-default",
+        dest="load_format",
+        type=_format,
+        default=argparse.SUPPRESS,
+        help="default format for models that set none (COMPRESSED, UNCOMPRESSED, AUTO)",
+    )
+    g.add_argument(
+        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="errors only"
+    )
+    g.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="more detail"
+    )
+    g.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=argparse.SUPPRESS,
+        help="progress bars (default: when stderr is a terminal)",
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="hubpin",
+        parents=[common],
+        description="Pin TensorFlow Hub models in a lock and sync them into tensorflow_hub's cache.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(
+        name: str, func: Callable[[argparse.Namespace], int], help: str
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    p = command("lock", cmd_lock, "pin every model of the manifest into the lock")
+    p.add_argument(
+        "--check", action="store_true", help="exit 1 if the lock is missing or stale (no network)"
+    )
+    p.add_argument(
+        "aliases", nargs="*", metavar="ALIAS", help="re-pin only these (default: new or changed)"
+    )
+
+    p = command("sync", cmd_sync, "make the cache match the lock (locking first if needed)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--locked", action="store_true", help="fail (exit 1) instead of updating a stale lock"
+    )
+    mode.add_argument(
+        "--frozen", action="store_true", help="use the lock as is, without reading the manifest"
+    )
+    p.add_argument("--offline", action="store_true", help="never open a network connection")
+    p.add_argument("--jobs", "-j", type=int, default=None, help="models synced at once")
+    p.add_argument(
+        "--verify", action="store_true", help="re-hash present entries instead of the size check"
+    )
+    p.add_argument("aliases", nargs="*", metavar="ALIAS")
+
+    p = command("verify", cmd_verify, "re-hash cached models against the lock")
+    p.add_argument("--repair", action="store_true", help="re-fetch whatever is damaged")
+    p.add_argument("--json", action="store_true", help="machine-readable report on stdout")
+    p.add_argument("aliases", nargs="*", metavar="ALIAS")
+
+    p = command("status", cmd_status, "one row per alias: format, size, cache state")
+    p.add_argument("--json", action="store_true", help="machine-readable report on stdout")
+
+    p = command(
+        "resolve", cmd_resolve, "print the local path (COMPRESSED) or gs:// location of an alias"
+    )
+    p.add_argument("alias", metavar="ALIAS")
+
+    p = command("prune", cmd_prune, "remove cache entries and leftovers the lock does not name")
+    p.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+
+    p = command("add", cmd_add, "add a model to the manifest")
+    p.add_argument("alias", metavar="ALIAS")
+    p.add_argument("handle", metavar="HANDLE")
+    p.add_argument("--format", type=_format, default=None, dest="model_format")
+
+    command("env", cmd_env, "print shell exports that point tensorflow_hub at this cache")
+    return parser
+
+
+# ---------------------------------------------------------------- commands
+
+
+def cmd_lock(args: argparse.Namespace) -> int:
+    project = _project(args)
+    manifest = project.manifest
+    _known(args.aliases, manifest.models, project.manifest_path)
+    if args.check:
+        lock = project.read_lock()
+        problems = differences(lock, manifest, project.settings)
+        if problems:
+            raise StaleLockError(
+                f"{project.lock_path.name} is stale: {'; '.join(problems)}; run: hubpin lock"
+            )
+        _say(args, f"{project.lock_path.name} is up to date ({len(lock.models)} models)")
+        return 0
+    with _fetcher(project) as fetcher:
+        _, changed = lock_project(args, project, fetcher, set(args.aliases), fill_cache=False)
+    return 0 if changed is not None else 1
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    project = _project(args, need_manifest=not args.frozen)
+    with _fetcher(project) as fetcher:
+        if args.frozen:
+            lock = project.read_lock()
+        else:
+            lock = project.lock_or_none()
+            manifest = project.manifest
+            _known(args.aliases, manifest.models, project.manifest_path)
+            problems = (
+                differences(lock, manifest, project.settings)
+                if lock
+                else [f"{project.lock_path.name} does not exist"]
+            )
+            if problems and args.locked:
+                raise StaleLockError(
+                    f"{project.lock_path.name} does not match {project.manifest_path.name} "
+                    f"and --locked was given: {'; '.join(problems)}; run: hubpin lock"
+                )
+            if problems and args.offline:
+                raise StaleLockError(
+                    f"{project.lock_path.name} is stale and --offline forbids locking: "
+                    f"{'; '.join(problems)}; run: hubpin lock"
+                )
+            if problems:
+                lock, _ = lock_project(args, project, fetcher, set(), fill_cache=True)
+                if lock is None:
+                    return 1
+        pins = _select(lock, args.aliases, project.lock_path)
+        syncer = _syncer(args, project, fetcher, offline=args.offline, full_verify=args.verify)
+        with _progress(args, sum(p.archive_size or 0 for p in pins.values())) as on_bytes:
+            syncer.on_bytes = on_bytes
+            outcomes = syncer.run(pins, args.jobs or project.settings.jobs)
+    return _report(args, outcomes, project)
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    project = _project(args, need_manifest=False)
+    lock = project.read_lock()
+    pins = _select(lock, args.aliases, project.lock_path)
+    with _fetcher(project) as fetcher:
+        syncer = _syncer(args, project, fetcher, offline=True, full_verify=True)
+        report: dict[str, list[str]] = {}
+        for alias, pin in pins.items():
+            if pin.kind is Kind.ARCHIVE:
+                report[alias] = syncer.verify_entry(pin)
+            else:
+                report[alias] = [
+                    o.detail for o in [syncer.sync_one(alias, pin)] if o.status == "failed"
+                ]
+        damaged = {a: p for a, p in report.items() if p}
+        repaired: list[Outcome] = []
+        if args.repair and damaged:
+            syncer.offline = False
+            repaired = syncer.run({a: pins[a] for a in damaged}, project.settings.jobs)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "cache_dir": str(project.cache.root),
+                    "models": {a: {"ok": not p, "problems": p} for a, p in sorted(report.items())},
+                },
+                indent=2,
+            )
+        )
+    else:
+        for alias, problems in sorted(report.items()):
+            _say(args, f"{alias:<20} {'ok' if not problems else 'DAMAGED: ' + '; '.join(problems)}")
+    failed = [o for o in repaired if o.status == "failed"]
+    for outcome in repaired:
+        _say(
+            args,
+            f"{outcome.alias:<20} {'repaired' if outcome.status != 'failed' else 'repair failed: ' + outcome.detail}",
+        )
+    if damaged and not args.repair:
+        _say(args, f"{len(damaged)} of {len(report)} models damaged; run: hubpin verify --repair")
+        return 1
+    return 1 if failed else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    project = _project(args, need_manifest=False)
+    lock = project.read_lock()
+    lock_state = "missing manifest"
+    if project.manifest_path.exists():
+        problems = differences(lock, project.manifest, project.settings)
+        lock_state = "up to date" if not problems else "stale: " + "; ".join(problems)
+    rows = []
+    for alias, pin in sorted(lock.models.items()):
+        rows.append(
+            {
+                "alias": alias,
+                "format": pin.format.value,
+                "kind": pin.kind.value,
+                "size": pin.unpacked_size,
+                "state": _state(project, pin),
+                "path": _where(project, pin),
+            }
+        )
+    cache_root = project.settings.cache_root
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "lock": str(project.lock_path),
+                    "lock_state": lock_state,
+                    "cache_dir": cache_root,
+                    "models": rows,
+                },
+                indent=2,
+            )
+        )
+        return 0
+    print(f"lock:  {project.lock_path} ({lock_state})")
+    print(f"cache: {cache_root}")
+    if _under_temp(cache_root):
+        print(
+            "       warning: the cache is under a temporary folder that cleaners may empty; "
+            "set TFHUB_CACHE_DIR or cache_dir in hubpin.toml"
+        )
+    print(f"{'ALIAS':<20} {'FORMAT':<13} {'SIZE':>10}  STATE")
+    for row in rows:
+        print(f"{row['alias']:<20} {row['format']:<13} {_size(row['size']):>10}  {row['state']}")
+    return 0
+
+
+def cmd_resolve(args: argparse.Namespace) -> int:
+    project = _project(args, need_manifest=False)
+    pin = _select(project.read_lock(), [args.alias], project.lock_path)[args.alias]
+    if pin.kind is Kind.ARCHIVE:
+        from hubpin.errors import NotSyncedError
+
+        assert pin.cache_key
+        problems = project.cache.quick_check(pin.cache_key, pin.tree_digest)
+        if problems:
+            raise NotSyncedError(
+                f"{args.alias}: {problems[0]} in {project.cache.root}; run: hubpin sync"
+            )
+    print(_where(project, pin))
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    project = _project(args, need_manifest=False)
+    lock = project.read_lock()
+    cache = project.cache
+    keep = {p.cache_key for p in lock.models.values() if p.cache_key}
+    doomed: list[Path] = list(cache.leftovers())
+    if cache.root.is_dir():
+        for path in sorted(cache.root.iterdir()):
+            key = path.name.split(".")[0]
+            is_key = len(key) == 40 and all(c in "0123456789abcdef" for c in key)
+            names = (key, f"{key}.descriptor.txt", f"{key}.hubpin.json")
+            if is_key and key not in keep and path.name in names:
+                doomed.append(path)
+    freed = 0
+    for path in doomed:
+        size = entry_size(path) if path.is_dir() else path.stat().st_size
+        freed += size
+        _say(args, f"{'would remove' if args.dry_run else 'removed'} {path} ({_size(size)})")
+        if not args.dry_run:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    verb = "would free" if args.dry_run else "freed"
+    _say(args, f"{len(doomed)} paths, {verb} {_size(freed)}")
+    return 0
+
+
+def cmd_add(args: argparse.Namespace) -> int:
+    path = getattr(args, "manifest", None) or Path("models.toml")
+    add_model(path, args.alias, args.handle, args.model_format)
+    _say(args, f"added {args.alias} to {path}; run: hubpin lock")
+    return 0
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    project = _project(args, need_manifest=False)
+    print(f"export TFHUB_CACHE_DIR={shlex.quote(project.settings.cache_root)}")
+    if project.settings.format:
+        print(f"export TFHUB_MODEL_LOAD_FORMAT={project.settings.format.value}")
+    print(f"export HUBPIN_LOCK={shlex.quote(str(project.lock_path))}")
+    return 0
+
+
+# ---------------------------------------------------------------- locking
+
+
+def lock_project(
+    args: argparse.Namespace, project: Project, fetcher: Fetcher, force: set[str], fill_cache: bool
+) -> tuple[Lock | None, bool | None]:
+    """Pin new, changed and forced aliases; keep the rest. Returns (lock, changed) or (None, None)."""
+    manifest, settings = project.manifest, project.settings
+    try:
+        old = project.lock_or_none()
+    except InputError as exc:
+        log.warning("ignoring unreadable lock: %s", exc)
+        old = None
+    kept: dict[str, Pin] = {}
+    todo = {}
+    for alias, spec in manifest.models.items():
+        pin = old.models.get(alias) if old else None
+        if pin is not None and alias not in force and pin.inputs() == spec_inputs(spec, settings):
+            kept[alias] = pin
+        else:
+            todo[alias] = spec
+
+    cache = project.cache if fill_cache else None
+
+    def pin_one(alias: str) -> Pin:
+        spec = todo[alias]
+        try:
+            return pin_into_cache(spec, settings, fetcher, project.root, cache)
+        except HubpinError as exc:
+            raise type(exc)(f"{alias} ({spec.handle}): {exc}") from None
+
+    failures: list[HubpinError] = []
+    pinned: dict[str, Pin] = dict(kept)
+    with ThreadPoolExecutor(max_workers=settings.jobs) as pool:
+        futures = {alias: pool.submit(pin_one, alias) for alias in sorted(todo)}
+        for alias, future in futures.items():
+            try:
+                pinned[alias] = future.result()
+                _say(args, f"pinned {alias} → {_describe(pinned[alias])}")
+            except HubpinError as exc:
+                failures.append(exc)
+                print(f"hubpin: error: {exc}", file=sys.stderr)
+    if failures:
+        _say(
+            args,
+            f"{project.lock_path.name} not written: {len(failures)} of {len(todo)} models failed",
+        )
+        code = max(f.exit_code for f in failures)
+        if code == 2:
+            raise InputError(
+                f"{len(failures)} model(s) could not be pinned; fix the manifest and run: hubpin lock"
+            )
+        return None, None
+    lock = Lock(manifest_digest=manifest_digest(manifest, settings), models=pinned)
+    changed = write_lock(project.lock_path, lock)
+    _say(
+        args,
+        f"{'wrote' if changed else 'unchanged'} {project.lock_path.name}: {len(pinned)} models "
+        f"({len(todo)} pinned, {len(kept)} kept)",
+    )
+    return lock, changed
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _project(args: argparse.Namespace, need_manifest: bool = True) -> Project:
+    overrides = {
+        "cache_dir": getattr(args, "cache_dir", None),
+        "format": getattr(args, "load_format", None),
+        "jobs": getattr(args, "jobs", None),
+    }
+    return Project.discover(
+        getattr(args, "manifest", None), getattr(args, "lock", None), overrides, need_manifest
+    )
+
+
+@contextlib.contextmanager
+def _fetcher(project: Project) -> Iterator[Fetcher]:
+    fetcher = Fetcher(project.settings)
+    try:
+        yield fetcher
+    finally:
+        fetcher.close()
+
+
+def _syncer(
+    args: argparse.Namespace, project: Project, fetcher: Fetcher, offline: bool, full_verify: bool
+) -> Syncer:
+    return Syncer(project.cache, project.settings, fetcher, project.root, offline, full_verify)
+
+
+def _select(lock: Lock, aliases: Sequence[str], lock_path: Path) -> dict[str, Pin]:
+    _known(aliases, lock.models, lock_path)
+    return {a: lock.models[a] for a in aliases} if aliases else dict(lock.models)
+
+
+def _known(aliases: Sequence[str], models: dict, where: Path) -> None:  # type: ignore[type-arg]
+    import difflib
+
+    for alias in aliases:
+        if alias not in models:
+            close = difflib.get_close_matches(alias, list(models), n=3)
+            hint = (
+                f"; did you mean {', '.join(close)}?"
+                if close
+                else f"; known: {', '.join(sorted(models)) or 'none'}"
+            )
+            error = UnknownAliasError(f"{where}: no model with alias {alias!r}{hint}")
+            error.exit_code = 2
+            raise error
+
+
+def _report(args: argparse.Namespace, outcomes: list[Outcome], project: Project) -> int:
+    words = {
+        "fetched": "fetched",
+        "present": "already present",
+        "adopted": "adopted (verified)",
+        "checked": "checked",
+        "failed": "FAILED",
+    }
+    for o in outcomes:
+        extra = f" {_size(o.size)} in {o.seconds:.1f}s" if o.status == "fetched" else ""
+        detail = f": {o.detail}" if o.detail else ""
+        line = f"{o.alias:<20} {words[o.status]}{extra}{detail}"
+        if o.status == "failed":
+            print(line, file=sys.stderr)
+        else:
+            _say(args, line)
+    counts = {s: sum(o.status == s for o in outcomes) for s in words}
+    failed = counts["failed"]
+    _say(
+        args,
+        f"synced {len(outcomes)} models into {project.settings.cache_root}: "
+        f"{counts['fetched']} fetched, {counts['present'] + counts['adopted']} already present, "
+        f"{counts['checked']} checked in place, {failed} failed",
+    )
+    errors = [o.error for o in outcomes if o.error]
+    return max((e.exit_code for e in errors), default=0)
+
+
+@contextlib.contextmanager
+def _progress(args: argparse.Namespace, total: int) -> Iterator[Callable[[int], None] | None]:
+    show = getattr(args, "progress", None)
+    if show is None:
+        show = sys.stderr.isatty() and not getattr(args, "quiet", False)
+    if not show:
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(
+        total=total or None,
+        unit="B",
+        unit_scale=True,
+        unit_divisor=1024,
+        desc="downloading",
+        file=sys.stderr,
+        leave=False,
+    ) as bar:
+        yield bar.update
+
+
+def _say(args: argparse.Namespace, message: str) -> None:
+    if not getattr(args, "quiet", False):
+        print(message, file=sys.stderr)
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("hubpin: %(levelname)s: %(message)s"))
+    log.handlers[:] = [handler]
+    log.propagate = False
+    log.setLevel(
+        logging.ERROR
+        if getattr(args, "quiet", False)
+        else logging.DEBUG
+        if getattr(args, "verbose", False)
+        else logging.WARNING
+    )
+
+
+def _state(project: Project, pin: Pin) -> str:
+    if pin.kind is Kind.GCS:
+        return "remote (gs://, read in place)"
+    if pin.kind is Kind.FOLDER:
+        return (
+            "local folder" if (project.root / (pin.location or "")).is_dir() else "folder missing"
+        )
+    assert pin.cache_key
+    problems = project.cache.quick_check(pin.cache_key, pin.tree_digest)
+    return "synced" if not problems else problems[0]
+
+
+def _where(project: Project, pin: Pin) -> str:
+    if pin.kind is Kind.ARCHIVE:
+        assert pin.cache_key
+        return str(project.cache.entry(pin.cache_key))
+    if pin.kind is Kind.FOLDER:
+        return str((project.root / (pin.location or "")).resolve())
+    return pin.location or ""
+
+
+def _describe(pin: Pin) -> str:
+    if pin.kind is Kind.ARCHIVE:
+        return f"{pin.url} sha256:{(pin.archive_sha256 or '')[:12]} ({pin.file_count} files, {_size(pin.unpacked_size)})"
+    return f"{pin.location} ({pin.file_count} files, {_size(pin.unpacked_size)})"
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+def _under_temp(root: str) -> bool:
+    try:
+        return Path(root).resolve().is_relative_to(Path(tempfile.gettempdir()).resolve())
+    except (OSError, ValueError):
+        return False
+
+
+def _format(value: str) -> Format:
+    try:
+        return Format(value.upper())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a format (expected COMPRESSED, UNCOMPRESSED or AUTO)"
+        ) from None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

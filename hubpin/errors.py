@@ -1,0 +1,72 @@
+"""hubpin's exceptions: one small hierarchy that both the CLI and user code catch.
+
+Every message is meant to be read by a person on one line: it names the alias,
+handle or file, what was expected, what was found, and the command that fixes it.
+The CLI prints ``str(error)`` and exits with ``error.exit_code``; it never shows
+a traceback for a subclass of :class:`HubpinError`.
+"""
+
+from __future__ import annotations
+
+
+class HubpinError(Exception):
+    """Base class of every error hubpin raises on purpose."""
+
+    exit_code = 1
+
+
+class InputError(HubpinError):
+    """A file or command line written by a person is wrong (exit 2)."""
+
+    exit_code = 2
+
+
+class ManifestError(InputError):
+    """models.toml cannot be read or does not follow the schema."""
+
+
+class SettingsError(InputError):
+    """hubpin.toml or a HUBPIN_* variable is wrong."""
+
+
+class LockfileError(InputError):
+    """models.lock cannot be read or was edited into something invalid."""
+
+
+class LockMissingError(HubpinError):
+    """There is no lock where one is needed."""
+
+
+class StaleLockError(HubpinError):
+    """The lock does not match the manifest any more."""
+
+
+class UnknownAliasError(HubpinError, KeyError):
+    """An alias that the lock (or manifest) does not name."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class FetchError(HubpinError):
+    """A download or listing failed (network, HTTP status, missing file)."""
+
+
+class IntegrityError(HubpinError):
+    """Bytes differ from what the lock (or manifest) pins."""
+
+
+class ArchiveError(IntegrityError):
+    """An archive is not a safe, well-formed tar or tar.gz."""
+
+
+class CacheError(HubpinError):
+    """The cache cannot be read or written (permissions, disk full, lock held)."""
+
+
+class NotSyncedError(CacheError):
+    """A pinned COMPRESSED model is not in the cache."""
+
+
+class DamagedEntryError(CacheError):
+    """A cache entry exists but its files differ from hubpin's record."""

@@ -1,0 +1,267 @@
+"""Bytes from where a model lives: http(s) with retries and resume, local files, GCS.
+
+HTTP follows tensorflow_hub's protocol (``?tf-hub-format=...``, redirects) but
+checks each hop itself: plain http only to loopback unless allowed, never an
+https→http downgrade. Transient failures (resets, timeouts, 5xx, 429) are retried
+with backoff; a body cut short resumes with a Range request from where it
+stopped. Nothing here prints or records a URL with its query string.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import random
+import ssl
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hubpin.errors import FetchError, InputError
+from hubpin.handles import is_loopback, scheme_of, strip_query
+from hubpin.settings import Settings
+
+if TYPE_CHECKING:
+    import httpx
+
+log = logging.getLogger("hubpin")
+_CHUNK = 1 << 20
+_MAX_REDIRECTS = 10
+
+
+class _Transient(Exception):
+    """A failure worth another try (reset, timeout, 5xx, 429, short body)."""
+
+
+@dataclass
+class Download:
+    """An open download: where it ended up, how long it says it is, and its bytes."""
+
+    final_url: str  # query stripped: safe to record and print
+    length: int | None
+    chunks: Iterator[bytes]
+
+
+class Fetcher:
+    """Opens downloads; one per command, sharing an HTTP connection pool."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._client: httpx.Client | None = None
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    @property
+    def client(self) -> httpx.Client:
+        if self._client is None:
+            import httpx
+
+            s = self.settings
+            self._client = httpx.Client(
+                verify=_verify(s),
+                timeout=httpx.Timeout(s.read_timeout, connect=s.connect_timeout),
+                follow_redirects=False,
+                trust_env=True,
+                headers={"User-Agent": "hubpin"},
+            )
+        return self._client
+
+    def open(self, location: str) -> Download:
+        """Open an archive at a URL, gs:// URL or local path."""
+        scheme = scheme_of(location)
+        if scheme in ("http", "https"):
+            return self._open_http(location)
+        if scheme == "gs":
+            from hubpin import gcs
+
+            return gcs.open_object(location, self.settings)
+        return _open_file(Path(location))
+
+    def ask_location(self, url: str) -> str:
+        """GET ``url`` expecting tfhub.dev's ``303 See Other`` with a gs:// body."""
+        self._check_url(url, None)
+        response = self._with_retries(functools.partial(self._send, url, 0), url)
+        with contextlib.closing(response):
+            body = response.read().decode("utf-8", "replace").strip()
+            if response.status_code != 303:
+                raise FetchError(
+                    f"{strip_query(url)}: expected HTTP 303 with a gs:// location, "
+                    f"got HTTP {response.status_code}"
+                )
+        if not body.startswith("gs://"):
+            raise FetchError(
+                f"{strip_query(url)}: expected a gs:// location in the 303 body, got {body[:80]!r}"
+            )
+        return body
+
+    def _open_http(self, url: str) -> Download:
+        response = self._with_retries(functools.partial(self._follow, url, 0), url)
+        final = strip_query(str(response.url))
+        length = _content_length(response)
+        return Download(final, length, self._http_chunks(url, response, length))
+
+    def _http_chunks(
+        self, url: str, response: httpx.Response, length: int | None
+    ) -> Iterator[bytes]:
+        import httpx
+
+        offset = 0
+        failures = 0
+        while True:
+            try:
+                try:
+                    for chunk in response.iter_raw(_CHUNK):
+                        offset += len(chunk)
+                        yield chunk
+                finally:
+                    response.close()
+                if length is not None and offset < length:
+                    raise _Transient(f"body ended after {offset} of {length} bytes")
+                return
+            except (httpx.TransportError, _Transient) as exc:
+                failures += 1
+                if failures > self.settings.retries:
+                    what = (
+                        f"download truncated: got {offset} of {length} bytes"
+                        if length is not None
+                        else f"download failed after {offset} bytes"
+                    )
+                    raise FetchError(
+                        f"{strip_query(url)}: {what} after {failures} tries ({_reason(exc)})"
+                    ) from None
+                log.warning("%s: %s; resuming at byte %d", strip_query(url), _reason(exc), offset)
+                _backoff(failures)
+                response = self._with_retries(functools.partial(self._follow, url, offset), url)
+                if response.status_code == 200 and offset:
+                    response = _skip(response, offset)
+
+    def _with_retries(self, attempt: Callable[[], httpx.Response], url: str) -> httpx.Response:
+        import httpx
+
+        failures = 0
+        while True:
+            try:
+                return attempt()
+            except (httpx.TransportError, _Transient) as exc:
+                failures += 1
+                if failures > self.settings.retries:
+                    raise FetchError(
+                        f"{strip_query(url)}: {_reason(exc)} (gave up after {failures} tries)"
+                    ) from None
+                log.warning("%s: %s; retrying", strip_query(url), _reason(exc))
+                _backoff(failures)
+
+    def _follow(self, url: str, offset: int) -> httpx.Response:
+        """GET with redirects followed by hand, so every hop is checked."""
+        for _ in range(_MAX_REDIRECTS + 1):
+            response = self._send(url, offset)
+            if response.status_code in (301, 302, 303, 307, 308) and "location" in response.headers:
+                response.close()
+                target = str(response.url.join(response.headers["location"]))
+                self._check_url(target, url)
+                url = target
+                continue
+            if response.status_code not in (200, 206):
+                response.close()
+                raise FetchError(
+                    f"{strip_query(url)}: HTTP {response.status_code} {response.reason_phrase}"
+                )
+            return response
+        raise FetchError(f"{strip_query(url)}: more than {_MAX_REDIRECTS} redirects")
+
+    def _send(self, url: str, offset: int) -> httpx.Response:
+        self._check_url(url, None)
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        request = self.client.build_request("GET", url, headers=headers)
+        response = self.client.send(request, stream=True)
+        if response.status_code == 429 or response.status_code >= 500:
+            response.close()
+            raise _Transient(f"HTTP {response.status_code} {response.reason_phrase}")
+        return response
+
+    def _check_url(self, url: str, came_from: str | None) -> None:
+        scheme = scheme_of(url)
+        if scheme not in ("http", "https"):
+            raise FetchError(f"{strip_query(url)}: redirect to unsupported scheme {scheme!r}")
+        if came_from and scheme_of(came_from) == "https" and scheme == "http":
+            raise FetchError(
+                f"{strip_query(came_from)}: refused redirect from https to plain http "
+                f"({strip_query(url)})"
+            )
+        if scheme == "http" and not (self.settings.allow_http or is_loopback(url)):
+            raise InputError(
+                f"{strip_query(url)}: plain http is refused for non-loopback hosts; "
+                "use https, or set allow_http = true in hubpin.toml"
+            )
+
+
+def _open_file(path: Path) -> Download:
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed by the generator
+    except FileNotFoundError:
+        raise FetchError(f"{path}: archive not found") from None
+    except OSError as exc:
+        raise FetchError(f"{path}: cannot read: {exc.strerror}") from None
+
+    def chunks() -> Iterator[bytes]:
+        with fh:
+            while chunk := fh.read(_CHUNK):
+                yield chunk
+
+    return Download(path.as_posix(), os.fstat(fh.fileno()).st_size, chunks())
+
+
+def _skip(response: httpx.Response, offset: int) -> httpx.Response:
+    """A server that ignored Range sent everything again: drop what we already have."""
+    skipped = 0
+    stream = response.iter_raw(_CHUNK)
+    rest = b""
+    for chunk in stream:
+        if skipped + len(chunk) > offset:
+            rest = chunk[offset - skipped :]
+            break
+        skipped += len(chunk)
+
+    def tail() -> Iterator[bytes]:
+        if rest:
+            yield rest
+        yield from stream
+
+    response.iter_raw = lambda _size=None: tail()  # type: ignore[method-assign]
+    return response
+
+
+def _content_length(response: httpx.Response) -> int | None:
+    value = response.headers.get("content-length")
+    if value is None or not value.isdigit():
+        return None
+    if response.status_code == 206:
+        total = response.headers.get("content-range", "").rpartition("/")[2]
+        return int(total) if total.isdigit() else None
+    return int(value)
+
+
+def _verify(settings: Settings) -> ssl.SSLContext | bool | str:
+    if os.environ.get("TFHUB_DISABLE_CERT_VALIDATION") == "true":
+        log.warning("TFHUB_DISABLE_CERT_VALIDATION=true: TLS certificates are not checked")
+        return False
+    if settings.ca_bundle:
+        if not Path(settings.ca_bundle).is_file():
+            raise InputError(f"ca_bundle {settings.ca_bundle}: file not found")
+        return ssl.create_default_context(cafile=settings.ca_bundle)
+    return True
+
+
+def _backoff(failures: int) -> None:
+    time.sleep(min(8.0, 0.2 * 2 ** (failures - 1)) * (0.5 + random.random() / 2))
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.split("?")[0] if "://" in text else text

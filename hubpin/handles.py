@@ -1,0 +1,154 @@
+"""What a handle names, and where its bytes come from, exactly as tensorflow_hub sees it.
+
+tensorflow_hub keys its cache by ``sha1(handle)`` of the handle *as written*, and
+asks http(s) handles for ``?tf-hub-format=compressed`` (or ``uncompressed``) even
+when they already point at an archive. hubpin must do the same to share that
+cache, so nothing here normalises a handle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import re
+import urllib.parse
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path, PurePosixPath
+from urllib.request import url2pathname
+
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+_CN_HUB = "https://hub.tensorflow.google.cn/"
+_CN_GCS = "https://gcs.tensorflow.google.cn/tfhub-modules/%s.tar.gz"
+
+
+class Format(str, Enum):
+    """tensorflow_hub's ModelLoadFormat; AUTO behaves as COMPRESSED."""
+
+    COMPRESSED = "COMPRESSED"
+    UNCOMPRESSED = "UNCOMPRESSED"
+    AUTO = "AUTO"
+
+
+class Kind(str, Enum):
+    """How a pinned model is stored, which decides how it is synced and loaded."""
+
+    ARCHIVE = "archive"  # a tar(.gz) unpacked into <cache>/<sha1(handle)>/
+    GCS = "gcs"  # a gs:// folder read in place (UNCOMPRESSED); pinned per object
+    FOLDER = "folder"  # a local folder read in place; pinned by tree digest
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where one handle's model comes from, once its format is known."""
+
+    kind: Kind
+    location: str  # URL to fetch, gs:// URL, or local path (absolute)
+    ask_location: bool = False  # http handle in UNCOMPRESSED mode: GET for a gs:// body
+
+
+def cache_key(handle: str) -> str:
+    """tensorflow_hub's cache folder name for a handle."""
+    return hashlib.sha1(handle.encode("utf8")).hexdigest()
+
+
+def is_archive_name(name: str) -> bool:
+    return urllib.parse.urlsplit(name).path.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def check_handle(handle: str) -> str | None:
+    """Return why ``handle`` cannot be a handle, or None when it can."""
+    if not handle or handle != handle.strip():
+        return "a handle must be a non-empty string without surrounding spaces"
+    if any(ord(c) < 32 for c in handle):
+        return "a handle must not contain control characters"
+    scheme = urllib.parse.urlsplit(handle).scheme.lower()
+    if re.fullmatch(r"[a-z]", scheme):  # a Windows drive letter, not a scheme
+        scheme = ""
+    if scheme in ("http", "https"):
+        if not urllib.parse.urlsplit(handle).hostname:
+            return "an http(s) handle needs a host"
+    elif scheme == "gs":
+        parts = urllib.parse.urlsplit(handle)
+        if not parts.netloc:
+            return "a gs:// handle needs a bucket (gs://bucket/path)"
+    elif scheme == "file":
+        if not urllib.parse.urlsplit(handle).path:
+            return "a file:// handle needs a path"
+    elif scheme:
+        return (
+            f"unsupported scheme {scheme!r} (expected https://, http://, gs://, file:// or a path)"
+        )
+    return None
+
+
+def scheme_of(handle: str) -> str:
+    scheme = urllib.parse.urlsplit(handle).scheme.lower()
+    return "" if re.fullmatch(r"[a-z]?", scheme) else scheme
+
+
+def local_path(handle: str, base: Path) -> Path | None:
+    """The filesystem path a path or file:// handle names (relative to ``base``)."""
+    scheme = scheme_of(handle)
+    if scheme == "file":
+        return Path(url2pathname(urllib.parse.urlsplit(handle).path))
+    if scheme:
+        return None
+    path = Path(handle).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def source_for(handle: str, fmt: Format, base: Path) -> Source:
+    """Decide how ``handle`` is fetched under ``fmt``, as tensorflow_hub's resolvers do."""
+    scheme = scheme_of(handle)
+    if scheme in ("http", "https"):
+        if fmt is Format.UNCOMPRESSED:
+            return Source(Kind.GCS, append_query(handle, "uncompressed"), ask_location=True)
+        if handle.startswith(_CN_HUB):
+            return Source(Kind.ARCHIVE, _CN_GCS % handle[len(_CN_HUB) :])
+        return Source(Kind.ARCHIVE, append_query(handle, "compressed"))
+    if scheme == "gs":
+        return Source(Kind.ARCHIVE if is_archive_name(handle) else Kind.GCS, handle)
+    path = local_path(handle, base)
+    assert path is not None
+    if is_archive_name(str(path)):
+        return Source(Kind.ARCHIVE, str(path))
+    return Source(Kind.FOLDER, str(path))
+
+
+def append_query(handle: str, fmt: str) -> str:
+    """``handle`` with ``tf-hub-format=fmt`` appended, as tensorflow_hub builds it."""
+    parts = list(urllib.parse.urlparse(handle))
+    query = urllib.parse.parse_qsl(parts[4])
+    query.append(("tf-hub-format", fmt))
+    parts[4] = urllib.parse.urlencode(query)
+    return urllib.parse.urlunparse(parts)
+
+
+def strip_query(url: str) -> str:
+    """A URL safe to record or print: no query (signed URLs, tokens), no fragment, no password."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc = f"{netloc}:{parts.port}"
+    if ":" in (parts.hostname or ""):
+        netloc = f"[{parts.hostname}]" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def is_loopback(url: str) -> bool:
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def relative_posix(path: Path, base: Path) -> str:
+    """A path as recorded in a lock: relative to the lock's folder when below it."""
+    try:
+        return PurePosixPath(path.resolve().relative_to(base.resolve())).as_posix()
+    except ValueError:
+        return path.resolve().as_posix()

@@ -1,0 +1,116 @@
+"""``hubpin lock``: resolve each manifest entry once and pin what it resolved to.
+
+An archive is streamed once: its sha256 and size, and the tree digest of what
+it would unpack, come out of the same pass. When a work folder is given, the
+archive is unpacked into it at the same time, so a sync that needs the lock
+first does not download twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from hubpin.cache import Cache, Record
+from hubpin.digests import Tree, hash_tree
+from hubpin.errors import FetchError, IntegrityError
+from hubpin.fetch import Fetcher
+from hubpin.handles import Kind, cache_key, local_path, relative_posix, scheme_of, source_for
+from hubpin.lockfile import GcsObject, Pin
+from hubpin.manifest import ModelSpec
+from hubpin.settings import Settings
+from hubpin.unpack import HashingReader, Unpacked, unpack
+
+
+def pin_into_cache(
+    spec: ModelSpec, settings: Settings, fetcher: Fetcher, root: Path, cache: Cache | None
+) -> Pin:
+    """Pin one entry; with a cache, an archive is unpacked into it in the same pass."""
+    fmt = spec.effective_format(settings)
+    if cache is None or source_for(spec.handle, fmt, root).kind is not Kind.ARCHIVE:
+        return pin_model(spec, settings, fetcher, root)[0]
+    key = cache_key(spec.handle)
+    with cache.locked(key, settings.lock_timeout) as work:
+        pin, tree = pin_model(spec, settings, fetcher, root, work=work)
+        record = cache.read_record(key)
+        if tree is not None and (record is None or record.tree_digest != pin.tree_digest):
+            cache.publish(key, work, Record(spec.handle, pin.tree_digest, tree))
+    return pin
+
+
+def pin_model(
+    spec: ModelSpec,
+    settings: Settings,
+    fetcher: Fetcher,
+    root: Path,
+    work: Path | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+) -> tuple[Pin, Tree | None]:
+    """Resolve one manifest entry into a pin, and the tree unpacked into ``work`` if any."""
+    fmt = spec.effective_format(settings)
+    source = source_for(spec.handle, fmt, root)
+    common = {
+        "handle": spec.handle,
+        "format": fmt,
+        "kind": source.kind,
+        "io_device": spec.io_device,
+        "tags": spec.tags,
+        "expected_sha256": spec.sha256,
+    }
+    if source.kind is Kind.ARCHIVE:
+        download = fetcher.open(source.location)
+        reader = HashingReader(download.chunks, on_bytes=on_bytes)
+        result = unpack(reader, work, max_unpacked=settings.max_unpacked_size)
+        check_expected(spec.sha256, result)
+        local = local_path(spec.handle, root)
+        url = relative_posix(local, root) if local else download.final_url
+        if scheme_of(spec.handle) == "file":
+            url = spec.handle
+        pin = Pin(
+            **common,
+            cache_key=cache_key(spec.handle),
+            url=url,
+            archive_sha256=result.archive_sha256,
+            archive_size=result.archive_size,
+            tree_digest=result.tree.digest(),
+            unpacked_size=result.tree.size,
+            file_count=result.tree.file_count,
+        )
+        return pin, result.tree if work is not None else None
+    if source.kind is Kind.FOLDER:
+        folder = Path(source.location)
+        if not folder.is_dir():
+            raise FetchError(f"{folder}: folder not found (a path handle is read in place)")
+        try:
+            tree = hash_tree(folder)
+        except OSError as exc:
+            raise FetchError(f"{folder}: {exc}") from None
+        pin = Pin(
+            **common,
+            location=relative_posix(folder, root),
+            tree_digest=tree.digest(),
+            unpacked_size=tree.size,
+            file_count=tree.file_count,
+        )
+        return pin, None
+    from hubpin import gcs
+
+    location = fetcher.ask_location(source.location) if source.ask_location else source.location
+    listing = gcs.list_folder(location, settings)
+    pin = Pin(
+        **common,
+        location=location,
+        tree_digest=gcs.objects_digest(listing),
+        unpacked_size=sum(o.size for o in listing),
+        file_count=len(listing),
+        objects=[GcsObject.model_validate(o.__dict__) for o in listing],
+    )
+    return pin, None
+
+
+def check_expected(expected: str | None, result: Unpacked) -> None:
+    if expected and expected != result.archive_sha256:
+        raise IntegrityError(
+            f"archive sha256 is {result.archive_sha256}, the manifest expects {expected}; "
+            "check the handle, or update sha256 in the manifest"
+        )

@@ -1,0 +1,87 @@
+"""hubpin.toml and its precedence: flag > environment > hubpin.toml > default.
+
+The defaults agree with tensorflow_hub (cache in ``$TMPDIR/tfhub_modules``,
+format COMPRESSED) so that hubpin and unmodified ``hub.load`` share one cache
+without any configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from hubpin.errors import SettingsError
+from hubpin.handles import Format
+from hubpin.tomlfile import read_toml, validate
+
+SETTINGS_FILE = "hubpin.toml"
+
+
+class Mirror(BaseModel):
+    """A URL prefix rewrite tried before the original location."""
+
+    model_config = ConfigDict(extra="forbid")
+    prefix: str
+    replace: str
+
+
+class Settings(BaseModel):
+    """Every setting with its default; hubpin.toml.example documents each one."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cache_dir: str | None = None
+    format: Format | None = None
+    jobs: int = Field(default_factory=lambda: min(8, max(2, os.cpu_count() or 2)), ge=1, le=64)
+    retries: int = Field(default=5, ge=0, le=100)
+    connect_timeout: float = Field(default=10.0, gt=0)
+    read_timeout: float = Field(default=60.0, gt=0)
+    lock_timeout: float = Field(default=600.0, ge=0)
+    allow_http: bool = False
+    ca_bundle: str | None = None
+    max_unpacked_size: int = Field(default=64 * 2**30, gt=0)
+    keep_archives: bool = False
+    gcs_project: str | None = None
+    gcs_token: str | None = None
+    mirrors: list[Mirror] = Field(default_factory=list)
+
+    @property
+    def cache_root(self) -> str:
+        """The cache folder (or gs:// prefix); tensorflow_hub's default when unset."""
+        return self.cache_dir or os.path.join(tempfile.gettempdir(), "tfhub_modules")
+
+
+# Environment variables that tensorflow_hub reads, mapped to our settings.
+_TFHUB_ENV = {"cache_dir": "TFHUB_CACHE_DIR", "format": "TFHUB_MODEL_LOAD_FORMAT"}
+
+
+def load_settings(project_dir: Path, overrides: dict[str, Any] | None = None) -> Settings:
+    """Settings for a project: hubpin.toml beside the manifest, then env, then flags."""
+    explicit = os.environ.get("HUBPIN_CONFIG")
+    path = Path(explicit) if explicit else project_dir / SETTINGS_FILE
+    data: dict[str, Any] = {}
+    text = ""
+    if explicit or path.is_file():
+        data, text = read_toml(path, SettingsError, "set HUBPIN_CONFIG to an existing file")
+    validate(Settings, data, path, text, SettingsError)
+    origin: dict[str, str] = {}
+    for name in Settings.model_fields:
+        for var in (_TFHUB_ENV.get(name), f"HUBPIN_{name.upper()}"):
+            if var and os.environ.get(var) and name != "mirrors":
+                data[name], origin[name] = os.environ[var], f"environment variable {var}"
+                break
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            data[name], origin[name] = value, f"option --{name.replace('_', '-')}"
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        name = str(first["loc"][0])
+        raise SettingsError(
+            f"{origin.get(name, path)}: {name}: {first['msg']} (found {data.get(name)!r})"
+        ) from None

@@ -1,0 +1,176 @@
+"""``hubpin sync``: make the cache match the lock, publishing only what was verified.
+
+For each pinned archive the plan is: already present (hubpin's record matches
+the lock and every file has its size) → nothing to do; present without a
+record (tensorflow_hub put it there) → hash it and adopt it when it matches;
+otherwise download, unpack into a work folder under the lock protocol, compare
+archive sha256 and tree digest with the lock, and only then rename it into place.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from hubpin.cache import Cache, Record
+from hubpin.digests import Tree, hash_tree
+from hubpin.errors import HubpinError, IntegrityError, NotSyncedError
+from hubpin.fetch import Fetcher
+from hubpin.handles import Kind, source_for
+from hubpin.lockfile import Pin
+from hubpin.settings import Settings
+from hubpin.unpack import HashingReader, Unpacked, unpack
+
+
+@dataclass
+class Outcome:
+    alias: str
+    status: str  # fetched | present | adopted | checked | failed
+    detail: str = ""
+    size: int = 0
+    seconds: float = 0.0
+    error: HubpinError | None = None
+
+
+@dataclass
+class Syncer:
+    """Everything one sync run shares across models."""
+
+    cache: Cache
+    settings: Settings
+    fetcher: Fetcher
+    root: Path
+    offline: bool = False
+    full_verify: bool = False
+    on_bytes: Callable[[int], None] | None = None
+
+    def run(self, pins: dict[str, Pin], jobs: int) -> list[Outcome]:
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            return list(pool.map(lambda item: self.sync_one(*item), sorted(pins.items())))
+
+    def sync_one(self, alias: str, pin: Pin) -> Outcome:
+        start = time.monotonic()
+        try:
+            status, detail = self._sync(pin)
+        except HubpinError as exc:
+            return Outcome(alias, "failed", str(exc), error=exc)
+        return Outcome(alias, status, detail, pin.unpacked_size, time.monotonic() - start)
+
+    def _sync(self, pin: Pin) -> tuple[str, str]:
+        if pin.kind is Kind.FOLDER:
+            return self._check_folder(pin)
+        if pin.kind is Kind.GCS:
+            if self.offline:
+                return "checked", "gs:// location not checked (--offline)"
+            from hubpin import gcs
+
+            gcs.check_folder(pin, self.settings)
+            return "checked", f"{pin.location} unchanged ({pin.file_count} objects)"
+        assert pin.cache_key
+        if self._is_present(pin):
+            return "present", ""
+        if self.offline:
+            raise NotSyncedError(
+                "not in the cache and --offline forbids downloading; run: hubpin sync"
+            )
+        with self.cache.locked(pin.cache_key, self.settings.lock_timeout) as work:
+            if self._is_present(pin):  # another process finished while we waited
+                return "present", ""
+            if self._adopt(pin):
+                return "adopted", "verified the existing entry"
+            result = self.fetch_into(pin, work)
+            self.cache.publish(
+                pin.cache_key, work, Record(pin.handle, pin.tree_digest, result.tree)
+            )
+        return "fetched", ""
+
+    def _is_present(self, pin: Pin) -> bool:
+        assert pin.cache_key
+        if self.cache.quick_check(pin.cache_key, pin.tree_digest):
+            return False
+        if not self.full_verify:
+            return True
+        return not self.verify_entry(pin)
+
+    def verify_entry(self, pin: Pin) -> list[str]:
+        """Re-hash an entry against hubpin's record and the lock; one phrase per damaged path."""
+        assert pin.cache_key
+        record = self.cache.read_record(pin.cache_key)
+        if record is None:
+            return ["no hubpin record for the entry"]
+        try:
+            found = hash_tree(self.cache.entry(pin.cache_key))
+        except OSError as exc:
+            return [str(exc)]
+        problems = compare_trees(record.tree, found)
+        if not problems and found.digest() != pin.tree_digest:
+            problems.append(f"tree digest is {found.digest()}, the lock pins {pin.tree_digest}")
+        return problems
+
+    def _adopt(self, pin: Pin) -> bool:
+        """An entry tensorflow_hub (or an older hubpin) left: keep it if it is what we pin."""
+        assert pin.cache_key
+        entry = self.cache.entry(pin.cache_key)
+        if not entry.is_dir() or self.cache.read_record(pin.cache_key) is not None:
+            return False
+        try:
+            tree = hash_tree(entry)
+        except OSError:
+            return False
+        if tree.digest() != pin.tree_digest:
+            return False
+        self.cache.publish_record(pin.cache_key, Record(pin.handle, pin.tree_digest, tree))
+        return True
+
+    def fetch_into(self, pin: Pin, work: Path) -> Unpacked:
+        """Download and unpack a pinned archive into ``work``; raise unless it matches the lock."""
+        download = self.fetcher.open(source_for(pin.handle, pin.format, self.root).location)
+        reader = HashingReader(download.chunks, max_size=pin.archive_size, on_bytes=self.on_bytes)
+        result = unpack(reader, work, max_unpacked=pin.unpacked_size)
+        check_against_lock(pin, result)
+        return result
+
+    def _check_folder(self, pin: Pin) -> tuple[str, str]:
+        folder = self.root / (pin.location or "")
+        if not folder.is_dir():
+            raise NotSyncedError(f"{folder}: folder not found (the lock pins a local folder)")
+        if not self.full_verify:
+            return "checked", f"{folder} exists"
+        digest = hash_tree(folder).digest()
+        if digest != pin.tree_digest:
+            raise IntegrityError(
+                f"{folder}: tree digest is {digest}, the lock pins {pin.tree_digest}; "
+                "run: hubpin lock"
+            )
+        return "checked", f"{folder} matches the lock"
+
+
+def check_against_lock(pin: Pin, result: Unpacked) -> None:
+    if result.archive_size != pin.archive_size or result.archive_sha256 != pin.archive_sha256:
+        raise IntegrityError(
+            f"archive digest mismatch: expected sha256 {pin.archive_sha256} "
+            f"({pin.archive_size} bytes), got {result.archive_sha256} ({result.archive_size} bytes); "
+            "nothing was published. If the model changed upstream on purpose, run: hubpin lock"
+        )
+    digest = result.tree.digest()
+    if digest != pin.tree_digest:
+        raise IntegrityError(
+            f"unpacked tree mismatch: expected {pin.tree_digest}, got {digest}; nothing was published"
+        )
+
+
+def compare_trees(expected: Tree, found: Tree) -> list[str]:
+    """Missing, extra and changed paths between two trees."""
+    problems = [f"missing {p}" for p in sorted(set(expected.files) - set(found.files))]
+    problems += [f"extra file {p}" for p in sorted(set(found.files) - set(expected.files))]
+    problems += [
+        f"changed {p}"
+        for p in sorted(set(expected.files) & set(found.files))
+        if expected.files[p] != found.files[p]
+    ]
+    problems += [f"missing folder {d}" for d in sorted(expected.dirs - found.dirs)]
+    problems += [f"extra folder {d}" for d in sorted(found.dirs - expected.dirs)]
+    return problems

@@ -1,0 +1,213 @@
+"""One pass over an archive: hash it, gunzip it, untar it safely, hash what it holds.
+
+The archive's bytes arrive as an iterator of chunks (from HTTP, a file or GCS).
+They are hashed as they are read, decompressed, and each tar member is checked
+and written (or only hashed, when locking) while its sha256 feeds the tree
+digest, so nothing is read twice and nothing unsafe reaches the disk.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import hashlib
+import io
+import os
+import tarfile
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from hubpin.digests import Tree
+from hubpin.errors import ArchiveError, CacheError, IntegrityError
+
+try:  # python-isal's igzip decompresses about twice as fast as zlib
+    from isal import igzip as _gzip  # type: ignore[import-not-found]
+    from isal.isal_zlib import error as _isal_error  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - platforms without isal wheels
+    _gzip = gzip  # type: ignore[no-redef]
+    _isal_error = zlib.error  # type: ignore[misc]
+
+_CHUNK = 1 << 20
+
+
+@dataclass
+class Unpacked:
+    tree: Tree
+    archive_sha256: str
+    archive_size: int
+
+
+class HashingReader(io.RawIOBase):
+    """A readable over an iterator of chunks that hashes and counts every byte it hands out."""
+
+    def __init__(
+        self,
+        chunks: Iterator[bytes],
+        max_size: int | None = None,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> None:
+        self._chunks = chunks
+        self._pending = b""
+        self._max_size = max_size
+        self._on_bytes = on_bytes
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def _pull(self) -> bool:
+        for chunk in self._chunks:
+            if chunk:
+                self.sha256.update(chunk)
+                self.size += len(chunk)
+                if self._max_size is not None and self.size > self._max_size:
+                    raise IntegrityError(
+                        f"archive is larger than the {self._max_size} bytes the lock pins"
+                    )
+                if self._on_bytes:
+                    self._on_bytes(len(chunk))
+                self._pending = chunk
+                return True
+        return False
+
+    def peek(self, n: int) -> bytes:
+        while len(self._pending) < n and self._pull_more():
+            pass
+        return self._pending[:n]
+
+    def _pull_more(self) -> bool:
+        before = self._pending
+        if not self._pull():
+            return False
+        self._pending = before + self._pending
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        if not self._pending and not self._pull():
+            return 0
+        n = min(len(buffer), len(self._pending))
+        buffer[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def drain(self) -> None:
+        """Read to the end, so the digest covers bytes past the tar's end marker."""
+        self._pending = b""
+        while self._pull():
+            self._pending = b""
+
+
+def member_path(name: str) -> str | None:
+    """The safe relative POSIX path of a tar member, None for the root, or raise."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise ArchiveError(f"member {name!r} has control characters in its name")
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        raise ArchiveError(f"member {name!r} has an absolute path")
+    parts = [p for p in PurePosixPath(name).parts if p not in (".", "")]
+    if ".." in parts:
+        raise ArchiveError(f"member {name!r} points outside the archive ('..')")
+    return "/".join(parts) or None
+
+
+def unpack(
+    reader: HashingReader,
+    dest: Path | None,
+    *,
+    max_unpacked: int,
+) -> Unpacked:
+    """Unpack ``reader`` into ``dest`` (or only hash it when ``dest`` is None)."""
+    tree = Tree()
+    try:
+        magic = reader.peek(2)
+        stream: io.IOBase = (
+            _gzip.GzipFile(fileobj=reader, mode="rb")  # type: ignore[assignment]
+            if magic == b"\x1f\x8b"
+            else io.BufferedReader(reader, _CHUNK)
+        )
+        with tarfile.open(fileobj=stream, mode="r|", bufsize=_CHUNK) as tar:
+            for member in tar:
+                _take(tar, member, tree, dest, max_unpacked)
+        reader.drain()
+    except (tarfile.ReadError, tarfile.HeaderError) as exc:
+        raise ArchiveError(f"not a valid tar or tar.gz archive ({exc})") from None
+    except (gzip.BadGzipFile, zlib.error, _isal_error, EOFError) as exc:
+        raise ArchiveError(f"corrupt gzip data ({exc or 'ends early'})") from None
+    except OSError as exc:
+        raise write_error(exc, dest) from None
+    return Unpacked(tree, reader.sha256.hexdigest(), reader.size)
+
+
+def _take(
+    tar: tarfile.TarFile, member: tarfile.TarInfo, tree: Tree, dest: Path | None, limit: int
+) -> None:
+    path = member_path(member.name)
+    if member.isdir():
+        if path is None:
+            return
+        if path in tree.files:
+            raise ArchiveError(f"member {member.name!r} is both a file and a folder")
+        tree.add_dir(path)
+        if dest is not None:
+            (dest / path).mkdir(parents=True, exist_ok=True)
+        return
+    if not member.isfile():
+        kind = {
+            tarfile.SYMTYPE: "a symlink",
+            tarfile.LNKTYPE: "a hard link",
+            tarfile.CHRTYPE: "a character device",
+            tarfile.BLKTYPE: "a block device",
+            tarfile.FIFOTYPE: "a FIFO",
+        }.get(member.type, f"of unsupported type {member.type!r}")
+        raise ArchiveError(f"member {member.name!r} is {kind}; only files and folders are allowed")
+    if path is None:
+        raise ArchiveError(f"member {member.name!r} is a file at the archive's root folder")
+    if path in tree.files or path in tree.dirs:
+        raise ArchiveError(f"member {member.name!r} appears twice")
+    for parent in PurePosixPath(path).parents:
+        if str(parent) in tree.files:
+            raise ArchiveError(f"member {member.name!r} is below a file, {str(parent)!r}")
+    if tree.size + member.size > limit:
+        raise ArchiveError(
+            f"unpacks to more than {limit} bytes (member {member.name!r}); "
+            "the archive is larger than allowed (max_unpacked_size)"
+        )
+    source = tar.extractfile(member)
+    assert source is not None
+    digest = hashlib.sha256()
+    out = None
+    if dest is not None:
+        target = dest / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(
+            target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644
+        )
+        out = os.fdopen(fd, "wb")
+    size = 0
+    try:
+        while chunk := source.read(_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+            if out is not None:
+                out.write(chunk)
+    finally:
+        if out is not None:
+            out.close()
+    if size != member.size:
+        raise ArchiveError(f"member {member.name!r} is truncated ({size} of {member.size} bytes)")
+    tree.add_file(path, size, digest.hexdigest())
+
+
+def write_error(exc: OSError, where: Path | None) -> CacheError:
+    """A one-line error for a failed write: disk full, read-only, permissions."""
+    reason = {
+        errno.ENOSPC: "no space left on the device",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.EROFS: "the file system is read-only",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.EFBIG: "file too large for this file system or limit",
+    }.get(exc.errno or 0, exc.strerror or str(exc))
+    return CacheError(f"cannot write {exc.filename or where}: {reason}")
