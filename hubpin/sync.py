@@ -129,8 +129,14 @@ class Syncer:
         """Download and unpack a pinned archive into ``work``; raise unless it matches the lock."""
         download = self.fetcher.open(source_for(pin.handle, pin.format, self.root).location)
         reader = HashingReader(download.chunks, max_size=pin.archive_size, on_bytes=self.on_bytes)
-        result = unpack(reader, work, max_unpacked=pin.unpacked_size)
-        check_against_lock(pin, result)
+        try:
+            result = unpack(reader, work, max_unpacked=pin.unpacked_size)
+            check_against_lock(pin, result)
+        except IntegrityError as exc:
+            raise IntegrityError(
+                f"{pin.url} does not match the lock: {exc}; nothing was published. "
+                "If the model changed upstream on purpose, run: hubpin lock"
+            ) from None
         return result
 
     def _check_folder(self, pin: Pin) -> tuple[str, str]:
@@ -152,14 +158,11 @@ def check_against_lock(pin: Pin, result: Unpacked) -> None:
     if result.archive_size != pin.archive_size or result.archive_sha256 != pin.archive_sha256:
         raise IntegrityError(
             f"archive digest mismatch: expected sha256 {pin.archive_sha256} "
-            f"({pin.archive_size} bytes), got {result.archive_sha256} ({result.archive_size} bytes); "
-            "nothing was published. If the model changed upstream on purpose, run: hubpin lock"
+            f"({pin.archive_size} bytes), found {result.archive_sha256} ({result.archive_size} bytes)"
         )
     digest = result.tree.digest()
     if digest != pin.tree_digest:
-        raise IntegrityError(
-            f"unpacked tree mismatch: expected {pin.tree_digest}, got {digest}; nothing was published"
-        )
+        raise IntegrityError(f"unpacked tree mismatch: expected {pin.tree_digest}, found {digest}")
 
 
 def compare_trees(expected: Tree, found: Tree) -> list[str]:

@@ -65,7 +65,7 @@ class HashingReader(io.RawIOBase):
                 self.size += len(chunk)
                 if self._max_size is not None and self.size > self._max_size:
                     raise IntegrityError(
-                        f"archive is larger than the {self._max_size} bytes the lock pins"
+                        f"archive is larger than the {self._max_size} bytes pinned"
                     )
                 if self._on_bytes:
                     self._on_bytes(len(chunk))
@@ -171,8 +171,8 @@ def _take(
             raise ArchiveError(f"member {member.name!r} is below a file, {str(parent)!r}")
     if tree.size + member.size > limit:
         raise ArchiveError(
-            f"unpacks to more than {limit} bytes (member {member.name!r}); "
-            "the archive is larger than allowed (max_unpacked_size)"
+            f"unpacks to more than {limit} bytes (at member {member.name!r}); "
+            "refused before writing it (limit: the lock's unpacked_size, or max_unpacked_size)"
         )
     source = tar.extractfile(member)
     assert source is not None

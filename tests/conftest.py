@@ -1,0 +1,123 @@
+"""Fixtures: real SavedModels, a loopback tfhub.dev server, an isolated project and cache."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from hubserver import HubServer
+from savedmodels import build_affine, pack
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+@dataclass(frozen=True)
+class Model:
+    """A real SavedModel: its folder, its archive, and what it computes."""
+
+    folder: Path
+    archive: bytes
+    scale: float
+    bias: float
+
+    def expected(self, xs: list[float]) -> list[float]:
+        return [x * self.scale + self.bias for x in xs]
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Model]:
+    """Three small SavedModels, built once per session with TensorFlow."""
+    pytest.importorskip("tensorflow")
+    root = tmp_path_factory.mktemp("savedmodels")
+    built = {}
+    for name, scale, bias in (("double", 2.0, 1.0), ("triple", 3.0, -1.0), ("quint", 5.0, 0.5)):
+        folder = build_affine(root / name, scale, bias)
+        built[name] = Model(folder, pack(folder), scale, bias)
+    return built
+
+
+@pytest.fixture
+def hub(models: dict[str, Model]) -> Iterator[HubServer]:
+    """A tfhub.dev-protocol server on loopback serving every model as ``<name>/1``."""
+    server = HubServer(models={f"google/{name}/1": m.archive for name, m in models.items()})
+    server.start()
+    yield server
+    server.stop()
+
+
+@dataclass
+class Project:
+    """A project folder with its own cache; ``run`` calls the CLI in this process."""
+
+    root: Path
+    cache: Path
+    capsys: pytest.CaptureFixture[str]
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "models.toml"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "models.lock"
+
+    def write(self, text: str, name: str = "models.toml") -> Path:
+        path = self.root / name
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    def models(self, **handles: str) -> Path:
+        """Write a manifest naming each alias's handle."""
+        body = "".join(f'[models.{alias}]\nhandle = "{h}"\n\n' for alias, h in handles.items())
+        return self.write(body)
+
+    def run(self, *argv: str) -> tuple[int, str, str]:
+        from hubpin.cli import main
+
+        self.capsys.readouterr()
+        code = main(list(argv))
+        out, err = self.capsys.readouterr()
+        return code, out, err
+
+    def entry(self, handle: str) -> Path:
+        import hashlib
+
+        return self.cache / hashlib.sha1(handle.encode()).hexdigest()
+
+
+@pytest.fixture
+def project(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Project:
+    for var in list(os.environ):
+        if var.startswith(("HUBPIN_", "TFHUB_")):
+            monkeypatch.delenv(var)
+    root = tmp_path / "project"
+    root.mkdir()
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(cache))
+    monkeypatch.chdir(root)
+    return Project(root, cache, capsys)
+
+
+def run_python(code: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
+    """Run ``code`` in a fresh interpreter (for what must not share this process's imports)."""
+    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=full_env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout

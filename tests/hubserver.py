@@ -1,0 +1,139 @@
+"""A loopback HTTP server that speaks the tfhub.dev protocol, for the test suite.
+
+- ``GET /<model path>?tf-hub-format=compressed`` → ``302`` to ``/archives/<file>``
+  with a signed-URL-style query string (which must never reach a lock or log);
+- ``GET /<model path>?tf-hub-format=uncompressed`` → ``303`` with a ``gs://`` body;
+- ``GET /archives/<file>`` → the bytes, with Content-Length and Range support.
+
+Faults are injected per archive: answer 5xx a few times, cut the body after N
+bytes, ignore Range, or serve a different file.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+SIGNATURE = "X-Goog-Signature=s3cr3t-t0ken&X-Goog-Expires=600"
+
+
+@dataclass
+class Faults:
+    """What to do wrong when serving one archive."""
+
+    fail_times: int = 0  # answer ``fail_status`` this many times first
+    fail_status: int = 500
+    cut_after: int | None = None  # close the connection after this many body bytes...
+    cut_times: int = 0  # ...this many times
+    ignore_range: bool = False
+
+
+@dataclass
+class HubServer:
+    models: dict[str, bytes] = field(default_factory=dict)  # model path → archive bytes
+    uncompressed: dict[str, str] = field(default_factory=dict)  # model path → gs:// location
+    faults: dict[str, Faults] = field(default_factory=dict)  # model path → faults
+    requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                server._handle(self)
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._httpd.daemon_threads = True
+        self.port = self._httpd.server_address[1]
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def handle(self, path: str) -> str:
+        return f"{self.url}/{path.strip('/')}"
+
+    def start(self) -> HubServer:
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+    def archive_requests(self, path: str) -> int:
+        return sum(1 for _, p, _ in self.requests if p == f"/archives/{path.strip('/')}.tar.gz")
+
+    def _handle(self, req: BaseHTTPRequestHandler) -> None:
+        parts = urlsplit(req.path)
+        with self._lock:
+            self.requests.append((req.command, parts.path, dict(req.headers)))
+        query = parse_qs(parts.query)
+        if parts.path.startswith("/archives/"):
+            return self._serve_archive(req, parts.path[len("/archives/") :].removesuffix(".tar.gz"))
+        model = parts.path.strip("/")
+        fmt = query.get("tf-hub-format", [""])[0]
+        if fmt == "uncompressed" and model in self.uncompressed:
+            body = self.uncompressed[model].encode()
+            return _reply(req, 303, body, {"Content-Type": "text/plain"})
+        if fmt == "compressed" and model in self.models:
+            location = f"/archives/{model}.tar.gz?{SIGNATURE}"
+            return _reply(req, 302, b"", {"Location": location})
+        return _reply(req, 404, b"not found")
+
+    def _serve_archive(self, req: BaseHTTPRequestHandler, model: str) -> None:
+        data = self.models.get(model)
+        if data is None:
+            return _reply(req, 404, b"no such archive")
+        faults = self.faults.get(model, Faults())
+        with self._lock:
+            if faults.fail_times > 0:
+                faults.fail_times -= 1
+                return _reply(req, faults.fail_status, b"try again")
+        start = 0
+        match = re.fullmatch(r"bytes=(\d+)-", req.headers.get("Range", ""))
+        status, headers = 200, {"Accept-Ranges": "bytes", "Content-Type": "application/gzip"}
+        if match and not faults.ignore_range:
+            start = int(match.group(1))
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+        body = data[start:]
+        req.send_response(status)
+        for key, value in headers.items():
+            req.send_header(key, value)
+        req.send_header("Content-Length", str(len(body)))
+        req.end_headers()
+        with self._lock:
+            cut = faults.cut_after if faults.cut_times > 0 else None
+            if cut is not None:
+                faults.cut_times -= 1
+        if cut is not None:
+            req.wfile.write(body[:cut])
+            req.wfile.flush()
+            req.close_connection = True
+            return
+        for i in range(0, len(body), 1 << 16):
+            req.wfile.write(body[i : i + (1 << 16)])
+
+
+def _reply(
+    req: BaseHTTPRequestHandler, status: int, body: bytes, headers: dict[str, str] | None = None
+) -> None:
+    req.send_response(status)
+    for key, value in (headers or {}).items():
+        req.send_header(key, value)
+    req.send_header("Content-Length", str(len(body)))
+    req.end_headers()
+    req.wfile.write(body)
