@@ -1,0 +1,103 @@
+"""Every user mistake ends in exit 2 (or 1 for a failed check) and one line naming what is wrong."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import Project
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("hubpin: error:")]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("manifest", "expected"),
+    [
+        ('[models.a]\nhandle = "https://x/y"\nbogus = 1\n', "models.toml:3: models.a.bogus: unknown key"),
+        ('[models.a]\nhandle = "https://x/y"\nformat = "ZIPPED"\n', "models.toml:3: models.a.format:"),
+        ('[models.a]\nhandle = "ftp://x/y.tar.gz"\n', "models.toml:2: models.a.handle: Value error, unsupported scheme 'ftp'"),
+        ('[models.a]\nhandle = ""\n', "models.toml:2: models.a.handle: Value error, a handle must be a non-empty"),
+        ('[models.a]\nformat = "COMPRESSED"\n', "models.toml:1: models.a.handle: required key is missing"),
+        ('[models."bad alias"]\nhandle = "https://x/y"\n', "alias 'bad alias' must match [A-Za-z0-9_.-]+"),
+        ('[models.a]\nhandle = "https://x/y"\nsha256 = "abc"\n', "models.toml:3: models.a.sha256:"),
+        ('[modles.a]\nhandle = "https://x/y"\n', "models.toml:1: modles: unknown key"),
+        ('[models.a\nhandle = "https://x/y"\n', "models.toml: invalid TOML:"),
+        ('[models.a]\nhandle = "gs://"\n', "a gs:// handle needs a bucket"),
+    ],
+)
+def test_bad_manifest_exits_2_naming_file_line_and_key(project: Project, manifest: str, expected: str) -> None:
+    project.write(manifest)
+    for command in (["lock"], ["lock", "--check"], ["sync"]):
+        code, _, err = project.run(*command)
+        assert code == 2, (command, err)
+        assert expected in _one_error_line(err)
+
+
+def test_missing_manifest(project: Project) -> None:
+    code, _, err = project.run("lock")
+    assert code == 2
+    assert "no models.toml in" in _one_error_line(err) and "hubpin add ALIAS HANDLE" in err
+    code, _, err = project.run("-m", "elsewhere.toml", "lock")
+    assert code == 2 and "elsewhere.toml: file not found" in _one_error_line(err)
+
+
+def test_bad_settings_file_and_environment(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+    project.models(a="https://example.invalid/m/1")
+    project.write("jobs = 0\n", "hubpin.toml")
+    code, _, err = project.run("lock")
+    assert code == 2 and "hubpin.toml:1: jobs: Input should be greater than or equal to 1" in _one_error_line(err)
+    project.write("colour = 'blue'\n", "hubpin.toml")
+    code, _, err = project.run("lock")
+    assert code == 2 and "hubpin.toml:1: colour: unknown key" in _one_error_line(err)
+    (project.root / "hubpin.toml").unlink()
+    monkeypatch.setenv("HUBPIN_RETRIES", "many")
+    code, _, err = project.run("lock")
+    assert code == 2 and "environment variable HUBPIN_RETRIES: retries:" in _one_error_line(err)
+    monkeypatch.delenv("HUBPIN_RETRIES")
+    monkeypatch.setenv("TFHUB_MODEL_LOAD_FORMAT", "SIDEWAYS")
+    code, _, err = project.run("lock")
+    assert code == 2 and "TFHUB_MODEL_LOAD_FORMAT" in _one_error_line(err)
+
+
+def test_edited_lock_is_rejected(project: Project) -> None:
+    project.models(a="https://example.invalid/m/1")
+    project.write('version = 1\nmanifest_digest = "x"\n[models.a]\nhandle = 3\n', "models.lock")
+    code, _, err = project.run("sync", "--frozen")
+    assert code == 2 and "models.lock:4: models.a.handle:" in _one_error_line(err)
+    project.write("version = 7\n", "models.lock")
+    code, _, err = project.run("status")
+    assert code == 2 and "lock version 7 is not supported" in _one_error_line(err)
+
+
+def test_plain_http_to_a_remote_host_is_refused(project: Project) -> None:
+    project.models(remote="http://example.invalid/models/m/1")
+    code, _, err = project.run("lock")
+    assert code == 2
+    assert "remote (http://example.invalid/models/m/1)" in err
+    assert "plain http is refused for non-loopback hosts" in err and "allow_http" in err
+    assert not project.lock.exists()
+
+
+def test_unknown_alias_and_bad_flags(project: Project) -> None:
+    project.models(bert="https://example.invalid/bert/1")
+    code, _, err = project.run("sync", "brt")
+    assert code == 2 and "no model with alias 'brt'; did you mean bert?" in _one_error_line(err)
+    with pytest.raises(SystemExit) as exc:
+        project.run("sync", "--jobs", "many")
+    assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        project.run("--tfhub_model_load_format", "ZIP", "lock")
+    assert exc.value.code == 2
+    code, _, err = project.run("add", "bad alias", "https://example.invalid/x/1")
+    assert code == 2 and "must match" in _one_error_line(err)
+    assert "bad alias" not in project.manifest.read_text()
+
+
+def test_missing_local_archive_names_alias_and_path(project: Project) -> None:
+    project.models(local="mirror/none.tar.gz")
+    code, _, err = project.run("lock")
+    assert code == 1
+    assert "local (mirror/none.tar.gz):" in err and "none.tar.gz: archive not found" in err
