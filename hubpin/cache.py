@@ -74,9 +74,11 @@ class Cache:
     def quick_check(self, key: str, tree_digest: str) -> list[str]:
         """Problems found by stat alone (record present and matching, every file at its size)."""
         entry = self.entry(key)
+        if not entry.is_dir():
+            return ["not synced"]
         record = self.read_record(key)
         if record is None:
-            return ["not synced" if not entry.exists() else "no hubpin record for the entry"]
+            return ["no hubpin record for the entry"]
         if record.tree_digest != tree_digest:
             return [f"entry holds {record.tree_digest}, the lock pins {tree_digest}"]
         problems = []
@@ -94,7 +96,9 @@ class Cache:
         """Re-hash an entry against hubpin's record and the lock; one phrase per damaged path."""
         record = self.read_record(key)
         if record is None:
-            return ["not synced" if not self.entry(key).exists() else "no hubpin record for the entry"]
+            return [
+                "not synced" if not self.entry(key).exists() else "no hubpin record for the entry"
+            ]
         if record.tree_digest != tree_digest:
             return [f"entry holds {record.tree_digest}, the lock pins {tree_digest}"]
         try:

@@ -16,19 +16,39 @@ def _one_error_line(err: str) -> str:
 @pytest.mark.parametrize(
     ("manifest", "expected"),
     [
-        ('[models.a]\nhandle = "https://x/y"\nbogus = 1\n', "models.toml:3: models.a.bogus: unknown key"),
-        ('[models.a]\nhandle = "https://x/y"\nformat = "ZIPPED"\n', "models.toml:3: models.a.format:"),
-        ('[models.a]\nhandle = "ftp://x/y.tar.gz"\n', "models.toml:2: models.a.handle: Value error, unsupported scheme 'ftp'"),
-        ('[models.a]\nhandle = ""\n', "models.toml:2: models.a.handle: Value error, a handle must be a non-empty"),
-        ('[models.a]\nformat = "COMPRESSED"\n', "models.toml:1: models.a.handle: required key is missing"),
-        ('[models."bad alias"]\nhandle = "https://x/y"\n', "alias 'bad alias' must match [A-Za-z0-9_.-]+"),
+        (
+            '[models.a]\nhandle = "https://x/y"\nbogus = 1\n',
+            "models.toml:3: models.a.bogus: unknown key",
+        ),
+        (
+            '[models.a]\nhandle = "https://x/y"\nformat = "ZIPPED"\n',
+            "models.toml:3: models.a.format:",
+        ),
+        (
+            '[models.a]\nhandle = "ftp://x/y.tar.gz"\n',
+            "models.toml:2: models.a.handle: Value error, unsupported scheme 'ftp'",
+        ),
+        (
+            '[models.a]\nhandle = ""\n',
+            "models.toml:2: models.a.handle: Value error, a handle must be a non-empty",
+        ),
+        (
+            '[models.a]\nformat = "COMPRESSED"\n',
+            "models.toml:1: models.a.handle: required key is missing",
+        ),
+        (
+            '[models."bad alias"]\nhandle = "https://x/y"\n',
+            "alias 'bad alias' must match [A-Za-z0-9_.-]+",
+        ),
         ('[models.a]\nhandle = "https://x/y"\nsha256 = "abc"\n', "models.toml:3: models.a.sha256:"),
         ('[modles.a]\nhandle = "https://x/y"\n', "models.toml:1: modles: unknown key"),
         ('[models.a\nhandle = "https://x/y"\n', "models.toml: invalid TOML:"),
         ('[models.a]\nhandle = "gs://"\n', "a gs:// handle needs a bucket"),
     ],
 )
-def test_bad_manifest_exits_2_naming_file_line_and_key(project: Project, manifest: str, expected: str) -> None:
+def test_bad_manifest_exits_2_naming_file_line_and_key(
+    project: Project, manifest: str, expected: str
+) -> None:
     project.write(manifest)
     for command in (["lock"], ["lock", "--check"], ["sync"]):
         code, _, err = project.run(*command)
@@ -44,11 +64,17 @@ def test_missing_manifest(project: Project) -> None:
     assert code == 2 and "elsewhere.toml: file not found" in _one_error_line(err)
 
 
-def test_bad_settings_file_and_environment(project: Project, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_settings_file_and_environment(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
     project.models(a="https://example.invalid/m/1")
     project.write("jobs = 0\n", "hubpin.toml")
     code, _, err = project.run("lock")
-    assert code == 2 and "hubpin.toml:1: jobs: Input should be greater than or equal to 1" in _one_error_line(err)
+    assert (
+        code == 2
+        and "hubpin.toml:1: jobs: Input should be greater than or equal to 1"
+        in _one_error_line(err)
+    )
     project.write("colour = 'blue'\n", "hubpin.toml")
     code, _, err = project.run("lock")
     assert code == 2 and "hubpin.toml:1: colour: unknown key" in _one_error_line(err)

@@ -1,0 +1,257 @@
+"""The runtime API: load models by alias, strictly from the lock, never from the network.
+
+``hubpin.load("bert")`` is ``hub.load`` on the pinned entry: the cache folder for
+a COMPRESSED model (checked against hubpin's record first), the pinned ``gs://``
+location for an UNCOMPRESSED one, with the model's tags and LoadOptions. Nothing
+here downloads; a model that is not synced is an error that says what to run.
+TensorFlow and tensorflow_hub are imported only when a model is actually loaded.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hubpin.errors import (
+    DamagedEntryError,
+    HubpinError,
+    LockMissingError,
+    NotSyncedError,
+    StaleLockError,
+    UnknownAliasError,
+)
+from hubpin.handles import Kind, is_archive_name, scheme_of
+from hubpin.lockfile import Lock as LockData
+from hubpin.lockfile import Pin, differences
+from hubpin.project import LOCK_FILE, Project, find_upwards
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+
+class UnpinnedHandleError(HubpinError):
+    """``install(strict=True)`` refused a handle the lock does not pin."""
+
+
+class Lock:
+    """One models.lock and the cache it describes; the module functions use a default one.
+
+    Code that works with several projects holds one ``Lock`` per lock file:
+    ``hubpin.Lock("serving/models.lock").load("bert")``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
+        lock_path = _find_lock(path)
+        self._project = Project(lock_path.with_suffix(".toml"), lock_path)
+        self.path = lock_path
+        self.data: LockData = self._project.read_lock()
+        manifest = self._project.manifest_path
+        if manifest.exists():
+            problems = differences(self.data, self._project.manifest, self._project.settings)
+            if problems:
+                raise StaleLockError(
+                    f"{lock_path} is older than {manifest.name}: {'; '.join(problems)}; "
+                    "run: hubpin lock && hubpin sync"
+                )
+
+    @property
+    def cache_dir(self) -> str:
+        return self._project.settings.cache_root
+
+    def pin(self, alias: str) -> Pin:
+        """The lock's entry for ``alias``; an unknown alias names the closest ones."""
+        pin = self.data.models.get(alias)
+        if pin is None:
+            close = difflib.get_close_matches(alias, list(self.data.models), n=3)
+            hint = (
+                f"did you mean {', '.join(close)}?"
+                if close
+                else "add it to the manifest, then run: hubpin lock && hubpin sync"
+            )
+            raise UnknownAliasError(f"alias {alias!r} is not pinned in {self.path}; {hint}")
+        return pin
+
+    def resolve(self, alias: str, *, verify: bool = False) -> str:
+        """The path ``tf.saved_model.load`` should read: cache entry, gs:// location or folder.
+
+        The cache entry is checked against hubpin's record (every file present at
+        its recorded size; with ``verify``, re-hashed) so a half-deleted model fails
+        here, by name, rather than deep inside TensorFlow.
+        """
+        pin = self.pin(alias)
+        if pin.kind is Kind.GCS:
+            return pin.location or ""
+        if pin.kind is Kind.FOLDER:
+            folder = (self._project.root / (pin.location or "")).resolve()
+            if not folder.is_dir():
+                raise NotSyncedError(f"{alias}: pinned folder {folder} does not exist")
+            return str(folder)
+        assert pin.cache_key
+        cache = self._project.cache
+        problems = (
+            cache.verify(pin.cache_key, pin.tree_digest)
+            if verify
+            else cache.quick_check(pin.cache_key, pin.tree_digest)
+        )
+        entry = cache.entry(pin.cache_key)
+        if problems:
+            first = problems[0]
+            if first == "not synced" or first.startswith(("no hubpin record", "entry holds")):
+                raise NotSyncedError(
+                    f"{alias} ({pin.handle}) is not synced into {cache.root} ({first}); run: hubpin sync"
+                )
+            raise DamagedEntryError(
+                f"{alias}: cache entry {entry} is damaged: {'; '.join(problems[:5])}; "
+                "run: hubpin verify --repair"
+            )
+        return str(entry)
+
+    def load(
+        self,
+        alias: str,
+        *,
+        tags: list[str] | set[str] | None = None,
+        options: tf.saved_model.LoadOptions | None = None,
+        verify: bool = False,
+    ) -> Any:
+        """``hub.load`` on the pinned entry, with the pinned tags and io_device."""
+        pin = self.pin(alias)
+        path = self.resolve(alias, verify=verify)
+        import tensorflow as tf
+
+        options = options or _load_options(pin)
+        if tags is None:
+            tags = pin.tags
+        # As tensorflow_hub.load: a TF1 Hub module loads with empty tags unless told otherwise.
+        is_hub_module_v1 = tf.io.gfile.exists(os.path.join(path, "tfhub_module.pb"))
+        if tags is None and is_hub_module_v1:
+            tags = []
+        if options is not None:
+            obj = tf.compat.v1.saved_model.load_v2(path, tags=tags, options=options)
+        else:
+            obj = tf.compat.v1.saved_model.load_v2(path, tags=tags)
+        obj._is_hub_module_v1 = is_hub_module_v1
+        return obj
+
+    def KerasLayer(self, alias: str, **kwargs: Any) -> Any:
+        """A ``tensorflow_hub.KerasLayer`` on the pinned entry."""
+        pin = self.pin(alias)
+        path = self.resolve(alias)
+        import tensorflow_hub as hub
+
+        if pin.tags is not None:
+            kwargs.setdefault("tags", pin.tags)
+        if "load_options" not in kwargs and pin.io_device:
+            kwargs["load_options"] = _load_options(pin)
+        return hub.KerasLayer(path, **kwargs)
+
+    def install(self, strict: bool = True) -> None:
+        """Make tensorflow_hub resolve pinned handles through this lock (and, strictly, only those)."""
+        from tensorflow_hub import registry
+
+        registry.resolver.add_implementation(_PinnedResolver(self, strict))
+
+
+class _PinnedResolver:
+    """A tensorflow_hub resolver: pinned handles → their checked paths; others refused when strict."""
+
+    def __init__(self, lock: Lock, strict: bool) -> None:
+        self.lock = lock
+        self.strict = strict
+        self.by_handle = {pin.handle: alias for alias, pin in lock.data.models.items()}
+
+    def is_supported(self, handle: str) -> bool:
+        if handle in self.by_handle:
+            return True
+        if not self.strict:
+            return False
+        # Paths and gs:// folders are how tensorflow_hub reads what we resolved: let them through.
+        scheme = scheme_of(handle)
+        return scheme in ("http", "https") or (scheme == "gs" and is_archive_name(handle))
+
+    def __call__(self, handle: str) -> str:
+        alias = self.by_handle.get(handle)
+        if alias is None:
+            raise UnpinnedHandleError(
+                f"handle {handle} is not pinned in {self.lock.path} and hubpin.install(strict=True) "
+                f"refuses to download it; run: hubpin add ALIAS {handle} && hubpin sync"
+            )
+        return self.lock.resolve(alias)
+
+
+def _load_options(pin: Pin) -> tf.saved_model.LoadOptions | None:
+    if not pin.io_device:
+        return None
+    import tensorflow as tf
+
+    return tf.saved_model.LoadOptions(experimental_io_device=pin.io_device)
+
+
+def _find_lock(path: str | os.PathLike[str] | None) -> Path:
+    if path is not None:
+        found = Path(path)
+    elif os.environ.get("HUBPIN_LOCK"):
+        found = Path(os.environ["HUBPIN_LOCK"])
+    else:
+        nearest = find_upwards(LOCK_FILE)
+        if nearest is None:
+            raise LockMissingError(
+                f"no {LOCK_FILE} in {Path.cwd()} or its parents and HUBPIN_LOCK is not set; "
+                "run: hubpin lock (or pass the lock's path)"
+            )
+        found = nearest
+    if not found.is_file():
+        raise LockMissingError(f"{found}: no lock file; run: hubpin lock")
+    return found.absolute()
+
+
+_default: tuple[tuple[Path, float, float, str], Lock] | None = None
+_default_guard = threading.Lock()
+
+
+def default_lock() -> Lock:
+    """The lock found from HUBPIN_LOCK or the working directory, reread when a file changes."""
+    global _default
+    path = _find_lock(None)
+    manifest = path.with_suffix(".toml")
+    stamp = (
+        path,
+        path.stat().st_mtime,
+        manifest.stat().st_mtime if manifest.exists() else 0.0,
+        os.environ.get("TFHUB_CACHE_DIR", ""),
+    )
+    with _default_guard:
+        if _default is None or _default[0] != stamp:
+            _default = (stamp, Lock(path))
+        return _default[1]
+
+
+def load(
+    alias: str,
+    *,
+    tags: list[str] | set[str] | None = None,
+    options: tf.saved_model.LoadOptions | None = None,
+    verify: bool = False,
+) -> Any:
+    """Load a pinned model by alias, like ``hub.load`` but strictly from the lock."""
+    return default_lock().load(alias, tags=tags, options=options, verify=verify)
+
+
+def resolve(alias: str, *, verify: bool = False) -> str:
+    """The local path (COMPRESSED) or gs:// location (UNCOMPRESSED) of a pinned alias."""
+    return default_lock().resolve(alias, verify=verify)
+
+
+def KerasLayer(alias: str, **kwargs: Any) -> Any:
+    """A ``hub.KerasLayer`` for a pinned alias."""
+    return default_lock().KerasLayer(alias, **kwargs)
+
+
+def install(strict: bool = True, lock: str | os.PathLike[str] | None = None) -> Lock:
+    """Route tensorflow_hub's handle resolution through the lock; returns the Lock used."""
+    chosen = Lock(lock) if lock is not None else default_lock()
+    chosen.install(strict=strict)
+    return chosen
