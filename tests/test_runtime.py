@@ -44,7 +44,7 @@ def test_lock_object_api_from_elsewhere(
     import tensorflow as tf
 
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(hubpin.LockMissingError, match="no models.lock in .* run: hubpin lock"):
+    with pytest.raises(hubpin.LockMissingError, match=r"no models.lock in .* run: hubpin lock"):
         hubpin.load("double")
     lock = hubpin.Lock(synced.lock)
     model = lock.load("triple", verify=True)
@@ -77,7 +77,7 @@ def test_load_options_reach_tensorflow(synced: Project, monkeypatch: pytest.Monk
 
 def test_errors_name_the_alias_and_what_to_run(synced: Project) -> None:
     with pytest.raises(
-        hubpin.UnknownAliasError, match="alias 'dubble' is not pinned .* did you mean double"
+        hubpin.UnknownAliasError, match=r"alias 'dubble' is not pinned .* did you mean double"
     ):
         hubpin.load("dubble")
     entry = Path(hubpin.resolve("double"))
@@ -88,7 +88,7 @@ def test_errors_name_the_alias_and_what_to_run(synced: Project) -> None:
     ):
         hubpin.load("double")
     (entry / "saved_model.pb").write_bytes(b"short")
-    with pytest.raises(hubpin.DamagedEntryError, match="saved_model.pb is 5 bytes, expected"):
+    with pytest.raises(hubpin.DamagedEntryError, match=r"saved_model\.pb is 5 bytes, expected"):
         hubpin.resolve("double")
     import shutil
 
@@ -115,7 +115,7 @@ def test_verify_true_rehashes(synced: Project) -> None:
         bytes([data[0] ^ 1]) + data[1:]
     )  # same size, other bytes
     assert hubpin.resolve("double") == str(entry)  # the fast check sees sizes only
-    with pytest.raises(hubpin.DamagedEntryError, match="changed saved_model.pb"):
+    with pytest.raises(hubpin.DamagedEntryError, match=r"changed saved_model\.pb"):
         hubpin.resolve("double", verify=True)
 
 
