@@ -168,7 +168,7 @@ def cmd_lock(args: argparse.Namespace) -> int:
             raise StaleLockError(
                 f"{project.lock_path.name} is stale: {'; '.join(problems)}; run: hubpin lock"
             )
-        _say(args, f"{project.lock_path.name} is up to date ({len(lock.models)} models)")
+        _say(args, f"{project.lock_path.name} is up to date ({_count(len(lock.models), 'model')})")
         return 0
     with _fetcher(project) as fetcher:
         _, changed = lock_project(args, project, fetcher, set(args.aliases), fill_cache=False)
@@ -338,7 +338,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         if not args.dry_run:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     verb = "would free" if args.dry_run else "freed"
-    _say(args, f"{len(doomed)} paths, {verb} {_size(freed)}")
+    _say(args, f"{_count(len(doomed), 'path')}, {verb} {_size(freed)}")
     return 0
 
 
@@ -415,7 +415,7 @@ def lock_project(
     changed = write_lock(project.lock_path, lock)
     _say(
         args,
-        f"{'wrote' if changed else 'unchanged'} {project.lock_path.name}: {len(pinned)} models "
+        f"{'wrote' if changed else 'unchanged'} {project.lock_path.name}: {_count(len(pinned), 'model')} "
         f"({len(todo)} pinned, {len(kept)} kept)",
     )
     return lock, changed
@@ -491,7 +491,7 @@ def _report(args: argparse.Namespace, outcomes: list[Outcome], project: Project)
     failed = counts["failed"]
     _say(
         args,
-        f"synced {len(outcomes)} models into {project.settings.cache_root}: "
+        f"synced {_count(len(outcomes), 'model')} into {project.settings.cache_root}: "
         f"{counts['fetched']} fetched, {counts['present'] + counts['adopted']} already present, "
         f"{counts['checked']} checked in place, {failed} failed",
     )
@@ -565,6 +565,10 @@ def _describe(pin: Pin) -> str:
     if pin.kind is Kind.ARCHIVE:
         return f"{pin.url} sha256:{(pin.archive_sha256 or '')[:12]} ({pin.file_count} files, {_size(pin.unpacked_size)})"
     return f"{pin.location} ({pin.file_count} files, {_size(pin.unpacked_size)})"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _size(n: int) -> str:

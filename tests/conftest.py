@@ -35,7 +35,6 @@ class Model:
 @pytest.fixture(scope="session")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Model]:
     """Three small SavedModels, built once per session with TensorFlow."""
-    pytest.importorskip("tensorflow")
     root = tmp_path_factory.mktemp("savedmodels")
     built = {}
     for name, scale, bias in (("double", 2.0, 1.0), ("triple", 3.0, -1.0), ("quint", 5.0, 0.5)):
