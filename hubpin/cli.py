@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from hubpin.bundle import write_bundle
 from hubpin.cache import entry_size
 from hubpin.errors import HubpinError, InputError, StaleLockError, UnknownAliasError
 from hubpin.fetch import Fetcher
@@ -127,6 +128,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--verify", action="store_true", help="re-hash present entries instead of the size check"
     )
+    p.add_argument(
+        "--from",
+        dest="bundle",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="take archives from a `hubpin bundle` folder instead of the network",
+    )
     p.add_argument("aliases", nargs="*", metavar="ALIAS")
 
     p = command("verify", cmd_verify, "re-hash cached models against the lock")
@@ -149,6 +158,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("alias", metavar="ALIAS")
     p.add_argument("handle", metavar="HANDLE")
     p.add_argument("--format", type=_format, default=None, dest="model_format")
+
+    p = command(
+        "bundle",
+        cmd_bundle,
+        "write the locked archives and the lock to a folder (or .tar) for air-gapped machines",
+    )
+    p.add_argument("out", type=Path, metavar="OUT")
+    p.add_argument("aliases", nargs="*", metavar="ALIAS")
 
     command("env", cmd_env, "print shell exports that point tensorflow_hub at this cache")
     return parser
@@ -176,6 +193,8 @@ def cmd_lock(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
+    if args.bundle is not None:
+        args.offline = True  # a bundle is for machines without a network: never open one
     project = _project(args, need_manifest=not args.frozen)
     with _fetcher(project) as fetcher:
         if args.frozen:
@@ -205,6 +224,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
                     return 1
         pins = _select(lock, args.aliases, project.lock_path)
         syncer = _syncer(args, project, fetcher, offline=args.offline, full_verify=args.verify)
+        if args.bundle is not None:
+            if not (args.bundle / "archives").is_dir():
+                raise InputError(
+                    f"{args.bundle}: not a hubpin bundle (no archives/ folder); make one with: hubpin bundle OUT"
+                )
+            syncer.bundle = args.bundle
         with _progress(args, sum(p.archive_size or 0 for p in pins.values())) as on_bytes:
             syncer.on_bytes = on_bytes
             outcomes = syncer.run(pins, args.jobs or project.settings.jobs)
@@ -321,7 +346,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     project = _project(args, need_manifest=False)
     lock = project.read_lock()
     cache = project.cache
-    keep = {p.cache_key for p in lock.models.values() if p.cache_key}
+    keep = {key for p in lock.models.values() for key in p.cache_keys()}
     doomed: list[Path] = list(cache.leftovers())
     if cache.root.is_dir():
         for path in sorted(cache.root.iterdir()):
@@ -346,6 +371,20 @@ def cmd_add(args: argparse.Namespace) -> int:
     path = getattr(args, "manifest", None) or Path("models.toml")
     add_model(path, args.alias, args.handle, args.model_format)
     _say(args, f"added {args.alias} to {path}; run: hubpin lock")
+    return 0
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    project = _project(args, need_manifest=False)
+    lock = project.read_lock()
+    aliases = list(_select(lock, args.aliases, project.lock_path))
+    with _fetcher(project) as fetcher:
+        written = write_bundle(lock, aliases, args.out, fetcher, project.root)
+    _say(
+        args,
+        f"wrote {args.out}: {_count(len(written), 'archive')} and models.lock; "
+        f"on the offline machine run: hubpin sync --from {args.out}",
+    )
     return 0
 
 

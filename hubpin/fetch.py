@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hubpin.errors import FetchError, InputError
-from hubpin.handles import is_loopback, scheme_of, strip_query
+from hubpin.handles import is_loopback, local_path, scheme_of, strip_query
 from hubpin.settings import Settings
 
 if TYPE_CHECKING:
@@ -73,7 +73,23 @@ class Fetcher:
         return self._client
 
     def open(self, location: str) -> Download:
-        """Open an archive at a URL, gs:// URL or local path."""
+        """Open an archive, trying each matching mirror first, then ``location`` itself.
+
+        A mirror that fails is skipped with a warning; whatever a mirror serves is
+        still checked against the lock by the caller, so a mirror cannot change a model.
+        """
+        for mirror in self.settings.mirrors:
+            if location.startswith(mirror.prefix):
+                candidate = mirror.replace + location[len(mirror.prefix) :]
+                try:
+                    return self._open_one(candidate)
+                except FetchError as exc:
+                    log.warning(
+                        "mirror %s failed (%s); trying the next source", strip_query(candidate), exc
+                    )
+        return self._open_one(location)
+
+    def _open_one(self, location: str) -> Download:
         scheme = scheme_of(location)
         if scheme in ("http", "https"):
             return self._open_http(location)
@@ -81,7 +97,9 @@ class Fetcher:
             from hubpin import gcs
 
             return gcs.open_object(location, self.settings)
-        return _open_file(Path(location))
+        path = local_path(location, Path.cwd())
+        assert path is not None
+        return _open_file(path)
 
     def ask_location(self, url: str) -> str:
         """GET ``url`` expecting tfhub.dev's ``303 See Other`` with a gs:// body."""

@@ -17,7 +17,7 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field
 
 from hubpin.errors import LockfileError, LockMissingError
-from hubpin.handles import Format, Kind
+from hubpin.handles import Format, Kind, cache_key
 from hubpin.manifest import Manifest, ModelSpec
 from hubpin.settings import Settings
 from hubpin.tomlfile import read_toml, validate
@@ -51,6 +51,7 @@ class Pin(BaseModel):
     io_device: str | None = None
     tags: list[str] | None = None
     expected_sha256: str | None = None
+    also: list[str] | None = None
     cache_key: str | None = None
     url: str | None = None
     archive_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
@@ -61,6 +62,12 @@ class Pin(BaseModel):
     file_count: int = Field(ge=0)
     objects: list[GcsObject] | None = None
 
+    def cache_keys(self) -> list[str]:
+        """Every cache folder this pin fills: its handle's and those of its ``also`` handles."""
+        if self.cache_key is None:
+            return []
+        return [self.cache_key, *(cache_key(h) for h in self.also or [])]
+
     def inputs(self) -> dict[str, Any]:
         """The manifest fields this pin was made from."""
         return {
@@ -69,6 +76,7 @@ class Pin(BaseModel):
             "io_device": self.io_device,
             "tags": self.tags,
             "sha256": self.expected_sha256,
+            "also": self.also or None,
         }
 
 
@@ -88,11 +96,16 @@ def spec_inputs(spec: ModelSpec, settings: Settings) -> dict[str, Any]:
         "io_device": spec.io_device,
         "tags": spec.tags,
         "sha256": spec.sha256,
+        "also": spec.also or None,
     }
 
 
 def manifest_digest(manifest: Manifest, settings: Settings) -> str:
-    canonical = {alias: spec_inputs(spec, settings) for alias, spec in manifest.models.items()}
+    # None-valued fields are left out, so adding an optional field does not stale old locks.
+    canonical = {
+        alias: {k: v for k, v in spec_inputs(spec, settings).items() if v is not None}
+        for alias, spec in manifest.models.items()
+    }
     blob = json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()
     return "sha256:" + hashlib.sha256(blob).hexdigest()
 

@@ -27,6 +27,7 @@ class ModelSpec(BaseModel):
     io_device: str | None = None
     tags: list[str] | None = None
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    also: list[str] = Field(default_factory=list)
 
     @field_validator("handle")
     @classmethod
@@ -34,6 +35,15 @@ class ModelSpec(BaseModel):
         problem = check_handle(value)
         if problem:
             raise ValueError(problem)
+        return value
+
+    @field_validator("also")
+    @classmethod
+    def _also(cls, value: list[str]) -> list[str]:
+        for handle in value:
+            problem = check_handle(handle)
+            if problem:
+                raise ValueError(f"{handle!r}: {problem}")
         return value
 
     def effective_format(self, settings: Settings) -> Format:

@@ -56,6 +56,7 @@ def pin_model(
         "io_device": spec.io_device,
         "tags": spec.tags,
         "expected_sha256": spec.sha256,
+        "also": spec.also or None,
     }
     if source.kind is Kind.ARCHIVE:
         download = fetcher.open(source.location)

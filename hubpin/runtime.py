@@ -161,7 +161,11 @@ class _PinnedResolver:
     def __init__(self, lock: Lock, strict: bool) -> None:
         self.lock = lock
         self.strict = strict
-        self.by_handle = {pin.handle: alias for alias, pin in lock.data.models.items()}
+        self.by_handle = {
+            handle: alias
+            for alias, pin in lock.data.models.items()
+            for handle in (pin.handle, *(pin.also or []))
+        }
 
     def is_supported(self, handle: str) -> bool:
         if handle in self.by_handle:

@@ -9,17 +9,20 @@ archive sha256 and tree digest with the lock, and only then rename it into place
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from hubpin.bundle import archive_in
 from hubpin.cache import Cache, Record
 from hubpin.digests import hash_tree
 from hubpin.errors import HubpinError, IntegrityError, NotSyncedError
 from hubpin.fetch import Fetcher
-from hubpin.handles import Kind, source_for
+from hubpin.handles import Kind, cache_key, source_for
 from hubpin.lockfile import Pin
 from hubpin.settings import Settings
 from hubpin.unpack import HashingReader, Unpacked, unpack
@@ -46,6 +49,7 @@ class Syncer:
     offline: bool = False
     full_verify: bool = False
     on_bytes: Callable[[int], None] | None = None
+    bundle: Path | None = None  # read archives from a `hubpin bundle` folder, not the network
 
     def run(self, pins: dict[str, Pin], jobs: int) -> list[Outcome]:
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
@@ -63,16 +67,22 @@ class Syncer:
         if pin.kind is Kind.FOLDER:
             return self._check_folder(pin)
         if pin.kind is Kind.GCS:
-            if self.offline:
-                return "checked", "gs:// location not checked (--offline)"
+            if self.offline or self.bundle:
+                return "checked", "gs:// location not checked (no network)"
             from hubpin import gcs
 
             gcs.check_folder(pin, self.settings)
             return "checked", f"{pin.location} unchanged ({pin.file_count} objects)"
+        status, detail = self._sync_archive(pin)
+        for handle in pin.also or []:
+            self._fill_also(pin, handle)
+        return status, detail
+
+    def _sync_archive(self, pin: Pin) -> tuple[str, str]:
         assert pin.cache_key
         if self._is_present(pin):
             return "present", ""
-        if self.offline:
+        if self.offline and not self.bundle:
             raise NotSyncedError(
                 "not in the cache and --offline forbids downloading; run: hubpin sync"
             )
@@ -86,6 +96,31 @@ class Syncer:
                 pin.cache_key, work, Record(pin.handle, pin.tree_digest, result.tree)
             )
         return "fetched", ""
+
+    def _fill_also(self, pin: Pin, handle: str) -> None:
+        """Give another handle of the same model (its Kaggle URL, say) its own cache key.
+
+        Files are hard-linked from the verified entry (copied where links fail), so
+        one download serves every handle tensorflow_hub might be asked for.
+        """
+        assert pin.cache_key
+        key = cache_key(handle)
+        if not self.cache.quick_check(key, pin.tree_digest):
+            return
+        record = self.cache.read_record(pin.cache_key)
+        assert record is not None
+        source = self.cache.entry(pin.cache_key)
+        with self.cache.locked(key, self.settings.lock_timeout) as work:
+            if not self.cache.quick_check(key, pin.tree_digest):
+                return
+            for folder in record.tree.dirs:
+                (work / folder).mkdir(parents=True, exist_ok=True)
+            for path in record.tree.files:
+                try:
+                    os.link(source / path, work / path)
+                except OSError:
+                    shutil.copy2(source / path, work / path)
+            self.cache.publish(key, work, Record(handle, pin.tree_digest, record.tree))
 
     def _is_present(self, pin: Pin) -> bool:
         assert pin.cache_key
@@ -117,7 +152,11 @@ class Syncer:
 
     def fetch_into(self, pin: Pin, work: Path) -> Unpacked:
         """Download and unpack a pinned archive into ``work``; raise unless it matches the lock."""
-        download = self.fetcher.open(source_for(pin.handle, pin.format, self.root).location)
+        if self.bundle and pin.archive_sha256:
+            location = str(archive_in(self.bundle, pin.archive_sha256))
+        else:
+            location = source_for(pin.handle, pin.format, self.root).location
+        download = self.fetcher.open(location)
         reader = HashingReader(download.chunks, max_size=pin.archive_size, on_bytes=self.on_bytes)
         try:
             result = unpack(reader, work, max_unpacked=pin.unpacked_size)

@@ -1,0 +1,117 @@
+"""Air-gapped machines and company networks: bundles, mirrors, and one model under several handles."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from conftest import Model, Project
+from hubserver import HubServer
+
+
+def test_bundle_then_sync_from_it_with_no_network(
+    project: Project,
+    hub: HubServer,
+    models: dict[str, Model],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    project.models(double=hub.handle("google/double/1"), triple=hub.handle("google/triple/1"))
+    assert project.run("lock")[0] == 0
+    code, _, err = project.run("bundle", str(tmp_path / "bundle"))
+    assert code == 0, err
+    assert "2 archives" in err and "hubpin sync --from" in err
+    for name in ("double", "triple"):
+        sha = hashlib.sha256(models[name].archive).hexdigest()
+        assert (tmp_path / "bundle" / "archives" / sha).read_bytes() == models[name].archive
+    assert (tmp_path / "bundle" / "models.lock").read_bytes() == project.lock.read_bytes()
+
+    hub.stop()
+    offline_cache = tmp_path / "offline-cache"
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(offline_cache))
+    code, _, err = project.run("sync", "--from", str(tmp_path / "bundle"))
+    assert code == 0, err
+    assert "2 fetched" in err
+    assert (
+        offline_cache
+        / hashlib.sha1(hub.handle("google/double/1").encode()).hexdigest()
+        / "saved_model.pb"
+    ).is_file()
+
+
+def test_a_tampered_bundle_publishes_nothing(
+    project: Project, hub: HubServer, models: dict[str, Model], tmp_path: Path
+) -> None:
+    handle = hub.handle("google/double/1")
+    project.models(double=handle)
+    assert project.run("lock")[0] == 0
+    assert project.run("bundle", str(tmp_path / "b"))[0] == 0
+    sha = hashlib.sha256(models["double"].archive).hexdigest()
+    (tmp_path / "b" / "archives" / sha).write_bytes(models["triple"].archive)
+    code, _, err = project.run("sync", "--from", str(tmp_path / "b"))
+    assert code == 1 and "does not match the lock" in err
+    assert not project.entry(handle).exists()
+    code, _, err = project.run("sync", "--from", str(tmp_path / "nowhere"))
+    assert code == 2 and "not a hubpin bundle" in err
+
+
+def test_mirrors_are_tried_in_order_and_verified(project: Project, hub: HubServer) -> None:
+    canonical = "https://tfhub.dev/google/double/1"
+    project.write(
+        f'[[mirrors]]\nprefix = "https://tfhub.dev/"\nreplace = "{hub.url}/missing/"\n\n'
+        f'[[mirrors]]\nprefix = "https://tfhub.dev/"\nreplace = "{hub.url}/"\n',
+        "hubpin.toml",
+    )
+    project.models(double=canonical)
+    code, _, err = project.run("sync")
+    assert code == 0, err
+    assert (
+        "mirror" in err and "missing/google/double/1" in err and "404" in err
+    )  # the first mirror, skipped
+    assert (project.entry(canonical) / "saved_model.pb").is_file(), (
+        "the cache key is the canonical handle's"
+    )
+    assert any(path == "/archives/google/double/1.tar.gz" for _, path, _ in hub.requests)
+
+
+def test_file_mirror_for_a_tfhub_handle(
+    project: Project, models: dict[str, Model], tmp_path: Path
+) -> None:
+    mirror = tmp_path / "mirror" / "google" / "quint"
+    mirror.mkdir(parents=True)
+    (mirror / "1").write_bytes(models["quint"].archive)
+    project.write(
+        f'[[mirrors]]\nprefix = "https://tfhub.dev/"\nreplace = "{(tmp_path / "mirror").as_uri()}/"\n',
+        "hubpin.toml",
+    )
+    project.models(quint="https://tfhub.dev/google/quint/1")
+    code, _, err = project.run("sync")
+    assert code == 0, err
+    assert (project.entry("https://tfhub.dev/google/quint/1") / "saved_model.pb").is_file()
+
+
+def test_also_fills_every_handle_of_one_model_from_one_download(
+    project: Project, hub: HubServer
+) -> None:
+    main, kaggle = (
+        hub.handle("google/double/1"),
+        "https://www.kaggle.com/models/google/double/frameworks/TensorFlow2/variations/double/versions/1",
+    )
+    project.write(f'[models.double]\nhandle = "{main}"\nalso = ["{kaggle}"]\n')
+    code, _, err = project.run("sync")
+    assert code == 0, err
+    first, second = project.entry(main), project.entry(kaggle)
+    assert (second / "saved_model.pb").read_bytes() == (first / "saved_model.pb").read_bytes()
+    assert (
+        os.stat(first / "saved_model.pb").st_ino == os.stat(second / "saved_model.pb").st_ino
+    )  # hard link
+    assert (
+        second.with_name(second.name + ".descriptor.txt")
+        .read_text()
+        .startswith(f"Module: {kaggle}\n")
+    )
+    assert hub.archive_requests("google/double/1") == 1
+    code, _, err = project.run("prune", "--dry-run")
+    assert code == 0 and "0 paths" in err
