@@ -167,6 +167,11 @@ class Fetcher:
             try:
                 return attempt()
             except (httpx.TransportError, _Transient) as exc:
+                if "CERTIFICATE_VERIFY_FAILED" in str(exc):  # permanent: retrying cannot help
+                    raise FetchError(
+                        f"{strip_query(url)}: {_reason(exc)}; if a company proxy or CA signs this "
+                        "host, set ca_bundle in hubpin.toml"
+                    ) from None
                 failures += 1
                 if failures > self.settings.retries:
                     raise FetchError(

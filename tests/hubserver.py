@@ -12,6 +12,7 @@ bytes, ignore Range, or serve a different file.
 from __future__ import annotations
 
 import re
+import ssl
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,7 +38,9 @@ class HubServer:
     uncompressed: dict[str, str] = field(default_factory=dict)  # model path → gs:// location
     faults: dict[str, Faults] = field(default_factory=dict)  # model path → faults
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+    redirects: dict[str, str] = field(default_factory=dict)  # model path → absolute Location
     port: int = 0
+    tls: ssl.SSLContext | None = None  # serve https with this server-side context
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -55,11 +58,13 @@ class HubServer:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
+        if self.tls is not None:
+            self._httpd.socket = self.tls.wrap_socket(self._httpd.socket, server_side=True)
         self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def handle(self, path: str) -> str:
         return f"{self.url}/{path.strip('/')}"
@@ -88,6 +93,8 @@ class HubServer:
         if fmt == "uncompressed" and model in self.uncompressed:
             body = self.uncompressed[model].encode()
             return _reply(req, 303, body, {"Content-Type": "text/plain"})
+        if fmt == "compressed" and model in self.redirects:
+            return _reply(req, 302, b"", {"Location": self.redirects[model]})
         if fmt == "compressed" and model in self.models:
             location = f"/archives/{model}.tar.gz?{SIGNATURE}"
             return _reply(req, 302, b"", {"Location": location})
