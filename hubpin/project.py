@@ -47,19 +47,19 @@ class Project:
         overrides: dict[str, Any] | None = None,
         need_manifest: bool = True,
     ) -> Project:
+        if manifest is None and lock is not None and not need_manifest:
+            manifest = lock.with_suffix(".toml")  # the lock's own manifest, if it has one
         if manifest is None:
-            found = find_upwards(MANIFEST_FILE)
-            if found is None and lock is None and not need_manifest:
-                lock = Path(os.environ["HUBPIN_LOCK"]) if os.environ.get("HUBPIN_LOCK") else None
-                lock = lock or find_upwards(LOCK_FILE)
-            if found is None and lock is not None and not need_manifest:
-                found = lock.with_suffix(".toml")
-            if found is None:
-                raise ManifestError(
-                    f"no {MANIFEST_FILE} in {Path.cwd()} or its parents; "
-                    "pass -m PATH or create one with: hubpin add ALIAS HANDLE"
-                )
-            manifest = found
+            manifest = find_upwards(MANIFEST_FILE)
+        if manifest is None and not need_manifest:
+            env_lock = os.environ.get("HUBPIN_LOCK")
+            lock = Path(env_lock) if env_lock else find_upwards(LOCK_FILE)
+            manifest = lock.with_suffix(".toml") if lock else None
+        if manifest is None:
+            raise ManifestError(
+                f"no {MANIFEST_FILE} in {Path.cwd()} or its parents; "
+                "pass -m PATH or create one with: hubpin add ALIAS HANDLE"
+            )
         manifest = manifest.absolute()
         return cls(manifest, (lock or manifest.with_suffix(".lock")).absolute(), overrides or {})
 
