@@ -120,3 +120,13 @@ def run_python(code: str, env: dict[str, str] | None = None, cwd: Path | None = 
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout
+
+
+def heavy_imports_after(code: str, cwd: Path) -> list[str]:
+    """The TensorFlow, tensorflow_hub and gcsfs modules a fresh interpreter holds after ``code``."""
+    out = run_python(
+        code + "\nimport sys\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tensorflow_hub', 'gcsfs')))",
+        cwd=cwd,
+    )
+    return eval(out.strip().splitlines()[-1])

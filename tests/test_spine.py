@@ -6,7 +6,7 @@ import hashlib
 import json
 import sys
 
-from conftest import Model, Project, run_python
+from conftest import Model, Project, heavy_imports_after, run_python
 from hubserver import SIGNATURE, HubServer
 
 
@@ -206,13 +206,8 @@ def test_status_resolve_env_add(project: Project, hub: HubServer) -> None:
 
 def test_cli_never_imports_tensorflow(project: Project, hub: HubServer) -> None:
     project.models(double=hub.handle("google/double/1"))
-    out = run_python(
-        "import sys\nfrom hubpin.cli import main\n"
-        "assert main(['sync']) == 0\nassert main(['status']) == 0\nassert main(['verify']) == 0\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tensorflow_hub', 'gcsfs')))",
-        cwd=project.root,
-    )
-    assert out.strip().splitlines()[-1] == "[]"
+    code = "from hubpin.cli import main\nassert main(['sync']) == main(['status']) == main(['verify']) == 0"
+    assert heavy_imports_after(code, project.root) == []
     help_out = run_python(
         "import runpy, sys; sys.argv = ['hubpin', '--help']\n"
         "try: runpy.run_module('hubpin', run_name='__main__')\n"
