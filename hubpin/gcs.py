@@ -64,8 +64,7 @@ if TYPE_CHECKING:
     from hubpin.lockfile import Pin
 
 log = logging.getLogger("hubpin")
-_CHUNK = 1 << 20
-_BLOCK = 8 << 20
+_BLOCK = 8 << 20  # bytes per ranged GET when streaming an object
 _TOKEN_WORDS = ("anon", "google_default", "cloud", "cache")
 # Written last into an entry: TensorFlow fails on a folder without them instead
 # of loading a model whose variables are still being copied.
@@ -270,11 +269,26 @@ def _delete_all(fs: GCSFileSystem, bucket: str, names: list[str], jobs: int) -> 
         list(pool.map(lambda name: _delete(fs, bucket, name), names))
 
 
-def _stream(fs: GCSFileSystem, bucket: str, name: str, generation: str) -> Iterator[bytes]:
-    """One generation's bytes in chunks: an overwrite mid-read fails instead of mixing versions."""
-    with fs.open(f"{bucket}/{name}", "rb", block_size=_BLOCK, generation=generation) as fh:
-        while chunk := fh.read(_CHUNK):
-            yield chunk
+def _stream(
+    fs: GCSFileSystem, bucket: str, name: str, generation: str, size: int
+) -> Iterator[bytes]:
+    """One generation's bytes, by ranges of ``_BLOCK``: each range is retried by gcsfs, and
+    an overwrite during the read fails (404 on that generation) instead of mixing versions."""
+    url = f"{_endpoint(fs)}/download/storage/v1/b/{{}}/o/{{}}"
+    for start in range(0, size, _BLOCK):
+        end = min(size, start + _BLOCK) - 1
+        _, body = fs.call(
+            "GET",
+            url,
+            bucket,
+            name,
+            alt="media",
+            generation=generation,
+            headers={"Range": f"bytes={start}-{end}"},
+        )
+        if len(body) != end - start + 1:
+            raise ValueError(f"got {len(body)} bytes for range {start}-{end} of {size}")
+        yield body
 
 
 def _remote(item: dict[str, Any], prefix: str) -> RemoteObject:
@@ -305,7 +319,7 @@ def open_object(url: str, settings: Settings) -> Download:
 
     def chunks() -> Iterator[bytes]:
         with _errors(url):
-            yield from _stream(fs, bucket, name, str(meta["generation"]))
+            yield from _stream(fs, bucket, name, str(meta["generation"]), int(meta["size"]))
 
     return Download(final_url=url, length=int(meta["size"]), chunks=chunks())
 
@@ -412,8 +426,10 @@ class GcsCache(Cache):
        finds the entry present. Released with ``ifGenerationMatch=<its generation>``,
        so a lock taken over by someone else is never deleted.
     2. The archive is unpacked and verified against the lock on local disk.
-    3. An older record ``<key>.hubpin.json`` is deleted first (with its generation
-       as precondition): from then on hubpin treats the entry as absent.
+    3. A record ``<key>.hubpin.json`` of another tree is deleted first (with its
+       generation as precondition): from then on hubpin treats the entry as absent.
+       A record of the same tree (a repair) stays: the bytes it vouches for are
+       put back unchanged.
     4. Every file is uploaded to ``<key>.<uuid>.tmp/`` (md5-checked by gcsfs),
        then copied server-side into ``<key>/``, ``saved_model.pb`` last; files
        the new tree does not hold are deleted. tensorflow_hub counts a non-empty
@@ -518,19 +534,30 @@ class GcsCache(Cache):
 
     def hash_entry(self, key: str) -> Tree:
         """Download and hash every object of the entry (for ``verify`` and adoption)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        listing = self._listing(key)
         tree = Tree()
-        for path, item in sorted(self._listing(key).items()):
-            if path.endswith("/"):
-                if path.strip("/"):
-                    tree.add_dir(path.strip("/"))
-                continue
+        for path in listing:
+            if path.endswith("/") and path.strip("/"):
+                tree.add_dir(path.strip("/"))
+        files = sorted(p for p in listing if not p.endswith("/"))
+
+        def hash_one(path: str) -> tuple[str, int, str]:
             digest = hashlib.sha256()
             size = 0
+            item = listing[path]
             with self._errors(f"{key}/{path}"):
-                for chunk in _stream(self.fs, self.bucket, item["name"], str(item["generation"])):
+                for chunk in _stream(
+                    self.fs, self.bucket, item["name"], str(item["generation"]), int(item["size"])
+                ):
                     digest.update(chunk)
                     size += len(chunk)
-            tree.add_file(path, size, digest.hexdigest())
+            return path, size, digest.hexdigest()
+
+        with ThreadPoolExecutor(max_workers=max(1, self.settings.jobs)) as pool:
+            for path, size, sha256 in pool.map(hash_one, files):
+                tree.add_file(path, size, sha256)
         return tree
 
     # -- writing
@@ -627,7 +654,7 @@ class GcsCache(Cache):
     def publish(self, key: str, work: Path, record: Record) -> None:
         """Upload a verified work folder into ``<key>/`` and commit it with the record (see class)."""
         old = self._read_record(key)
-        if old is not None:
+        if old is not None and old[0].tree_digest != record.tree_digest:
             self._revoke(key, old[2])
         tmp = work.name  # <key>.<uuid>.tmp, as named by locked()
         files = sorted(record.tree.files, key=lambda p: (p in _ENTRY_LAST, p))

@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
@@ -35,11 +36,13 @@ class Emulator:
     def __init__(self) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.log: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._fs: GCSFileSystem | None = None
 
     def start(self, log: Path, timeout: float = 30.0) -> Emulator:
         """Start it, its requests logged to ``log`` (read it when a test fails oddly)."""
+        self.log = log
         command = ["gcp_storage_emulator", "start", "--host", "127.0.0.1", "--port", str(self.port)]
         with open(log, "wb") as sink:
             self._process = subprocess.Popen(
@@ -57,6 +60,13 @@ class Emulator:
                         f"gcp-storage-emulator did not start on {self.url}"
                     ) from None
                 time.sleep(0.05)
+
+    def requests(self, needle: str) -> list[str]:
+        """The request lines the emulator logged so far that contain ``needle``, URL-decoded,
+        in the order it answered them (it serves one request at a time)."""
+        assert self.log is not None
+        lines = (urllib.parse.unquote(line) for line in self.log.read_text().splitlines())
+        return [line for line in lines if line.startswith('"') and needle in line]
 
     def stop(self) -> None:
         if self._process is not None:

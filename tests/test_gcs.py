@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import tomllib
 from conftest import Model, Project, run_python
 from gcs_emulator import Emulator
 from hubserver import HubServer
+from savedmodels import pack
 
 pytestmark = pytest.mark.gcs
 
@@ -229,6 +231,67 @@ def test_gs_cache_dir_holds_entry_descriptor_and_record_and_status_verify_work(
     code, _, err = project.run("verify", "--repair")
     assert code == 0 and "repaired" in err, err
     assert gcs.read(f"{root}/{key}/{index}") == local[index]
+    assert project.run("verify")[0] == 0
+
+
+def test_gs_cache_commits_with_the_record_last_and_publishes_nothing_unverified(
+    project: Project,
+    hub: HubServer,
+    gcs: Emulator,
+    models: dict[str, Model],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    root = _cache_project(project, gcs, monkeypatch)
+    bucket, _, prefix = root.removeprefix("gs://").partition("/")
+    handle = hub.handle("google/quint/1")
+    entry = f"{prefix}/{hashlib.sha1(handle.encode()).hexdigest()}"
+    project.models(quint=handle)
+    assert project.run("lock")[0] == 0
+    hub.models["google/quint/1"] = models["double"].archive  # upstream changed under the handle
+    code, _, err = project.run("sync", "--locked")
+    assert code == 1 and "does not match the lock" in err
+    assert gcs.listing(root) == {}, "a failed sync leaves no entry, record, lock or upload folder"
+
+    hub.models["google/quint/1"] = models["quint"].archive
+    assert project.run("sync", "--locked")[0] == 0
+    log = gcs.requests(f"/b/{bucket}/o")
+
+    def last(text: str) -> int:
+        return max(i for i, line in enumerate(log) if text in line)
+
+    lock = last(f"o?uploadType=media&name={entry}.lock&ifGenerationMatch=0 ")
+    copies = [i for i, line in enumerate(log) if f"/rewriteTo/b/{bucket}/o/{entry}/" in line]
+    pb = last(f"/rewriteTo/b/{bucket}/o/{entry}/saved_model.pb ")
+    variables = [i for i in copies if f"/rewriteTo/b/{bucket}/o/{entry}/variables/" in log[i]]
+    descriptor = last(f"name={entry}.descriptor.txt ")
+    record = last(f"name={entry}.hubpin.json&ifGenerationMatch=0 ")
+    release = last(f'"DELETE /storage/v1/b/{bucket}/o/{entry}.lock?ifGenerationMatch=')
+    assert len(variables) == 2 and lock < min(copies)
+    assert max(variables) < pb, "saved_model.pb is copied after the variables"
+    assert max(copies) < descriptor < record < release, "the record is the last write, the commit"
+    assert not [x for x in log if f"name={entry}/" in x], "files reach <key>/ only by copy"
+
+
+def test_gs_archive_and_cache_stream_objects_larger_than_one_range(
+    project: Project, gcs: Emulator, models: dict[str, Model], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """17 MiB of noise: read back in 8 MiB ranges, uploaded through resumable uploads."""
+    folder = project.root / "big"
+    shutil.copytree(models["double"].folder, folder)
+    noise = os.urandom(17 << 20)
+    (folder / "assets" / "noise.bin").write_bytes(noise)
+    archive = pack(folder)
+    handle = f"gs://{gcs.bucket()}/big.tar.gz"
+    gcs.put(handle, archive)
+    root = _cache_project(project, gcs, monkeypatch)
+    project.models(big=handle)
+
+    code, _, err = project.run("sync")
+    assert code == 0, err
+    pin = _lock(project)["models"]["big"]
+    assert pin["archive_sha256"] == hashlib.sha256(archive).hexdigest()
+    key = hashlib.sha1(handle.encode()).hexdigest()
+    assert gcs.read(f"{root}/{key}/assets/noise.bin") == noise
     assert project.run("verify")[0] == 0
 
 
