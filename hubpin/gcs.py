@@ -114,9 +114,14 @@ def filesystem(settings: Settings) -> GCSFileSystem:
             try:
                 from gcsfs.core import GCSFileSystem
             except ImportError:
-                raise SettingsError(
-                    "gs:// locations need gcsfs; install it with: pip install 'hubpin[gcs]'"
+                raise HubpinError(
+                    "gs:// locations need gcsfs, which is not installed; "
+                    "run: pip install 'hubpin[gcs]'"
                 ) from None
+            # gcsfs logs a traceback when it gives up; we raise one line instead. A handler
+            # of its own keeps Python's last-resort handler from printing it, while an
+            # application that configured logging still receives it.
+            logging.getLogger("gcsfs").addHandler(logging.NullHandler())
             extra = {"project": settings.gcs_project} if settings.gcs_project else {}
             try:
                 _filesystems[key] = GCSFileSystem(
@@ -329,7 +334,10 @@ def _list_objects(location: str, settings: Settings) -> list[RemoteObject]:
     prefix = _folder_prefix(name)
     fs = filesystem(settings)
     with _errors(location):
-        items, _ = _list(fs, bucket, prefix)
+        try:
+            items, _ = _list(fs, bucket, prefix)
+        except FileNotFoundError:
+            raise FetchError(f"{location}: bucket {bucket} not found (HTTP 404)") from None
     # "folder/" placeholders some tools write hold no bytes and mean nothing to TensorFlow.
     found = [_remote(item, prefix) for item in items if not item["name"].endswith("/")]
     return sorted(found, key=lambda o: o.path.encode("utf-8"))
@@ -451,8 +459,7 @@ class GcsCache(Cache):
 
     def __init__(self, root: str, settings: Settings) -> None:
         self.root = root.rstrip("/")  # type: ignore[assignment]  # a gs:// URL, not a Path
-        self.url = self.root
-        self.bucket, prefix = split_url(self.url)
+        self.bucket, prefix = split_url(self.root)
         self.prefix = _folder_prefix(prefix)
         self.settings = settings
 
@@ -477,8 +484,9 @@ class GcsCache(Cache):
 
     # -- reading
 
-    def _read_record(self, key: str) -> tuple[Record, dict[str, str], str] | None:
-        """The record, the crc32c of each file, and the record's generation; None if absent."""
+    def _read_record(self, key: str) -> tuple[Record | None, dict[str, str], str] | None:
+        """The record (None if unreadable), each file's crc32c, the record's generation;
+        None when there is no record."""
         name = self._name(f"{key}.hubpin.json")
         with self._errors(f"{key}.hubpin.json"):
             meta = _stat(self.fs, self.bucket, name)
@@ -493,7 +501,7 @@ class GcsCache(Cache):
             crcs = json.loads(text)["crc32c"]
         except (ValueError, KeyError, TypeError, AssertionError):
             log.warning("%s: unreadable hubpin record; the entry is treated as absent", name)
-            return None
+            return None, {}, str(meta["generation"])
         return record, dict(crcs), str(meta["generation"])
 
     def read_record(self, key: str) -> Record | None:
@@ -512,10 +520,9 @@ class GcsCache(Cache):
 
     def quick_check(self, key: str, tree_digest: str) -> list[str]:
         """Problems seen in one listing: record, every file at its size and crc32c."""
-        found = self._read_record(key)
-        if found is None:
+        record, crcs, _ = self._read_record(key) or (None, {}, "")
+        if record is None:
             return ["not synced" if not self.has_entry(key) else "no hubpin record for the entry"]
-        record, crcs, _ = found
         if record.tree_digest != tree_digest:
             return [f"entry holds {record.tree_digest}, the lock pins {tree_digest}"]
         listing = self._listing(key)
@@ -568,7 +575,7 @@ class GcsCache(Cache):
                 self.fs.call("GET", "b/{}", self.bucket, json_out=True)
             except FileNotFoundError:
                 raise CacheError(
-                    f"cache_dir {self.url}: bucket {self.bucket} does not exist; "
+                    f"cache_dir {self.root}: bucket {self.bucket} does not exist; "
                     f"create it (gcloud storage buckets create gs://{self.bucket}) or fix cache_dir"
                 ) from None
 
@@ -653,9 +660,7 @@ class GcsCache(Cache):
 
     def publish(self, key: str, work: Path, record: Record) -> None:
         """Upload a verified work folder into ``<key>/`` and commit it with the record (see class)."""
-        old = self._read_record(key)
-        if old is not None and old[0].tree_digest != record.tree_digest:
-            self._revoke(key, old[2])
+        self._revoke_other(key, record)
         tmp = work.name  # <key>.<uuid>.tmp, as named by locked()
         files = sorted(record.tree.files, key=lambda p: (p in _ENTRY_LAST, p))
         with self._errors(tmp):
@@ -708,19 +713,24 @@ class GcsCache(Cache):
 
     def publish_record(self, key: str, record: Record) -> None:
         """Commit an entry someone else wrote (tensorflow_hub), once it was hashed and matched."""
+        self._revoke_other(key, record)
         listing = self._listing(key)
         self._commit(
             key, record, {p: listing[p].get("crc32c") for p in record.tree.files if p in listing}
         )
 
-    def _revoke(self, key: str, generation: str) -> None:
+    def _revoke_other(self, key: str, record: Record) -> None:
+        """Delete a record that is unreadable or vouches for another tree (see step 3)."""
+        old, _, generation = self._read_record(key) or (None, {}, "")
+        if not generation or (old is not None and old.tree_digest == record.tree_digest):
+            return
         with self._errors(f"{key}.hubpin.json"):
             try:
                 _delete(self.fs, self.bucket, self._name(f"{key}.hubpin.json"), generation)
             except FileExistsError:
                 raise CacheError(
-                    f"{self.record_path(key)}: rewritten by another sync while this one held "
-                    f"{key}.lock; nothing was changed; run: hubpin sync"
+                    f"{self.record_path(key)}: rewritten by another sync meanwhile; "
+                    "nothing was changed; run: hubpin sync"
                 ) from None
 
     def _commit(self, key: str, record: Record, crcs: dict[str, str | None]) -> None:

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -104,6 +105,12 @@ def test_uncompressed_drift_names_each_object_and_offline_skips(
     assert after["tree_digest"] != before["tree_digest"]
     assert project.run("sync", "--locked")[0] == 0
 
+    bucket = location.removeprefix("gs://").split("/")[0]
+    gcs.fs.rm(bucket, recursive=True)
+    code, _, err = project.run("sync", "--locked")
+    assert code == 1
+    assert f"spice                FAILED: {location}: bucket {bucket} not found (HTTP 404)" in err
+
 
 def test_gs_folder_handle_and_clear_errors_for_bad_locations(
     project: Project, hub: HubServer, gcs: Emulator, models: dict[str, Model]
@@ -124,7 +131,7 @@ def test_gs_folder_handle_and_clear_errors_for_bad_locations(
         "expected saved_model.pb at the top of the folder, found 1 objects (readme.txt)"
         in (lines["nomodel"])
     )
-    assert "not found (HTTP 404)" in lines["nobucket"]
+    assert f"bucket no-such-bucket-{bucket} not found (HTTP 404)" in lines["nobucket"]
     assert "expected HTTP 303 with a gs:// location, got HTTP 404" in lines["nohub"]
     assert "folder" not in lines
 
@@ -219,6 +226,12 @@ def test_gs_cache_dir_holds_entry_descriptor_and_record_and_status_verify_work(
     assert project.run("verify")[0] == 0
     code, _, err = project.run("sync")
     assert code == 0 and "1 already present" in err
+    gcs.put(f"{root}/{key}.hubpin.json", b"{not json")
+    code, out, _ = project.run("status", "--json")
+    assert json.loads(out)["models"][0]["state"] == "no hubpin record for the entry"
+    code, _, err = project.run("sync")
+    assert code == 0 and "adopted (verified)" in err, err
+    assert json.loads(gcs.read(f"{root}/{key}.hubpin.json"))["tree_digest"] == record["tree_digest"]
 
     index = "variables/variables.index"
     damaged = bytearray(local[index])
@@ -390,6 +403,25 @@ def test_gcs_token_setting_is_checked_and_never_printed(
     code, out, err = project.run("-v", "lock")
     assert code == 0, err
     assert secret not in out + err + project.lock.read_text()
+
+
+def test_gs_cache_leftovers_are_dead_syncs_upload_folders_and_locks(gcs: Emulator) -> None:
+    from hubpin.gcs import GcsCache
+    from hubpin.settings import Settings
+
+    root = f"gs://{gcs.bucket()}/c"
+    key = "a" * 40
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = socket.gethostname()
+    gcs.put(f"{root}/{key}.{'1' * 32}.tmp/saved_model.pb", b"partial")
+    gcs.put(f"{root}/{key}.lock", f"{host}.{dead.pid}.{'1' * 32}".encode())
+    gcs.put(f"{root}/{'b' * 40}.lock", f"{host}.{os.getpid()}.{'2' * 32}".encode())
+    gcs.put(f"{root}/{key}/saved_model.pb", b"model")
+    assert GcsCache(root, Settings()).leftovers() == [
+        f"{root}/{key}.{'1' * 32}.tmp/",
+        f"{root}/{key}.lock",
+    ]
 
 
 @pytest.mark.xfail(
