@@ -570,9 +570,10 @@ class GcsCache(Cache):
     # -- writing
 
     def ensure_root(self) -> None:
+        """Fail early, and clearly, when the bucket is missing (listing needs no bucket rights)."""
         with self._errors(""):
             try:
-                self.fs.call("GET", "b/{}", self.bucket, json_out=True)
+                self.fs.call("GET", "b/{}/o", self.bucket, prefix=self.prefix or None, maxResults=1)
             except FileNotFoundError:
                 raise CacheError(
                     f"cache_dir {self.root}: bucket {self.bucket} does not exist; "
@@ -669,7 +670,7 @@ class GcsCache(Cache):
                 [f"{self.bucket}/{self._name(f'{tmp}/{p}')}" for p in files],
                 consistency="md5",
             )
-        uploaded = self._listing(tmp.removesuffix("/"))
+        uploaded = self._listing(tmp)
         payload = [p for p in files if p not in _ENTRY_LAST]
         with self._errors(key):
             for batch in (payload, [p for p in files if p in _ENTRY_LAST]):
@@ -691,7 +692,7 @@ class GcsCache(Cache):
                 names = [listing[name]["name"] for name in extra]
                 _delete_all(self.fs, self.bucket, names, self.settings.jobs)
         problems = [
-            f"{p}: expected {size} bytes, found {listing[p]['size'] if p in listing else 'nothing'}"
+            f"missing {p}" if p not in listing else f"{p} differs from the verified upload"
             for p, (size, _) in record.tree.files.items()
             if p not in listing
             or int(listing[p]["size"]) != size
@@ -762,12 +763,13 @@ class GcsCache(Cache):
         ]
         for item in items:
             if item["name"].endswith(".lock"):
-                with self._errors(item["name"]), contextlib.suppress(FileNotFoundError):
+                where = f"gs://{self.bucket}/{item['name']}"
+                with _errors(where, CacheError), contextlib.suppress(FileNotFoundError):
                     holder = _download(self.fs, self.bucket, item["name"]).decode(
                         "utf-8", "replace"
                     )
                     if _holder_is_dead(holder.strip()):
-                        found.append(f"gs://{self.bucket}/{item['name']}")
+                        found.append(where)
         return sorted(found)
 
 

@@ -405,6 +405,20 @@ def test_gcs_token_setting_is_checked_and_never_printed(
     assert secret not in out + err + project.lock.read_text()
 
 
+def test_gs_cache_in_a_missing_bucket_fails_in_one_line(
+    project: Project, hub: HubServer, gcs: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TFHUB_CACHE_DIR", "gs://no-such-cache-bucket/tfhub")
+    project.models(double=hub.handle("google/double/1"))
+    code, _, err = project.run("sync")
+    assert code == 1
+    assert (
+        "cache_dir gs://no-such-cache-bucket/tfhub: bucket no-such-cache-bucket does not exist; "
+        "create it (gcloud storage buckets create gs://no-such-cache-bucket) or fix cache_dir"
+    ) in err
+    assert "Traceback" not in err
+
+
 def test_gs_cache_leftovers_are_dead_syncs_upload_folders_and_locks(gcs: Emulator) -> None:
     from hubpin.gcs import GcsCache
     from hubpin.settings import Settings
