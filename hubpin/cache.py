@@ -51,6 +51,20 @@ class Record:
             sort_keys=True,
         )
 
+    @classmethod
+    def from_json(cls, text: str) -> Record:
+        """Parse ``to_json``'s output; ValueError, KeyError, TypeError or AssertionError if bad."""
+        data = json.loads(text)
+        return cls(data["handle"], data["tree_digest"], Tree.from_json(data))
+
+
+def descriptor_text(handle: str) -> str:
+    """tensorflow_hub's ``<key>.descriptor.txt``: which handle the entry holds, who fetched it."""
+    return (
+        f"Module: {handle}\nDownload Time: {datetime.datetime.today()}\n"
+        f"Downloader Hostname: {socket.gethostname()} (PID:{os.getpid()})"
+    )
+
 
 class Cache:
     """A local cache folder shared with tensorflow_hub."""
@@ -66,8 +80,7 @@ class Cache:
 
     def read_record(self, key: str) -> Record | None:
         try:
-            data = json.loads(self.record_path(key).read_text(encoding="utf-8"))
-            return Record(data["handle"], data["tree_digest"], Tree.from_json(data))
+            return Record.from_json(self.record_path(key).read_text(encoding="utf-8"))
         except (OSError, ValueError, KeyError, TypeError, AssertionError):
             return None
 
@@ -96,19 +109,24 @@ class Cache:
         """Re-hash an entry against hubpin's record and the lock; one phrase per damaged path."""
         record = self.read_record(key)
         if record is None:
-            return [
-                "not synced" if not self.entry(key).exists() else "no hubpin record for the entry"
-            ]
+            return ["not synced" if not self.has_entry(key) else "no hubpin record for the entry"]
         if record.tree_digest != tree_digest:
             return [f"entry holds {record.tree_digest}, the lock pins {tree_digest}"]
         try:
-            found = hash_tree(self.entry(key))
+            found = self.hash_entry(key)
         except OSError as exc:
             return [str(exc)]
         problems = compare_trees(record.tree, found)
         if not problems and found.digest() != tree_digest:
             problems.append(f"tree digest is {found.digest()}, the lock pins {tree_digest}")
         return problems
+
+    def has_entry(self, key: str) -> bool:
+        return self.entry(key).is_dir()
+
+    def hash_entry(self, key: str) -> Tree:
+        """The entry's files as they are now; OSError when it cannot be read."""
+        return hash_tree(self.entry(key))
 
     def ensure_root(self) -> None:
         try:
@@ -171,11 +189,7 @@ class Cache:
         """
         entry = self.entry(key)
         try:
-            _atomic_write(
-                self.root / f"{key}.descriptor.txt",
-                f"Module: {record.handle}\nDownload Time: {datetime.datetime.today()}\n"
-                f"Downloader Hostname: {socket.gethostname()} (PID:{os.getpid()})",
-            )
+            _atomic_write(self.root / f"{key}.descriptor.txt", descriptor_text(record.handle))
             old = None
             if entry.exists():
                 old = entry.with_name(f"{key}.{uuid.uuid4().hex}.old")

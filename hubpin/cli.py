@@ -346,6 +346,11 @@ def cmd_prune(args: argparse.Namespace) -> int:
     project = _project(args, need_manifest=False)
     lock = project.read_lock()
     cache = project.cache
+    if not isinstance(cache.root, Path):
+        raise InputError(
+            f"prune does not support a gs:// cache ({cache.root}) yet; "
+            "remove entries with: gcloud storage rm -r"
+        )
     keep = {key for p in lock.models.values() for key in p.cache_keys()}
     doomed: list[Path] = list(cache.leftovers())
     if cache.root.is_dir():
@@ -620,6 +625,8 @@ def _size(n: int) -> str:
 
 
 def _under_temp(root: str) -> bool:
+    if "://" in root:
+        return False
     try:
         return Path(root).resolve().is_relative_to(Path(tempfile.gettempdir()).resolve())
     except (OSError, ValueError):

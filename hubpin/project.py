@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hubpin.cache import Cache
-from hubpin.errors import CacheError, LockMissingError, ManifestError
+from hubpin.errors import LockMissingError, ManifestError
 from hubpin.lockfile import Lock, read_lock
 from hubpin.manifest import MANIFEST_FILE, Manifest, load_manifest
 from hubpin.settings import Settings, load_settings
@@ -89,7 +89,7 @@ class Project:
     def cache(self) -> Cache:
         root = self.settings.cache_root
         if root.startswith("gs://"):
-            raise CacheError(
-                f"cache_dir {root}: a gs:// cache needs the gcs extra: pip install 'hubpin[gcs]'"
-            )
+            from hubpin.gcs import GcsCache
+
+            return GcsCache(root, self.settings)
         return Cache(Path(root).expanduser())

@@ -68,7 +68,8 @@ class Syncer:
             return self._check_folder(pin)
         if pin.kind is Kind.GCS:
             if self.offline or self.bundle:
-                return "checked", "gs:// location not checked (no network)"
+                why = "--from: no network" if self.bundle else "--offline"
+                return "checked", f"gs:// location not checked ({why})"
             from hubpin import gcs
 
             gcs.check_folder(pin, self.settings)
@@ -138,11 +139,11 @@ class Syncer:
     def _adopt(self, pin: Pin) -> bool:
         """An entry tensorflow_hub (or an older hubpin) left: keep it if it is what we pin."""
         assert pin.cache_key
-        entry = self.cache.entry(pin.cache_key)
-        if not entry.is_dir() or self.cache.read_record(pin.cache_key) is not None:
+        key = pin.cache_key
+        if not self.cache.has_entry(key) or self.cache.read_record(key) is not None:
             return False
         try:
-            tree = hash_tree(entry)
+            tree = self.cache.hash_entry(key)
         except OSError:
             return False
         if tree.digest() != pin.tree_digest:
