@@ -20,7 +20,7 @@ from pathlib import Path
 from hubpin.bundle import archive_in
 from hubpin.cache import Cache, Record
 from hubpin.digests import hash_tree
-from hubpin.errors import HubpinError, IntegrityError, NotSyncedError
+from hubpin.errors import CacheError, HubpinError, IntegrityError, NotSyncedError
 from hubpin.fetch import Fetcher
 from hubpin.handles import Kind, cache_key, source_for
 from hubpin.lockfile import Pin
@@ -108,6 +108,11 @@ class Syncer:
         key = cache_key(handle)
         if not self.cache.quick_check(key, pin.tree_digest):
             return
+        if not isinstance(self.cache.root, Path):
+            raise CacheError(
+                f"also = [{handle!r}] is not supported with a gs:// cache yet; "
+                "list that handle as its own model instead"
+            )
         record = self.cache.read_record(pin.cache_key)
         assert record is not None
         source = self.cache.entry(pin.cache_key)
