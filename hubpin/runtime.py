@@ -126,7 +126,10 @@ class Lock:
         if tags is None:
             tags = pin.tags
         # As tensorflow_hub.load: a TF1 Hub module loads with empty tags unless told otherwise.
-        is_hub_module_v1 = tf.io.gfile.exists(os.path.join(path, "tfhub_module.pb"))
+        if pin.kind is Kind.GCS:  # known from the pinned listing, without a round trip
+            is_hub_module_v1 = any(o.path == "tfhub_module.pb" for o in pin.objects or [])
+        else:
+            is_hub_module_v1 = tf.io.gfile.exists(os.path.join(path, "tfhub_module.pb"))
         if tags is None and is_hub_module_v1:
             tags = []
         if options is not None:

@@ -13,6 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from gcs_emulator import Emulator
 from hubserver import HubServer
 from savedmodels import build_affine, pack
 
@@ -50,6 +51,18 @@ def hub(models: dict[str, Model]) -> Iterator[HubServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
+    """One emulator for the session, reached through STORAGE_EMULATOR_HOST like a user would."""
+    pytest.importorskip("gcsfs")
+    pytest.importorskip("gcp_storage_emulator")
+    emulator = Emulator().start(tmp_path_factory.mktemp("gcs") / "emulator.log")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("STORAGE_EMULATOR_HOST", emulator.url)
+        yield emulator
+    emulator.stop()
 
 
 @dataclass

@@ -10,7 +10,6 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 
 import pytest
 import tomllib
@@ -20,18 +19,6 @@ from hubserver import HubServer
 from savedmodels import pack
 
 pytestmark = pytest.mark.gcs
-
-
-@pytest.fixture(scope="session")
-def gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
-    """One emulator for the session, reached through STORAGE_EMULATOR_HOST like a user would."""
-    pytest.importorskip("gcsfs")
-    pytest.importorskip("gcp_storage_emulator")
-    emulator = Emulator().start(tmp_path_factory.mktemp("gcs") / "emulator.log")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("STORAGE_EMULATOR_HOST", emulator.url)
-        yield emulator
-    emulator.stop()
 
 
 def _uncompressed(gcs: Emulator, hub: HubServer, model: Model, name: str) -> tuple[str, str]:

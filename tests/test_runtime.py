@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Model, Project, heavy_imports_after, run_python
+from gcs_emulator import Emulator
 from hubserver import HubServer
 
 import hubpin
@@ -150,3 +151,48 @@ def test_install_routes_hub_through_the_lock(synced: Project, models: dict[str, 
 
 def test_import_hubpin_stays_light(synced: Project) -> None:
     assert heavy_imports_after("import hubpin\nhubpin.resolve('double')", synced.root) == []
+
+
+def test_uncompressed_alias_loads_its_pinned_gs_location_with_its_options(
+    project: Project,
+    hub: HubServer,
+    gcs: Emulator,
+    models: dict[str, Model],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """TensorFlow's own GCS reader only talks to Google, so assert on what it is asked to load."""
+    import tensorflow as tf
+
+    location = f"gs://{gcs.bucket()}/tfhub-modules/google/spice/2/uncompressed"
+    gcs.upload_folder(models["quint"].folder, location)
+    hub.uncompressed["google/spice/2"] = location
+    handle = hub.handle("google/spice/2")
+    project.write(
+        f'[models.spice]\nhandle = "{handle}"\nformat = "UNCOMPRESSED"\nio_device = "/job:localhost"\n'
+    )
+    code, _, err = project.run("sync")
+    assert code == 0, err
+    hub.stop()
+
+    asked = []
+
+    class Stop(Exception):
+        pass
+
+    def spy(path, tags=None, options=None):  # type: ignore[no-untyped-def]
+        asked.append((path, options))
+        raise Stop
+
+    monkeypatch.setattr(tf.compat.v1.saved_model, "load_v2", spy)
+    assert hubpin.resolve("spice") == location
+    with pytest.raises(Stop):
+        hubpin.load("spice")
+    ((path, options),) = asked
+    assert path == location
+    assert options.experimental_io_device == "/job:localhost"
+    out = run_python(
+        f"import hubpin, tensorflow_hub as hub\nhubpin.install()\nprint(hub.resolve({handle!r}))",
+        cwd=project.root,
+        env={"TFHUB_MODEL_LOAD_FORMAT": "UNCOMPRESSED"},
+    )
+    assert out.strip().splitlines()[-1] == location
