@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from hubpin.digests import Tree
+from hubpin.digests import Tree, compare_trees, hash_tree
 from hubpin.errors import CacheError
 from hubpin.unpack import write_error
 
@@ -88,6 +88,22 @@ class Cache:
                 continue
             if found != size:
                 problems.append(f"{path} is {found} bytes, expected {size}")
+        return problems
+
+    def verify(self, key: str, tree_digest: str) -> list[str]:
+        """Re-hash an entry against hubpin's record and the lock; one phrase per damaged path."""
+        record = self.read_record(key)
+        if record is None:
+            return ["not synced" if not self.entry(key).exists() else "no hubpin record for the entry"]
+        if record.tree_digest != tree_digest:
+            return [f"entry holds {record.tree_digest}, the lock pins {tree_digest}"]
+        try:
+            found = hash_tree(self.entry(key))
+        except OSError as exc:
+            return [str(exc)]
+        problems = compare_trees(record.tree, found)
+        if not problems and found.digest() != tree_digest:
+            problems.append(f"tree digest is {found.digest()}, the lock pins {tree_digest}")
         return problems
 
     def ensure_root(self) -> None:

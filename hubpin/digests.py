@@ -100,3 +100,17 @@ def hash_tree(root: Path) -> Tree:
             size, sha = sha256_file(Path(full))
             tree.add_file(name if rel == "." else f"{rel}/{name}", size, sha)
     return tree
+
+
+def compare_trees(expected: Tree, found: Tree) -> list[str]:
+    """Missing, extra and changed paths between two trees, one phrase each."""
+    problems = [f"missing {p}" for p in sorted(set(expected.files) - set(found.files))]
+    problems += [f"extra file {p}" for p in sorted(set(found.files) - set(expected.files))]
+    problems += [
+        f"changed {p}"
+        for p in sorted(set(expected.files) & set(found.files))
+        if expected.files[p] != found.files[p]
+    ]
+    problems += [f"missing folder {d}" for d in sorted(expected.dirs - found.dirs)]
+    problems += [f"extra folder {d}" for d in sorted(found.dirs - expected.dirs)]
+    return problems

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hubpin.cache import Cache, Record
-from hubpin.digests import Tree, hash_tree
+from hubpin.digests import hash_tree
 from hubpin.errors import HubpinError, IntegrityError, NotSyncedError
 from hubpin.fetch import Fetcher
 from hubpin.handles import Kind, source_for
@@ -98,17 +98,7 @@ class Syncer:
     def verify_entry(self, pin: Pin) -> list[str]:
         """Re-hash an entry against hubpin's record and the lock; one phrase per damaged path."""
         assert pin.cache_key
-        record = self.cache.read_record(pin.cache_key)
-        if record is None:
-            return ["no hubpin record for the entry"]
-        try:
-            found = hash_tree(self.cache.entry(pin.cache_key))
-        except OSError as exc:
-            return [str(exc)]
-        problems = compare_trees(record.tree, found)
-        if not problems and found.digest() != pin.tree_digest:
-            problems.append(f"tree digest is {found.digest()}, the lock pins {pin.tree_digest}")
-        return problems
+        return self.cache.verify(pin.cache_key, pin.tree_digest)
 
     def _adopt(self, pin: Pin) -> bool:
         """An entry tensorflow_hub (or an older hubpin) left: keep it if it is what we pin."""
@@ -163,17 +153,3 @@ def check_against_lock(pin: Pin, result: Unpacked) -> None:
     digest = result.tree.digest()
     if digest != pin.tree_digest:
         raise IntegrityError(f"unpacked tree mismatch: expected {pin.tree_digest}, found {digest}")
-
-
-def compare_trees(expected: Tree, found: Tree) -> list[str]:
-    """Missing, extra and changed paths between two trees."""
-    problems = [f"missing {p}" for p in sorted(set(expected.files) - set(found.files))]
-    problems += [f"extra file {p}" for p in sorted(set(found.files) - set(expected.files))]
-    problems += [
-        f"changed {p}"
-        for p in sorted(set(expected.files) & set(found.files))
-        if expected.files[p] != found.files[p]
-    ]
-    problems += [f"missing folder {d}" for d in sorted(expected.dirs - found.dirs)]
-    problems += [f"extra folder {d}" for d in sorted(found.dirs - expected.dirs)]
-    return problems

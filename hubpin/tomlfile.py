@@ -90,9 +90,10 @@ def find_line(text: str, loc: list[str]) -> int | None:
                     return offset
             return number
     if loc:
+        prefix = _header_pattern(loc, prefix=True)
         key = re.compile(rf"^\s*{_key_pattern(loc[-1])}\s*=")
         for number, line in enumerate(lines, start=1):
-            if key.match(line):
+            if prefix.match(line) or key.match(line):
                 return number
     return None
 
@@ -102,6 +103,9 @@ def _key_pattern(key: str) -> str:
     return rf"(?:{escaped}|\"{escaped}\"|'{escaped}')"
 
 
-def _header_pattern(table: list[str]) -> re.Pattern[str]:
+def _header_pattern(table: list[str], prefix: bool = False) -> re.Pattern[str]:
+    """``[a.b]`` for the table a.b; with ``prefix``, also ``[a.b.c]`` below it."""
     dotted = r"\s*\.\s*".join(_key_pattern(part) for part in table)
+    if prefix:
+        return re.compile(rf"^\s*\[\[?\s*{dotted}\s*[.\]]")
     return re.compile(rf"^\s*\[\[?\s*{dotted}\s*\]\]?\s*(#.*)?$")
