@@ -36,6 +36,8 @@ def read_toml(path: Path, error: type[InputError], fix: str) -> tuple[dict[str, 
         return tomllib.loads(text), text
     except tomllib.TOMLDecodeError as exc:
         raise error(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise error(f"{path}: invalid TOML: arrays or tables nested too deeply") from None
 
 
 def validate(model: type[M], data: Any, path: Path, text: str, error: type[InputError]) -> M:
