@@ -29,6 +29,7 @@ from hubpin.manifest import add_model
 from hubpin.pin import pin_into_cache
 from hubpin.project import Project
 from hubpin.sync import Outcome, Syncer
+from hubpin.unpack import write_error
 
 log = logging.getLogger("hubpin")
 
@@ -346,7 +347,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
         freed += size
         _say(args, f"{'would remove' if args.dry_run else 'removed'} {path} ({_size(size)})")
         if not args.dry_run:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            try:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            except FileNotFoundError:  # removed meanwhile (by its owner or another prune)
+                pass
+            except OSError as exc:
+                raise write_error(exc, path) from None
     verb = "would free" if args.dry_run else "freed"
     _say(args, f"{len(doomed)} paths, {verb} {_size(freed)}")
     return 0
