@@ -110,9 +110,7 @@ def test_read_timeouts_are_retried(
     _assert_published(fast_retries, handle, models["double"])
 
 
-def test_unreachable_server_is_retried_then_reported(
-    fast_retries: Project, hub: HubServer
-) -> None:
+def test_unreachable_server_is_retried_then_reported(fast_retries: Project, hub: HubServer) -> None:
     _locked(fast_retries, hub)
     hub.stop()
     code, _, err = fast_retries.run("sync")
