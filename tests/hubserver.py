@@ -116,9 +116,7 @@ class HubServer:
             fail = not reset and faults.fail_times > 0
             faults.fail_times -= fail
         if reset:
-            req.connection.setsockopt(
-                socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-            )
+            req.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             req.close_connection = True
             return None
         if stall:
