@@ -237,10 +237,11 @@ class Cache:
 
     def leftovers(self) -> list[Path]:
         """What crashes leave behind: dead locks and their work folders, moved-aside
-        entries, and temp files no running writer owns.
+        entries, and temp files that no running writer owns.
 
-        A work folder whose lock names a live (or remote) holder is kept: it is
-        a sync in progress, and removing it would make that sync fail.
+        Ownership decides, not age: a work folder or temp file of a key whose
+        lock names a live (or remote) holder is a sync in progress and is kept;
+        lock temp files and locks renamed aside name their writer inside.
         """
         if not self.root.is_dir():
             return []
@@ -248,26 +249,40 @@ class Cache:
         now = time.time()
         for path in self.root.iterdir():
             name = path.name
+            key = name.lstrip(".").split(".")[0]
             parts = name.split(".")
             if len(parts) == 3 and parts[2] == "old":
                 found.append(path)
             elif len(parts) == 3 and parts[2] == "tmp":
-                holder = _read(self.root / f"{parts[0]}.lock")
+                holder = _read(self.root / f"{key}.lock")
                 if _holder_is_dead(holder) or not holder.endswith(f".{parts[1]}"):
                     found.append(path)
             elif len(parts) == 2 and parts[1] == "lock":
                 if _holder_is_dead(_read(path)):
                     found.append(path)
-            elif _TEMP_FILE_RE.search(name):
-                with contextlib.suppress(OSError):
-                    if now - path.lstat().st_mtime > _TEMP_FILE_AGE:
-                        found.append(path)
+            elif _LOCK_TEMP_RE.search(name):  # a lock being created or taken over
+                holder = _read(path)
+                if _holder_is_dead(holder) or (not holder and _age(path, now) > 60):
+                    found.append(path)
+            elif _TEMP_FILE_RE.search(name):  # descriptor or record being written
+                holder = _read(self.root / f"{key}.lock")
+                if not holder or _holder_is_dead(holder):
+                    found.append(path)
         return sorted(found)
 
 
 _TASK_RE = re.compile(r"[0-9A-Za-z_-]{1,64}")
-_TEMP_FILE_RE = re.compile(r"^\..+\.[0-9a-f]{32}$|\.tmp[0-9a-f]{32}$|\.[0-9a-f]{32}\.stale$")
-_TEMP_FILE_AGE = 60.0  # seconds: older temp files belong to no running writer
+# Temp files: hubpin's ``.<name>.<hex>``, tensorflow_hub's ``<name>.tmp<hex>``; for locks,
+# ``<key>.lock.tmp<hex>`` (both tools) and hubpin's ``<key>.lock.<hex>.stale``.
+_TEMP_FILE_RE = re.compile(r"^\..+\.[0-9a-f]{32}$|\.tmp[0-9a-f]{32}$")
+_LOCK_TEMP_RE = re.compile(r"\.lock\.tmp[0-9a-f]{32}$|\.lock\.[0-9a-f]{32}\.stale$")
+
+
+def _age(path: Path, now: float) -> float:
+    try:
+        return now - path.lstat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _create_lock(lock: Path, contents: str) -> bool:
