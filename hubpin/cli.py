@@ -13,7 +13,6 @@ import json
 import logging
 import shlex
 import shutil
-import signal
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -35,9 +34,6 @@ log = logging.getLogger("hubpin")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    if hasattr(signal, "SIGXFSZ"):  # a file-size limit must fail a write (EFBIG), not kill us
-        with contextlib.suppress(ValueError):  # not the main thread
-            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args)
