@@ -209,6 +209,12 @@ def _take(
             size += len(chunk)
             if out is not None:
                 out.write(chunk)
+        if out is not None:
+            out.close()
+    except OSError as exc:  # a write error carries no file name: name the member's file
+        if out is None:
+            raise
+        raise write_error(exc, dest / path) from None
     finally:
         if out is not None:
             out.close()
