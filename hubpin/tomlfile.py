@@ -53,7 +53,8 @@ def describe(exc: ValidationError, path: Path, text: str) -> str:
     errors = exc.errors(include_url=False)
     first = errors[0]
     loc = [str(part) for part in first["loc"]]
-    key = ".".join(loc) or "(top level)"
+    # Keys are quoted when unprintable, so a message stays on one line.
+    key = ".".join(part if part.isprintable() else repr(part) for part in loc) or "(top level)"
     line = find_line(text, loc)
     where = f"{path}:{line}" if line else str(path)
     msg = first["msg"]
