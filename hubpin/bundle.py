@@ -76,7 +76,7 @@ def write_bundle(
 
 def _download(fetcher: Fetcher, location: str, target: Path, sha256: str, size: int | None) -> None:
     download = fetcher.open(location)
-    reader = HashingReader(download.chunks, max_size=size)
+    reader = HashingReader(download.chunks, expected_size=size)
     tmp = target.with_name(f".{target.name}.tmp")
     with open(tmp, "wb") as fh:
         while chunk := reader.read(1 << 20):

@@ -19,6 +19,7 @@ import datetime
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import time
@@ -140,46 +141,87 @@ class Cache:
 
         The work folder ``<key>.<uuid>.tmp`` uses the uuid written in the lock, so
         tensorflow_hub's waiters can see our progress and leave the lock alone.
+        A lock whose holder died on this host is taken over at once (its work
+        folder removed); a live or remote holder is waited for as long as its
+        work folder keeps growing, and for at most ``timeout`` seconds without
+        progress, like tensorflow_hub's own ``lock_file_timeout_sec``.
         """
         self.ensure_root()
         task = uuid.uuid4().hex
         contents = f"{socket.gethostname()}.{os.getpid()}.{task}"
         lock = self.root / f"{key}.lock"
-        deadline = time.monotonic() + timeout
-        announced = False
-        while True:
-            try:
-                fd = os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                holder = _read(lock)
-                if _holder_is_dead(holder):
-                    log.warning("taking over %s from dead process %s", lock.name, holder)
-                    _remove(lock, holder)
-                    continue
-                if time.monotonic() > deadline:
-                    raise CacheError(
-                        f"{lock}: held by {holder or 'another process'} for more than "
-                        f"{timeout:.0f}s; if no sync is running, delete it (or raise lock_timeout)"
-                    ) from None
-                if not announced:
-                    log.warning("waiting for %s, held by %s", lock.name, holder)
-                    announced = True
-                time.sleep(0.1)
+        seen: tuple[str, int] | None = None
+        deadline = next_look = 0.0
+        while not _create_lock(lock, contents):
+            holder = _read(lock)
+            if _holder_is_dead(holder):
+                log.warning("taking over %s from dead process %s", lock.name, holder)
+                self._take_over(key, holder)
                 continue
-            except OSError as exc:
-                raise write_error(exc, lock) from None
-            with os.fdopen(fd, "w") as fh:
-                fh.write(contents)
-            break
+            now = time.monotonic()
+            if now >= next_look:  # progress = the holder's work folder changing size
+                progress = (holder, entry_size(self._work_of(key, holder) or lock))
+                if progress != seen:
+                    if seen is None:
+                        log.warning(
+                            "waiting for %s, held by %s (%s); giving up after %.0fs without "
+                            "progress (setting lock_timeout)",
+                            lock.name,
+                            holder or "an unnamed process",
+                            _describe_holder(holder),
+                            timeout,
+                        )
+                    seen, deadline = progress, now + timeout
+                next_look = now + min(1.0, timeout / 4 or 0.05)
+            if now > deadline:
+                raise CacheError(
+                    f"{lock}: held by {holder or 'an unnamed process'} "
+                    f"({_describe_holder(holder)}) with no progress for {timeout:.0f}s; "
+                    "if no sync is running there, delete the lock file and rerun, "
+                    "or raise lock_timeout in hubpin.toml"
+                )
+            time.sleep(0.05)
         work = self.root / f"{key}.{task}.tmp"
         try:
-            work.mkdir()
+            try:
+                work.mkdir()
+            except OSError as exc:
+                raise write_error(exc, work) from None
             yield work
         finally:
             shutil.rmtree(work, ignore_errors=True)
             if _read(lock) == contents:
                 with contextlib.suppress(FileNotFoundError):
                     lock.unlink()
+
+    def _work_of(self, key: str, holder: str) -> Path | None:
+        """The work folder a lock's holder fills (named by the uuid it wrote), if plausible."""
+        task = holder.rpartition(".")[2]
+        return self.root / f"{key}.{task}.tmp" if _TASK_RE.fullmatch(task) else None
+
+    def _take_over(self, key: str, holder: str) -> None:
+        """Remove a dead holder's lock and work folder, never a lock someone just took.
+
+        The lock is renamed aside before it is read again, so two processes
+        taking over at once cannot delete each other's fresh lock; a lock found
+        to be live after the rename is put back.
+        """
+        lock = self.root / f"{key}.lock"
+        aside = self.root / f"{key}.lock.{uuid.uuid4().hex}.stale"
+        try:
+            os.rename(lock, aside)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise write_error(exc, lock) from None
+        taken = _read(aside) != holder
+        if taken:  # someone took it in between: give it back
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, lock)
+        aside.unlink()
+        work = self._work_of(key, holder)
+        if work is not None and not taken:
+            shutil.rmtree(work, ignore_errors=True)
 
     def publish(self, key: str, work: Path, record: Record) -> None:
         """Make ``work`` the entry ``<key>/`` by rename, then write the record beside it.
@@ -189,6 +231,10 @@ class Cache:
         """
         entry = self.entry(key)
         try:
+            # A crash between the renames below must not leave a record that
+            # describes another tree: without one, the next sync re-hashes.
+            with contextlib.suppress(FileNotFoundError):
+                self.record_path(key).unlink()
             _atomic_write(self.root / f"{key}.descriptor.txt", descriptor_text(record.handle))
             old = None
             if entry.exists():
@@ -208,17 +254,83 @@ class Cache:
             raise write_error(exc, self.record_path(key)) from None
 
     def leftovers(self) -> list[Path]:
-        """Work folders, moved-aside entries and temp files that crashes leave behind."""
+        """What crashes leave behind: dead locks and their work folders, moved-aside
+        entries, and temp files that no running writer owns.
+
+        Ownership decides, not age: a work folder or temp file of a key whose
+        lock names a live (or remote) holder is a sync in progress and is kept;
+        lock temp files and locks renamed aside name their writer inside.
+        """
         if not self.root.is_dir():
             return []
         found = []
+        now = time.time()
         for path in self.root.iterdir():
             name = path.name
-            if (name.endswith((".tmp", ".old")) and len(name.split(".")) == 3) or (
-                name.endswith(".lock") and _holder_is_dead(_read(path))
-            ):
+            key = name.lstrip(".").split(".")[0]
+            parts = name.split(".")
+            if len(parts) == 3 and parts[2] == "old":
                 found.append(path)
+            elif len(parts) == 3 and parts[2] == "tmp":
+                holder = _read(self.root / f"{key}.lock")
+                if _holder_is_dead(holder) or not holder.endswith(f".{parts[1]}"):
+                    found.append(path)
+            elif len(parts) == 2 and parts[1] == "lock":
+                if _holder_is_dead(_read(path)):
+                    found.append(path)
+            elif _LOCK_TEMP_RE.search(name):  # a lock being created or taken over
+                holder = _read(path)
+                if _holder_is_dead(holder) or (not holder and _age(path, now) > 60):
+                    found.append(path)
+            elif _TEMP_FILE_RE.search(name):  # descriptor or record being written
+                holder = _read(self.root / f"{key}.lock")
+                if not holder or _holder_is_dead(holder):
+                    found.append(path)
         return sorted(found)
+
+
+_TASK_RE = re.compile(r"[0-9A-Za-z_-]{1,64}")
+# Temp files: hubpin's ``.<name>.<hex>``, tensorflow_hub's ``<name>.tmp<hex>``; for locks,
+# ``<key>.lock.tmp<hex>`` (both tools) and hubpin's ``<key>.lock.<hex>.stale``.
+_TEMP_FILE_RE = re.compile(r"^\..+\.[0-9a-f]{32}$|\.tmp[0-9a-f]{32}$")
+_LOCK_TEMP_RE = re.compile(r"\.lock\.tmp[0-9a-f]{32}$|\.lock\.[0-9a-f]{32}\.stale$")
+
+
+def _age(path: Path, now: float) -> float:
+    try:
+        return now - path.lstat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _create_lock(lock: Path, contents: str) -> bool:
+    """Create ``lock`` holding ``contents`` atomically; False when it already exists.
+
+    The contents go to a temp file first and are hard-linked into place, so a
+    lock never exists empty (a crash mid-write would leave it unattributable).
+    """
+    tmp = lock.with_name(f"{lock.name}.tmp{uuid.uuid4().hex}")
+    try:
+        tmp.write_text(contents, encoding="utf-8")
+        os.link(tmp, lock)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        raise write_error(exc, lock) from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _describe_holder(holder: str) -> str:
+    parts = holder.split(".")
+    if len(parts) < 3 or not parts[-2].isdigit():
+        return "not a hubpin or tensorflow_hub lock"
+    host = ".".join(parts[:-2])
+    if host != socket.gethostname():
+        return f"process {parts[-2]} on host {host}"
+    return f"running process {parts[-2]} on this host"
 
 
 def _read(path: Path) -> str:
@@ -243,12 +355,6 @@ def _holder_is_dead(holder: str) -> bool:
     except PermissionError:
         return False
     return False
-
-
-def _remove(lock: Path, expected: str) -> None:
-    if _read(lock) == expected:
-        with contextlib.suppress(FileNotFoundError):
-            lock.unlink()
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -29,6 +29,7 @@ from hubpin.manifest import add_model
 from hubpin.pin import pin_into_cache
 from hubpin.project import Project
 from hubpin.sync import Outcome, Syncer
+from hubpin.unpack import write_error
 
 log = logging.getLogger("hubpin")
 
@@ -251,33 +252,39 @@ def cmd_verify(args: argparse.Namespace) -> int:
                     o.detail for o in [syncer.sync_one(alias, pin)] if o.status == "failed"
                 ]
         damaged = {a: p for a, p in report.items() if p}
-        repaired: list[Outcome] = []
+        repaired: dict[str, Outcome] = {}
         if args.repair and damaged:
             syncer.offline = False
-            repaired = syncer.run({a: pins[a] for a in damaged}, project.settings.jobs)
+            outcomes = syncer.run({a: pins[a] for a in damaged}, project.settings.jobs)
+            repaired = {o.alias: o for o in outcomes}
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "cache_dir": str(project.cache.root),
-                    "models": {a: {"ok": not p, "problems": p} for a, p in sorted(report.items())},
-                },
-                indent=2,
-            )
-        )
+        models = {}
+        for alias, problems in sorted(report.items()):
+            models[alias] = {"ok": not problems, "problems": problems}
+            if alias in repaired:
+                outcome = repaired[alias]
+                models[alias]["repaired"] = outcome.status != "failed"
+                if outcome.status == "failed":
+                    models[alias]["error"] = outcome.detail
+        print(json.dumps({"cache_dir": str(project.cache.root), "models": models}, indent=2))
     else:
         for alias, problems in sorted(report.items()):
-            _say(args, f"{alias:<20} {'ok' if not problems else 'DAMAGED: ' + '; '.join(problems)}")
-    failed = [o for o in repaired if o.status == "failed"]
-    for outcome in repaired:
+            _say(args, f"{alias:<20} {'ok' if not problems else 'DAMAGED'}")
+            for problem in problems:
+                _say(args, f"  {problem}")
+            outcome = repaired.get(alias)
+            if outcome is not None and outcome.status == "failed":
+                print(f"{alias:<20} repair failed: {outcome.detail}", file=sys.stderr)
+            elif outcome is not None:
+                _say(args, f"{alias:<20} repaired (fetched and verified before publishing)")
+    if damaged and not args.repair:
         _say(
             args,
-            f"{outcome.alias:<20} {'repaired' if outcome.status != 'failed' else 'repair failed: ' + outcome.detail}",
+            f"{len(damaged)} of {len(report)} models damaged in {project.cache.root}; "
+            "run: hubpin verify --repair",
         )
-    if damaged and not args.repair:
-        _say(args, f"{len(damaged)} of {len(report)} models damaged; run: hubpin verify --repair")
         return 1
-    return 1 if failed else 0
+    return 1 if any(o.status == "failed" for o in repaired.values()) else 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -366,7 +373,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
         freed += size
         _say(args, f"{'would remove' if args.dry_run else 'removed'} {path} ({_size(size)})")
         if not args.dry_run:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            try:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            except FileNotFoundError:  # removed meanwhile (by its owner or another prune)
+                pass
+            except OSError as exc:
+                raise write_error(exc, path) from None
     verb = "would free" if args.dry_run else "freed"
     _say(args, f"{_count(len(doomed), 'path')}, {verb} {_size(freed)}")
     return 0

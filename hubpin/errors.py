@@ -52,6 +52,10 @@ class FetchError(HubpinError):
     """A download or listing failed (network, HTTP status, missing file)."""
 
 
+class TruncatedError(FetchError):
+    """A download ended before the size the server or the lock announced."""
+
+
 class IntegrityError(HubpinError):
     """Bytes differ from what the lock (or manifest) pins."""
 

@@ -131,10 +131,18 @@ class Fetcher:
 
         offset = 0
         failures = 0
+        skip = 0  # bytes to drop: a server that ignored Range sent everything again
         while True:
             try:
                 try:
-                    for chunk in response.iter_raw(_CHUNK):
+                    # No chunk_size: httpx's chunker drops what it buffered when the
+                    # connection fails, and a resume must start at the last byte received.
+                    for chunk in response.iter_raw():
+                        if skip:
+                            dropped = min(skip, len(chunk))
+                            skip, chunk = skip - dropped, chunk[dropped:]
+                            if not chunk:
+                                continue
                         offset += len(chunk)
                         yield chunk
                 finally:
@@ -156,8 +164,7 @@ class Fetcher:
                 log.warning("%s: %s; resuming at byte %d", strip_query(url), _reason(exc), offset)
                 _backoff(failures)
                 response = self._with_retries(functools.partial(self._follow, url, offset), url)
-                if response.status_code == 200 and offset:
-                    response = _skip(response, offset)
+                skip = offset if response.status_code == 200 else 0
 
     def _with_retries(self, attempt: Callable[[], httpx.Response], url: str) -> httpx.Response:
         import httpx
@@ -238,26 +245,6 @@ def _open_file(path: Path) -> Download:
                 yield chunk
 
     return Download(path.as_posix(), os.fstat(fh.fileno()).st_size, chunks())
-
-
-def _skip(response: httpx.Response, offset: int) -> httpx.Response:
-    """A server that ignored Range sent everything again: drop what we already have."""
-    skipped = 0
-    stream = response.iter_raw(_CHUNK)
-    rest = b""
-    for chunk in stream:
-        if skipped + len(chunk) > offset:
-            rest = chunk[offset - skipped :]
-            break
-        skipped += len(chunk)
-
-    def tail() -> Iterator[bytes]:
-        if rest:
-            yield rest
-        yield from stream
-
-    response.iter_raw = lambda _size=None: tail()  # type: ignore[method-assign]
-    return response
 
 
 def _content_length(response: httpx.Response) -> int | None:

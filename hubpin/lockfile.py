@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hubpin.errors import LockfileError, LockMissingError
 from hubpin.handles import Format, Kind, cache_key
@@ -52,7 +52,7 @@ class Pin(BaseModel):
     tags: list[str] | None = None
     expected_sha256: str | None = None
     also: list[str] | None = None
-    cache_key: str | None = None
+    cache_key: str | None = Field(default=None, pattern=r"^[0-9a-f]{40}$")
     url: str | None = None
     archive_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     archive_size: int | None = Field(default=None, ge=0)
@@ -67,6 +67,30 @@ class Pin(BaseModel):
         if self.cache_key is None:
             return []
         return [self.cache_key, *(cache_key(h) for h in self.also or [])]
+
+    @model_validator(mode="after")
+    def _complete(self) -> Pin:
+        """A pin must hold what its kind needs: a hand-edited lock must not reach the cache.
+
+        The cache key in particular names a folder that sync writes and prune
+        deletes, so it must be tensorflow_hub's key for the pinned handle.
+        """
+        if self.kind is Kind.ARCHIVE:
+            missing = [
+                name
+                for name in ("cache_key", "url", "archive_sha256", "archive_size")
+                if getattr(self, name) is None
+            ]
+            if missing:
+                raise ValueError(f"an archive pin needs {', '.join(missing)}")
+            if self.cache_key != cache_key(self.handle):
+                raise ValueError(
+                    f"cache_key {self.cache_key} is not sha1 of the handle "
+                    f"(expected {cache_key(self.handle)})"
+                )
+        elif self.location is None:
+            raise ValueError(f"a {self.kind.value} pin needs location")
+        return self
 
     def inputs(self) -> dict[str, Any]:
         """The manifest fields this pin was made from."""

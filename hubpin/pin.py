@@ -13,7 +13,7 @@ from pathlib import Path
 
 from hubpin.cache import Cache, Record
 from hubpin.digests import Tree, hash_tree
-from hubpin.errors import FetchError, IntegrityError
+from hubpin.errors import ArchiveError, FetchError, IntegrityError
 from hubpin.fetch import Fetcher
 from hubpin.handles import Kind, cache_key, local_path, relative_posix, scheme_of, source_for
 from hubpin.lockfile import GcsObject, Pin
@@ -61,7 +61,13 @@ def pin_model(
     if source.kind is Kind.ARCHIVE:
         download = fetcher.open(source.location)
         reader = HashingReader(download.chunks, on_bytes=on_bytes)
-        result = unpack(reader, work, max_unpacked=settings.max_unpacked_size)
+        try:
+            result = unpack(reader, work, max_unpacked=settings.max_unpacked_size)
+        except ArchiveError as exc:
+            raise ArchiveError(
+                f"{exc}; refused, nothing was published. Check that the handle points at "
+                "the intended model archive, then run: hubpin lock"
+            ) from None
         check_expected(spec.sha256, result)
         local = local_path(spec.handle, root)
         url = relative_posix(local, root) if local else download.final_url

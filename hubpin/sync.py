@@ -20,12 +20,12 @@ from pathlib import Path
 from hubpin.bundle import archive_in
 from hubpin.cache import Cache, Record
 from hubpin.digests import hash_tree
-from hubpin.errors import CacheError, HubpinError, IntegrityError, NotSyncedError
+from hubpin.errors import CacheError, HubpinError, IntegrityError, NotSyncedError, TruncatedError
 from hubpin.fetch import Fetcher
 from hubpin.handles import Kind, cache_key, source_for
 from hubpin.lockfile import Pin
 from hubpin.settings import Settings
-from hubpin.unpack import HashingReader, Unpacked, unpack
+from hubpin.unpack import HashingReader, Unpacked, ensure_space, unpack
 
 
 @dataclass
@@ -81,14 +81,14 @@ class Syncer:
 
     def _sync_archive(self, pin: Pin) -> tuple[str, str]:
         assert pin.cache_key
-        if self._is_present(pin):
+        damage = self._damage(pin)
+        if not damage:
             return "present", ""
         if self.offline and not self.bundle:
-            raise NotSyncedError(
-                "not in the cache and --offline forbids downloading; run: hubpin sync"
-            )
+            what = "not in the cache" if damage == ["not synced"] else f"cache entry: {damage[0]}"
+            raise NotSyncedError(f"{what}, and --offline forbids downloading; run: hubpin sync")
         with self.cache.locked(pin.cache_key, self.settings.lock_timeout) as work:
-            if self._is_present(pin):  # another process finished while we waited
+            if not self._damage(pin):  # another process finished while we waited
                 return "present", ""
             if self._adopt(pin):
                 return "adopted", "verified the existing entry"
@@ -96,7 +96,10 @@ class Syncer:
             self.cache.publish(
                 pin.cache_key, work, Record(pin.handle, pin.tree_digest, result.tree)
             )
-        return "fetched", ""
+        if damage == ["not synced"]:
+            return "fetched", ""
+        more = f" and {len(damage) - 3} more" if len(damage) > 3 else ""
+        return "fetched", f"replaced an entry that had: {'; '.join(damage[:3])}{more}"
 
     def _fill_also(self, pin: Pin, handle: str) -> None:
         """Give another handle of the same model (its Kaggle URL, say) its own cache key.
@@ -128,13 +131,13 @@ class Syncer:
                     shutil.copy2(source / path, work / path)
             self.cache.publish(key, work, Record(handle, pin.tree_digest, record.tree))
 
-    def _is_present(self, pin: Pin) -> bool:
+    def _damage(self, pin: Pin) -> list[str]:
+        """Why the entry is not usable as is: the stat check, or a full re-hash with --verify."""
         assert pin.cache_key
-        if self.cache.quick_check(pin.cache_key, pin.tree_digest):
-            return False
-        if not self.full_verify:
-            return True
-        return not self.verify_entry(pin)
+        problems = self.cache.quick_check(pin.cache_key, pin.tree_digest)
+        if problems or not self.full_verify:
+            return problems
+        return self.verify_entry(pin)
 
     def verify_entry(self, pin: Pin) -> list[str]:
         """Re-hash an entry against hubpin's record and the lock; one phrase per damaged path."""
@@ -158,18 +161,26 @@ class Syncer:
 
     def fetch_into(self, pin: Pin, work: Path) -> Unpacked:
         """Download and unpack a pinned archive into ``work``; raise unless it matches the lock."""
+        ensure_space(work, pin.unpacked_size, f"{pin.handle} (unpacked_size in the lock)")
         if self.bundle and pin.archive_sha256:
             location = str(archive_in(self.bundle, pin.archive_sha256))
         else:
             location = source_for(pin.handle, pin.format, self.root).location
         download = self.fetcher.open(location)
-        reader = HashingReader(download.chunks, max_size=pin.archive_size, on_bytes=self.on_bytes)
+        reader = HashingReader(
+            download.chunks, on_bytes=self.on_bytes, expected_size=pin.archive_size
+        )
         try:
             result = unpack(reader, work, max_unpacked=pin.unpacked_size)
             check_against_lock(pin, result)
+        except TruncatedError as exc:
+            raise TruncatedError(
+                f"{download.final_url}: {exc}; nothing was published. The server or mirror sent a short "
+                "file; retry with: hubpin sync"
+            ) from None
         except IntegrityError as exc:
             raise IntegrityError(
-                f"{pin.url} does not match the lock: {exc}; nothing was published. "
+                f"{download.final_url} does not match the lock: {exc}; nothing was published. "
                 "If the model changed upstream on purpose, run: hubpin lock"
             ) from None
         return result

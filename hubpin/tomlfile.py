@@ -36,6 +36,8 @@ def read_toml(path: Path, error: type[InputError], fix: str) -> tuple[dict[str, 
         return tomllib.loads(text), text
     except tomllib.TOMLDecodeError as exc:
         raise error(f"{path}: invalid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise error(f"{path}: invalid TOML: arrays or tables nested too deeply") from None
 
 
 def validate(model: type[M], data: Any, path: Path, text: str, error: type[InputError]) -> M:
@@ -51,7 +53,8 @@ def describe(exc: ValidationError, path: Path, text: str) -> str:
     errors = exc.errors(include_url=False)
     first = errors[0]
     loc = [str(part) for part in first["loc"]]
-    key = ".".join(loc) or "(top level)"
+    # Keys are quoted when unprintable, so a message stays on one line.
+    key = ".".join(part if part.isprintable() else repr(part) for part in loc) or "(top level)"
     line = find_line(text, loc)
     where = f"{path}:{line}" if line else str(path)
     msg = first["msg"]

@@ -13,6 +13,7 @@ import gzip
 import hashlib
 import io
 import os
+import shutil
 import tarfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from hubpin.digests import Tree
-from hubpin.errors import ArchiveError, CacheError, IntegrityError
+from hubpin.errors import ArchiveError, CacheError, HubpinError, IntegrityError, TruncatedError
 
 try:  # python-isal's igzip decompresses about twice as fast as zlib
     from isal import igzip as _gzip  # type: ignore[import-not-found]
@@ -40,20 +41,30 @@ class Unpacked:
 
 
 class HashingReader(io.RawIOBase):
-    """A readable over an iterator of chunks that hashes and counts every byte it hands out."""
+    """A readable over an iterator of chunks that hashes and counts every byte it hands out.
+
+    With ``expected_size`` (the lock's archive size), a body that ends short of it
+    is noted; if gzip or tar then fail for want of bytes, :meth:`short_or` reports
+    truncation instead of corrupt data. A complete archive of another size is not
+    truncated but different: the digest check reports that.
+    """
 
     def __init__(
         self,
         chunks: Iterator[bytes],
         max_size: int | None = None,
         on_bytes: Callable[[int], None] | None = None,
+        expected_size: int | None = None,
     ) -> None:
         self._chunks = chunks
         self._pending = b""
-        self._max_size = max_size
+        self._expected_size = expected_size
+        self._draining = False
+        self._max_size = max_size if max_size is not None else expected_size
         self._on_bytes = on_bytes
         self.sha256 = hashlib.sha256()
         self.size = 0
+        self.ended_short = False
 
     def readable(self) -> bool:
         return True
@@ -71,6 +82,8 @@ class HashingReader(io.RawIOBase):
                     self._on_bytes(len(chunk))
                 self._pending = chunk
                 return True
+        if not self._draining and self.size < (self._expected_size or 0):
+            self.ended_short = True
         return False
 
     def peek(self, n: int) -> bytes:
@@ -93,8 +106,17 @@ class HashingReader(io.RawIOBase):
         self._pending = self._pending[n:]
         return n
 
+    def short_or(self, error: HubpinError) -> HubpinError:
+        """``error``, unless the body ended short of the pinned size: then that is the news."""
+        if self.ended_short:
+            return TruncatedError(
+                f"download truncated: got {self.size} of the {self._expected_size} bytes pinned"
+            )
+        return error
+
     def drain(self) -> None:
         """Read to the end, so the digest covers bytes past the tar's end marker."""
+        self._draining = True
         self._pending = b""
         while self._pull():
             self._pending = b""
@@ -132,9 +154,11 @@ def unpack(
                 _take(tar, member, tree, dest, max_unpacked)
         reader.drain()
     except (tarfile.ReadError, tarfile.HeaderError) as exc:
-        raise ArchiveError(f"not a valid tar or tar.gz archive ({exc})") from None
+        raise reader.short_or(ArchiveError(f"not a valid tar or tar.gz archive ({exc})")) from None
     except (gzip.BadGzipFile, zlib.error, _isal_error, EOFError) as exc:
-        raise ArchiveError(f"corrupt gzip data ({exc or 'ends early'})") from None
+        raise reader.short_or(ArchiveError(f"corrupt gzip data ({exc or 'ends early'})")) from None
+    except ArchiveError as exc:
+        raise reader.short_or(exc) from None
     except OSError as exc:
         raise write_error(exc, dest) from None
     return Unpacked(tree, reader.sha256.hexdigest(), reader.size)
@@ -174,6 +198,8 @@ def _take(
             f"unpacks to more than {limit} bytes (at member {member.name!r}); "
             "refused before writing it (limit: the lock's unpacked_size, or max_unpacked_size)"
         )
+    if dest is not None:
+        ensure_space(dest, member.size, f"member {member.name!r}")
     source = tar.extractfile(member)
     assert source is not None
     digest = hashlib.sha256()
@@ -192,12 +218,35 @@ def _take(
             size += len(chunk)
             if out is not None:
                 out.write(chunk)
+        if out is not None:
+            out.close()
+    except OSError as exc:  # a write error carries no file name: name the member's file
+        if out is None:
+            raise
+        raise write_error(exc, dest / path) from None
     finally:
         if out is not None:
             out.close()
     if size != member.size:
         raise ArchiveError(f"member {member.name!r} is truncated ({size} of {member.size} bytes)")
     tree.add_file(path, size, digest.hexdigest())
+
+
+def ensure_space(where: Path, needed: int, what: str) -> None:
+    """Refuse to start writing ``needed`` bytes that the file system cannot hold.
+
+    Checked before unpacking (the lock's unpacked size) and before each member,
+    so a full disk is reported up front instead of as a half-written entry.
+    """
+    try:
+        free = shutil.disk_usage(where).free
+    except OSError as exc:
+        raise write_error(exc, where) from None
+    if needed > free:
+        raise CacheError(
+            f"not enough space in {where.parent}: {what} needs {needed} bytes, "
+            f"{free} are free; free some space (hubpin prune) or set cache_dir elsewhere"
+        )
 
 
 def write_error(exc: OSError, where: Path | None) -> CacheError:

@@ -5,15 +5,19 @@
 - ``GET /<model path>?tf-hub-format=uncompressed`` → ``303`` with a ``gs://`` body;
 - ``GET /archives/<file>`` → the bytes, with Content-Length and Range support.
 
-Faults are injected per archive: answer 5xx a few times, cut the body after N
-bytes, ignore Range, or serve a different file.
+Faults are injected per archive: answer 5xx a few times, reset the connection,
+stall before answering, cut the body after N bytes, send the body slowly, serve a
+short file with a consistent Content-Length, ignore Range, or serve a different file.
 """
 
 from __future__ import annotations
 
 import re
+import socket
 import ssl
+import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -30,6 +34,12 @@ class Faults:
     cut_after: int | None = None  # close the connection after this many body bytes...
     cut_times: int = 0  # ...this many times
     ignore_range: bool = False
+    reset_times: int = 0  # drop the connection (TCP RST) without an answer this many times
+    stall: float = 0.0  # sleep this long before answering...
+    stall_times: int = 0  # ...this many times (to provoke read timeouts)
+    delay: float = 0.0  # sleep this long between chunks of ``chunk`` bytes (a slow server)
+    chunk: int = 1 << 16
+    truncate_to: int | None = None  # serve only this many bytes, with a matching Content-Length
 
 
 @dataclass
@@ -70,7 +80,7 @@ class HubServer:
         return f"{self.url}/{path.strip('/')}"
 
     def start(self) -> HubServer:
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,), daemon=True)
         self._thread.start()
         return self
 
@@ -106,9 +116,22 @@ class HubServer:
             return _reply(req, 404, b"no such archive")
         faults = self.faults.get(model, Faults())
         with self._lock:
-            if faults.fail_times > 0:
-                faults.fail_times -= 1
-                return _reply(req, faults.fail_status, b"try again")
+            reset = faults.reset_times > 0
+            faults.reset_times -= reset
+            stall = faults.stall if faults.stall_times > 0 else 0.0
+            faults.stall_times -= bool(stall)
+            fail = not reset and faults.fail_times > 0
+            faults.fail_times -= fail
+        if reset:
+            req.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            req.close_connection = True
+            return None
+        if stall:
+            time.sleep(stall)
+        if fail:
+            return _reply(req, faults.fail_status, b"try again")
+        if faults.truncate_to is not None:
+            data = data[: faults.truncate_to]
         start = 0
         match = re.fullmatch(r"bytes=(\d+)-", req.headers.get("Range", ""))
         status, headers = 200, {"Accept-Ranges": "bytes", "Content-Type": "application/gzip"}
@@ -131,8 +154,15 @@ class HubServer:
             req.wfile.flush()
             req.close_connection = True
             return
-        for i in range(0, len(body), 1 << 16):
-            req.wfile.write(body[i : i + (1 << 16)])
+        for i in range(0, len(body), faults.chunk):
+            if faults.delay and i:
+                time.sleep(faults.delay)
+            try:
+                req.wfile.write(body[i : i + faults.chunk])
+                req.wfile.flush()
+            except OSError:  # the client went away (killed, or gave up)
+                req.close_connection = True
+                return
 
 
 def _reply(

@@ -227,7 +227,7 @@ def test_gs_cache_dir_holds_entry_descriptor_and_record_and_status_verify_work(
     code, out, _ = project.run("status", "--json")
     assert json.loads(out)["models"][0]["state"].startswith(f"{index} changed (crc32c ")
     code, _, err = project.run("verify")
-    assert code == 1 and f"DAMAGED: changed {index}" in err
+    assert code == 1 and "double               DAMAGED" in err and f"  changed {index}" in err
     code, _, err = project.run("verify", "--repair")
     assert code == 0 and "repaired" in err, err
     assert gcs.read(f"{root}/{key}/{index}") == local[index]

@@ -1,0 +1,99 @@
+"""Helpers shared by the fault tests: leftovers, archives built by hand, hubpin in a subprocess."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+from savedmodels import pack
+
+WORKTREE = Path(__file__).resolve().parent.parent
+LEFTOVER_SUFFIXES = (".tmp", ".lock", ".old", ".stale")
+
+
+def leftovers(cache: Path) -> list[str]:
+    """Names in the cache that are not an entry, its descriptor or its hubpin record."""
+    if not cache.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in cache.iterdir()
+        if p.name.endswith(LEFTOVER_SUFFIXES) or p.name.startswith(".") or ".tmp" in p.name
+    )
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` (relative POSIX path → bytes), to compare states."""
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def heavy_model(base: Path, source: Path, files: int = 6, size: int = 128 << 10) -> Path:
+    """A real SavedModel plus incompressible assets, so downloads and unpacking take a while."""
+    folder = base / f"heavy-{files}x{size}"
+    if not folder.exists():
+        shutil.copytree(source, folder)
+        rng = random.Random(files * size)
+        (folder / "assets").mkdir(exist_ok=True)
+        for i in range(files):
+            (folder / "assets" / f"blob-{i}.bin").write_bytes(rng.randbytes(size))
+    return folder
+
+
+def heavy_archive(base: Path, source: Path, files: int = 6, size: int = 128 << 10) -> bytes:
+    return pack(heavy_model(base, source, files, size))
+
+
+def tar_bytes(members: list[tuple[tarfile.TarInfo, bytes | None]], gz: bool = True) -> bytes:
+    """A tar(.gz) with exactly these members, however hostile."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz" if gz else "w", format=tarfile.GNU_FORMAT) as tar:
+        for info, data in members:
+            if data is not None:
+                info.size = len(data)
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buffer.getvalue()
+
+
+def member(name: str, kind: bytes = tarfile.REGTYPE, **fields: object) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.mode = 0o755 if kind == tarfile.DIRTYPE else 0o644
+    for key, value in fields.items():
+        setattr(info, key, value)
+    return info
+
+
+def hubpin_env(cache: Path, **extra: str) -> dict[str, str]:
+    """Environment for a hubpin subprocess that imports this worktree's code."""
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("HUBPIN_", "TFHUB_", "PYTHONPATH"))
+    }
+    env.update(
+        PYTHONPATH=str(WORKTREE), TFHUB_CACHE_DIR=str(cache), TF_CPP_MIN_LOG_LEVEL="3", **extra
+    )
+    return env
+
+
+def spawn_hubpin(
+    cwd: Path, cache: Path, *argv: str, env: dict[str, str] | None = None, **popen: object
+) -> subprocess.Popen[str]:
+    """``python -m hubpin ARGV`` in its own process (so it can be killed or raced)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "hubpin", *argv],
+        cwd=cwd,
+        env={**hubpin_env(cache), **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,  # type: ignore[arg-type]
+    )
