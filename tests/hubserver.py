@@ -3,7 +3,9 @@
 - ``GET /<model path>?tf-hub-format=compressed`` → ``302`` to ``/archives/<file>``
   with a signed-URL-style query string (which must never reach a lock or log);
 - ``GET /<model path>?tf-hub-format=uncompressed`` → ``303`` with a ``gs://`` body;
-- ``GET /archives/<file>`` → the bytes, with Content-Length and Range support.
+- ``GET /archives/<file>`` → the bytes, with Content-Length and Range support
+  (``bytes=N-`` and ``bytes=N-M``), optionally paced to ``rate`` bytes per second
+  per connection so that benchmarks can imitate a slow link.
 
 Faults are injected per archive: answer 5xx a few times, reset the connection,
 stall before answering, cut the body after N bytes, send the body slowly, serve a
@@ -51,6 +53,7 @@ class HubServer:
     redirects: dict[str, str] = field(default_factory=dict)  # model path → absolute Location
     port: int = 0
     tls: ssl.SSLContext | None = None  # serve https with this server-side context
+    rate: int | None = None  # bytes per second per connection for archive bodies (a slow link)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -132,14 +135,15 @@ class HubServer:
             return _reply(req, faults.fail_status, b"try again")
         if faults.truncate_to is not None:
             data = data[: faults.truncate_to]
-        start = 0
-        match = re.fullmatch(r"bytes=(\d+)-", req.headers.get("Range", ""))
+        start, end = 0, len(data)
+        match = re.fullmatch(r"bytes=(\d+)-(\d*)", req.headers.get("Range", ""))
         status, headers = 200, {"Accept-Ranges": "bytes", "Content-Type": "application/gzip"}
         if match and not faults.ignore_range:
             start = int(match.group(1))
             status = 206
-            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
-        body = data[start:]
+            end = min(end, int(match.group(2)) + 1) if match.group(2) else end
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{len(data)}"
+        body = memoryview(data)[start:end]
         req.send_response(status)
         for key, value in headers.items():
             req.send_header(key, value)
@@ -154,11 +158,21 @@ class HubServer:
             req.wfile.flush()
             req.close_connection = True
             return
-        for i in range(0, len(body), faults.chunk):
+        step = (
+            faults.chunk
+            if faults.delay
+            else 1 << 20
+            if self.rate is None
+            else max(1 << 12, self.rate // 20)
+        )
+        started = time.monotonic()
+        for i in range(0, len(body), step):
             if faults.delay and i:
                 time.sleep(faults.delay)
+            if self.rate is not None:
+                time.sleep(max(0.0, started + i / self.rate - time.monotonic()))
             try:
-                req.wfile.write(body[i : i + faults.chunk])
+                req.wfile.write(body[i : i + step])
                 req.wfile.flush()
             except OSError:  # the client went away (killed, or gave up)
                 req.close_connection = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import tarfile
 from pathlib import Path
+from typing import BinaryIO
 
 
 def build_affine(folder: Path, scale: float, bias: float) -> Path:
@@ -29,6 +30,15 @@ def build_affine(folder: Path, scale: float, bias: float) -> Path:
 def pack(folder: Path, *, gzip: bool = True, prefix: str = ".") -> bytes:
     """A tar(.gz) of ``folder`` whose member names start with ``./`` like tfhub.dev's."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz" if gzip else "w") as tar:
-        tar.add(folder, arcname=prefix)
+    pack_into(buffer, folder, gzip=gzip, prefix=prefix)
     return buffer.getvalue()
+
+
+def pack_into(
+    fileobj: BinaryIO, folder: Path, *, gzip: bool = True, prefix: str = ".", level: int = 9
+) -> None:
+    """Write :func:`pack`'s archive to an open file, for archives too big to hold in memory."""
+    mode = "w:gz" if gzip else "w"
+    options = {"compresslevel": level} if gzip else {}
+    with tarfile.open(fileobj=fileobj, mode=mode, **options) as tar:  # type: ignore[call-overload]
+        tar.add(folder, arcname=prefix)

@@ -1,0 +1,514 @@
+"""hubpin against tensorflow_hub, side by side, on real SavedModels served over loopback.
+
+Run from the repository root:
+
+    PYTHONPATH=. python benchmarks/bench.py [--quick] [--runs N]
+
+It builds its fixtures once (SavedModels with random float32 weights, packed as
+``.tar.gz`` with ``./`` member names like tfhub.dev's) under ``~/.cache/hubpin-bench``,
+serves them from a separate process with the test suite's tfhub.dev server (a
+separate process so that the server's work never shares a GIL with what is
+measured), and measures, interleaving the contenders so that machine noise hits
+them alike:
+
+- cold-cache ``hubpin sync --frozen`` (the whole process, interpreter start
+  included) against in-process ``tensorflow_hub.resolve`` (TensorFlow's import
+  not counted) and ``curl | tar xz``, for 1×200 MB and 8×50 MB;
+- the same 1×200 MB on a slow link (a per-connection bandwidth cap in the server),
+  where several ranged connections pay off;
+- a no-op ``hubpin sync --frozen`` over 50 pinned, cached models;
+- peak RSS of a sync of one big archive;
+- ``hubpin.load(alias)`` against ``tf.saved_model.load(path)``.
+
+It prints a markdown table of medians and ratios and writes it, with the
+machine it ran on, to ``benchmarks/RESULTS.md``. Times are wall-clock medians:
+these machines are noisy, so read the ratios, not the absolute numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = REPO / "tests"
+sys.path.insert(0, str(TESTS))  # hubserver and savedmodels, shared with the test suite
+
+MB = 1 << 20
+NOOP_MODELS = 50
+
+
+@dataclass(frozen=True)
+class Fixture:
+    """One benchmark archive: a SavedModel of ``mb`` MiB of random float32 weights."""
+
+    name: str
+    mb: int
+    seed: int
+
+    @property
+    def path(self) -> str:
+        """Its model path on the benchmark server (handle = server URL + path)."""
+        return f"bench/{self.name}/1"
+
+    def archive(self, root: Path) -> Path:
+        return root / f"{self.name}-{self.mb}mb-v1.tar.gz"
+
+
+BIG = Fixture("big", 200, 1)
+EIGHT = [Fixture(f"m{i}", 50, 10 + i) for i in range(8)]
+HUGE = Fixture("huge", 1024, 99)
+TINY = Fixture("tiny", 0, 0)  # the test suite's affine model, served under 50 paths
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+def _Weights(arrays: list) -> object:
+    """A tf.Module holding ``arrays`` as variables (32 MiB each, like large layers)."""
+    import tensorflow as tf
+
+    class Weights(tf.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weights = [tf.Variable(a, name=f"w{i}") for i, a in enumerate(arrays)]
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32)])
+        def __call__(self, x: tf.Tensor) -> tf.Tensor:
+            return x * self.weights[0][0]
+
+    return Weights()
+
+
+def build_fixture(fixture: Fixture, root: Path) -> Path:
+    """Build and pack a fixture once; later runs reuse the archive on disk."""
+    target = fixture.archive(root)
+    if target.exists():
+        return target
+    import numpy as np
+    import tensorflow as tf
+    from savedmodels import build_affine, pack_into
+
+    root.mkdir(parents=True, exist_ok=True)
+    print(f"building fixture {target.name} (once) ...", file=sys.stderr, flush=True)
+    with tempfile.TemporaryDirectory(dir=root) as tmp:
+        folder = Path(tmp) / "model"
+        if fixture.mb == 0:
+            build_affine(folder, 2.0, 1.0)
+        else:
+            rng = np.random.default_rng(fixture.seed)
+            sizes = [32 * MB // 4] * (fixture.mb // 32) + [fixture.mb % 32 * MB // 4]
+            module = _Weights([rng.standard_normal(n, dtype=np.float32) for n in sizes if n])
+            tf.saved_model.save(module, str(folder))
+            del module
+        partial = Path(tmp) / "archive.tar.gz"
+        with open(partial, "wb") as fh:
+            pack_into(fh, folder, level=6)  # gzip's default level, as `tar czf` uses
+        os.replace(partial, target)
+    return target
+
+
+def serve(root: Path, names: list[str], rate: int | None) -> None:
+    """``--serve``: the tfhub.dev server in its own process; prints its URL, stops at EOF."""
+    from hubserver import HubServer
+
+    fixtures = {f.name: f for f in [BIG, *EIGHT, HUGE, TINY]}
+    models = {}
+    for name in names:
+        data = fixtures[name].archive(root).read_bytes()
+        if name == TINY.name:
+            models.update({f"bench/tiny{i}/1": data for i in range(NOOP_MODELS)})
+        models[fixtures[name].path] = data
+    server = HubServer(models=models, rate=rate).start()
+    print(server.url, flush=True)
+    sys.stdin.read()
+    server.stop()
+
+
+@contextlib.contextmanager
+def server_process(root: Path, names: list[str], rate: int | None = None) -> Iterator[str]:
+    cmd = [sys.executable, __file__, "--serve", ",".join(names), "--fixtures", str(root)]
+    if rate:
+        cmd += ["--rate", str(rate)]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        if not url:
+            raise RuntimeError("benchmark server did not start")
+        yield url
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(timeout=30)
+
+
+# ---------------------------------------------------------------- contenders
+
+
+def hubpin_env(cache: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HUBPIN_", "TFHUB_"))}
+    return env | {"PYTHONPATH": str(REPO), "TFHUB_CACHE_DIR": str(cache)} | extra
+
+
+# Peak RSS must be read from a child forked by a small process: Linux carries the
+# parent's high-water mark across fork+exec, and this process holds TensorFlow.
+_RSS_PROBE = (
+    "import os, sys\n"
+    "pid = os.fork()\n"
+    "if pid == 0:\n"
+    "    os.execv(sys.executable, [sys.executable, *sys.argv[1:]])\n"
+    "_, status, usage = os.wait4(pid, 0)\n"
+    "sys.stderr.write(f'\\nmaxrss_kib={usage.ru_maxrss}\\n')\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))\n"
+)
+
+
+def run_hubpin(
+    project: Path, cache: Path, *args: str, rss: bool = False, **env: str
+) -> tuple[float, int]:
+    """Wall time of one whole ``python -m hubpin`` process, and its peak RSS (KiB) if ``rss``."""
+    probe = [sys.executable, "-c", _RSS_PROBE] if rss else [sys.executable]
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [*probe, "-m", "hubpin", "-q", *args],
+        cwd=project,
+        env=hubpin_env(cache, **env),
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    err = proc.stderr.read()
+    proc.wait()
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise RuntimeError(f"hubpin {' '.join(args)} failed: {err.decode()[-2000:]}")
+    peak = err.decode().rpartition("maxrss_kib=")[2].strip() if rss else ""
+    return elapsed, int(peak) if peak.isdigit() else 0
+
+
+def make_project(where: Path, url: str, fixtures: list[Fixture], cache: Path) -> Path:
+    """A project pinning ``fixtures``; locked once (the lock step is not what is measured)."""
+    where.mkdir(parents=True)
+    (where / "models.toml").write_text(
+        "".join(f'[models.{f.name}]\nhandle = "{url}/{f.path}"\n\n' for f in fixtures)
+    )
+    run_hubpin(where, cache, "lock")
+    return where
+
+
+def tfhub_resolve(handles: list[str], cache: Path) -> None:
+    """tensorflow_hub's own download path, in this process (TF already imported)."""
+    import tensorflow_hub as hub
+
+    os.environ["TFHUB_CACHE_DIR"] = str(cache)
+    for handle in handles:
+        hub.resolve(handle)
+
+
+def curl_tar(handles: list[str], dest: Path) -> None:
+    script = "set -eo pipefail\n" + "".join(
+        f"mkdir -p {dest}/{i} && curl -sSfL '{h}?tf-hub-format=compressed' | tar xzf - -C {dest}/{i}\n"
+        for i, h in enumerate(handles)
+    )
+    subprocess.run(["bash", "-c", script], check=True)
+
+
+@dataclass
+class Timings:
+    """Wall times per contender, collected over interleaved runs."""
+
+    runs: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, name: str, seconds: float) -> None:
+        self.runs.setdefault(name, []).append(seconds)
+
+    def median(self, name: str) -> float | None:
+        values = self.runs.get(name)
+        return statistics.median(values) if values else None
+
+
+def interleaved(
+    contenders: dict[str, Callable[[Path], float | None]], runs: int, scratch: Path
+) -> Timings:
+    """Run every contender ``runs`` times, round-robin, each on a fresh empty cache."""
+    timings = Timings()
+    for i in range(runs):
+        for n, (name, contender) in enumerate(contenders.items()):
+            cache = scratch / f"cache-{n}-{i}"
+            start = time.perf_counter()
+            measured = contender(cache)
+            timings.add(name, measured if measured is not None else time.perf_counter() - start)
+            shutil.rmtree(cache, ignore_errors=True)
+        print(f"  run {i + 1}/{runs}: " + _fmt_last(timings), file=sys.stderr, flush=True)
+    return timings
+
+
+def _fmt_last(timings: Timings) -> str:
+    return ", ".join(f"{k} {v[-1]:.2f}s" for k, v in timings.runs.items())
+
+
+def cold_sync(
+    url: str, fixtures: list[Fixture], runs: int, scratch: Path, with_curl: bool = True, **env: str
+) -> Timings:
+    project = make_project(scratch / "project", url, fixtures, scratch / "lock-cache")
+    handles = [f"{url}/{f.path}" for f in fixtures]
+    contenders: dict[str, Callable[[Path], float | None]] = {
+        "hubpin": lambda cache: run_hubpin(project, cache, "sync", "--frozen", **env)[0],
+        "tensorflow_hub": lambda cache: tfhub_resolve(handles, cache),
+    }
+    if env:
+        single = {**env, "HUBPIN_CONNECTIONS": "1"}
+        contenders["hubpin, 1 connection"] = lambda cache: run_hubpin(
+            project, cache, "sync", "--frozen", **single
+        )[0]
+    if with_curl:
+        contenders["curl | tar xz"] = lambda cache: curl_tar(handles, cache)
+    try:
+        return interleaved(contenders, runs, scratch)
+    finally:
+        shutil.rmtree(project, ignore_errors=True)
+
+
+def noop_sync(url: str, runs: int, scratch: Path) -> tuple[float, float]:
+    """Median wall time of a no-op sync over 50 cached models, and of a bare ``python -c pass``."""
+    project = scratch / "noop"
+    project.mkdir()
+    (project / "models.toml").write_text(
+        "".join(
+            f'[models.tiny{i}]\nhandle = "{url}/bench/tiny{i}/1"\n\n' for i in range(NOOP_MODELS)
+        )
+    )
+    cache = scratch / "noop-cache"
+    run_hubpin(project, cache, "sync")
+    run_hubpin(project, cache, "sync", "--frozen")  # warm the file system caches
+    sync = [run_hubpin(project, cache, "sync", "--frozen")[0] for _ in range(max(runs, 5) * 2)]
+    bare = []
+    for _ in range(max(runs, 5)):
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "pass"], check=True)
+        bare.append(time.perf_counter() - start)
+    return statistics.median(sync), statistics.median(bare)
+
+
+def peak_rss(url: str, fixture: Fixture, scratch: Path) -> int:
+    """Peak RSS (bytes) of a cold ``hubpin sync --frozen`` of one archive."""
+    project = make_project(scratch / "rss", url, [fixture], scratch / "rss-lock-cache")
+    cache = scratch / "rss-cache"
+    try:
+        return run_hubpin(project, cache, "sync", "--frozen", rss=True)[1] * 1024
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+        shutil.rmtree(project, ignore_errors=True)
+
+
+def load_overhead(
+    url: str, fixture: Fixture, runs: int, scratch: Path
+) -> tuple[float, float] | str:
+    """Median seconds of ``hubpin.load(alias)`` and of ``tf.saved_model.load(path)``."""
+    try:
+        from hubpin import runtime  # written on another branch; absent until merged
+    except ImportError:
+        return "hubpin.runtime is not in this tree yet"
+    if not Path(runtime.__file__).resolve().is_relative_to(REPO):
+        # an editable install of another checkout can leak its modules into ours
+        return "hubpin.runtime is not in this tree yet (another checkout's was found)"
+    import tensorflow as tf
+
+    project = make_project(scratch / "load", url, [fixture], scratch / "load-cache")
+    cache = scratch / "load-cache"
+    run_hubpin(project, cache, "sync", "--frozen")
+    os.environ.update({"HUBPIN_LOCK": str(project / "models.lock"), "TFHUB_CACHE_DIR": str(cache)})
+    path = cache / hashlib.sha1(f"{url}/{fixture.path}".encode()).hexdigest()
+    ours, theirs = [], []
+    for _ in range(runs):
+        start = time.perf_counter()
+        runtime.load(fixture.name)
+        ours.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        tf.saved_model.load(str(path))
+        theirs.append(time.perf_counter() - start)
+    return statistics.median(ours), statistics.median(theirs)
+
+
+# ---------------------------------------------------------------- report
+
+
+def machine() -> list[str]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    versions = []
+    for dist in ("tensorflow", "tensorflow-hub", "httpx", "isal", "rapidgzip", "pydantic"):
+        try:
+            versions.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            versions.append(f"{dist} (not installed)")
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    return [
+        f"- CPU: {cpu}, {os.cpu_count()} cores (nproc); {platform.system()} {platform.release()}",
+        f"- Python {platform.python_version()}; {', '.join(versions)}",
+        f"- hubpin commit {commit or 'unknown'}; server: tests/hubserver.py on 127.0.0.1 "
+        "in a separate process",
+        "- load average at the end (1/5/15 min): "
+        + " / ".join(f"{x:.2f}" for x in os.getloadavg())
+        + " (other work on the machine shares its cores)",
+    ]
+
+
+def secs(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f} s"
+
+
+def ratio_row(
+    label: str, t: Timings, target: float | None, note: str = "", ours: str = "hubpin"
+) -> str:
+    h, tf, curl = t.median(ours), t.median("tensorflow_hub"), t.median("curl | tar xz")
+    r = h / tf if h and tf else None
+    met = "—" if target is None or r is None else ("yes" if r <= target else "**no**")
+    goal = f"≤ {target:.2f}×" if target else "—"
+    ratio = f"**{r:.2f}×**" if r else "—"
+    return (
+        f"| {label} | {secs(h)} | {secs(tf)} | {secs(curl)} | {ratio} | {goal} | {met} | {note} |"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer runs, no 1 GiB fixture")
+    parser.add_argument("--runs", type=int, default=None, help="runs per measurement")
+    parser.add_argument("--fixtures", type=Path, default=Path.home() / ".cache" / "hubpin-bench")
+    parser.add_argument("--only", default="", help="comma list: big,eight,slow,noop,rss,load")
+    parser.add_argument("--serve", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--rate", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--slow-rate", type=int, default=40, help="MB/s per connection (slow)")
+    args = parser.parse_args()
+    if args.serve is not None:
+        return serve(args.fixtures, args.serve.split(","), args.rate)
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    runs = args.runs or (3 if args.quick else 7)
+    only = set(filter(None, args.only.split(","))) or {
+        "big",
+        "eight",
+        "slow",
+        "noop",
+        "rss",
+        "load",
+    }
+    rss_fixture = BIG if args.quick else HUGE
+    for fixture in [BIG, *EIGHT, TINY, rss_fixture]:
+        build_fixture(fixture, args.fixtures)
+    import tensorflow as tf  # noqa: F401 - imported before any timing, as a user's process has it
+    import tensorflow_hub  # noqa: F401
+
+    names = [BIG.name, *(f.name for f in EIGHT), TINY.name, rss_fixture.name]
+    rows: list[str] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="hubpin-bench-") as tmp,
+        server_process(args.fixtures, sorted(set(names))) as url,
+    ):
+        scratch = Path(tmp)
+
+        def fresh(name: str) -> Path:
+            folder = scratch / name
+            folder.mkdir()
+            return folder
+
+        if "big" in only:
+            print("cold sync, 1×200 MB", file=sys.stderr)
+            t = cold_sync(url, [BIG], runs, fresh("big"))
+            rows.append(ratio_row("cold sync, 1×200 MB", t, 0.45, f"median of {runs}"))
+        if "eight" in only:
+            print("cold sync, 8×50 MB", file=sys.stderr)
+            t = cold_sync(url, EIGHT, runs, fresh("eight"))
+            rows.append(ratio_row("cold sync, 8×50 MB", t, 0.35, f"median of {runs}"))
+        if "slow" in only:
+            rate = args.slow_rate * 10**6
+            slow_runs = max(1, runs // 3)
+            print(f"slow link, 1×200 MB at {args.slow_rate} MB/s per connection", file=sys.stderr)
+            with server_process(args.fixtures, [BIG.name], rate) as slow_url:
+                t = cold_sync(
+                    slow_url, [BIG], slow_runs, fresh("slow"), False, HUBPIN_CONNECTIONS="4"
+                )
+                one = t.median("hubpin, 1 connection")
+                note = f"median of {slow_runs}" + (
+                    f"; hubpin with 1 connection: {one:.2f} s" if one else ""
+                )
+                rows.append(
+                    ratio_row(
+                        f"cold sync, 1×200 MB, {args.slow_rate} MB/s per connection", t, None, note
+                    )
+                )
+        if "noop" in only:
+            print("no-op sync", file=sys.stderr)
+            noop, bare = noop_sync(url, runs, fresh("noop"))
+            met = "yes" if noop < 0.150 else "**no**"
+            rows.append(
+                f"| no-op `sync --frozen`, {NOOP_MODELS} cached models | {noop * 1000:.0f} ms "
+                f"| — | — | — | < 150 ms | {met} | whole process; bare `python -c pass`: "
+                f"{bare * 1000:.0f} ms |"
+            )
+        if "rss" in only:
+            print(f"peak RSS, {rss_fixture.mb} MB archive", file=sys.stderr)
+            rss = peak_rss(url, rss_fixture, fresh("rss"))
+            met = "yes" if rss < 150 * MB else "**no**"
+            rows.append(
+                f"| peak RSS, sync of a {rss_fixture.mb} MB model | {rss / MB:.0f} MiB | — | — "
+                f"| — | < 150 MB | {met} | whole `hubpin` process (getrusage) |"
+            )
+        if "load" in only:
+            print("hubpin.load overhead", file=sys.stderr)
+            result = load_overhead(url, EIGHT[0], runs, fresh("load"))
+            if isinstance(result, str):
+                rows.append(
+                    f"| `hubpin.load` vs `tf.saved_model.load` | skipped | — | — | — | — | — | {result} |"
+                )
+            else:
+                ours, theirs = result
+                rows.append(
+                    f"| `hubpin.load` vs `tf.saved_model.load`, 50 MB | {secs(ours)} | "
+                    f"{secs(theirs)} (tf.saved_model.load) | — | {ours / theirs:.2f}× | — | — "
+                    f"| overhead {1000 * (ours - theirs):+.0f} ms |"
+                )
+
+    header = [
+        "| benchmark | hubpin | tensorflow_hub | curl \\| tar xz | hubpin ÷ tf_hub | target | met | notes |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    table = "\n".join(header + rows)
+    print(table)
+    results = REPO / "benchmarks" / "RESULTS.md"
+    results.write_text(
+        "# hubpin benchmark results\n\n"
+        "Produced by `PYTHONPATH=. python benchmarks/bench.py"
+        f"{' --quick' if args.quick else ''}`; wall-clock medians, loopback server.\n"
+        "hubpin is timed as a whole process (`python -m hubpin sync --frozen`, cold cache);\n"
+        "tensorflow_hub as `hub.resolve` in-process, TensorFlow's import not counted.\n\n"
+        + table
+        + "\n\nMachine:\n\n"
+        + "\n".join(machine())
+        + "\n"
+    )
+    print(f"\nwritten to {results.relative_to(REPO)}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""The fast paths must give exactly the plain path's results, and the CLI must stay slim."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import Model, Project
+from hubserver import HubServer
+
+from hubpin.digests import hash_tree
+from hubpin.unpack import HashingReader, gunzip_isal, unpack
+
+
+def _archive(model: Model, extra: Path) -> bytes:
+    """A real SavedModel plus a 3 MiB file of random weights, so decoders cross many blocks."""
+    from savedmodels import pack
+
+    shutil.copytree(model.folder, extra / "model")
+    (extra / "model" / "assets" / "weights.bin").write_bytes(os.urandom(3 << 20))
+    return pack(extra / "model")
+
+
+@pytest.mark.parametrize("decoder", ["isal", "stdlib"])
+def test_every_decompressor_writes_the_same_bytes(
+    models: dict[str, Model], tmp_path: Path, decoder: str
+) -> None:
+    data = _archive(models["double"], tmp_path)
+    chunks = (data[i : i + 65536] for i in range(0, len(data), 65536))
+    gunzip = (
+        gunzip_isal if decoder == "isal" else (lambda raw: gzip.GzipFile(fileobj=raw, mode="rb"))
+    )
+    result = unpack(HashingReader(chunks), tmp_path / "out", max_unpacked=1 << 30, gunzip=gunzip)
+    assert (
+        result.tree.digest()
+        == hash_tree(tmp_path / "model").digest()
+        == hash_tree(tmp_path / "out").digest()
+    )
+    assert result.archive_size == len(data)
+    for path in result.tree.files:
+        assert (tmp_path / "out" / path).read_bytes() == (tmp_path / "model" / path).read_bytes()
+    only_hashed = unpack(HashingReader(iter([data])), None, max_unpacked=1 << 30, gunzip=gunzip)
+    assert only_hashed.tree.digest() == result.tree.digest(), "lock (hash only) and sync must agree"
+
+
+def test_multi_member_gzip_is_read_like_gzipfile(models: dict[str, Model], tmp_path: Path) -> None:
+    """Some mirrors concatenate gzip members; both decoders must read all of them."""
+    import tarfile
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        tar.add(models["triple"].folder, arcname=".")
+    plain = raw.getvalue()
+    half = len(plain) // 2
+    data = gzip.compress(plain[:half]) + gzip.compress(plain[half:])
+    result = unpack(HashingReader(iter([data])), tmp_path / "out", max_unpacked=1 << 30)
+    assert result.tree.digest() == hash_tree(models["triple"].folder).digest()
+
+
+def test_noop_sync_imports_no_tensorflow_http_client_or_gcsfs(
+    project: Project, hub: HubServer
+) -> None:
+    project.models(double=hub.handle("google/double/1"))
+    assert project.run("sync")[0] == 0
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "hubpin", "sync", "--frozen"],
+        cwd=project.root,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TFHUB_CACHE_DIR": str(project.cache)},
+    )
+    assert result.returncode == 0, result.stderr
+    imported = {
+        line.split("|")[-1].strip().split(".")[0]
+        for line in result.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "hubpin" in imported
+    assert not imported & {"tensorflow", "tensorflow_hub", "keras", "gcsfs", "httpx"}
