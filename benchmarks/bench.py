@@ -332,15 +332,20 @@ def load_overhead(
     run_hubpin(project, cache, "sync", "--frozen")
     os.environ.update({"HUBPIN_LOCK": str(project / "models.lock"), "TFHUB_CACHE_DIR": str(cache)})
     path = cache / hashlib.sha1(f"{url}/{fixture.path}".encode()).hexdigest()
-    ours, theirs = [], []
-    for _ in range(runs):
-        start = time.perf_counter()
-        runtime.load(fixture.name)
-        ours.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        tf.saved_model.load(str(path))
-        theirs.append(time.perf_counter() - start)
-    return statistics.median(ours), statistics.median(theirs)
+    contenders = {
+        "ours": lambda: runtime.load(fixture.name),
+        "theirs": lambda: tf.saved_model.load(str(path)),
+    }
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for load in contenders.values():  # warm up: the first load in a process traces functions
+        load()
+    for i in range(max(runs, 10)):
+        order = list(contenders) if i % 2 == 0 else list(reversed(contenders))  # no order bias
+        for name in order:
+            start = time.perf_counter()
+            contenders[name]()
+            times[name].append(time.perf_counter() - start)
+    return statistics.median(times["ours"]), statistics.median(times["theirs"])
 
 
 # ---------------------------------------------------------------- report

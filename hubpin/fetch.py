@@ -14,7 +14,6 @@ import functools
 import logging
 import os
 import random
-import ssl
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,6 +25,8 @@ from hubpin.handles import is_loopback, local_path, scheme_of, strip_query
 from hubpin.settings import Settings
 
 if TYPE_CHECKING:
+    import ssl
+
     import httpx
 
 log = logging.getLogger("hubpin")
@@ -264,6 +265,8 @@ def _verify(settings: Settings) -> ssl.SSLContext | bool | str:
     if settings.ca_bundle:
         if not Path(settings.ca_bundle).is_file():
             raise InputError(f"ca_bundle {settings.ca_bundle}: file not found")
+        import ssl  # here, not at the top: the no-op sync never needs it (8 ms)
+
         return ssl.create_default_context(cafile=settings.ca_bundle)
     return True
 

@@ -15,7 +15,6 @@ import urllib.parse
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path, PurePosixPath
-from urllib.request import url2pathname
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 _CN_HUB = "https://hub.tensorflow.google.cn/"
@@ -91,6 +90,8 @@ def local_path(handle: str, base: Path) -> Path | None:
     """The filesystem path a path or file:// handle names (relative to ``base``)."""
     scheme = scheme_of(handle)
     if scheme == "file":
+        from urllib.request import url2pathname  # lazily: urllib.request costs 9 ms to import
+
         return Path(url2pathname(urllib.parse.urlsplit(handle).path))
     if scheme:
         return None
