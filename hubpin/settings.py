@@ -44,7 +44,6 @@ class Settings(BaseModel):
     allow_http: bool = False
     ca_bundle: str | None = None
     max_unpacked_size: int = Field(default=64 * 2**30, gt=0)
-    keep_archives: bool = False
     gcs_project: str | None = None
     gcs_token: str | None = None
     mirrors: list[Mirror] = Field(default_factory=list)

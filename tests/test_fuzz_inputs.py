@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from hubpin.cli import main
+from hubpin.settings import Settings
 
 FUZZ = settings(
     max_examples=int(os.environ.get("HUBPIN_FUZZ_EXAMPLES", "60")),
@@ -231,10 +232,7 @@ def bad_settings(draw: st.DrawFn) -> str:
     if draw(st.booleans()):
         key = draw(
             st.text(min_size=1, max_size=12).filter(
-                lambda k: (
-                    k not in SETTING_FAULTS
-                    and k not in ("keep_archives", "ca_bundle", "gcs_project", "gcs_token")
-                )
+                lambda k: k not in SETTING_FAULTS and k not in Settings.model_fields
             )
         )
         return tomli_w.dumps({key: draw(SCALARS)})
