@@ -162,8 +162,6 @@ def unpack(
         raise reader.short_or(ArchiveError(f"not a valid tar or tar.gz archive ({exc})")) from None
     except (gzip.BadGzipFile, zlib.error, _isal_error, EOFError) as exc:
         raise reader.short_or(ArchiveError(f"corrupt gzip data ({exc or 'ends early'})")) from None
-    except ArchiveError as exc:
-        raise reader.short_or(exc) from None
     except OSError as exc:
         raise write_error(exc, dest) from None
     return Unpacked(tree, reader.sha256.hexdigest(), reader.size)

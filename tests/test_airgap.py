@@ -51,7 +51,7 @@ def test_a_tampered_bundle_publishes_nothing(
     sha = hashlib.sha256(models["double"].archive).hexdigest()
     (tmp_path / "b" / "archives" / sha).write_bytes(models["triple"].archive)
     code, _, err = project.run("sync", "--from", str(tmp_path / "b"))
-    assert code == 1 and "does not match the lock" in err
+    assert code == 1 and "does not match the lock" in err, err
     assert not project.entry(handle).exists()
     code, _, err = project.run("sync", "--from", str(tmp_path / "nowhere"))
     assert code == 2 and "not a hubpin bundle" in err
@@ -115,3 +115,81 @@ def test_also_fills_every_handle_of_one_model_from_one_download(
     assert hub.archive_requests("google/double/1") == 1
     code, _, err = project.run("prune", "--dry-run")
     assert code == 0 and "0 paths" in err
+
+
+class _ForwardProxy:
+    """A plain-HTTP forward proxy on loopback that relays GETs and remembers what it relayed."""
+
+    def __init__(self) -> None:
+        import threading
+        import urllib.request
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.seen: list[str] = []
+        proxy = self
+
+        class NoRedirect(urllib.request.HTTPRedirectHandler):
+            def redirect_request(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+                return None  # relay redirects to the client, as a proxy does
+
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}), NoRedirect())
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                proxy.seen.append(self.path)
+                try:
+                    upstream = direct.open(
+                        urllib.request.Request(
+                            self.path,
+                            headers={"Range": self.headers.get("Range", "")}
+                            if self.headers.get("Range")
+                            else {},
+                        )
+                    )
+                    status, headers, body = upstream.status, upstream.headers, upstream.read()
+                except urllib.error.HTTPError as exc:
+                    status, headers, body = exc.code, exc.headers, exc.read()
+                self.send_response(status)
+                for key in ("Location", "Content-Range"):
+                    if headers.get(key):
+                        self.send_header(key, headers[key])
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_proxies_come_from_the_standard_environment(
+    project: Project, hub: HubServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxy = _ForwardProxy()
+    try:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.setenv("NO_PROXY", "")
+        handle = hub.handle("google/double/1")
+        project.models(double=handle)
+        code, _, err = project.run("sync")
+        assert code == 0, err
+        assert f"{handle}?tf-hub-format=compressed" in proxy.seen
+        archive = f"{hub.url}/archives/google/double/1.tar.gz?"
+        assert any(path.startswith(archive) for path in proxy.seen), proxy.seen
+        assert (project.entry(handle) / "saved_model.pb").is_file()
+
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        before = len(proxy.seen)
+        assert project.run("lock", "double")[0] == 0
+        assert len(proxy.seen) == before, "NO_PROXY hosts must be reached directly"
+    finally:
+        proxy.stop()

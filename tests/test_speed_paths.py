@@ -82,4 +82,4 @@ def test_noop_sync_imports_no_tensorflow_http_client_or_gcsfs(
         if line.startswith("import time:")
     }
     assert "hubpin" in imported
-    assert not imported & {"tensorflow", "tensorflow_hub", "keras", "gcsfs", "httpx"}
+    assert not imported & {"tensorflow", "tensorflow_hub", "keras", "gcsfs", "httpx", "urllib3"}
