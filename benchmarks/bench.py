@@ -15,7 +15,7 @@ them alike:
   included) against in-process ``tensorflow_hub.resolve`` (TensorFlow's import
   not counted) and ``curl | tar xz``, for 1×200 MB and 8×50 MB;
 - the same 1×200 MB on a slow link (a per-connection bandwidth cap in the server),
-  where several ranged connections pay off;
+  where the network, not unpacking, sets the pace;
 - a no-op ``hubpin sync --frozen`` over 50 pinned, cached models;
 - peak RSS of a sync of one big archive;
 - ``hubpin.load(alias)`` against ``tf.saved_model.load(path)``.
@@ -269,11 +269,6 @@ def cold_sync(
         "hubpin": lambda cache: run_hubpin(project, cache, "sync", "--frozen", **env)[0],
         "tensorflow_hub": lambda cache: tfhub_resolve(handles, cache),
     }
-    if env:
-        single = {**env, "HUBPIN_CONNECTIONS": "1"}
-        contenders["hubpin, 1 connection"] = lambda cache: run_hubpin(
-            project, cache, "sync", "--frozen", **single
-        )[0]
     if with_curl:
         contenders["curl | tar xz"] = lambda cache: curl_tar(handles, cache)
     try:
@@ -359,7 +354,7 @@ def machine() -> list[str]:
                 cpu = line.split(":", 1)[1].strip()
                 break
     versions = []
-    for dist in ("tensorflow", "tensorflow-hub", "httpx", "isal", "rapidgzip", "pydantic"):
+    for dist in ("tensorflow", "tensorflow-hub", "urllib3", "isal", "pydantic"):
         try:
             versions.append(f"{dist} {metadata.version(dist)}")
         except metadata.PackageNotFoundError:
@@ -450,13 +445,8 @@ def main() -> None:
             slow_runs = max(1, runs // 3)
             print(f"slow link, 1×200 MB at {args.slow_rate} MB/s per connection", file=sys.stderr)
             with server_process(args.fixtures, [BIG.name], rate) as slow_url:
-                t = cold_sync(
-                    slow_url, [BIG], slow_runs, fresh("slow"), False, HUBPIN_CONNECTIONS="4"
-                )
-                one = t.median("hubpin, 1 connection")
-                note = f"median of {slow_runs}" + (
-                    f"; hubpin with 1 connection: {one:.2f} s" if one else ""
-                )
+                t = cold_sync(slow_url, [BIG], slow_runs, fresh("slow"), False)
+                note = f"median of {slow_runs}; one connection each"
                 rows.append(
                     ratio_row(
                         f"cold sync, 1×200 MB, {args.slow_rate} MB/s per connection", t, None, note

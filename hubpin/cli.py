@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from hubpin.bundle import write_bundle
 from hubpin.cache import entry_size
@@ -231,8 +232,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
                     f"{args.bundle}: not a hubpin bundle (no archives/ folder); make one with: hubpin bundle OUT"
                 )
             syncer.bundle = args.bundle
-        with _progress(args, sum(p.archive_size or 0 for p in pins.values())) as on_bytes:
-            syncer.on_bytes = on_bytes
+        with _progress(args, project, pins) as bar:
+            if bar is not None:
+                syncer.on_bytes = bar.update
+                syncer.on_done = lambda outcome: bar.set_postfix_str(
+                    f"{outcome.alias} {outcome.status}", refresh=True
+                )
             outcomes = syncer.run(pins, args.jobs or project.settings.jobs)
     return _report(args, outcomes, project)
 
@@ -556,7 +561,8 @@ def _report(args: argparse.Namespace, outcomes: list[Outcome], project: Project)
 
 
 @contextlib.contextmanager
-def _progress(args: argparse.Namespace, total: int) -> Iterator[Callable[[int], None] | None]:
+def _progress(args: argparse.Namespace, project: Project, pins: dict[str, Pin]) -> Iterator[Any]:
+    """A tqdm bar of the bytes still to fetch (on a terminal, or with --progress), else None."""
     show = getattr(args, "progress", None)
     if show is None:
         show = sys.stderr.isatty() and not getattr(args, "quiet", False)
@@ -565,16 +571,21 @@ def _progress(args: argparse.Namespace, total: int) -> Iterator[Callable[[int], 
         return
     from tqdm import tqdm
 
+    todo = [
+        p
+        for p in pins.values()
+        if p.cache_key and project.cache.quick_check(p.cache_key, p.tree_digest)
+    ]
     with tqdm(
-        total=total or None,
+        total=sum(p.archive_size or 0 for p in todo) or None,
         unit="B",
         unit_scale=True,
         unit_divisor=1024,
-        desc="downloading",
+        desc=f"{_count(len(todo), 'model')} to fetch",
         file=sys.stderr,
         leave=False,
     ) as bar:
-        yield bar.update
+        yield bar
 
 
 def _say(args: argparse.Namespace, message: str) -> None:

@@ -50,10 +50,17 @@ class Syncer:
     full_verify: bool = False
     on_bytes: Callable[[int], None] | None = None
     bundle: Path | None = None  # read archives from a `hubpin bundle` folder, not the network
+    on_done: Callable[[Outcome], None] | None = None  # after each model (progress bars)
 
     def run(self, pins: dict[str, Pin], jobs: int) -> list[Outcome]:
+        def one(item: tuple[str, Pin]) -> Outcome:
+            outcome = self.sync_one(*item)
+            if self.on_done:
+                self.on_done(outcome)
+            return outcome
+
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            return list(pool.map(lambda item: self.sync_one(*item), sorted(pins.items())))
+            return list(pool.map(one, sorted(pins.items())))
 
     def sync_one(self, alias: str, pin: Pin) -> Outcome:
         start = time.monotonic()

@@ -216,3 +216,15 @@ def test_cli_never_imports_tensorflow(project: Project, hub: HubServer) -> None:
     )
     assert "lock" in help_out and "sync" in help_out
     assert sys.executable
+
+
+def test_progress_bar_on_request_and_quiet_mode(project: Project, hub: HubServer) -> None:
+    project.models(double=hub.handle("google/double/1"), triple=hub.handle("google/triple/1"))
+    assert project.run("lock")[0] == 0
+    code, out, err = project.run("--progress", "sync", "double")
+    assert code == 0, err
+    assert "1 model to fetch" in err and "B/s" in err  # tqdm's byte counter
+    code, out, err = project.run("-q", "sync")
+    assert code == 0 and out == "" and err == ""
+    code, _, err = project.run("sync")
+    assert "to fetch" not in err, "no bars when stderr is not a terminal"
