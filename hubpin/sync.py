@@ -9,12 +9,14 @@ archive sha256 and tree digest with the lock, and only then rename it into place
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hubpin.bundle import archive_in
@@ -51,6 +53,24 @@ class Syncer:
     on_bytes: Callable[[int], None] | None = None
     bundle: Path | None = None  # read archives from a `hubpin bundle` folder, not the network
     on_done: Callable[[Outcome], None] | None = None  # after each model (progress bars)
+    _unpacking: list[int] = field(default_factory=lambda: [0], repr=False)
+    _guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @contextlib.contextmanager
+    def _alone(self) -> Iterator[bool]:
+        """Whether no other archive is being unpacked now (then one may use a second core).
+
+        Measured on 2 cores: a background inflater made 1×200 MB 1.6× faster but
+        8×50 MB 10% slower, where parallel models already keep both cores busy.
+        """
+        with self._guard:
+            alone = self._unpacking[0] == 0
+            self._unpacking[0] += 1
+        try:
+            yield alone
+        finally:
+            with self._guard:
+                self._unpacking[0] -= 1
 
     def run(self, pins: dict[str, Pin], jobs: int) -> list[Outcome]:
         def one(item: tuple[str, Pin]) -> Outcome:
@@ -178,7 +198,8 @@ class Syncer:
             download.chunks, on_bytes=self.on_bytes, expected_size=pin.archive_size
         )
         try:
-            result = unpack(reader, work, max_unpacked=pin.unpacked_size)
+            with self._alone() as alone:
+                result = unpack(reader, work, max_unpacked=pin.unpacked_size, background=alone)
             check_against_lock(pin, result)
         except TruncatedError as exc:
             raise TruncatedError(

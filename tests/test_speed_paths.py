@@ -15,6 +15,7 @@ from conftest import Model, Project
 from hubserver import HubServer
 
 from hubpin.digests import hash_tree
+from hubpin.errors import ArchiveError
 from hubpin.unpack import HashingReader, gunzip_isal, unpack
 
 
@@ -27,16 +28,23 @@ def _archive(model: Model, extra: Path) -> bytes:
     return pack(extra / "model")
 
 
+@pytest.mark.parametrize("background", [True, False], ids=["background", "inline"])
 @pytest.mark.parametrize("decoder", ["isal", "stdlib"])
 def test_every_decompressor_writes_the_same_bytes(
-    models: dict[str, Model], tmp_path: Path, decoder: str
+    models: dict[str, Model], tmp_path: Path, decoder: str, background: bool
 ) -> None:
     data = _archive(models["double"], tmp_path)
     chunks = (data[i : i + 65536] for i in range(0, len(data), 65536))
     gunzip = (
         gunzip_isal if decoder == "isal" else (lambda raw: gzip.GzipFile(fileobj=raw, mode="rb"))
     )
-    result = unpack(HashingReader(chunks), tmp_path / "out", max_unpacked=1 << 30, gunzip=gunzip)
+    result = unpack(
+        HashingReader(chunks),
+        tmp_path / "out",
+        max_unpacked=1 << 30,
+        gunzip=gunzip,
+        background=background,
+    )
     assert (
         result.tree.digest()
         == hash_tree(tmp_path / "model").digest()
@@ -45,7 +53,13 @@ def test_every_decompressor_writes_the_same_bytes(
     assert result.archive_size == len(data)
     for path in result.tree.files:
         assert (tmp_path / "out" / path).read_bytes() == (tmp_path / "model" / path).read_bytes()
-    only_hashed = unpack(HashingReader(iter([data])), None, max_unpacked=1 << 30, gunzip=gunzip)
+    only_hashed = unpack(
+        HashingReader(iter([data])),
+        None,
+        max_unpacked=1 << 30,
+        gunzip=gunzip,
+        background=background,
+    )
     assert only_hashed.tree.digest() == result.tree.digest(), "lock (hash only) and sync must agree"
 
 
@@ -83,3 +97,24 @@ def test_noop_sync_imports_no_tensorflow_http_client_or_gcsfs(
     }
     assert "hubpin" in imported
     assert not imported & {"tensorflow", "tensorflow_hub", "keras", "gcsfs", "httpx", "urllib3"}
+
+
+@pytest.mark.parametrize("background", [True, False], ids=["background", "inline"])
+def test_damaged_gzip_fails_alike_on_both_paths_and_leaves_no_thread(
+    models: dict[str, Model], tmp_path: Path, background: bool
+) -> None:
+    import threading
+
+    data = bytearray(_archive(models["quint"], tmp_path))
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(
+        64
+    )  # zeros in the middle of the deflate stream
+    before = threading.active_count()
+    with pytest.raises(ArchiveError, match=r"corrupt gzip data|not a valid tar"):
+        unpack(
+            HashingReader(iter([bytes(data)])),
+            tmp_path / "out",
+            max_unpacked=1 << 30,
+            background=background,
+        )
+    assert threading.active_count() == before
