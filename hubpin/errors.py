@@ -64,6 +64,12 @@ class ArchiveError(IntegrityError):
     """An archive is not a safe, well-formed tar or tar.gz."""
 
 
+class Interrupted(HubpinError):
+    """The user pressed Ctrl-C (or sent SIGINT): downloads stop, nothing is published."""
+
+    exit_code = 130
+
+
 class CacheError(HubpinError):
     """The cache cannot be read or written (permissions, disk full, lock held)."""
 

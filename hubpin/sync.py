@@ -53,6 +53,7 @@ class Syncer:
     on_bytes: Callable[[int], None] | None = None
     bundle: Path | None = None  # read archives from a `hubpin bundle` folder, not the network
     on_done: Callable[[Outcome], None] | None = None  # after each model (progress bars)
+    stop: threading.Event = field(default_factory=threading.Event, repr=False)  # set on Ctrl-C
     _unpacking: list[int] = field(default_factory=lambda: [0], repr=False)
     _guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -93,8 +94,14 @@ class Syncer:
             if self.on_done:
                 self.on_done(outcome)
         todo = sorted((a, p) for a, p in pins.items() if a not in present)
-        with ThreadPoolExecutor(max_workers=max(1, min(jobs, len(todo)))) as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, min(jobs, len(todo))))
+        try:
             done = {o.alias: o for o in pool.map(one, todo)}
+        except BaseException:  # Ctrl-C: make the workers stop reading, not finish
+            self.stop.set()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         return [present.get(alias) or done[alias] for alias in sorted(pins)]
 
     def sync_one(self, alias: str, pin: Pin) -> Outcome:
@@ -210,7 +217,7 @@ class Syncer:
             location = source_for(pin.handle, pin.format, self.root).location
         download = self.fetcher.open(location)
         reader = HashingReader(
-            download.chunks, on_bytes=self.on_bytes, expected_size=pin.archive_size
+            download.chunks, on_bytes=self.on_bytes, expected_size=pin.archive_size, stop=self.stop
         )
         try:
             with self._alone() as alone:

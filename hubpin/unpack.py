@@ -23,7 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from hubpin.digests import Tree
-from hubpin.errors import ArchiveError, CacheError, HubpinError, IntegrityError, TruncatedError
+from hubpin.errors import (
+    ArchiveError,
+    CacheError,
+    HubpinError,
+    IntegrityError,
+    Interrupted,
+    TruncatedError,
+)
 
 try:  # python-isal's igzip decompresses about twice as fast as zlib
     from isal import igzip as _gzip  # type: ignore[import-not-found]
@@ -57,6 +64,7 @@ class HashingReader(io.RawIOBase):
         max_size: int | None = None,
         on_bytes: Callable[[int], None] | None = None,
         expected_size: int | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         self._chunks = chunks
         self._pending = b""
@@ -67,11 +75,14 @@ class HashingReader(io.RawIOBase):
         self.sha256 = hashlib.sha256()
         self.size = 0
         self.ended_short = False
+        self._stop = stop
 
     def readable(self) -> bool:
         return True
 
     def _pull(self) -> bool:
+        if self._stop is not None and self._stop.is_set():
+            raise Interrupted("interrupted; nothing was published")
         for chunk in self._chunks:
             if chunk:
                 self.sha256.update(chunk)

@@ -197,3 +197,27 @@ def test_a_crash_inside_publish_is_recovered_without_download(
     assert fetched == (1 if moment == "between the renames" else 0)
     assert project.run("prune")[0] == 0
     assert leftovers(project.cache) == []
+
+
+def test_ctrl_c_stops_downloads_instead_of_finishing_them(
+    project: Project, hub: HubServer, models: dict[str, Model], tmp_path_factory
+) -> None:
+    """SIGINT: the workers stop reading, nothing is published, exit 130, nothing left behind."""
+    base = tmp_path_factory.getbasetemp()
+    hub.models["google/heavy/1"] = heavy_archive(base, models["double"].folder)
+    heavy = hub.handle("google/heavy/1")
+    project.models(heavy=heavy)
+    assert project.run("lock")[0] == 0  # one download, to pin it
+    hub.faults["google/heavy/1"] = Faults(delay=0.05, chunk=8 << 10)  # a download of seconds
+    proc = spawn_hubpin(project.root, project.cache, "sync")
+    deadline = time.monotonic() + 60
+    while hub.archive_requests("google/heavy/1") < 2:  # the sync's download has started
+        assert proc.poll() is None and time.monotonic() < deadline, "the sync never started"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted; nothing half-written was published" in err
+    assert not project.entry(heavy).exists(), "an interrupted sync must not finish and publish"
+    assert leftovers(project.cache) == []
+    assert hub.archive_requests("google/heavy/1") == 2, "no retry or resume after Ctrl-C"
