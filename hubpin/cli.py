@@ -227,6 +227,11 @@ def cmd_sync(args: argparse.Namespace) -> int:
         pins = _select(lock, args.aliases, project.lock_path)
         syncer = _syncer(args, project, fetcher, offline=args.offline, full_verify=args.verify)
         if args.bundle is not None:
+            if args.bundle.is_file():
+                raise InputError(
+                    f"{args.bundle}: a bundle file; extract it first (mkdir b && tar xf "
+                    f"{args.bundle} -C b) and run: hubpin sync --from b"
+                )
             if not (args.bundle / "archives").is_dir():
                 raise InputError(
                     f"{args.bundle}: not a hubpin bundle (no archives/ folder); make one with: hubpin bundle OUT"

@@ -55,6 +55,17 @@ def test_a_tampered_bundle_publishes_nothing(
     assert not project.entry(handle).exists()
     code, _, err = project.run("sync", "--from", str(tmp_path / "nowhere"))
     assert code == 2 and "not a hubpin bundle" in err
+    assert project.run("bundle", str(tmp_path / "b.tar"))[0] == 0
+    import tarfile
+
+    with tarfile.open(tmp_path / "b.tar") as tar:
+        names = set(tar.getnames())
+    assert {
+        f"./archives/{hashlib.sha256(models['double'].archive).hexdigest()}",
+        "./models.lock",
+    } <= names
+    code, _, err = project.run("sync", "--from", str(tmp_path / "b.tar"))
+    assert code == 2 and "extract it first" in err
 
 
 def test_mirrors_are_tried_in_order_and_verified(project: Project, hub: HubServer) -> None:
