@@ -253,6 +253,34 @@ class Cache:
         except OSError as exc:
             raise write_error(exc, self.record_path(key)) from None
 
+    def prunable(self, keep: set[str]) -> list[tuple[str, int]]:
+        """What ``prune`` removes, with sizes: leftovers, and entries (with their
+        descriptor and record) under keys that ``keep`` does not name."""
+        found: list[Path] = list(self.leftovers())
+        if self.root.is_dir():
+            for path in sorted(self.root.iterdir()):
+                key = path.name.split(".")[0]
+                sidecars = (key, f"{key}.descriptor.txt", f"{key}.hubpin.json")
+                if _KEY_RE.fullmatch(key) and key not in keep and path.name in sidecars:
+                    found.append(path)
+        sized = []
+        for path in found:
+            with contextlib.suppress(FileNotFoundError):  # gone meanwhile
+                sized.append(
+                    (str(path), entry_size(path) if path.is_dir() else path.stat().st_size)
+                )
+        return sized
+
+    def remove(self, name: str) -> None:
+        """Remove one path that :meth:`prunable` named."""
+        path = Path(name)
+        try:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        except FileNotFoundError:  # removed meanwhile (by its owner or another prune)
+            pass
+        except OSError as exc:
+            raise write_error(exc, path) from None
+
     def leftovers(self) -> list[Path]:
         """What crashes leave behind: dead locks and their work folders, moved-aside
         entries, and temp files that no running writer owns.
@@ -290,6 +318,7 @@ class Cache:
 
 
 _TASK_RE = re.compile(r"[0-9A-Za-z_-]{1,64}")
+_KEY_RE = re.compile(r"[0-9a-f]{40}")
 # Temp files: hubpin's ``.<name>.<hex>``, tensorflow_hub's ``<name>.tmp<hex>``; for locks,
 # ``<key>.lock.tmp<hex>`` (both tools) and hubpin's ``<key>.lock.<hex>.stale``.
 _TEMP_FILE_RE = re.compile(r"^\..+\.[0-9a-f]{32}$|\.tmp[0-9a-f]{32}$")

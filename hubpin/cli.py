@@ -12,7 +12,6 @@ import contextlib
 import json
 import logging
 import shlex
-import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -21,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from hubpin.bundle import write_bundle
-from hubpin.cache import entry_size
 from hubpin.errors import HubpinError, InputError, StaleLockError, UnknownAliasError
 from hubpin.fetch import Fetcher
 from hubpin.handles import Format, Kind
@@ -30,7 +28,6 @@ from hubpin.manifest import add_model
 from hubpin.pin import pin_into_cache
 from hubpin.project import Project
 from hubpin.sync import Outcome, Syncer
-from hubpin.unpack import write_error
 
 log = logging.getLogger("hubpin")
 
@@ -363,34 +360,13 @@ def cmd_prune(args: argparse.Namespace) -> int:
     project = _project(args, need_manifest=False)
     lock = project.read_lock()
     cache = project.cache
-    if not isinstance(cache.root, Path):
-        raise InputError(
-            f"prune does not support a gs:// cache ({cache.root}) yet; "
-            "remove entries with: gcloud storage rm -r"
-        )
-    keep = {key for p in lock.models.values() for key in p.cache_keys()}
-    doomed: list[Path] = list(cache.leftovers())
-    if cache.root.is_dir():
-        for path in sorted(cache.root.iterdir()):
-            key = path.name.split(".")[0]
-            is_key = len(key) == 40 and all(c in "0123456789abcdef" for c in key)
-            names = (key, f"{key}.descriptor.txt", f"{key}.hubpin.json")
-            if is_key and key not in keep and path.name in names:
-                doomed.append(path)
-    freed = 0
-    for path in doomed:
-        size = entry_size(path) if path.is_dir() else path.stat().st_size
-        freed += size
-        _say(args, f"{'would remove' if args.dry_run else 'removed'} {path} ({_size(size)})")
+    doomed = cache.prunable({key for p in lock.models.values() for key in p.cache_keys()})
+    for name, size in doomed:
+        _say(args, f"{'would remove' if args.dry_run else 'removed'} {name} ({_size(size)})")
         if not args.dry_run:
-            try:
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
-            except FileNotFoundError:  # removed meanwhile (by its owner or another prune)
-                pass
-            except OSError as exc:
-                raise write_error(exc, path) from None
+            cache.remove(name)
     verb = "would free" if args.dry_run else "freed"
-    _say(args, f"{_count(len(doomed), 'path')}, {verb} {_size(freed)}")
+    _say(args, f"{_count(len(doomed), 'path')}, {verb} {_size(sum(size for _, size in doomed))}")
     return 0
 
 

@@ -41,6 +41,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -70,6 +71,7 @@ _TOKEN_WORDS = ("anon", "google_default", "cloud", "cache")
 # of loading a model whose variables are still being copied.
 _ENTRY_LAST = ("saved_model.pb", "saved_model.pbtxt", "tfhub_module.pb")
 GCS_DIGEST_VERSION = "gcs-v1"
+_KEY_RE = re.compile(r"[0-9a-f]{40}")  # tensorflow_hub's cache keys: sha1 hex
 
 
 @dataclass
@@ -751,6 +753,41 @@ class GcsCache(Cache):
                 f"{record.tree_digest}; run: hubpin verify --repair"
             )
         log.info("%s: another sync committed the same tree", self.entry(key))
+
+    def prunable(self, keep: set[str]) -> list[tuple[str, int]]:
+        """Leftovers, and entries (folder, descriptor, record) under keys ``keep`` lacks."""
+        with self._errors(""):
+            items, prefixes = _list(self.fs, self.bucket, self.prefix, delimiter="/")
+        found = [(url, self._size_of(url)) for url in self.leftovers()]
+        for name in prefixes:  # entry folders: "<prefix><key>/"
+            key = name[len(self.prefix) :].rstrip("/")
+            if _KEY_RE.fullmatch(key) and key not in keep:
+                found.append((self._url(f"{key}/"), self._size_of(self._url(f"{key}/"))))
+        for item in items:
+            relative = item["name"][len(self.prefix) :]
+            key, _, rest = relative.partition(".")
+            if (
+                _KEY_RE.fullmatch(key)
+                and key not in keep
+                and rest in ("descriptor.txt", "hubpin.json")
+            ):
+                found.append((self._url(relative), int(item.get("size", 0))))
+        return found
+
+    def _size_of(self, url: str) -> int:
+        bucket, name = split_url(url)
+        with _errors(url, CacheError):
+            items, _ = _list(self.fs, bucket, name)
+        return sum(int(i.get("size", 0)) for i in items)
+
+    def remove(self, name: str) -> None:  # type: ignore[override]  # a gs:// URL
+        """Remove an object, or every object under a folder URL ending in ``/``."""
+        bucket, object_name = split_url(name)
+        with _errors(name, CacheError):
+            items, _ = _list(self.fs, bucket, object_name)
+            names = [i["name"] for i in items if name.endswith("/") or i["name"] == object_name]
+            if names:
+                _delete_all(self.fs, bucket, names, self.settings.jobs)
 
     def leftovers(self) -> list[str]:  # type: ignore[override]
         """Upload folders of dead syncs and their locks (by name, as for a local cache)."""

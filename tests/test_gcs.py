@@ -440,3 +440,31 @@ def test_emulator_honours_if_generation_match(gcs: Emulator) -> None:
     hubpin_gcs._upload(fs, bucket, "x.lock", b"first", "0")
     with pytest.raises(FileExistsError):
         hubpin_gcs._upload(fs, bucket, "x.lock", b"second", "0")
+
+
+def test_prune_on_a_gs_cache_removes_only_what_the_lock_does_not_name(
+    project: Project, hub: HubServer, gcs: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = _cache_project(project, gcs, monkeypatch)
+    keep, drop = hub.handle("google/double/1"), hub.handle("google/triple/1")
+    project.models(keep=keep, drop=drop)
+    assert project.run("sync")[0] == 0
+    gone = hashlib.sha1(drop.encode()).hexdigest()
+    kept = hashlib.sha1(keep.encode()).hexdigest()
+    before = gcs.listing(root)
+    project.models(keep=keep)
+    assert project.run("lock")[0] == 0
+
+    code, _, err = project.run("prune", "--dry-run")
+    assert code == 0, err
+    for name in (f"{gone}/", f"{gone}.descriptor.txt", f"{gone}.hubpin.json"):
+        assert f"would remove {root}/{name} (" in err
+    assert kept not in err and "3 paths, would free" in err
+    assert gcs.listing(root) == before, "--dry-run changes nothing"
+
+    code, _, err = project.run("prune")
+    assert code == 0, err
+    after = gcs.listing(root)
+    assert not [name for name in after if name.startswith(gone)]
+    assert {n: o for n, o in before.items() if n.startswith(kept)} == after
+    assert project.run("verify")[0] == 0
