@@ -15,7 +15,7 @@ them alike:
   included) against in-process ``tensorflow_hub.resolve`` (TensorFlow's import
   not counted) and ``curl | tar xz``, for 1×200 MB and 8×50 MB;
 - the same 1×200 MB on a slow link (a per-connection bandwidth cap in the server),
-  where the network, not unpacking, sets the pace;
+  where one connection is slow and hubpin adds ranged ones;
 - a no-op ``hubpin sync --frozen`` over 50 pinned, cached models;
 - peak RSS of a sync of one big archive;
 - ``hubpin.load(alias)`` against ``tf.saved_model.load(path)``.
@@ -446,7 +446,7 @@ def main() -> None:
             print(f"slow link, 1×200 MB at {args.slow_rate} MB/s per connection", file=sys.stderr)
             with server_process(args.fixtures, [BIG.name], rate) as slow_url:
                 t = cold_sync(slow_url, [BIG], slow_runs, fresh("slow"), False)
-                note = f"median of {slow_runs}; one connection each"
+                note = f"median of {slow_runs}; hubpin opens ranged connections after a slow probe"
                 rows.append(
                     ratio_row(
                         f"cold sync, 1×200 MB, {args.slow_rate} MB/s per connection", t, None, note

@@ -9,6 +9,7 @@ stopped. Nothing here prints or records a URL with its query string.
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import os
@@ -16,6 +17,7 @@ import random
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -31,6 +33,12 @@ log = logging.getLogger("hubpin")
 T = TypeVar("T")
 _CHUNK = 1 << 20
 _MAX_REDIRECTS = 10
+# Parallel ranges (see Fetcher._ranged_if_slow): only for archives this large, after
+# probing this many bytes on one connection and finding it slower than SLOW bytes/s.
+RANGED_MIN = 32 << 20
+PROBE = 4 << 20
+SEGMENT = 4 << 20
+SLOW = 50e6
 
 
 class _Transient(Exception):
@@ -144,7 +152,98 @@ class Fetcher:
     def _open_http(self, url: str) -> Download:
         response, final = self._with_retries(functools.partial(self._follow, url, 0), url)
         length = _content_length(response)
-        return Download(strip_query(final), length, self._http_chunks(url, response, length))
+        chunks = self._http_chunks(url, response, length)
+        if (
+            self.settings.connections > 1
+            and response.status == 200
+            and length is not None
+            and length >= RANGED_MIN
+            and response.headers.get("accept-ranges", "").lower() == "bytes"
+        ):
+            chunks = self._ranged_if_slow(url, final, chunks, length)
+        return Download(strip_query(final), length, chunks)
+
+    def _ranged_if_slow(
+        self, url: str, final: str, single: Iterator[bytes], length: int
+    ) -> Iterator[bytes]:
+        """The archive in order; the rest over parallel Range requests if one connection is slow.
+
+        A single TCP connection is often capped well below the link (per-connection
+        shaping, long fat pipes, some proxies). The first ``PROBE`` bytes are read
+        before any is handed on, so their rate measures the network, not how fast
+        unpacking consumes them. Segments are requested from the final URL (signed
+        query included, never shown), handed on strictly in order, and at most
+        ``connections + 2`` of them are held in memory.
+        """
+        started, head, got = time.monotonic(), [], 0
+        for chunk in single:
+            head.append(chunk)
+            got += len(chunk)
+            if got >= PROBE:
+                break
+        rate = got / max(time.monotonic() - started, 1e-6)
+        yield from head
+        if got >= length or rate >= SLOW:
+            yield from single
+            return
+        single.close()  # type: ignore[attr-defined]  # a generator: closes its response
+        log.info(
+            "%s: %.0f MB/s on one connection; using %d",
+            strip_query(url),
+            rate / 1e6,
+            self.settings.connections,
+        )
+        connections = self.settings.connections
+        starts = iter(range(got, length, SEGMENT))
+        pending: collections.deque[Future[bytes]] = collections.deque()
+        with ThreadPoolExecutor(connections, thread_name_prefix="hubpin-range") as pool:
+            try:
+                while True:
+                    while (
+                        len(pending) < connections + 2 and (start := next(starts, None)) is not None
+                    ):
+                        end = min(start + SEGMENT, length) - 1
+                        pending.append(pool.submit(self._segment, url, final, start, end))
+                    if not pending:
+                        return
+                    yield pending.popleft().result()
+            finally:
+                for future in pending:
+                    future.cancel()
+
+    def _segment(self, url: str, final: str, start: int, end: int) -> bytes:
+        """Bytes ``start..end`` (inclusive) of ``final``, resumed after transient failures."""
+        parts: list[bytes] = []
+        got, failures, want = 0, 0, end - start + 1
+        while True:
+            try:
+                response, _ = self._with_retries(
+                    functools.partial(self._follow, final, start + got, end), url
+                )
+                try:
+                    if response.status != 206:
+                        raise FetchError(
+                            f"{strip_query(url)}: asked for bytes {start + got}-{end}, got HTTP "
+                            f"{response.status}; set connections = 1 in hubpin.toml"
+                        )
+                    while chunk := response.read(_CHUNK, decode_content=False):
+                        parts.append(chunk)
+                        got += len(chunk)
+                    response.release_conn()
+                finally:
+                    response.close()
+                if got != want:
+                    raise _Transient(f"range {start}-{end} ended after {got} of {want} bytes")
+                return b"".join(parts)
+            except _transient_errors() as exc:
+                failures += 1
+                if failures > self.settings.retries or got > want:
+                    raise FetchError(
+                        f"{strip_query(url)}: bytes {start}-{end}: {_reason(exc)} "
+                        f"(gave up after {failures} tries)"
+                    ) from None
+                log.warning("%s: %s; resuming the range", strip_query(url), _reason(exc))
+                _backoff(failures)
 
     def _http_chunks(
         self, url: str, response: urllib3.BaseHTTPResponse, length: int | None
@@ -204,10 +303,12 @@ class Fetcher:
                 log.warning("%s: %s; retrying", strip_query(url), _reason(exc))
                 _backoff(failures)
 
-    def _follow(self, url: str, offset: int) -> tuple[urllib3.BaseHTTPResponse, str]:
+    def _follow(
+        self, url: str, offset: int, end: int | None = None
+    ) -> tuple[urllib3.BaseHTTPResponse, str]:
         """GET with redirects followed by hand, so every hop is checked; (response, final URL)."""
         for _ in range(_MAX_REDIRECTS + 1):
-            response = self._send(url, offset)
+            response = self._send(url, offset, end)
             location = response.headers.get("location")
             if response.status in (301, 302, 303, 307, 308) and location:
                 response.drain_conn()
@@ -222,9 +323,10 @@ class Fetcher:
             return response, url
         raise FetchError(f"{strip_query(url)}: more than {_MAX_REDIRECTS} redirects")
 
-    def _send(self, url: str, offset: int) -> urllib3.BaseHTTPResponse:
+    def _send(self, url: str, offset: int, end: int | None = None) -> urllib3.BaseHTTPResponse:
         self._check_url(url, None)
-        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        ranged = offset or end is not None
+        headers = {"Range": f"bytes={offset}-{'' if end is None else end}"} if ranged else {}
         response = self._pool(url).request(
             "GET", url, headers=headers, redirect=False, preload_content=False, decode_content=False
         )

@@ -37,6 +37,7 @@ class Settings(BaseModel):
     cache_dir: str | None = None
     format: Format | None = None
     jobs: int = Field(default_factory=lambda: min(8, max(2, os.cpu_count() or 2)), ge=1, le=64)
+    connections: int = Field(default=4, ge=1, le=32)
     retries: int = Field(default=5, ge=0, le=100)
     connect_timeout: float = Field(default=10.0, gt=0)
     read_timeout: float = Field(default=60.0, gt=0)

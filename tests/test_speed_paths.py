@@ -118,3 +118,42 @@ def test_damaged_gzip_fails_alike_on_both_paths_and_leaves_no_thread(
             background=background,
         )
     assert threading.active_count() == before
+
+
+def test_slow_single_connection_switches_to_ranges_with_identical_bytes(
+    project: Project,
+    hub: HubServer,
+    models: dict[str, Model],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A per-connection bandwidth cap on a real server; smaller thresholds so the archive can be small."""
+    import hashlib
+    import re
+
+    from hubpin import fetch
+
+    for name, value in {"RANGED_MIN": 1 << 20, "PROBE": 256 << 10, "SEGMENT": 256 << 10}.items():
+        monkeypatch.setattr(fetch, name, value)
+    data = _archive(models["double"], tmp_path)  # about 3 MiB of random weights
+    hub.models["google/big/1"] = data
+    hub.rate = 8 << 20  # bytes per second per connection
+    handle = hub.handle("google/big/1")
+    project.models(big=handle)
+    code, _, err = project.run("sync")
+    assert code == 0, err
+    assert f'archive_sha256 = "{hashlib.sha256(data).hexdigest()}"' in project.lock.read_text()
+    assert hash_tree(project.entry(handle)).digest() == hash_tree(tmp_path / "model").digest()
+    ranges = [
+        headers.get("Range", "")
+        for _, path, headers in hub.requests
+        if path == "/archives/google/big/1.tar.gz"
+    ]
+    closed = [r for r in ranges if re.fullmatch(r"bytes=\d+-\d+", r)]
+    assert len(closed) >= 4, ranges  # the rest came as parallel closed ranges
+
+    hub.rate = None  # a fast connection stays single
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "other-cache"))
+    before = len(hub.requests)
+    assert project.run("sync", "--frozen")[0] == 0
+    assert all("Range" not in headers for _, _, headers in hub.requests[before:])
