@@ -14,13 +14,13 @@ import logging
 import shlex
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from hubpin.bundle import write_bundle
-from hubpin.errors import HubpinError, InputError, StaleLockError, UnknownAliasError
+from hubpin.errors import HubpinError, InputError, NotSyncedError, StaleLockError, unknown_alias
 from hubpin.fetch import Fetcher
 from hubpin.handles import Format, Kind
 from hubpin.lockfile import Lock, Pin, differences, manifest_digest, spec_inputs, write_lock
@@ -344,8 +344,6 @@ def cmd_resolve(args: argparse.Namespace) -> int:
     project = _project(args, need_manifest=False)
     pin = _select(project.read_lock(), [args.alias], project.lock_path)[args.alias]
     if pin.kind is Kind.ARCHIVE:
-        from hubpin.errors import NotSyncedError
-
         assert pin.cache_key
         problems = project.cache.quick_check(pin.cache_key, pin.tree_digest)
         if problems:
@@ -497,19 +495,16 @@ def _select(lock: Lock, aliases: Sequence[str], lock_path: Path) -> dict[str, Pi
     return {a: lock.models[a] for a in aliases} if aliases else dict(lock.models)
 
 
-def _known(aliases: Sequence[str], models: dict, where: Path) -> None:  # type: ignore[type-arg]
-    import difflib
-
+def _known(aliases: Sequence[str], models: Iterable[str], where: Path) -> None:
     for alias in aliases:
         if alias not in models:
-            close = difflib.get_close_matches(alias, list(models), n=3)
-            hint = (
-                f"; did you mean {', '.join(close)}?"
-                if close
-                else f"; known: {', '.join(sorted(models)) or 'none'}"
+            error = unknown_alias(
+                f"{where}: no model with alias {alias!r}",
+                alias,
+                models,
+                f"known: {', '.join(sorted(models)) or 'none'}",
             )
-            error = UnknownAliasError(f"{where}: no model with alias {alias!r}{hint}")
-            error.exit_code = 2
+            error.exit_code = 2  # on the command line, an unknown alias is bad usage
             raise error
 
 

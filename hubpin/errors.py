@@ -8,6 +8,9 @@ a traceback for a subclass of :class:`HubpinError`.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 
 class HubpinError(Exception):
     """Base class of every error hubpin raises on purpose."""
@@ -80,3 +83,11 @@ class NotSyncedError(CacheError):
 
 class DamagedEntryError(CacheError):
     """A cache entry exists but its files differ from hubpin's record."""
+
+
+def unknown_alias(what: str, alias: str, known: Iterable[str], otherwise: str) -> UnknownAliasError:
+    """``what``, then the closest known aliases (typos are the usual cause), else ``otherwise``."""
+    close = difflib.get_close_matches(alias, list(known), n=3)
+    return UnknownAliasError(
+        f"{what}; " + (f"did you mean {', '.join(close)}?" if close else otherwise)
+    )

@@ -22,6 +22,12 @@ from hubpin.settings import Settings, load_settings
 LOCK_FILE = "models.lock"
 
 
+def find_lock() -> Path | None:
+    """The lock a command or program means when none is named: HUBPIN_LOCK, else the nearest."""
+    env_lock = os.environ.get("HUBPIN_LOCK")
+    return Path(env_lock) if env_lock else find_upwards(LOCK_FILE)
+
+
 def find_upwards(name: str, start: Path | None = None) -> Path | None:
     here = (start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
@@ -52,8 +58,7 @@ class Project:
         if manifest is None:
             manifest = find_upwards(MANIFEST_FILE)
         if manifest is None and not need_manifest:
-            env_lock = os.environ.get("HUBPIN_LOCK")
-            lock = Path(env_lock) if env_lock else find_upwards(LOCK_FILE)
+            lock = find_lock()
             manifest = lock.with_suffix(".toml") if lock else None
         if manifest is None:
             raise ManifestError(

@@ -9,7 +9,6 @@ TensorFlow and tensorflow_hub are imported only when a model is actually loaded.
 
 from __future__ import annotations
 
-import difflib
 import os
 import threading
 from pathlib import Path
@@ -21,12 +20,12 @@ from hubpin.errors import (
     LockMissingError,
     NotSyncedError,
     StaleLockError,
-    UnknownAliasError,
+    unknown_alias,
 )
 from hubpin.handles import Kind, is_archive_name, scheme_of
 from hubpin.lockfile import Lock as LockData
 from hubpin.lockfile import Pin, differences
-from hubpin.project import LOCK_FILE, Project, find_upwards
+from hubpin.project import LOCK_FILE, Project, find_lock
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -65,13 +64,12 @@ class Lock:
         """The lock's entry for ``alias``; an unknown alias names the closest ones."""
         pin = self.data.models.get(alias)
         if pin is None:
-            close = difflib.get_close_matches(alias, list(self.data.models), n=3)
-            hint = (
-                f"did you mean {', '.join(close)}?"
-                if close
-                else "add it to the manifest, then run: hubpin lock && hubpin sync"
+            raise unknown_alias(
+                f"alias {alias!r} is not pinned in {self.path}",
+                alias,
+                self.data.models,
+                "add it to the manifest, then run: hubpin lock && hubpin sync",
             )
-            raise UnknownAliasError(f"alias {alias!r} is not pinned in {self.path}; {hint}")
         return pin
 
     def resolve(self, alias: str, *, verify: bool = False) -> str:
@@ -198,18 +196,12 @@ def _load_options(pin: Pin) -> tf.saved_model.LoadOptions | None:
 
 
 def _find_lock(path: str | os.PathLike[str] | None) -> Path:
-    if path is not None:
-        found = Path(path)
-    elif os.environ.get("HUBPIN_LOCK"):
-        found = Path(os.environ["HUBPIN_LOCK"])
-    else:
-        nearest = find_upwards(LOCK_FILE)
-        if nearest is None:
-            raise LockMissingError(
-                f"no {LOCK_FILE} in {Path.cwd()} or its parents and HUBPIN_LOCK is not set; "
-                "run: hubpin lock (or pass the lock's path)"
-            )
-        found = nearest
+    found = Path(path) if path is not None else find_lock()
+    if found is None:
+        raise LockMissingError(
+            f"no {LOCK_FILE} in {Path.cwd()} or its parents and HUBPIN_LOCK is not set; "
+            "run: hubpin lock (or pass the lock's path)"
+        )
     if not found.is_file():
         raise LockMissingError(f"{found}: no lock file; run: hubpin lock")
     return found.absolute()

@@ -61,7 +61,6 @@ class HashingReader(io.RawIOBase):
     def __init__(
         self,
         chunks: Iterator[bytes],
-        max_size: int | None = None,
         on_bytes: Callable[[int], None] | None = None,
         expected_size: int | None = None,
         stop: threading.Event | None = None,
@@ -70,7 +69,6 @@ class HashingReader(io.RawIOBase):
         self._pending = b""
         self._expected_size = expected_size
         self._draining = False
-        self._max_size = max_size if max_size is not None else expected_size
         self._on_bytes = on_bytes
         self.sha256 = hashlib.sha256()
         self.size = 0
@@ -87,9 +85,9 @@ class HashingReader(io.RawIOBase):
             if chunk:
                 self.sha256.update(chunk)
                 self.size += len(chunk)
-                if self._max_size is not None and self.size > self._max_size:
+                if self._expected_size is not None and self.size > self._expected_size:
                     raise IntegrityError(
-                        f"archive is larger than the {self._max_size} bytes pinned"
+                        f"archive is larger than the {self._expected_size} bytes pinned"
                     )
                 if self._on_bytes:
                     self._on_bytes(len(chunk))
