@@ -81,10 +81,10 @@ def _download(fetcher: Fetcher, location: str, target: Path, sha256: str, size: 
     with open(tmp, "wb") as fh:
         while chunk := reader.read(1 << 20):
             fh.write(chunk)
-    if reader.sha256.hexdigest() != sha256:
+    if (found := reader.hexdigest()) != sha256:
         tmp.unlink()
         raise IntegrityError(
-            f"{download.final_url}: archive sha256 is {reader.sha256.hexdigest()}, the lock pins {sha256}; "
+            f"{download.final_url}: archive sha256 is {found}, the lock pins {sha256}; "
             "nothing was written. If the model changed upstream on purpose, run: hubpin lock"
         )
     os.replace(tmp, target)

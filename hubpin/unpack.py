@@ -8,6 +8,7 @@ digest, so nothing is read twice and nothing unsafe reaches the disk.
 
 from __future__ import annotations
 
+import collections
 import errno
 import gzip
 import hashlib
@@ -21,6 +22,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Protocol
 
 from hubpin.digests import Tree
 from hubpin.errors import (
@@ -35,9 +37,12 @@ from hubpin.errors import (
 try:  # python-isal's igzip decompresses about twice as fast as zlib
     from isal import igzip as _gzip  # type: ignore[import-not-found]
     from isal.isal_zlib import error as _isal_error  # type: ignore[import-not-found]
+
+    _GzipReader = getattr(_gzip, "_IGzipReader", None)  # private; GzipFile is the fallback
 except ImportError:  # pragma: no cover - platforms without isal wheels
     _gzip = gzip  # type: ignore[no-redef]
     _isal_error = zlib.error  # type: ignore[misc]
+    _GzipReader = None
 
 _CHUNK = 1 << 20
 
@@ -66,11 +71,12 @@ class HashingReader(io.RawIOBase):
         stop: threading.Event | None = None,
     ) -> None:
         self._chunks = chunks
-        self._pending = b""
+        self._pending = memoryview(b"")
         self._expected_size = expected_size
         self._draining = False
         self._on_bytes = on_bytes
-        self.sha256 = hashlib.sha256()
+        self._sha256 = hashlib.sha256()
+        self._unhashed: collections.deque[bytes] = collections.deque()
         self.size = 0
         self.ended_short = False
         self._stop = stop
@@ -83,7 +89,7 @@ class HashingReader(io.RawIOBase):
             raise Interrupted("interrupted; nothing was published")
         for chunk in self._chunks:
             if chunk:
-                self.sha256.update(chunk)
+                self._unhashed.append(chunk)
                 self.size += len(chunk)
                 if self._expected_size is not None and self.size > self._expected_size:
                     raise IntegrityError(
@@ -91,7 +97,7 @@ class HashingReader(io.RawIOBase):
                     )
                 if self._on_bytes:
                     self._on_bytes(len(chunk))
-                self._pending = chunk
+                self._pending = memoryview(chunk)
                 return True
         if not self._draining and self.size < (self._expected_size or 0):
             self.ended_short = True
@@ -100,13 +106,13 @@ class HashingReader(io.RawIOBase):
     def peek(self, n: int) -> bytes:
         while len(self._pending) < n and self._pull_more():
             pass
-        return self._pending[:n]
+        return bytes(self._pending[:n])
 
     def _pull_more(self) -> bool:
-        before = self._pending
+        before = bytes(self._pending)
         if not self._pull():
             return False
-        self._pending = before + self._pending
+        self._pending = memoryview(before + self._pending)
         return True
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
@@ -116,6 +122,21 @@ class HashingReader(io.RawIOBase):
         buffer[:n] = self._pending[:n]
         self._pending = self._pending[n:]
         return n
+
+    def catch_up(self) -> None:
+        """Hash the bytes read so far.
+
+        Separate from reading so that, when a thread inflates ahead, the archive
+        is hashed on the consumer's side: inflating alone is a core's worth of work.
+        Only one thread may call this (and :meth:`hexdigest`).
+        """
+        while self._unhashed:
+            self._sha256.update(self._unhashed.popleft())
+
+    def hexdigest(self) -> str:
+        """The sha256 of every byte read so far."""
+        self.catch_up()
+        return self._sha256.hexdigest()
 
     def short_or(self, error: HubpinError) -> HubpinError:
         """``error``, unless the body ended short of the pinned size: then that is the news."""
@@ -128,9 +149,9 @@ class HashingReader(io.RawIOBase):
     def drain(self) -> None:
         """Read to the end, so the digest covers bytes past the tar's end marker."""
         self._draining = True
-        self._pending = b""
         while self._pull():
-            self._pending = b""
+            self.catch_up()
+        self._pending = memoryview(b"")
 
 
 def member_path(name: str) -> str | None:
@@ -145,67 +166,137 @@ def member_path(name: str) -> str | None:
     return "/".join(parts) or None
 
 
-def gunzip_isal(raw: io.RawIOBase) -> io.IOBase:
-    """The decompressor sync uses: ISA-L's inflate (about 2× zlib), else the stdlib's."""
+def gunzip_isal(raw: io.RawIOBase) -> Readable:
+    """The decompressor sync uses: ISA-L's inflate (about 2× zlib), else the stdlib's.
+
+    ISA-L's reader (what ``igzip.GzipFile`` wraps) inflates straight into the
+    caller's buffer with the GIL released, where ``GzipFile.readinto`` would
+    inflate into a new bytes object and copy it.
+    """
+    if _GzipReader is not None:
+        return _GzipReader(raw, _CHUNK // 2)  # type: ignore[no-any-return]
     return _gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[no-any-return]
 
 
-class Background(io.RawIOBase):
-    """Reads ``source`` in a thread, a few chunks ahead, so inflating overlaps with untarring.
+class Readable(Protocol):
+    def readinto(self, buffer: memoryview, /) -> int | None: ...
+    def close(self) -> None: ...
 
-    ISA-L and zlib release the GIL while they inflate (two threads inflating
-    measured 1.7× one), and so do sha256 and file writes, so the two halves of
-    a sync share both cores. At most ``depth`` chunks wait in the queue. An
-    exception in the thread is raised here, where the plain path would raise it.
+
+class Inflated:
+    """The decompressed stream as views of a few reused buffers, filled ahead in a thread or not.
+
+    Reused buffers keep the allocator from handing out fresh pages for every
+    megabyte (page faults were a tenth of a sync's CPU). With ``background``, a
+    thread inflates up to ``depth`` buffers ahead: ISA-L and zlib release the GIL
+    while they inflate, and so do sha256 and file writes, so the two halves of a
+    sync share both cores. A view is valid until the next call to :meth:`next`.
+    An exception in the thread is raised here, where the plain path would raise it.
     """
 
-    def __init__(self, source: io.IOBase, depth: int = 4) -> None:
-        self._queue: queue.Queue[bytes | BaseException | None] = queue.Queue(depth)
+    def __init__(
+        self,
+        source: Readable,
+        background: bool,
+        on_piece: Callable[[], None] = lambda: None,
+        depth: int = 4,
+    ) -> None:
+        self._source = source
+        self._on_piece = on_piece
+        self._current: bytearray | None = None
+        self._thread: threading.Thread | None = None
+        if not background:
+            self._spare = bytearray(_CHUNK)
+            return
         self._stop = threading.Event()
-        self._pending = memoryview(b"")
-        self._thread = threading.Thread(target=self._run, args=(source,), daemon=True)
+        self._free: queue.SimpleQueue[bytearray | None] = queue.SimpleQueue()
+        self._full: queue.SimpleQueue[tuple[bytearray, int] | BaseException | None] = (
+            queue.SimpleQueue()
+        )
+        for _ in range(depth):
+            self._free.put(bytearray(_CHUNK))
+        self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
 
-    def _run(self, source: io.IOBase) -> None:
-        item: bytes | BaseException | None
+    def _run(self) -> None:
+        item: tuple[bytearray, int] | BaseException | None = None
         try:
-            while not self._stop.is_set() and (chunk := source.read(_CHUNK)):
-                self._put(chunk)
-            item = None
+            while (buffer := self._free.get()) is not None and not self._stop.is_set():
+                n = self._source.readinto(memoryview(buffer))
+                if not n:
+                    break
+                self._full.put((buffer, n))
         except BaseException as exc:  # handed to the reader, which raises it
             item = exc
-        self._put(item)
+        self._full.put(item)
 
-    def _put(self, item: bytes | BaseException | None) -> None:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        if not self._pending:
-            item = self._queue.get()
-            if isinstance(item, BaseException):
-                raise item
-            if item is None:
-                self._queue.put(None)  # stay at the end for later reads
-                return 0
-            self._pending = memoryview(item)
-        n = min(len(buffer), len(self._pending))
-        buffer[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n
+    def next(self) -> memoryview | None:
+        """The next piece of the stream, or None at its end."""
+        self._on_piece()
+        if self._thread is None:
+            n = self._source.readinto(memoryview(self._spare))
+            return memoryview(self._spare)[:n] if n else None
+        if self._current is not None:
+            self._free.put(self._current)
+            self._current = None
+        item = self._full.get()
+        if isinstance(item, BaseException):
+            self._full.put(item)
+            raise item
+        if item is None:
+            self._full.put(None)  # stay at the end for later calls
+            return None
+        self._current, n = item
+        return memoryview(self._current)[:n]
 
     def close(self) -> None:
         """Stop the thread and wait for it, so the raw stream has one reader again."""
-        self._stop.set()
-        self._thread.join()
-        super().close()
+        if self._thread is not None:
+            self._stop.set()
+            self._free.put(None)
+            self._thread.join()
+        self._source.close()
+
+
+class TarStream:
+    """What ``tarfile`` needs of a seekable file (read, tell, seek forward) over a stream.
+
+    tarfile's own stream mode copies every byte several times through its
+    buffers. Here tarfile reads only headers; a member's bytes are taken with
+    :meth:`views` straight from the inflated buffers, hashed and written uncopied.
+    """
+
+    def __init__(self, inflated: Inflated) -> None:
+        self._inflated = inflated
+        self._view = memoryview(b"")
+        self._pos = 0
+
+    def tell(self) -> int:
+        return self._pos
+
+    def views(self, n: int) -> Iterator[memoryview]:
+        """The next ``n`` bytes (fewer at the end), each view valid until the next one."""
+        while n > 0:
+            if not self._view:
+                view = self._inflated.next()
+                if view is None:
+                    return
+                self._view = view
+            piece = self._view[:n]
+            self._view = self._view[len(piece) :]
+            self._pos += len(piece)
+            n -= len(piece)
+            yield piece
+
+    def read(self, n: int) -> bytes:
+        return b"".join([bytes(piece) for piece in self.views(n)])
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence != os.SEEK_SET or offset < self._pos:
+            raise ArchiveError("the archive's tar headers point backwards; a stream cannot")
+        for _ in self.views(offset - self._pos):
+            pass
+        return self._pos
 
 
 def unpack(
@@ -213,7 +304,7 @@ def unpack(
     dest: Path | None,
     *,
     max_unpacked: int,
-    gunzip: Callable[[io.RawIOBase], io.IOBase] = gunzip_isal,
+    gunzip: Callable[[io.RawIOBase], Readable] = gunzip_isal,
     background: bool = True,
 ) -> Unpacked:
     """Unpack ``reader`` into ``dest`` (or only hash it when ``dest`` is None).
@@ -223,16 +314,17 @@ def unpack(
     """
     tree = Tree()
     try:
-        magic = reader.peek(2)
-        stream = gunzip(reader) if magic == b"\x1f\x8b" else io.BufferedReader(reader, _CHUNK)
-        if background and magic == b"\x1f\x8b":
-            stream = io.BufferedReader(Background(stream), _CHUNK)
+        gzipped = reader.peek(2) == b"\x1f\x8b"
+        inflated = Inflated(
+            gunzip(reader) if gzipped else reader, background and gzipped, reader.catch_up
+        )
         try:
-            with tarfile.open(fileobj=stream, mode="r|", bufsize=_CHUNK) as tar:
+            stream = TarStream(inflated)
+            with tarfile.open(fileobj=stream, mode="r:") as tar:  # type: ignore[call-overload]
                 for member in tar:
-                    _take(tar, member, tree, dest, max_unpacked)
+                    _take(stream, member, tree, dest, max_unpacked)
         finally:
-            stream.close()  # a background inflater stops before ``drain`` reads on
+            inflated.close()  # a background inflater stops before ``drain`` reads on
         reader.drain()
     except (tarfile.ReadError, tarfile.HeaderError) as exc:
         raise reader.short_or(ArchiveError(f"not a valid tar or tar.gz archive ({exc})")) from None
@@ -242,11 +334,11 @@ def unpack(
         if exc.errno is None:  # isal reports a bad CRC as a bare OSError; writes carry an errno
             raise reader.short_or(ArchiveError(f"corrupt gzip data ({exc})")) from None
         raise write_error(exc, dest) from None
-    return Unpacked(tree, reader.sha256.hexdigest(), reader.size)
+    return Unpacked(tree, reader.hexdigest(), reader.size)
 
 
 def _take(
-    tar: tarfile.TarFile, member: tarfile.TarInfo, tree: Tree, dest: Path | None, limit: int
+    stream: TarStream, member: tarfile.TarInfo, tree: Tree, dest: Path | None, limit: int
 ) -> None:
     path = member_path(member.name)
     if member.isdir():
@@ -258,14 +350,14 @@ def _take(
         if dest is not None:
             (dest / path).mkdir(parents=True, exist_ok=True)
         return
-    if not member.isfile():
+    if not member.isfile() or member.issparse():
         kind = {
             tarfile.SYMTYPE: "a symlink",
             tarfile.LNKTYPE: "a hard link",
             tarfile.CHRTYPE: "a character device",
             tarfile.BLKTYPE: "a block device",
             tarfile.FIFOTYPE: "a FIFO",
-        }.get(member.type, f"of unsupported type {member.type!r}")
+        }.get(member.type, "a sparse file" if member.issparse() else f"of type {member.type!r}")
         raise ArchiveError(f"member {member.name!r} is {kind}; only files and folders are allowed")
     if path is None:
         raise ArchiveError(f"member {member.name!r} is a file at the archive's root folder")
@@ -281,8 +373,6 @@ def _take(
         )
     if dest is not None:
         ensure_space(dest, member.size, f"member {member.name!r}")
-    source = tar.extractfile(member)
-    assert source is not None
     digest = hashlib.sha256()
     out = None
     if dest is not None:
@@ -294,11 +384,11 @@ def _take(
         out = os.fdopen(fd, "wb")
     size = 0
     try:
-        while chunk := source.read(_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
+        for piece in stream.views(member.size):
+            digest.update(piece)
+            size += len(piece)
             if out is not None:
-                out.write(chunk)
+                out.write(piece)
         if out is not None:
             out.close()
     except OSError as exc:  # a write error carries no file name: name the member's file

@@ -86,13 +86,15 @@ def test_sigkill_at_random_moments_never_exposes_a_partial_entry(
         command = ("sync",) if round_ % 2 else ("verify", "--repair")
         proc = spawn_hubpin(project.root, project.cache, *command)
         try:
-            proc.wait(timeout=rng.uniform(0.1, duration))
+            proc.wait(timeout=rng.uniform(0.1, 0.9 * duration))
+            finished = True
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             killed += 1
+            finished = False
         proc.communicate(timeout=60)
         assert {k: v for k, v in snapshot(project.cache).items() if k in before} == before
-        if round_ % 3 == 2:
+        if finished or round_ % 3 == 2:
             watcher.remove_entry()  # start some rounds from scratch, others from the wreck
 
     final = spawn_hubpin(project.root, project.cache, "sync")

@@ -54,6 +54,7 @@ def _cases(outside: Path, good: bytes) -> dict[str, tuple[bytes, str]]:
             "is a block device",
         ),
         "fifo": (tar_bytes([(member("pipe", tarfile.FIFOTYPE), None)]), "is a FIFO"),
+        "sparse": (tar_bytes([(member("weights", tarfile.GNUTYPE_SPARSE), pb)]), "a sparse file"),
         "duplicate": (
             tar_bytes([(member("saved_model.pb"), pb), (member("./saved_model.pb"), b"swapped")]),
             "appears twice",

@@ -77,6 +77,40 @@ def test_multi_member_gzip_is_read_like_gzipfile(models: dict[str, Model], tmp_p
     assert result.tree.digest() == hash_tree(models["triple"].folder).digest()
 
 
+@pytest.mark.parametrize("fmt", ["ustar", "gnu", "pax"])
+@pytest.mark.parametrize("background", [True, False], ids=["background", "inline"])
+def test_tar_formats_long_names_and_odd_sizes_unpack_exactly(
+    tmp_path: Path, fmt: str, background: bool
+) -> None:
+    """Headers are parsed by tarfile, data is taken from the stream: every layout must line up."""
+    import tarfile
+
+    source = tmp_path / "model"
+    deep = source / ("d" * 60) / ("é" * 30)  # past ustar's 100-byte name field once joined
+    deep.mkdir(parents=True)
+    (source / "empty").write_bytes(b"")
+    (source / "block").write_bytes(os.urandom(512))
+    (source / "odd").write_bytes(os.urandom((2 << 20) + 511))  # spans buffers, unaligned end
+    (deep / ("w" * 40 + ".bin")).write_bytes(os.urandom(1025))
+    raw = io.BytesIO()
+    tar_format = {"ustar": tarfile.USTAR_FORMAT, "gnu": tarfile.GNU_FORMAT}.get(
+        fmt, tarfile.PAX_FORMAT
+    )
+    with tarfile.open(fileobj=raw, mode="w", format=tar_format) as tar:
+        tar.add(source, arcname=".")
+    data = gzip.compress(raw.getvalue(), compresslevel=1)
+    chunks = (data[i : i + 70001] for i in range(0, len(data), 70001))
+    (tmp_path / "out").mkdir()
+    result = unpack(
+        HashingReader(chunks), tmp_path / "out", max_unpacked=1 << 30, background=background
+    )
+    assert (
+        result.tree.digest() == hash_tree(source).digest() == hash_tree(tmp_path / "out").digest()
+    )
+    assert result.archive_size == len(data)
+    assert (tmp_path / "out" / "odd").read_bytes() == (source / "odd").read_bytes()
+
+
 def test_noop_sync_imports_no_tensorflow_http_client_or_gcsfs(
     project: Project, hub: HubServer
 ) -> None:
