@@ -18,11 +18,11 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from hubpin.errors import FetchError, IntegrityError
+from hubpin.errors import FetchError, IntegrityError, write_error
 from hubpin.fetch import Fetcher
 from hubpin.handles import Kind, source_for
 from hubpin.lockfile import Lock, dumps
-from hubpin.unpack import HashingReader, write_error
+from hubpin.unpack import HashingReader
 
 ARCHIVES = "archives"
 

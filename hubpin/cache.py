@@ -29,8 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hubpin.digests import Tree, compare_trees, hash_tree
-from hubpin.errors import CacheError
-from hubpin.unpack import write_error
+from hubpin.errors import CacheError, write_error
 
 log = logging.getLogger("hubpin")
 RECORD_VERSION = 1

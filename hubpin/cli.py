@@ -19,10 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from hubpin import stamp
 from hubpin.bundle import write_bundle
 from hubpin.errors import HubpinError, InputError, NotSyncedError, StaleLockError, unknown_alias
 from hubpin.fetch import Fetcher
-from hubpin.handles import Format, Kind
+from hubpin.handles import Format, Kind, cache_key
 from hubpin.lockfile import Lock, Pin, differences, manifest_digest, spec_inputs, write_lock
 from hubpin.manifest import add_model
 from hubpin.pin import pin_into_cache
@@ -35,6 +36,7 @@ log = logging.getLogger("hubpin")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     _setup_logging(args)
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
@@ -241,7 +243,34 @@ def cmd_sync(args: argparse.Namespace) -> int:
                     f"{outcome.alias} {outcome.status}", refresh=True
                 )
             outcomes = syncer.run(pins, args.jobs or project.settings.jobs)
-    return _report(args, outcomes, project)
+    code = _report(args, outcomes, project)
+    if code == 0 and bar is None and not args.verify:
+        _stamp(args, project, pins, outcomes)
+    return code
+
+
+def _stamp(
+    args: argparse.Namespace, project: Project, pins: dict[str, Pin], outcomes: list[Outcome]
+) -> None:
+    """After a clean sync of local archives, let the next identical one skip pydantic."""
+    if not isinstance(project.cache.root, Path) or any(
+        p.kind is not Kind.ARCHIVE or not p.cache_key for p in pins.values()
+    ):
+        return
+    if any(o.status not in ("fetched", "present", "adopted") for o in outcomes):
+        return
+    entries = [
+        (key, pin.tree_digest)
+        for pin in pins.values()
+        for key in [pin.cache_key, *(cache_key(h) for h in pin.also or [])]
+    ]
+    as_noop = [Outcome(o.alias, "present", "", o.size) for o in outcomes]
+    output = (
+        ""
+        if getattr(args, "quiet", False)
+        else "".join(f"{line}\n" for _, line in _report_lines(as_noop, project))
+    )
+    stamp.write(args.argv, project, entries, output)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -509,6 +538,17 @@ def _known(aliases: Sequence[str], models: Iterable[str], where: Path) -> None:
 
 
 def _report(args: argparse.Namespace, outcomes: list[Outcome], project: Project) -> int:
+    for failed, line in _report_lines(outcomes, project):
+        if failed:
+            print(line, file=sys.stderr)
+        else:
+            _say(args, line)
+    errors = [o.error for o in outcomes if o.error]
+    return max((e.exit_code for e in errors), default=0)
+
+
+def _report_lines(outcomes: list[Outcome], project: Project) -> list[tuple[bool, str]]:
+    """A line per model and a summary, each with whether it reports a failure."""
     words = {
         "fetched": "fetched",
         "present": "already present",
@@ -516,24 +556,18 @@ def _report(args: argparse.Namespace, outcomes: list[Outcome], project: Project)
         "checked": "checked",
         "failed": "FAILED",
     }
+    lines = []
     for o in outcomes:
         extra = f" {_size(o.size)} in {o.seconds:.1f}s" if o.status == "fetched" else ""
         detail = f": {o.detail}" if o.detail else ""
-        line = f"{o.alias:<20} {words[o.status]}{extra}{detail}"
-        if o.status == "failed":
-            print(line, file=sys.stderr)
-        else:
-            _say(args, line)
+        lines.append((o.status == "failed", f"{o.alias:<20} {words[o.status]}{extra}{detail}"))
     counts = {s: sum(o.status == s for o in outcomes) for s in words}
-    failed = counts["failed"]
-    _say(
-        args,
+    summary = (
         f"synced {_count(len(outcomes), 'model')} into {project.settings.cache_root}: "
         f"{counts['fetched']} fetched, {counts['present'] + counts['adopted']} already present, "
-        f"{counts['checked']} checked in place, {failed} failed",
+        f"{counts['checked']} checked in place, {counts['failed']} failed"
     )
-    errors = [o.error for o in outcomes if o.error]
-    return max((e.exit_code for e in errors), default=0)
+    return [*lines, (False, summary)]
 
 
 @contextlib.contextmanager

@@ -9,7 +9,9 @@ a traceback for a subclass of :class:`HubpinError`.
 from __future__ import annotations
 
 import difflib
+import errno
 from collections.abc import Iterable
+from pathlib import Path
 
 
 class HubpinError(Exception):
@@ -91,3 +93,16 @@ def unknown_alias(what: str, alias: str, known: Iterable[str], otherwise: str) -
     return UnknownAliasError(
         f"{what}; " + (f"did you mean {', '.join(close)}?" if close else otherwise)
     )
+
+
+def write_error(exc: OSError, where: Path | None) -> CacheError:
+    """A one-line error for a failed write: disk full, read-only, permissions."""
+    reason = {
+        errno.ENOSPC: "no space left on the device",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.EROFS: "the file system is read-only",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.EFBIG: "file too large for this file system or limit",
+    }.get(exc.errno or 0, exc.strerror or str(exc))
+    return CacheError(f"cannot write {exc.filename or where}: {reason}")

@@ -13,7 +13,6 @@ from hubpin.handles import Format, check_handle
 from hubpin.settings import Settings
 from hubpin.tomlfile import read_toml, validate
 
-MANIFEST_FILE = "models.toml"
 ALIAS_RE = re.compile(r"[A-Za-z0-9_.-]+")
 
 

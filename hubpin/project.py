@@ -11,21 +11,30 @@ import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hubpin.cache import Cache
 from hubpin.errors import LockMissingError, ManifestError
-from hubpin.lockfile import Lock, read_lock
-from hubpin.manifest import MANIFEST_FILE, Manifest, load_manifest
-from hubpin.settings import Settings, load_settings
 
+if TYPE_CHECKING:  # imported where used: finding files must not cost pydantic's import
+    from hubpin.cache import Cache
+    from hubpin.lockfile import Lock
+    from hubpin.manifest import Manifest
+    from hubpin.settings import Settings
+
+MANIFEST_FILE = "models.toml"
 LOCK_FILE = "models.lock"
+SETTINGS_FILE = "hubpin.toml"
 
 
 def find_lock() -> Path | None:
     """The lock a command or program means when none is named: HUBPIN_LOCK, else the nearest."""
     env_lock = os.environ.get("HUBPIN_LOCK")
     return Path(env_lock) if env_lock else find_upwards(LOCK_FILE)
+
+
+def settings_path(project_dir: Path) -> Path:
+    explicit = os.environ.get("HUBPIN_CONFIG")
+    return Path(explicit) if explicit else project_dir / SETTINGS_FILE
 
 
 def find_upwards(name: str, start: Path | None = None) -> Path | None:
@@ -73,15 +82,26 @@ class Project:
         """Relative handles and hubpin.toml are relative to this folder."""
         return self.manifest_path.parent
 
+    @property
+    def settings_path(self) -> Path:
+        """HUBPIN_CONFIG, else hubpin.toml beside the manifest (which need not exist)."""
+        return settings_path(self.root)
+
     @cached_property
     def settings(self) -> Settings:
+        from hubpin.settings import load_settings
+
         return load_settings(self.root, self.overrides)
 
     @cached_property
     def manifest(self) -> Manifest:
+        from hubpin.manifest import load_manifest
+
         return load_manifest(self.manifest_path)
 
     def read_lock(self) -> Lock:
+        from hubpin.lockfile import read_lock
+
         return read_lock(self.lock_path)
 
     def lock_or_none(self) -> Lock | None:
@@ -92,6 +112,8 @@ class Project:
 
     @cached_property
     def cache(self) -> Cache:
+        from hubpin.cache import Cache
+
         root = self.settings.cache_root
         if root.startswith("gs://"):
             from hubpin.gcs import GcsCache

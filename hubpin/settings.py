@@ -16,9 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hubpin.errors import SettingsError
 from hubpin.handles import Format
+from hubpin.project import settings_path
 from hubpin.tomlfile import read_toml, validate
-
-SETTINGS_FILE = "hubpin.toml"
 
 
 class Mirror(BaseModel):
@@ -61,11 +60,10 @@ _TFHUB_ENV = {"cache_dir": "TFHUB_CACHE_DIR", "format": "TFHUB_MODEL_LOAD_FORMAT
 
 def load_settings(project_dir: Path, overrides: dict[str, Any] | None = None) -> Settings:
     """Settings for a project: hubpin.toml beside the manifest, then env, then flags."""
-    explicit = os.environ.get("HUBPIN_CONFIG")
-    path = Path(explicit) if explicit else project_dir / SETTINGS_FILE
+    path = settings_path(project_dir)
     data: dict[str, Any] = {}
     text = ""
-    if explicit or path.is_file():
+    if os.environ.get("HUBPIN_CONFIG") or path.is_file():
         data, text = read_toml(path, SettingsError, "set HUBPIN_CONFIG to an existing file")
     validate(Settings, data, path, text, SettingsError)
     origin: dict[str, str] = {}

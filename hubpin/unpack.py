@@ -9,7 +9,6 @@ digest, so nothing is read twice and nothing unsafe reaches the disk.
 from __future__ import annotations
 
 import collections
-import errno
 import gzip
 import hashlib
 import io
@@ -32,6 +31,7 @@ from hubpin.errors import (
     IntegrityError,
     Interrupted,
     TruncatedError,
+    write_error,
 )
 
 try:  # python-isal's igzip decompresses about twice as fast as zlib
@@ -418,16 +418,3 @@ def ensure_space(where: Path, needed: int, what: str) -> None:
             f"not enough space in {where.parent}: {what} needs {needed} bytes, "
             f"{free} are free; free some space (hubpin prune) or set cache_dir elsewhere"
         )
-
-
-def write_error(exc: OSError, where: Path | None) -> CacheError:
-    """A one-line error for a failed write: disk full, read-only, permissions."""
-    reason = {
-        errno.ENOSPC: "no space left on the device",
-        errno.EDQUOT: "disk quota exceeded",
-        errno.EROFS: "the file system is read-only",
-        errno.EACCES: "permission denied",
-        errno.EPERM: "permission denied",
-        errno.EFBIG: "file too large for this file system or limit",
-    }.get(exc.errno or 0, exc.strerror or str(exc))
-    return CacheError(f"cannot write {exc.filename or where}: {reason}")

@@ -33,6 +33,12 @@ class Model:
         return [x * self.scale + self.bias for x in xs]
 
 
+@pytest.fixture(autouse=True)
+def own_stamps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No-op stamps (hubpin.stamp) go to this test's folder, never the user's ~/.cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+
+
 @pytest.fixture(scope="session")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Model]:
     """Three small SavedModels, built once per session with TensorFlow."""

@@ -133,6 +133,79 @@ def test_noop_sync_imports_no_tensorflow_http_client_or_gcsfs(
     assert not imported & {"tensorflow", "tensorflow_hub", "keras", "gcsfs", "httpx", "urllib3"}
 
 
+def _imports(
+    project: Project, *argv: str, env: dict[str, str] | None = None
+) -> tuple[int, str, set[str]]:
+    """Run ``python -X importtime -m hubpin ARGV``: exit code, stderr without timings, top modules."""
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "hubpin", *argv],
+        cwd=project.root,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TFHUB_CACHE_DIR": str(project.cache), **(env or {})},
+    )
+    lines = result.stderr.splitlines()
+    said = "".join(f"{line}\n" for line in lines if not line.startswith("import time:"))
+    imported = {
+        line.split("|")[-1].strip().split(".")[0]
+        for line in lines
+        if line.startswith("import time:")
+    }
+    return result.returncode, said, imported
+
+
+def test_repeated_sync_is_checked_from_the_stamp_without_pydantic(
+    project: Project, hub: HubServer
+) -> None:
+    project.models(double=hub.handle("google/double/1"), triple=hub.handle("google/triple/1"))
+    assert project.run("lock")[0] == 0
+    code, first, imported = _imports(project, "sync", "--frozen")
+    assert code == 0 and "pydantic" in imported and "fetched" in first
+    downloads = hub.archive_requests("google/double/1")
+    code, fast, imported = _imports(project, "sync", "--frozen")
+    assert code == 0 and "pydantic" not in imported, "the stamp was not used"
+    elsewhere = {"XDG_CACHE_HOME": str(project.root.parent / "no-stamps")}
+    code, full, imported = _imports(project, "sync", "--frozen", env=elsewhere)
+    assert code == 0 and "pydantic" in imported and "2 already present" in full
+    assert fast == full, "the stamp must print what the full path prints"
+    assert hub.archive_requests("google/double/1") == downloads
+
+    # A damaged entry is not taken on the stamp's word: the full path refetches it.
+    damaged = project.entry(hub.handle("google/double/1")) / "saved_model.pb"
+    damaged.unlink()
+    code, said, imported = _imports(project, "sync", "--frozen")
+    assert code == 0 and "pydantic" in imported and "double" in said and "fetched" in said
+    assert damaged.is_file()
+
+    # Another cache, another lock, another command line: each is another input.
+    other = project.root.parent / "other-cache"
+    code, said, imported = _imports(
+        project, "sync", "--frozen", env={"TFHUB_CACHE_DIR": str(other)}
+    )
+    assert (
+        code == 0
+        and "pydantic" in imported
+        and (other / project.entry(hub.handle("google/double/1")).name).is_dir()
+    )
+    code, said, imported = _imports(project, "-m", "models.toml", "sync", "--frozen")
+    assert code == 0 and "pydantic" in imported
+    lock = project.root / "models.lock"
+    lock.write_text(lock.read_text() + "\n")
+    code, said, imported = _imports(project, "sync", "--frozen")
+    assert code == 0 and "pydantic" in imported
+
+
+def test_a_stale_lock_is_never_passed_by_a_stamp(project: Project, hub: HubServer) -> None:
+    """`sync --locked` checks the manifest; a stamp made before the manifest changed must not hide that."""
+    project.models(double=hub.handle("google/double/1"))
+    assert project.run("lock")[0] == 0
+    for _ in range(2):
+        assert _imports(project, "sync", "--locked")[0] == 0
+    project.models(double=hub.handle("google/double/1"), triple=hub.handle("google/triple/1"))
+    code, said, _ = _imports(project, "sync", "--locked")
+    assert code == 1 and "--locked" in said and "triple" in said
+
+
 @pytest.mark.parametrize("background", [True, False], ids=["background", "inline"])
 def test_damaged_gzip_fails_alike_on_both_paths_and_leaves_no_thread(
     models: dict[str, Model], tmp_path: Path, background: bool
