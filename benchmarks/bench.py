@@ -252,6 +252,7 @@ def interleaved(
             measured = contender(cache)
             timings.add(name, measured if measured is not None else time.perf_counter() - start)
             shutil.rmtree(cache, ignore_errors=True)
+            os.sync()  # the file system settles between contenders, so none pays for another's writes
         print(f"  run {i + 1}/{runs}: " + _fmt_last(timings), file=sys.stderr, flush=True)
     return timings
 

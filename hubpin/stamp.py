@@ -25,6 +25,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from hubpin import __version__
 from hubpin.project import Project
 
 VERSION = 1
@@ -60,6 +61,7 @@ def _key(argv: Sequence[str], project: Project) -> str:
     files = [project.manifest_path, project.lock_path, project.settings_path]
     inputs = {
         "version": VERSION,
+        "hubpin": __version__,
         "python": sys.version,
         "cwd": os.getcwd(),
         "argv": list(argv),
