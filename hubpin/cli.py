@@ -244,7 +244,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
                 )
             outcomes = syncer.run(pins, args.jobs or project.settings.jobs)
     code = _report(args, outcomes, project)
-    if code == 0 and bar is None and not args.verify:
+    if code == 0:
         _stamp(args, project, pins, outcomes)
     return code
 
