@@ -195,6 +195,18 @@ def test_repeated_sync_is_checked_from_the_stamp_without_pydantic(
     assert code == 0 and "pydantic" in imported
 
 
+def test_a_stamp_folder_that_cannot_be_written_costs_only_speed(
+    project: Project, hub: HubServer
+) -> None:
+    project.models(double=hub.handle("google/double/1"))
+    blocker = project.root.parent / "not-a-folder"
+    blocker.write_text("a file where the stamp folder would go")
+    for _ in range(2):
+        code, said, imported = _imports(project, "sync", env={"XDG_CACHE_HOME": str(blocker)})
+        assert code == 0 and "Traceback" not in said and "pydantic" in imported
+    assert project.entry(hub.handle("google/double/1")).is_dir()
+
+
 def test_a_stale_lock_is_never_passed_by_a_stamp(project: Project, hub: HubServer) -> None:
     """`sync --locked` checks the manifest; a stamp made before the manifest changed must not hide that."""
     project.models(double=hub.handle("google/double/1"))
