@@ -76,7 +76,7 @@ class HashingReader(io.RawIOBase):
         self._draining = False
         self._on_bytes = on_bytes
         self._sha256 = hashlib.sha256()
-        self._unhashed: collections.deque[bytes] = collections.deque()
+        self._unhashed: collections.deque[bytes] | None = None  # see hash_in_consumer
         self.size = 0
         self.ended_short = False
         self._stop = stop
@@ -89,7 +89,10 @@ class HashingReader(io.RawIOBase):
             raise Interrupted("interrupted; nothing was published")
         for chunk in self._chunks:
             if chunk:
-                self._unhashed.append(chunk)
+                if self._unhashed is None:
+                    self._sha256.update(chunk)
+                else:
+                    self._unhashed.append(chunk)
                 self.size += len(chunk)
                 if self._expected_size is not None and self.size > self._expected_size:
                     raise IntegrityError(
@@ -123,13 +126,18 @@ class HashingReader(io.RawIOBase):
         self._pending = self._pending[n:]
         return n
 
-    def catch_up(self) -> None:
-        """Hash the bytes read so far.
+    def hash_in_consumer(self) -> None:
+        """Leave hashing to :meth:`catch_up`, for when another thread does the reading.
 
-        Separate from reading so that, when a thread inflates ahead, the archive
-        is hashed on the consumer's side: inflating alone is a core's worth of work.
-        Only one thread may call this (and :meth:`hexdigest`).
+        When a thread inflates ahead, hashing the archive there too would make it
+        the bottleneck (inflating alone is a core's worth of work); the consumer
+        hashes instead. It must call :meth:`catch_up` as it goes, which keeps the
+        chunks awaiting their hash to the few the reading thread is ahead by.
         """
+        self._unhashed = collections.deque()
+
+    def catch_up(self) -> None:
+        """Hash the bytes read so far (only one thread may call this and :meth:`hexdigest`)."""
         while self._unhashed:
             self._sha256.update(self._unhashed.popleft())
 
@@ -315,6 +323,8 @@ def unpack(
     tree = Tree()
     try:
         gzipped = reader.peek(2) == b"\x1f\x8b"
+        if background and gzipped:
+            reader.hash_in_consumer()
         inflated = Inflated(
             gunzip(reader) if gzipped else reader, background and gzipped, reader.catch_up
         )

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,31 @@ def test_every_decompressor_writes_the_same_bytes(
         background=background,
     )
     assert only_hashed.tree.digest() == result.tree.digest(), "lock (hash only) and sync must agree"
+
+
+def test_hashing_reader_holds_only_the_chunk_being_read() -> None:
+    """`hubpin bundle` reads archives through it: a 1 GB archive must not pile up unhashed."""
+    import hashlib
+    import tracemalloc
+
+    expected = hashlib.sha256()
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(64):
+            chunk = os.urandom(1 << 20)
+            expected.update(chunk)
+            yield chunk
+
+    reader = HashingReader(chunks())
+    tracemalloc.start()
+    try:
+        while reader.read(1 << 20):
+            pass
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, f"{peak} bytes held while reading 64 MiB"
+    assert reader.hexdigest() == expected.hexdigest()
 
 
 def test_multi_member_gzip_is_read_like_gzipfile(models: dict[str, Model], tmp_path: Path) -> None:
