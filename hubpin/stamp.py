@@ -86,7 +86,8 @@ def replay(argv: Sequence[str]) -> int | None:
 
         path = folder() / _key(argv, _project(argv))
         stamp = json.loads(path.read_text("utf-8"))
-        if stamp["version"] != VERSION:
+        output = stamp["output"]
+        if stamp["version"] != VERSION or not isinstance(output, str):
             return None
         cache = Cache(Path(stamp["cache"]))
         if any(cache.quick_check(key, digest) for key, digest in stamp["entries"]):
@@ -95,7 +96,7 @@ def replay(argv: Sequence[str]) -> int | None:
             os.utime(path)  # in use: not one to forget
     except Exception:  # whatever it is, the full path says it properly
         return None
-    sys.stderr.write(stamp["output"])
+    sys.stderr.write(output)
     return 0
 
 
