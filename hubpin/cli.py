@@ -197,6 +197,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
     if args.bundle is not None:
         args.offline = True  # a bundle is for machines without a network: never open one
     project = _project(args, need_manifest=not args.frozen)
+    at_start = stamp.inputs(args.argv, project)
     with _fetcher(project) as fetcher:
         if args.frozen:
             lock = project.read_lock()
@@ -245,12 +246,16 @@ def cmd_sync(args: argparse.Namespace) -> int:
             outcomes = syncer.run(pins, args.jobs or project.settings.jobs)
     code = _report(args, outcomes, project)
     if code == 0:
-        _stamp(args, project, pins, outcomes)
+        _stamp(args, project, pins, outcomes, at_start)
     return code
 
 
 def _stamp(
-    args: argparse.Namespace, project: Project, pins: dict[str, Pin], outcomes: list[Outcome]
+    args: argparse.Namespace,
+    project: Project,
+    pins: dict[str, Pin],
+    outcomes: list[Outcome],
+    at_start: str | None,
 ) -> None:
     """After a clean sync of local archives, let the next identical one skip pydantic."""
     if not isinstance(project.cache.root, Path) or any(
@@ -270,7 +275,7 @@ def _stamp(
         if getattr(args, "quiet", False)
         else "".join(f"{line}\n" for _, line in _report_lines(as_noop, project))
     )
-    stamp.write(args.argv, project, entries, output)
+    stamp.write(at_start, args.argv, project, entries, output)
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

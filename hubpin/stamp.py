@@ -100,11 +100,29 @@ def replay(argv: Sequence[str]) -> int | None:
     return 0
 
 
+def inputs(argv: Sequence[str], project: Project) -> str | None:
+    """The stamp's name for this command's inputs as they are now; None if not eligible.
+
+    Taken when a sync starts and compared when it ends: a manifest or lock edited
+    meanwhile must not be stamped with an outcome that was reached without it.
+    """
+    if not eligible(argv):
+        return None
+    try:
+        return _key(argv, project)
+    except OSError:
+        return None
+
+
 def write(
-    argv: Sequence[str], project: Project, entries: list[tuple[str, str]], output: str
+    at_start: str | None,
+    argv: Sequence[str],
+    project: Project,
+    entries: list[tuple[str, str]],
+    output: str,
 ) -> None:
     """Record a clean sync of local ``entries`` (cache key, tree digest) and what it printed."""
-    if not eligible(argv):
+    if at_start is None or inputs(argv, project) != at_start:
         return
     try:
         where = folder()
@@ -119,7 +137,7 @@ def write(
             "entries": entries,
             "output": output,
         }
-        target = where / _key(argv, project)
+        target = where / at_start
         tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(data), encoding="utf-8")
         os.replace(tmp, target)

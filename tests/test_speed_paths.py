@@ -244,6 +244,29 @@ def test_a_stale_lock_is_never_passed_by_a_stamp(project: Project, hub: HubServe
     assert code == 1 and "--locked" in said and "triple" in said
 
 
+def test_a_manifest_edited_during_a_sync_is_not_stamped_as_synced(
+    project: Project, hub: HubServer
+) -> None:
+    """The outcome belongs to the inputs the sync started with, not to what is on disk at its end."""
+    import time
+
+    from faultkit import spawn_hubpin
+    from hubserver import Faults
+
+    project.models(double=hub.handle("google/double/1"))
+    assert project.run("lock")[0] == 0
+    hub.faults["google/double/1"] = Faults(delay=0.05, chunk=1 << 10)  # a second or more
+    proc = spawn_hubpin(project.root, project.cache, "sync", "--locked")
+    deadline = time.monotonic() + 30
+    while not hub.archive_requests("google/double/1") > 1 and time.monotonic() < deadline:
+        time.sleep(0.01)  # the lock's own download was the first request
+    project.models(double=hub.handle("google/double/1"), triple=hub.handle("google/triple/1"))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err  # checked against the manifest as it was at the start
+    code, said, _ = _imports(project, "sync", "--locked")
+    assert code == 1 and "triple" in said, "a stamp hid that the lock is now stale"
+
+
 @pytest.mark.parametrize("background", [True, False], ids=["background", "inline"])
 def test_damaged_gzip_fails_alike_on_both_paths_and_leaves_no_thread(
     models: dict[str, Model], tmp_path: Path, background: bool
