@@ -18,28 +18,14 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from hubpin.errors import FetchError, IntegrityError, write_error
-from hubpin.fetch import Fetcher
-from hubpin.handles import Kind, source_for
-from hubpin.lockfile import Lock, dumps
+from hubpin.errors import IntegrityError, write_error
+from hubpin.handles import Kind
+from hubpin.lockfile import Lock, Pin, dumps
+from hubpin.sources import ARCHIVES, Sources
 from hubpin.unpack import HashingReader
 
-ARCHIVES = "archives"
 
-
-def archive_in(bundle: Path, sha256: str) -> Path:
-    """Where a bundle keeps the archive with this sha256; a clear error if it is missing."""
-    path = bundle / ARCHIVES / sha256
-    if not path.is_file():
-        raise FetchError(
-            f"{bundle}: the bundle has no archive {sha256}; make it again with: hubpin bundle"
-        )
-    return path
-
-
-def write_bundle(
-    lock: Lock, aliases: list[str], out: Path, fetcher: Fetcher, root: Path
-) -> list[str]:
+def write_bundle(lock: Lock, aliases: list[str], out: Path, sources: Sources) -> list[str]:
     """Download each pinned archive once into ``out``, verified; return the aliases written."""
     as_tar = out.suffix == ".tar"
     folder = Path(tempfile.mkdtemp(prefix=".hubpin-bundle-", dir=out.parent)) if as_tar else out
@@ -52,13 +38,7 @@ def write_bundle(
                 continue
             target = folder / ARCHIVES / pin.archive_sha256
             if not target.is_file():
-                _download(
-                    fetcher,
-                    source_for(pin.handle, pin.format, root).location,
-                    target,
-                    pin.archive_sha256,
-                    pin.archive_size,
-                )
+                _download(sources, pin, target)
             written.append(alias)
         (folder / "models.lock").write_text(dumps(lock), encoding="utf-8")
         if as_tar:
@@ -74,17 +54,17 @@ def write_bundle(
     return written
 
 
-def _download(fetcher: Fetcher, location: str, target: Path, sha256: str, size: int | None) -> None:
-    download = fetcher.open(location)
-    reader = HashingReader(download.chunks, expected_size=size)
+def _download(sources: Sources, pin: Pin, target: Path) -> None:
+    download = sources.open_pin(pin)
+    reader = HashingReader(download.chunks, expected_size=pin.archive_size)
     tmp = target.with_name(f".{target.name}.tmp")
     with open(tmp, "wb") as fh:
         while chunk := reader.read(1 << 20):
             fh.write(chunk)
-    if (found := reader.hexdigest()) != sha256:
+    if (found := reader.hexdigest()) != pin.archive_sha256:
         tmp.unlink()
         raise IntegrityError(
-            f"{download.final_url}: archive sha256 is {found}, the lock pins {sha256}; "
+            f"{download.final_url}: archive sha256 is {found}, the lock pins {pin.archive_sha256}; "
             "nothing was written. If the model changed upstream on purpose, run: hubpin lock"
         )
     os.replace(tmp, target)

@@ -22,13 +22,14 @@ from typing import Any
 from hubpin import stamp
 from hubpin.bundle import write_bundle
 from hubpin.errors import HubpinError, InputError, NotSyncedError, StaleLockError, unknown_alias
-from hubpin.fetch import Fetcher
 from hubpin.handles import Format, Kind, cache_key
 from hubpin.lockfile import Lock, Pin, differences, manifest_digest, spec_inputs, write_lock
 from hubpin.manifest import add_model
 from hubpin.pin import pin_into_cache
 from hubpin.project import Project
+from hubpin.sources import Sources
 from hubpin.sync import Outcome, Syncer
+from hubpin.transport import Transport
 
 log = logging.getLogger("hubpin")
 
@@ -188,17 +189,27 @@ def cmd_lock(args: argparse.Namespace) -> int:
             )
         _say(args, f"{project.lock_path.name} is up to date ({_count(len(lock.models), 'model')})")
         return 0
-    with _fetcher(project) as fetcher:
-        _, changed = lock_project(args, project, fetcher, set(args.aliases), fill_cache=False)
+    with _sources(project) as sources:
+        _, changed = lock_project(args, project, sources, set(args.aliases), fill_cache=False)
     return 0 if changed is not None else 1
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
     if args.bundle is not None:
         args.offline = True  # a bundle is for machines without a network: never open one
+        if args.bundle.is_file():
+            raise InputError(
+                f"{args.bundle}: a bundle file; extract it first (mkdir b && tar xf "
+                f"{args.bundle} -C b) and run: hubpin sync --from b"
+            )
+        if not (args.bundle / "archives").is_dir():
+            raise InputError(
+                f"{args.bundle}: not a hubpin bundle (no archives/ folder); make one with: hubpin bundle OUT"
+            )
     project = _project(args, need_manifest=not args.frozen)
     at_start = stamp.inputs(args.argv, project)
-    with _fetcher(project) as fetcher:
+    bundle = None if args.bundle is None else str(args.bundle)
+    with _sources(project, bundle) as sources:
         if args.frozen:
             lock = project.read_lock()
         else:
@@ -221,22 +232,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
                     f"{'; '.join(problems)}; run: hubpin lock"
                 )
             if problems:
-                lock, _ = lock_project(args, project, fetcher, set(), fill_cache=True)
+                lock, _ = lock_project(args, project, sources, set(), fill_cache=True)
                 if lock is None:
                     return 1
         pins = _select(lock, args.aliases, project.lock_path)
-        syncer = _syncer(args, project, fetcher, offline=args.offline, full_verify=args.verify)
-        if args.bundle is not None:
-            if args.bundle.is_file():
-                raise InputError(
-                    f"{args.bundle}: a bundle file; extract it first (mkdir b && tar xf "
-                    f"{args.bundle} -C b) and run: hubpin sync --from b"
-                )
-            if not (args.bundle / "archives").is_dir():
-                raise InputError(
-                    f"{args.bundle}: not a hubpin bundle (no archives/ folder); make one with: hubpin bundle OUT"
-                )
-            syncer.bundle = args.bundle
+        syncer = _syncer(project, sources, offline=args.offline, full_verify=args.verify)
+        syncer.from_bundle = bundle is not None
         with _progress(args, project, pins) as bar:
             if bar is not None:
                 syncer.on_bytes = bar.update
@@ -258,7 +259,7 @@ def _stamp(
     at_start: str | None,
 ) -> None:
     """After a clean sync of local archives, let the next identical one skip pydantic."""
-    if not isinstance(project.cache.root, Path) or any(
+    if project.cache.local_root is None or any(
         p.kind is not Kind.ARCHIVE or not p.cache_key for p in pins.values()
     ):
         return
@@ -282,8 +283,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     project = _project(args, need_manifest=False)
     lock = project.read_lock()
     pins = _select(lock, args.aliases, project.lock_path)
-    with _fetcher(project) as fetcher:
-        syncer = _syncer(args, project, fetcher, offline=True, full_verify=True)
+    with _sources(project) as sources:
+        syncer = _syncer(project, sources, offline=True, full_verify=True)
         report: dict[str, list[str]] = {}
         for alias, pin in pins.items():
             if pin.kind is Kind.ARCHIVE:
@@ -307,7 +308,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
                 models[alias]["repaired"] = outcome.status != "failed"
                 if outcome.status == "failed":
                     models[alias]["error"] = outcome.detail
-        print(json.dumps({"cache_dir": str(project.cache.root), "models": models}, indent=2))
+        print(json.dumps({"cache_dir": project.cache.location, "models": models}, indent=2))
     else:
         for alias, problems in sorted(report.items()):
             _say(args, f"{alias:<20} {'ok' if not problems else 'DAMAGED'}")
@@ -321,7 +322,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if damaged and not args.repair:
         _say(
             args,
-            f"{len(damaged)} of {len(report)} models damaged in {project.cache.root}; "
+            f"{len(damaged)} of {len(report)} models damaged in {project.cache.location}; "
             "run: hubpin verify --repair",
         )
         return 1
@@ -382,7 +383,7 @@ def cmd_resolve(args: argparse.Namespace) -> int:
         problems = project.cache.quick_check(pin.cache_key, pin.tree_digest)
         if problems:
             raise NotSyncedError(
-                f"{args.alias}: {problems[0]} in {project.cache.root}; run: hubpin sync"
+                f"{args.alias}: {problems[0]} in {project.cache.location}; run: hubpin sync"
             )
     print(_where(project, pin))
     return 0
@@ -413,8 +414,8 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     project = _project(args, need_manifest=False)
     lock = project.read_lock()
     aliases = list(_select(lock, args.aliases, project.lock_path))
-    with _fetcher(project) as fetcher:
-        written = write_bundle(lock, aliases, args.out, fetcher, project.root)
+    with _sources(project) as sources:
+        written = write_bundle(lock, aliases, args.out, sources)
     _say(
         args,
         f"wrote {args.out}: {_count(len(written), 'archive')} and models.lock; "
@@ -436,7 +437,7 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def lock_project(
-    args: argparse.Namespace, project: Project, fetcher: Fetcher, force: set[str], fill_cache: bool
+    args: argparse.Namespace, project: Project, sources: Sources, force: set[str], fill_cache: bool
 ) -> tuple[Lock | None, bool | None]:
     """Pin new, changed and forced aliases; keep the rest. Returns (lock, changed) or (None, None)."""
     manifest, settings = project.manifest, project.settings
@@ -459,7 +460,7 @@ def lock_project(
     def pin_one(alias: str) -> Pin:
         spec = todo[alias]
         try:
-            return pin_into_cache(spec, settings, fetcher, project.root, cache)
+            return pin_into_cache(spec, settings, sources, project.root, cache)
         except HubpinError as exc:
             raise type(exc)(f"{alias} ({spec.handle}): {exc}") from None
 
@@ -510,18 +511,17 @@ def _project(args: argparse.Namespace, need_manifest: bool = True) -> Project:
 
 
 @contextlib.contextmanager
-def _fetcher(project: Project) -> Iterator[Fetcher]:
-    fetcher = Fetcher(project.settings)
+def _sources(project: Project, bundle: str | None = None) -> Iterator[Sources]:
+    """Where this command reads archives from (a bundle, else mirrors and hosts)."""
+    transport = Transport(project.settings)
     try:
-        yield fetcher
+        yield Sources(project.settings, transport, project.root, bundle)
     finally:
-        fetcher.close()
+        transport.close()
 
 
-def _syncer(
-    args: argparse.Namespace, project: Project, fetcher: Fetcher, offline: bool, full_verify: bool
-) -> Syncer:
-    return Syncer(project.cache, project.settings, fetcher, project.root, offline, full_verify)
+def _syncer(project: Project, sources: Sources, offline: bool, full_verify: bool) -> Syncer:
+    return Syncer(project.cache, project.settings, sources, project.root, offline, full_verify)
 
 
 def _select(lock: Lock, aliases: Sequence[str], lock_path: Path) -> dict[str, Pin]:
@@ -637,7 +637,7 @@ def _state(project: Project, pin: Pin) -> str:
 def _where(project: Project, pin: Pin) -> str:
     if pin.kind is Kind.ARCHIVE:
         assert pin.cache_key
-        return str(project.cache.entry(pin.cache_key))
+        return project.cache.entry(pin.cache_key)
     if pin.kind is Kind.FOLDER:
         return str((project.root / (pin.location or "")).resolve())
     return pin.location or ""

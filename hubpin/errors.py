@@ -57,6 +57,10 @@ class FetchError(HubpinError):
     """A download or listing failed (network, HTTP status, missing file)."""
 
 
+class MissingError(FetchError):
+    """Nothing is at a location (no such file or object)."""
+
+
 class TruncatedError(FetchError):
     """A download ended before the size the server or the lock announced."""
 
@@ -106,3 +110,9 @@ def write_error(exc: OSError, where: Path | None) -> CacheError:
         errno.EFBIG: "file too large for this file system or limit",
     }.get(exc.errno or 0, exc.strerror or str(exc))
     return CacheError(f"cannot write {exc.filename or where}: {reason}")
+
+
+def some(names: list[str], limit: int = 5) -> str:
+    """The first ``limit`` names and how many more: keeps a one-line message one line."""
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more

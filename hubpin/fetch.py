@@ -1,4 +1,4 @@
-"""Bytes from where a model lives: http(s) with retries and resume, local files, GCS.
+"""HTTP(S) downloads with retries and resume, and local files.
 
 HTTP follows tensorflow_hub's protocol (``?tf-hub-format=...``, redirects) but
 checks each hop itself: plain http only to loopback unless allowed, never an
@@ -18,12 +18,12 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from hubpin.errors import FetchError, InputError
-from hubpin.handles import is_loopback, local_path, scheme_of, strip_query
+from hubpin.download import Download
+from hubpin.errors import FetchError, InputError, MissingError
+from hubpin.handles import is_loopback, scheme_of, strip_query
 from hubpin.settings import Settings
 
 if TYPE_CHECKING:
@@ -49,15 +49,6 @@ def _transient_errors() -> tuple[type[BaseException], ...]:
     import urllib3
 
     return (urllib3.exceptions.HTTPError, _Transient)
-
-
-@dataclass
-class Download:
-    """An open download: where it ended up, how long it says it is, and its bytes."""
-
-    final_url: str  # query stripped: safe to record and print
-    length: int | None
-    chunks: Iterator[bytes]
 
 
 class Fetcher:
@@ -102,35 +93,6 @@ class Fetcher:
             )
         return self._pools[proxy]
 
-    def open(self, location: str) -> Download:
-        """Open an archive, trying each matching mirror first, then ``location`` itself.
-
-        A mirror that fails is skipped with a warning; whatever a mirror serves is
-        still checked against the lock by the caller, so a mirror cannot change a model.
-        """
-        for mirror in self.settings.mirrors:
-            if location.startswith(mirror.prefix):
-                candidate = mirror.replace + location[len(mirror.prefix) :]
-                try:
-                    return self._open_one(candidate)
-                except FetchError as exc:
-                    log.warning(
-                        "mirror %s failed (%s); trying the next source", strip_query(candidate), exc
-                    )
-        return self._open_one(location)
-
-    def _open_one(self, location: str) -> Download:
-        scheme = scheme_of(location)
-        if scheme in ("http", "https"):
-            return self._open_http(location)
-        if scheme == "gs":
-            from hubpin import gcs
-
-            return gcs.open_object(location, self.settings)
-        path = local_path(location, Path.cwd())
-        assert path is not None
-        return _open_file(path)
-
     def ask_location(self, url: str) -> str:
         """GET ``url`` expecting tfhub.dev's ``303 See Other`` with a gs:// body."""
         response = self._with_retries(functools.partial(self._send, url, 0), url)
@@ -149,7 +111,8 @@ class Fetcher:
             )
         return body
 
-    def _open_http(self, url: str) -> Download:
+    def open(self, url: str) -> Download:
+        """GET an archive, following redirects; its bytes resume by Range after a cut."""
         response, final = self._with_retries(functools.partial(self._follow, url, 0), url)
         length = _content_length(response)
         chunks = self._http_chunks(url, response, length)
@@ -351,11 +314,12 @@ class Fetcher:
             )
 
 
-def _open_file(path: Path) -> Download:
+def open_file(path: Path) -> Download:
+    """A local archive (a path or file:// handle, or a bundle's copy)."""
     try:
         fh = open(path, "rb")  # noqa: SIM115 - closed by the generator
     except FileNotFoundError:
-        raise FetchError(f"{path}: archive not found") from None
+        raise MissingError(f"{path}: archive not found") from None
     except OSError as exc:
         raise FetchError(f"{path}: cannot read: {exc.strerror}") from None
 

@@ -14,24 +14,24 @@ from pathlib import Path
 from hubpin.cache import Cache, Record
 from hubpin.digests import Tree, hash_tree
 from hubpin.errors import ArchiveError, FetchError, IntegrityError
-from hubpin.fetch import Fetcher
 from hubpin.handles import Kind, cache_key, local_path, relative_posix, scheme_of, source_for
 from hubpin.lockfile import GcsObject, Pin
 from hubpin.manifest import ModelSpec
 from hubpin.settings import Settings
+from hubpin.sources import Sources
 from hubpin.unpack import HashingReader, Unpacked, unpack
 
 
 def pin_into_cache(
-    spec: ModelSpec, settings: Settings, fetcher: Fetcher, root: Path, cache: Cache | None
+    spec: ModelSpec, settings: Settings, sources: Sources, root: Path, cache: Cache | None
 ) -> Pin:
     """Pin one entry; with a cache, an archive is unpacked into it in the same pass."""
     fmt = spec.effective_format(settings)
     if cache is None or source_for(spec.handle, fmt, root).kind is not Kind.ARCHIVE:
-        return pin_model(spec, settings, fetcher, root)[0]
+        return pin_model(spec, settings, sources, root)[0]
     key = cache_key(spec.handle)
     with cache.locked(key, settings.lock_timeout) as work:
-        pin, tree = pin_model(spec, settings, fetcher, root, work=work)
+        pin, tree = pin_model(spec, settings, sources, root, work=work)
         record = cache.read_record(key)
         if tree is not None and (record is None or record.tree_digest != pin.tree_digest):
             cache.publish(key, work, Record(spec.handle, pin.tree_digest, tree))
@@ -41,7 +41,7 @@ def pin_into_cache(
 def pin_model(
     spec: ModelSpec,
     settings: Settings,
-    fetcher: Fetcher,
+    sources: Sources,
     root: Path,
     work: Path | None = None,
     on_bytes: Callable[[int], None] | None = None,
@@ -59,7 +59,7 @@ def pin_model(
         "also": spec.also or None,
     }
     if source.kind is Kind.ARCHIVE:
-        download = fetcher.open(source.location)
+        download = sources.open(source.location)
         reader = HashingReader(download.chunks, on_bytes=on_bytes)
         try:
             result = unpack(reader, work, max_unpacked=settings.max_unpacked_size)
@@ -100,14 +100,16 @@ def pin_model(
             file_count=tree.file_count,
         )
         return pin, None
-    from hubpin import gcs
+    from hubpin.gcs.pins import list_folder, objects_digest
 
-    location = fetcher.ask_location(source.location) if source.ask_location else source.location
-    listing = gcs.list_folder(location, settings)
+    location = (
+        sources.transport.ask_location(source.location) if source.ask_location else source.location
+    )
+    listing = list_folder(location, settings)
     pin = Pin(
         **common,
         location=location,
-        tree_digest=gcs.objects_digest(listing),
+        tree_digest=objects_digest(listing),
         unpacked_size=sum(o.size for o in listing),
         file_count=len(listing),
         objects=[GcsObject.model_validate(o.__dict__) for o in listing],

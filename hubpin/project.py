@@ -1,4 +1,4 @@
-"""Finding a project's files: the manifest, its lock, its settings, its cache.
+"""A project: its manifest, its lock, the settings that apply and the cache they name.
 
 Discovery works like Cargo's and uv's: an explicit path, else the nearest
 ``models.toml`` (or ``models.lock``) in the working directory or its parents.
@@ -7,43 +7,19 @@ The lock lives beside the manifest as ``<stem>.lock``.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hubpin.errors import LockMissingError, ManifestError
+from hubpin.paths import MANIFEST_FILE, find_lock, find_upwards, settings_path
 
 if TYPE_CHECKING:  # imported where used: finding files must not cost pydantic's import
     from hubpin.cache import Cache
     from hubpin.lockfile import Lock
     from hubpin.manifest import Manifest
     from hubpin.settings import Settings
-
-MANIFEST_FILE = "models.toml"
-LOCK_FILE = "models.lock"
-SETTINGS_FILE = "hubpin.toml"
-
-
-def find_lock() -> Path | None:
-    """The lock a command or program means when none is named: HUBPIN_LOCK, else the nearest."""
-    env_lock = os.environ.get("HUBPIN_LOCK")
-    return Path(env_lock) if env_lock else find_upwards(LOCK_FILE)
-
-
-def settings_path(project_dir: Path) -> Path:
-    explicit = os.environ.get("HUBPIN_CONFIG")
-    return Path(explicit) if explicit else project_dir / SETTINGS_FILE
-
-
-def find_upwards(name: str, start: Path | None = None) -> Path | None:
-    here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        candidate = folder / name
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 @dataclass
@@ -112,11 +88,12 @@ class Project:
 
     @cached_property
     def cache(self) -> Cache:
-        from hubpin.cache import Cache
-
+        """The cache the settings name: a folder, or a gs:// prefix shared by a fleet."""
         root = self.settings.cache_root
         if root.startswith("gs://"):
-            from hubpin.gcs import GcsCache
+            from hubpin.cache.gcs import GcsCache
 
             return GcsCache(root, self.settings)
-        return Cache(Path(root).expanduser())
+        from hubpin.cache.local import LocalCache
+
+        return LocalCache(Path(root).expanduser())

@@ -25,7 +25,8 @@ from hubpin.errors import (
 from hubpin.handles import Kind, is_archive_name, scheme_of
 from hubpin.lockfile import Lock as LockData
 from hubpin.lockfile import Pin, differences
-from hubpin.project import LOCK_FILE, Project, find_lock
+from hubpin.paths import LOCK_FILE, find_lock
+from hubpin.project import Project
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -99,13 +100,13 @@ class Lock:
             first = problems[0]
             if first == "not synced" or first.startswith(("no hubpin record", "entry holds")):
                 raise NotSyncedError(
-                    f"{alias} ({pin.handle}) is not synced into {cache.root} ({first}); run: hubpin sync"
+                    f"{alias} ({pin.handle}) is not synced into {cache.location} ({first}); run: hubpin sync"
                 )
             raise DamagedEntryError(
                 f"{alias}: cache entry {entry} is damaged: {'; '.join(problems[:5])}; "
                 "run: hubpin verify --repair"
             )
-        return str(entry)
+        return entry
 
     def load(
         self,

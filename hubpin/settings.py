@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hubpin.errors import SettingsError
 from hubpin.handles import Format
-from hubpin.project import settings_path
+from hubpin.paths import settings_path
 from hubpin.tomlfile import read_toml, validate
 
 

@@ -6,7 +6,7 @@ printed. The stamp's name is a digest of every input of that outcome: the
 command line, the working folder, the manifest, lock and hubpin.toml (path and
 bytes) and the environment variables hubpin and tensorflow_hub read. The next
 run with the same inputs finds the stamp and checks each entry with
-:meth:`Cache.quick_check`, the same stat check the full path makes, without
+:meth:`LocalCache.quick_check`, the same stat check the full path makes, without
 importing pydantic (about 60 ms, most of a no-op sync). Any other command
 line, any changed input, any entry that fails the check: the full path runs.
 
@@ -82,14 +82,14 @@ def replay(argv: Sequence[str]) -> int | None:
     if not eligible(argv):
         return None
     try:
-        from hubpin.cache import Cache
+        from hubpin.cache.local import LocalCache
 
         path = folder() / _key(argv, _project(argv))
         stamp = json.loads(path.read_text("utf-8"))
         output = stamp["output"]
         if stamp["version"] != VERSION or not isinstance(output, str):
             return None
-        cache = Cache(Path(stamp["cache"]))
+        cache = LocalCache(Path(stamp["cache"]))
         if any(cache.quick_check(key, digest) for key, digest in stamp["entries"]):
             return None
         with contextlib.suppress(OSError):
@@ -133,7 +133,7 @@ def write(
                 old.unlink(missing_ok=True)
         data = {
             "version": VERSION,
-            "cache": str(project.cache.root),
+            "cache": project.cache.location,
             "entries": entries,
             "output": output,
         }

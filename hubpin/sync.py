@@ -19,14 +19,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hubpin.bundle import archive_in
 from hubpin.cache import Cache, Record
 from hubpin.digests import hash_tree
 from hubpin.errors import CacheError, HubpinError, IntegrityError, NotSyncedError, TruncatedError
-from hubpin.fetch import Fetcher
-from hubpin.handles import Kind, cache_key, source_for
+from hubpin.handles import Kind, cache_key
 from hubpin.lockfile import Pin
 from hubpin.settings import Settings
+from hubpin.sources import Sources
 from hubpin.unpack import HashingReader, Unpacked, ensure_space, unpack
 
 
@@ -46,12 +45,12 @@ class Syncer:
 
     cache: Cache
     settings: Settings
-    fetcher: Fetcher
+    sources: Sources
     root: Path
     offline: bool = False
     full_verify: bool = False
     on_bytes: Callable[[int], None] | None = None
-    bundle: Path | None = None  # read archives from a `hubpin bundle` folder, not the network
+    from_bundle: bool = False  # sources read a `hubpin bundle`, never the network
     on_done: Callable[[Outcome], None] | None = None  # after each model (progress bars)
     stop: threading.Event = field(default_factory=threading.Event, repr=False)  # set on Ctrl-C
     _unpacking: int = field(default=0, repr=False)
@@ -123,12 +122,12 @@ class Syncer:
         if pin.kind is Kind.FOLDER:
             return self._check_folder(pin)
         if pin.kind is Kind.GCS:
-            if self.offline or self.bundle:
-                why = "--from: no network" if self.bundle else "--offline"
+            if self.offline or self.from_bundle:
+                why = "--from: no network" if self.from_bundle else "--offline"
                 return "checked", f"gs:// location not checked ({why})"
-            from hubpin import gcs
+            from hubpin.gcs.pins import check_folder
 
-            gcs.check_folder(pin, self.settings)
+            check_folder(pin, self.settings)
             return "checked", f"{pin.location} unchanged ({pin.file_count} objects)"
         status, detail = self._sync_archive(pin)
         for handle in pin.also or []:
@@ -140,7 +139,7 @@ class Syncer:
         damage = self._damage(pin)
         if not damage:
             return "present", ""
-        if self.offline and not self.bundle:
+        if self.offline and not self.from_bundle:
             what = "not in the cache" if damage == ["not synced"] else f"cache entry: {damage[0]}"
             raise NotSyncedError(f"{what}, and --offline forbids downloading; run: hubpin sync")
         with self.cache.locked(pin.cache_key, self.settings.lock_timeout) as work:
@@ -167,14 +166,14 @@ class Syncer:
         key = cache_key(handle)
         if not self.cache.quick_check(key, pin.tree_digest):
             return
-        if not isinstance(self.cache.root, Path):
+        if self.cache.local_root is None:
             raise CacheError(
                 f"also = [{handle!r}] is not supported with a gs:// cache yet; "
                 "list that handle as its own model instead"
             )
         record = self.cache.read_record(pin.cache_key)
         assert record is not None
-        source = self.cache.entry(pin.cache_key)
+        source = self.cache.local_root / pin.cache_key
         with self.cache.locked(key, self.settings.lock_timeout) as work:
             if not self.cache.quick_check(key, pin.tree_digest):
                 return
@@ -218,11 +217,7 @@ class Syncer:
     def fetch_into(self, pin: Pin, work: Path) -> Unpacked:
         """Download and unpack a pinned archive into ``work``; raise unless it matches the lock."""
         ensure_space(work, pin.unpacked_size, f"{pin.handle} (unpacked_size in the lock)")
-        if self.bundle and pin.archive_sha256:
-            location = str(archive_in(self.bundle, pin.archive_sha256))
-        else:
-            location = source_for(pin.handle, pin.format, self.root).location
-        download = self.fetcher.open(location)
+        download = self.sources.open_pin(pin)
         reader = HashingReader(
             download.chunks, on_bytes=self.on_bytes, expected_size=pin.archive_size, stop=self.stop
         )

@@ -407,7 +407,7 @@ def test_gs_cache_in_a_missing_bucket_fails_in_one_line(
 
 
 def test_gs_cache_leftovers_are_dead_syncs_upload_folders_and_locks(gcs: Emulator) -> None:
-    from hubpin.gcs import GcsCache
+    from hubpin.cache.gcs import GcsCache
     from hubpin.settings import Settings
 
     root = f"gs://{gcs.bucket()}/c"
@@ -432,14 +432,14 @@ def test_gs_cache_leftovers_are_dead_syncs_upload_folders_and_locks(gcs: Emulato
 def test_emulator_honours_if_generation_match(gcs: Emulator) -> None:
     """Flips to a failure (XPASS) the day the emulator learns preconditions; then tighten
     the race test to assert that exactly one sync fetched."""
-    from hubpin import gcs as hubpin_gcs
+    from hubpin.gcs import client
     from hubpin.settings import Settings
 
     bucket = gcs.bucket()
-    fs = hubpin_gcs.filesystem(Settings())
-    hubpin_gcs._upload(fs, bucket, "x.lock", b"first", "0")
+    fs = client.filesystem(Settings())
+    client.upload(fs, bucket, "x.lock", b"first", "0")
     with pytest.raises(FileExistsError):
-        hubpin_gcs._upload(fs, bucket, "x.lock", b"second", "0")
+        client.upload(fs, bucket, "x.lock", b"second", "0")
 
 
 def test_prune_on_a_gs_cache_removes_only_what_the_lock_does_not_name(

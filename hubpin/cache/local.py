@@ -1,12 +1,4 @@
-"""tensorflow_hub's cache layout and lock protocol, plus hubpin's record beside each entry.
-
-Layout under the cache root, for ``key = sha1(handle)``:
-
-- ``<key>/`` the model, exactly as unpacked; nothing of hubpin's inside;
-- ``<key>.descriptor.txt`` tensorflow_hub's note of the handle;
-- ``<key>.lock`` ``host.pid.uuid`` of whoever is filling the entry;
-- ``<key>.<uuid>.tmp/`` that filler's work folder, renamed to ``<key>/`` when done;
-- ``<key>.hubpin.json`` hubpin's record: the tree it verified, per file.
+"""The cache in a local folder, shared with tensorflow_hub (see :mod:`hubpin.cache`).
 
 tensorflow_hub treats any non-empty ``<key>/`` as complete, so an entry only
 ever appears by rename of a fully written, verified folder.
@@ -15,8 +7,6 @@ ever appears by rename of a fully written, verified folder.
 from __future__ import annotations
 
 import contextlib
-import datetime
-import json
 import logging
 import os
 import re
@@ -25,68 +15,41 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-from hubpin.digests import Tree, compare_trees, hash_tree
+from hubpin.cache import Cache, Record, descriptor_text, holder_is_dead, lock_contents
+from hubpin.digests import Tree, hash_tree
 from hubpin.errors import CacheError, write_error
 
 log = logging.getLogger("hubpin")
-RECORD_VERSION = 1
 
 
-@dataclass(frozen=True)
-class Record:
-    """What hubpin verified and published for one cache entry."""
-
-    handle: str
-    tree_digest: str
-    tree: Tree
-
-    def to_json(self) -> str:
-        return json.dumps(
-            {"version": RECORD_VERSION, "handle": self.handle, "tree_digest": self.tree_digest}
-            | self.tree.to_json(),
-            indent=1,
-            sort_keys=True,
-        )
-
-    @classmethod
-    def from_json(cls, text: str) -> Record:
-        """Parse ``to_json``'s output; ValueError, KeyError, TypeError or AssertionError if bad."""
-        data = json.loads(text)
-        return cls(data["handle"], data["tree_digest"], Tree.from_json(data))
-
-
-def descriptor_text(handle: str) -> str:
-    """tensorflow_hub's ``<key>.descriptor.txt``: which handle the entry holds, who fetched it."""
-    return (
-        f"Module: {handle}\nDownload Time: {datetime.datetime.today()}\n"
-        f"Downloader Hostname: {socket.gethostname()} (PID:{os.getpid()})"
-    )
-
-
-class Cache:
-    """A local cache folder shared with tensorflow_hub."""
+class LocalCache(Cache):
+    """A cache folder on this machine, shared with tensorflow_hub."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        self.location = str(root)
+        self.local_root = root
 
-    def entry(self, key: str) -> Path:
-        return self.root / key
+    def entry(self, key: str) -> str:
+        return str(self.root / key)
 
-    def record_path(self, key: str) -> Path:
+    def record_path(self, key: str) -> str:
+        return str(self._record(key))
+
+    def _record(self, key: str) -> Path:
         return self.root / f"{key}.hubpin.json"
 
     def read_record(self, key: str) -> Record | None:
         try:
-            return Record.from_json(self.record_path(key).read_text(encoding="utf-8"))
+            return Record.from_json(self._record(key).read_text(encoding="utf-8"))
         except (OSError, ValueError, KeyError, TypeError, AssertionError):
             return None
 
     def quick_check(self, key: str, tree_digest: str) -> list[str]:
         """Problems found by stat alone (record present and matching, every file at its size)."""
-        entry = self.entry(key)
+        entry = self.root / key
         if not entry.is_dir():
             return ["not synced"]
         record = self.read_record(key)
@@ -105,28 +68,12 @@ class Cache:
                 problems.append(f"{path} is {found} bytes, expected {size}")
         return problems
 
-    def verify(self, key: str, tree_digest: str) -> list[str]:
-        """Re-hash an entry against hubpin's record and the lock; one phrase per damaged path."""
-        record = self.read_record(key)
-        if record is None:
-            return ["not synced" if not self.has_entry(key) else "no hubpin record for the entry"]
-        if record.tree_digest != tree_digest:
-            return [f"entry holds {record.tree_digest}, the lock pins {tree_digest}"]
-        try:
-            found = self.hash_entry(key)
-        except OSError as exc:
-            return [str(exc)]
-        problems = compare_trees(record.tree, found)
-        if not problems and found.digest() != tree_digest:
-            problems.append(f"tree digest is {found.digest()}, the lock pins {tree_digest}")
-        return problems
-
     def has_entry(self, key: str) -> bool:
-        return self.entry(key).is_dir()
+        return (self.root / key).is_dir()
 
     def hash_entry(self, key: str) -> Tree:
         """The entry's files as they are now; OSError when it cannot be read."""
-        return hash_tree(self.entry(key))
+        return hash_tree(self.root / key)
 
     def ensure_root(self) -> None:
         try:
@@ -147,13 +94,13 @@ class Cache:
         """
         self.ensure_root()
         task = uuid.uuid4().hex
-        contents = f"{socket.gethostname()}.{os.getpid()}.{task}"
+        contents = lock_contents(task)
         lock = self.root / f"{key}.lock"
         seen: tuple[str, int] | None = None
         deadline = next_look = 0.0
         while not _create_lock(lock, contents):
             holder = _read(lock)
-            if _holder_is_dead(holder):
+            if holder_is_dead(holder):
                 log.warning("taking over %s from dead process %s", lock.name, holder)
                 self._take_over(key, holder)
                 continue
@@ -228,12 +175,12 @@ class Cache:
         An older entry is first moved aside (never deleted in place), so the
         entry folder is at every moment absent or complete.
         """
-        entry = self.entry(key)
+        entry = self.root / key
         try:
             # A crash between the renames below must not leave a record that
             # describes another tree: without one, the next sync re-hashes.
             with contextlib.suppress(FileNotFoundError):
-                self.record_path(key).unlink()
+                self._record(key).unlink()
             _atomic_write(self.root / f"{key}.descriptor.txt", descriptor_text(record.handle))
             old = None
             if entry.exists():
@@ -248,14 +195,14 @@ class Cache:
 
     def publish_record(self, key: str, record: Record) -> None:
         try:
-            _atomic_write(self.record_path(key), record.to_json())
+            _atomic_write(self._record(key), record.to_json())
         except OSError as exc:
-            raise write_error(exc, self.record_path(key)) from None
+            raise write_error(exc, self._record(key)) from None
 
     def prunable(self, keep: set[str]) -> list[tuple[str, int]]:
         """What ``prune`` removes, with sizes: leftovers, and entries (with their
         descriptor and record) under keys that ``keep`` does not name."""
-        found: list[Path] = list(self.leftovers())
+        found = [Path(name) for name in self.leftovers()]
         if self.root.is_dir():
             for path in sorted(self.root.iterdir()):
                 key = path.name.split(".")[0]
@@ -280,7 +227,7 @@ class Cache:
         except OSError as exc:
             raise write_error(exc, path) from None
 
-    def leftovers(self) -> list[Path]:
+    def leftovers(self) -> list[str]:
         """What crashes leave behind: dead locks and their work folders, moved-aside
         entries, and temp files that no running writer owns.
 
@@ -300,20 +247,20 @@ class Cache:
                 found.append(path)
             elif len(parts) == 3 and parts[2] == "tmp":
                 holder = _read(self.root / f"{key}.lock")
-                if _holder_is_dead(holder) or not holder.endswith(f".{parts[1]}"):
+                if holder_is_dead(holder) or not holder.endswith(f".{parts[1]}"):
                     found.append(path)
             elif len(parts) == 2 and parts[1] == "lock":
-                if _holder_is_dead(_read(path)):
+                if holder_is_dead(_read(path)):
                     found.append(path)
             elif _LOCK_TEMP_RE.search(name):  # a lock being created or taken over
                 holder = _read(path)
-                if _holder_is_dead(holder) or (not holder and _age(path, now) > 60):
+                if holder_is_dead(holder) or (not holder and _age(path, now) > 60):
                     found.append(path)
             elif _TEMP_FILE_RE.search(name):  # descriptor or record being written
                 holder = _read(self.root / f"{key}.lock")
-                if not holder or _holder_is_dead(holder):
+                if not holder or holder_is_dead(holder):
                     found.append(path)
-        return sorted(found)
+        return [str(path) for path in sorted(found)]
 
 
 _TASK_RE = re.compile(r"[0-9A-Za-z_-]{1,64}")
@@ -366,23 +313,6 @@ def _read(path: Path) -> str:
         return path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError):
         return ""
-
-
-def _holder_is_dead(holder: str) -> bool:
-    """True when the lock names a process on this host that no longer runs."""
-    parts = holder.split(".")
-    if len(parts) < 3 or not parts[-2].isdigit():
-        return False
-    host = ".".join(parts[:-2])
-    if host != socket.gethostname():
-        return False
-    try:
-        os.kill(int(parts[-2]), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -1,0 +1,165 @@
+"""The cache interface: what sync, verify, prune, status and the runtime need of a cache.
+
+Two implementations share tensorflow_hub's layout under a root, for
+``key = sha1(handle)``:
+
+- ``<key>/`` the model, exactly as unpacked; nothing of hubpin's inside;
+- ``<key>.descriptor.txt`` tensorflow_hub's note of the handle;
+- ``<key>.lock`` ``host.pid.uuid`` of whoever is filling the entry;
+- ``<key>.<uuid>.tmp/`` that filler's work folder;
+- ``<key>.hubpin.json`` hubpin's record: the tree it verified, per file.
+
+:class:`hubpin.cache.local.LocalCache` keeps it in a folder and publishes by
+rename; :class:`hubpin.cache.gcs.GcsCache` keeps it under a ``gs://`` prefix and
+commits by writing the record last. Callers hold a :class:`Cache` and ask it,
+never which kind it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import os
+import socket
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+from hubpin.digests import Tree, compare_trees
+
+RECORD_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Record:
+    """What hubpin verified and published for one cache entry."""
+
+    handle: str
+    tree_digest: str
+    tree: Tree
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"version": RECORD_VERSION, "handle": self.handle, "tree_digest": self.tree_digest}
+            | self.tree.to_json(),
+            indent=1,
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Record:
+        """Parse ``to_json``'s output; ValueError, KeyError, TypeError or AssertionError if bad."""
+        data = json.loads(text)
+        return cls(data["handle"], data["tree_digest"], Tree.from_json(data))
+
+
+class Cache(ABC):
+    """A tensorflow_hub cache that hubpin fills: its lock protocol, publishing and records.
+
+    ``location`` is what messages and ``status`` name (a folder or a ``gs://``
+    prefix). ``local_root`` is the folder on this machine when there is one:
+    only then can entries be hard-linked into other keys, or checked by a
+    ``stat`` without a network round trip (the no-op stamp).
+    """
+
+    location: str
+    local_root: Path | None
+
+    @abstractmethod
+    def entry(self, key: str) -> str:
+        """Where tensorflow_hub reads the entry (a path, or a gs:// URL)."""
+
+    @abstractmethod
+    def record_path(self, key: str) -> str:
+        """Where hubpin's record of the entry lives (for messages)."""
+
+    @abstractmethod
+    def read_record(self, key: str) -> Record | None:
+        """The entry's record; None when absent or unreadable (the entry then counts as absent)."""
+
+    @abstractmethod
+    def has_entry(self, key: str) -> bool:
+        """Whether anything is at ``<key>/`` (tensorflow_hub's idea of "cached")."""
+
+    @abstractmethod
+    def quick_check(self, key: str, tree_digest: str) -> list[str]:
+        """Problems seen without reading file contents; empty when the entry is usable as is."""
+
+    @abstractmethod
+    def hash_entry(self, key: str) -> Tree:
+        """The entry's files as they are now, hashed; OSError or CacheError if unreadable."""
+
+    def verify(self, key: str, tree_digest: str) -> list[str]:
+        """Re-hash an entry against hubpin's record and the lock; one phrase per damaged path."""
+        record = self.read_record(key)
+        if record is None:
+            return ["not synced" if not self.has_entry(key) else "no hubpin record for the entry"]
+        if record.tree_digest != tree_digest:
+            return [f"entry holds {record.tree_digest}, the lock pins {tree_digest}"]
+        try:
+            found = self.hash_entry(key)
+        except OSError as exc:
+            return [str(exc)]
+        problems = compare_trees(record.tree, found)
+        if not problems and found.digest() != tree_digest:
+            problems.append(f"tree digest is {found.digest()}, the lock pins {tree_digest}")
+        return problems
+
+    @abstractmethod
+    def ensure_root(self) -> None:
+        """Fail early, and clearly, when the cache cannot exist (no bucket, no permission)."""
+
+    @abstractmethod
+    def locked(self, key: str, timeout: float) -> contextlib.AbstractContextManager[Path]:
+        """Hold ``<key>.lock`` as tensorflow_hub does; yield a local work folder to unpack into."""
+
+    @abstractmethod
+    def publish(self, key: str, work: Path, record: Record) -> None:
+        """Make the verified ``work`` folder the entry, with ``record`` as its commit."""
+
+    @abstractmethod
+    def publish_record(self, key: str, record: Record) -> None:
+        """Commit an entry someone else wrote (tensorflow_hub), once hashed and matched."""
+
+    @abstractmethod
+    def prunable(self, keep: set[str]) -> list[tuple[str, int]]:
+        """Leftovers, and entries under keys ``keep`` lacks, with their sizes in bytes."""
+
+    @abstractmethod
+    def remove(self, name: str) -> None:
+        """Remove one thing :meth:`prunable` named; already gone is fine."""
+
+    @abstractmethod
+    def leftovers(self) -> list[str]:
+        """What crashed syncs left behind (dead locks, their work folders, temp files)."""
+
+
+def descriptor_text(handle: str) -> str:
+    """tensorflow_hub's ``<key>.descriptor.txt``: which handle the entry holds, who fetched it."""
+    return (
+        f"Module: {handle}\nDownload Time: {datetime.datetime.today()}\n"
+        f"Downloader Hostname: {socket.gethostname()} (PID:{os.getpid()})"
+    )
+
+
+def lock_contents(task: str) -> str:
+    """What a lock holds, as tensorflow_hub writes it: ``host.pid.uuid``."""
+    return f"{socket.gethostname()}.{os.getpid()}.{task}"
+
+
+def holder_is_dead(holder: str) -> bool:
+    """True when the lock names a process on this host that no longer runs."""
+    parts = holder.split(".")
+    if len(parts) < 3 or not parts[-2].isdigit():
+        return False
+    host = ".".join(parts[:-2])
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(int(parts[-2]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False

@@ -1,0 +1,442 @@
+"""The cache under a ``gs://`` prefix, shared by a fleet (see :class:`GcsCache`).
+
+It has tensorflow_hub's layout, the one ``hub.load`` reads through
+``tf.io.gfile`` when ``TFHUB_CACHE_DIR`` points at a bucket, and commits an
+entry by writing hubpin's record last, so hubpin never sees half of one and
+``hub.load`` almost never.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from hubpin.cache import Cache, Record, descriptor_text, holder_is_dead, lock_contents
+from hubpin.digests import Tree
+from hubpin.errors import CacheError, HubpinError, some
+from hubpin.gcs.client import (
+    delete,
+    delete_all,
+    download,
+    errors,
+    filesystem,
+    folder_prefix,
+    list_all,
+    split_url,
+    stat,
+    stream,
+    upload,
+)
+from hubpin.settings import Settings
+
+if TYPE_CHECKING:
+    from gcsfs.core import GCSFileSystem
+
+log = logging.getLogger("hubpin")
+# Written last into an entry: TensorFlow fails on a folder without them instead
+# of loading a model whose variables are still being copied.
+_ENTRY_LAST = ("saved_model.pb", "saved_model.pbtxt", "tfhub_module.pb")
+_KEY_RE = re.compile(r"[0-9a-f]{40}")  # tensorflow_hub's cache keys: sha1 hex
+
+
+class GcsCache(Cache):
+    """tensorflow_hub's cache layout under ``gs://bucket/prefix``, shared by a fleet.
+
+    GCS has no rename, so an entry cannot appear at once as a local one does. A
+    sync, holding the entry's lock, writes it in this order:
+
+    1. ``<key>.lock``, created only if absent (``ifGenerationMatch=0``), holding
+       ``host.pid.uuid`` as tensorflow_hub's lock does; a second sync waits, then
+       finds the entry present. Released with ``ifGenerationMatch=<its generation>``,
+       so a lock taken over by someone else is never deleted.
+    2. The archive is unpacked and verified against the lock on local disk.
+    3. A record ``<key>.hubpin.json`` of another tree is deleted first (with its
+       generation as precondition): from then on hubpin treats the entry as absent.
+       A record of the same tree (a repair) stays: the bytes it vouches for are
+       put back unchanged.
+    4. Every file is uploaded to ``<key>.<uuid>.tmp/`` (md5-checked by gcsfs),
+       then copied server-side into ``<key>/``, ``saved_model.pb`` last; files
+       the new tree does not hold are deleted. tensorflow_hub counts a non-empty
+       ``<key>/`` as complete, so the copies keep the window in which ``hub.load``
+       could see a partial folder to the copy time, not the upload time.
+    5. ``<key>/`` is listed and compared with the verified tree (paths, sizes and
+       the crc32c of each upload); then ``<key>.descriptor.txt`` is written.
+    6. The record is written last, only if absent (``ifGenerationMatch=0``): the
+       commit point. ``hubpin.load``, ``status`` and ``sync`` trust an entry only
+       through its record, so they never observe a half-written one. The record
+       also keeps each file's crc32c, so the quick check (one listing) notices a
+       changed file of the same size.
+
+    Without working preconditions (gcp-storage-emulator ignores them) the lock is
+    not exclusive; two syncs of one lock then write the same verified bytes, each
+    copy replaces an object whole, and nothing is deleted that the other needs,
+    so the entry still ends complete.
+    """
+
+    def __init__(self, root: str, settings: Settings) -> None:
+        self.root = root.rstrip("/")
+        self.location = self.root
+        self.local_root = None
+        self.bucket, prefix = split_url(self.root)
+        self.prefix = folder_prefix(prefix)
+        self.settings = settings
+
+    @property
+    def fs(self) -> GCSFileSystem:
+        return filesystem(self.settings)
+
+    def _name(self, relative: str) -> str:
+        return self.prefix + relative
+
+    def _url(self, relative: str) -> str:
+        return f"gs://{self.bucket}/{self._name(relative)}"
+
+    def entry(self, key: str) -> str:
+        return self._url(key)
+
+    def record_path(self, key: str) -> str:
+        return self._url(f"{key}.hubpin.json")
+
+    def _errors(self, relative: str) -> contextlib.AbstractContextManager[None]:
+        return errors(self._url(relative), CacheError)
+
+    # -- reading
+
+    def _read_record(self, key: str) -> tuple[Record | None, dict[str, str], str] | None:
+        """The record (None if unreadable), each file's crc32c, the record's generation;
+        None when there is no record."""
+        name = self._name(f"{key}.hubpin.json")
+        with self._errors(f"{key}.hubpin.json"):
+            meta = stat(self.fs, self.bucket, name)
+            if meta is None:
+                return None
+            try:
+                text = download(self.fs, self.bucket, name, str(meta["generation"]))
+            except FileNotFoundError:  # replaced between the two requests
+                return self._read_record(key)
+        try:
+            record = Record.from_json(text.decode("utf-8"))
+            crcs = json.loads(text)["crc32c"]
+        except (ValueError, KeyError, TypeError, AssertionError):
+            log.warning("%s: unreadable hubpin record; the entry is treated as absent", name)
+            return None, {}, str(meta["generation"])
+        return record, dict(crcs), str(meta["generation"])
+
+    def read_record(self, key: str) -> Record | None:
+        found = self._read_record(key)
+        return found[0] if found else None
+
+    def _listing(self, key: str) -> dict[str, dict[str, Any]]:
+        """Objects below ``<key>/`` by relative name (folder placeholders end with ``/``)."""
+        prefix = self._name(f"{key}/")
+        with self._errors(key):
+            items, _ = list_all(self.fs, self.bucket, prefix)
+        return {item["name"][len(prefix) :]: item for item in items}
+
+    def has_entry(self, key: str) -> bool:
+        return bool(self._listing(key))
+
+    def quick_check(self, key: str, tree_digest: str) -> list[str]:
+        """Problems seen in one listing: record, every file at its size and crc32c."""
+        record, crcs, _ = self._read_record(key) or (None, {}, "")
+        if record is None:
+            return ["not synced" if not self.has_entry(key) else "no hubpin record for the entry"]
+        if record.tree_digest != tree_digest:
+            return [f"entry holds {record.tree_digest}, the lock pins {tree_digest}"]
+        listing = self._listing(key)
+        problems = []
+        for path, (size, _) in record.tree.files.items():
+            item = listing.get(path)
+            if item is None:
+                problems.append(f"missing file {path}")
+            elif int(item["size"]) != size:
+                problems.append(f"{path} is {item['size']} bytes, expected {size}")
+            elif crcs.get(path) and item.get("crc32c") != crcs[path]:
+                problems.append(
+                    f"{path} changed (crc32c {item.get('crc32c')}, expected {crcs[path]})"
+                )
+        return problems
+
+    def hash_entry(self, key: str) -> Tree:
+        """Download and hash every object of the entry (for ``verify`` and adoption)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        listing = self._listing(key)
+        tree = Tree()
+        for path in listing:
+            if path.endswith("/") and path.strip("/"):
+                tree.add_dir(path.strip("/"))
+        files = sorted(p for p in listing if not p.endswith("/"))
+
+        def hash_one(path: str) -> tuple[str, int, str]:
+            digest = hashlib.sha256()
+            size = 0
+            item = listing[path]
+            with self._errors(f"{key}/{path}"):
+                for chunk in stream(
+                    self.fs, self.bucket, item["name"], str(item["generation"]), int(item["size"])
+                ):
+                    digest.update(chunk)
+                    size += len(chunk)
+            return path, size, digest.hexdigest()
+
+        with ThreadPoolExecutor(max_workers=max(1, self.settings.jobs)) as pool:
+            for path, size, sha256 in pool.map(hash_one, files):
+                tree.add_file(path, size, sha256)
+        return tree
+
+    # -- writing
+
+    def ensure_root(self) -> None:
+        """Fail early, and clearly, when the bucket is missing (listing needs no bucket rights)."""
+        with self._errors(""):
+            try:
+                self.fs.call("GET", "b/{}/o", self.bucket, prefix=self.prefix or None, maxResults=1)
+            except FileNotFoundError:
+                raise CacheError(
+                    f"cache_dir {self.root}: bucket {self.bucket} does not exist; "
+                    f"create it (gcloud storage buckets create gs://{self.bucket}) or fix cache_dir"
+                ) from None
+
+    @contextlib.contextmanager
+    def locked(self, key: str, timeout: float) -> Iterator[Path]:
+        """Hold ``<key>.lock`` on GCS; yield a local work folder named ``<key>.<uuid>.tmp``.
+
+        The uuid is the one in the lock, and the upload folder on GCS has the same
+        name, so tensorflow_hub's waiters see progress and leave the lock alone.
+        """
+        self.ensure_root()
+        task = uuid.uuid4().hex
+        contents = lock_contents(task)
+        generation = self._acquire(key, contents, timeout)
+        scratch = Path(tempfile.mkdtemp(prefix="hubpin-gcs-"))
+        work = scratch / f"{key}.{task}.tmp"
+        try:
+            work.mkdir()
+            yield work
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+            with contextlib.suppress(HubpinError):
+                self._remove_prefix(work.name + "/")
+            self._release(key, generation)
+
+    def _acquire(self, key: str, contents: str, timeout: float) -> str:
+        name = self._name(f"{key}.lock")
+        deadline = time.monotonic() + timeout
+        announced = False
+        while True:
+            with self._errors(f"{key}.lock"):
+                try:
+                    return str(
+                        upload(self.fs, self.bucket, name, contents.encode(), "0")["generation"]
+                    )
+                except FileExistsError:
+                    pass
+                meta = stat(self.fs, self.bucket, name)
+                holder = ""
+                if meta is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        holder = download(self.fs, self.bucket, name).decode("utf-8", "replace")
+            if meta is None:
+                continue  # released between our two requests
+            if holder_is_dead(holder.strip()):
+                log.warning("taking over %s from dead process %s", self._url(f"{key}.lock"), holder)
+                with (
+                    self._errors(f"{key}.lock"),
+                    contextlib.suppress(FileNotFoundError, FileExistsError),
+                ):
+                    delete(self.fs, self.bucket, name, str(meta["generation"]))
+                continue
+            if time.monotonic() > deadline:
+                raise CacheError(
+                    f"{self._url(f'{key}.lock')}: held by {holder.strip() or 'another process'} "
+                    f"for more than {timeout:.0f}s; if no sync is running, delete it "
+                    f"(gcloud storage rm {self._url(f'{key}.lock')}) or raise lock_timeout"
+                )
+            if not announced:
+                log.warning("waiting for %s, held by %s", self._url(f"{key}.lock"), holder.strip())
+                announced = True
+            time.sleep(0.2)
+
+    def _release(self, key: str, generation: str) -> None:
+        try:
+            with self._errors(f"{key}.lock"):
+                try:
+                    delete(self.fs, self.bucket, self._name(f"{key}.lock"), generation)
+                except FileExistsError:
+                    log.warning(
+                        "%s was taken over by another process; left to it", self._url(f"{key}.lock")
+                    )
+        except CacheError as exc:
+            log.warning("could not release the lock: %s", exc)
+
+    def _remove_prefix(self, relative: str) -> None:
+        prefix = self._name(relative)
+        with self._errors(relative):
+            items, _ = list_all(self.fs, self.bucket, prefix)
+            if items:
+                delete_all(self.fs, self.bucket, [i["name"] for i in items], self.settings.jobs)
+
+    def publish(self, key: str, work: Path, record: Record) -> None:
+        """Upload a verified work folder into ``<key>/`` and commit it with the record (see class)."""
+        self._revoke_other(key, record)
+        tmp = work.name  # <key>.<uuid>.tmp, as named by locked()
+        files = sorted(record.tree.files, key=lambda p: (p in _ENTRY_LAST, p))
+        with self._errors(tmp):
+            self.fs.put(
+                [str(work / p) for p in files],
+                [f"{self.bucket}/{self._name(f'{tmp}/{p}')}" for p in files],
+                consistency="md5",
+            )
+        uploaded = self._listing(tmp)
+        payload = [p for p in files if p not in _ENTRY_LAST]
+        with self._errors(key):
+            for batch in (payload, [p for p in files if p in _ENTRY_LAST]):
+                if batch:
+                    self.fs.copy(
+                        [f"{self.bucket}/{self._name(f'{tmp}/{p}')}" for p in batch],
+                        [f"{self.bucket}/{self._name(f'{key}/{p}')}" for p in batch],
+                    )
+            for folder in _empty_dirs(record.tree):
+                self.fs.pipe_file(f"{self.bucket}/{self._name(f'{key}/{folder}/')}", b"")
+        listing = self._listing(key)
+        extra = [
+            name
+            for name in listing
+            if name not in record.tree.files and name.rstrip("/") not in record.tree.dirs
+        ]
+        if extra:
+            with self._errors(key):
+                names = [listing[name]["name"] for name in extra]
+                delete_all(self.fs, self.bucket, names, self.settings.jobs)
+        problems = [
+            f"missing {p}" if p not in listing else f"{p} differs from the verified upload"
+            for p, (size, _) in record.tree.files.items()
+            if p not in listing
+            or int(listing[p]["size"]) != size
+            or listing[p].get("crc32c") != uploaded.get(p, {}).get("crc32c")
+        ]
+        if problems:
+            raise CacheError(
+                f"{self.entry(key)}: after upload {some(problems)}; nothing was committed; "
+                "run: hubpin sync"
+            )
+        with self._errors(f"{key}.descriptor.txt"):
+            upload(
+                self.fs,
+                self.bucket,
+                self._name(f"{key}.descriptor.txt"),
+                descriptor_text(record.handle).encode(),
+            )
+        self._commit(key, record, {p: listing[p].get("crc32c") for p in record.tree.files})
+
+    def publish_record(self, key: str, record: Record) -> None:
+        """Commit an entry someone else wrote (tensorflow_hub), once it was hashed and matched."""
+        self._revoke_other(key, record)
+        listing = self._listing(key)
+        self._commit(
+            key, record, {p: listing[p].get("crc32c") for p in record.tree.files if p in listing}
+        )
+
+    def _revoke_other(self, key: str, record: Record) -> None:
+        """Delete a record that is unreadable or vouches for another tree (see step 3)."""
+        old, _, generation = self._read_record(key) or (None, {}, "")
+        if not generation or (old is not None and old.tree_digest == record.tree_digest):
+            return
+        with self._errors(f"{key}.hubpin.json"):
+            try:
+                delete(self.fs, self.bucket, self._name(f"{key}.hubpin.json"), generation)
+            except FileExistsError:
+                raise CacheError(
+                    f"{self.record_path(key)}: rewritten by another sync meanwhile; "
+                    "nothing was changed; run: hubpin sync"
+                ) from None
+
+    def _commit(self, key: str, record: Record, crcs: dict[str, str | None]) -> None:
+        text = json.dumps(json.loads(record.to_json()) | {"crc32c": crcs}, indent=1, sort_keys=True)
+        name = self._name(f"{key}.hubpin.json")
+        with self._errors(f"{key}.hubpin.json"):
+            try:
+                upload(self.fs, self.bucket, name, text.encode(), "0")
+                return
+            except FileExistsError:
+                pass
+        other = self.read_record(key)
+        if other is None or other.tree_digest != record.tree_digest:
+            raise CacheError(
+                f"{self.record_path(key)}: another sync committed "
+                f"{other.tree_digest if other else 'a different entry'} meanwhile, not "
+                f"{record.tree_digest}; run: hubpin verify --repair"
+            )
+        log.info("%s: another sync committed the same tree", self.entry(key))
+
+    def prunable(self, keep: set[str]) -> list[tuple[str, int]]:
+        """Leftovers, and entries (folder, descriptor, record) under keys ``keep`` lacks."""
+        with self._errors(""):
+            items, prefixes = list_all(self.fs, self.bucket, self.prefix, delimiter="/")
+        found = [(url, self._size_of(url)) for url in self.leftovers()]
+        for name in prefixes:  # entry folders: "<prefix><key>/"
+            key = name[len(self.prefix) :].rstrip("/")
+            if _KEY_RE.fullmatch(key) and key not in keep:
+                found.append((self._url(f"{key}/"), self._size_of(self._url(f"{key}/"))))
+        for item in items:
+            relative = item["name"][len(self.prefix) :]
+            key, _, rest = relative.partition(".")
+            if (
+                _KEY_RE.fullmatch(key)
+                and key not in keep
+                and rest in ("descriptor.txt", "hubpin.json")
+            ):
+                found.append((self._url(relative), int(item.get("size", 0))))
+        return found
+
+    def _size_of(self, url: str) -> int:
+        bucket, name = split_url(url)
+        with errors(url, CacheError):
+            items, _ = list_all(self.fs, bucket, name)
+        return sum(int(i.get("size", 0)) for i in items)
+
+    def remove(self, name: str) -> None:
+        """Remove an object, or every object under a folder URL ending in ``/``."""
+        bucket, object_name = split_url(name)
+        with errors(name, CacheError):
+            items, _ = list_all(self.fs, bucket, object_name)
+            names = [i["name"] for i in items if name.endswith("/") or i["name"] == object_name]
+            if names:
+                delete_all(self.fs, bucket, names, self.settings.jobs)
+
+    def leftovers(self) -> list[str]:
+        """Upload folders of dead syncs and their locks (by name, as for a local cache)."""
+        with self._errors(""):
+            items, prefixes = list_all(self.fs, self.bucket, self.prefix, delimiter="/")
+        found = [
+            f"gs://{self.bucket}/{p}"
+            for p in prefixes
+            if p.endswith(".tmp/") and len(p[len(self.prefix) :].split(".")) == 3
+        ]
+        for item in items:
+            if item["name"].endswith(".lock"):
+                where = f"gs://{self.bucket}/{item['name']}"
+                with errors(where, CacheError), contextlib.suppress(FileNotFoundError):
+                    holder = download(self.fs, self.bucket, item["name"]).decode("utf-8", "replace")
+                    if holder_is_dead(holder.strip()):
+                        found.append(where)
+        return sorted(found)
+
+
+def _empty_dirs(tree: Tree) -> list[str]:
+    """Folders with nothing below them, which exist on GCS only as ``folder/`` placeholders."""
+    parents = {
+        str(parent) for path in [*tree.files, *tree.dirs] for parent in PurePosixPath(path).parents
+    }
+    return sorted(tree.dirs - parents)

@@ -1,0 +1,135 @@
+"""Where a pinned archive's bytes come from: the ordered places to try, first that opens wins.
+
+A sync reads an archive from one of these, in order:
+
+1. a bundle (``sync --from OUT``): ``OUT/archives/<sha256>``, and nothing else,
+   since ``--from`` is for machines without a network;
+2. each ``[[mirrors]]`` entry whose prefix matches the location, rewritten;
+3. the host itself (the handle's own URL, gs:// object or file).
+
+Whatever is read is verified against the lock by the caller, so no source can
+change a model; a source that fails is skipped with a warning, except the last.
+A new place to read archives from is one more :class:`Origin` here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from hubpin.download import Download
+from hubpin.errors import FetchError, MissingError
+from hubpin.handles import source_for, strip_query
+from hubpin.lockfile import Pin
+from hubpin.settings import Mirror, Settings
+from hubpin.transport import Transport
+
+log = logging.getLogger("hubpin")
+ARCHIVES = "archives"  # a bundle's folder of archives named by sha256
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One location to try, how to name it when it fails, and what "missing" means there."""
+
+    location: str
+    label: str  # for the warning when it fails and a later candidate is tried
+    missing: str | None = None  # the message when nothing is there (instead of the transport's)
+
+
+class Origin(Protocol):
+    """A place archives may be read from: the candidates it offers for one archive."""
+
+    def candidates(self, location: str, sha256: str | None) -> list[Candidate]: ...
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A ``hubpin bundle`` folder: archives by sha256, so any handle's archive is found."""
+
+    base: str
+
+    def candidates(self, location: str, sha256: str | None) -> list[Candidate]:
+        if not sha256:
+            return []
+        return [
+            Candidate(
+                bundle_archive(self.base, sha256),
+                f"bundle {self.base}",
+                f"{self.base}: the bundle has no archive {sha256}; make it again with: hubpin bundle",
+            )
+        ]
+
+
+@dataclass(frozen=True)
+class Mirrors:
+    """``[[mirrors]]``: URL prefixes rewritten, in the order hubpin.toml lists them."""
+
+    mirrors: tuple[Mirror, ...]
+
+    def candidates(self, location: str, sha256: str | None) -> list[Candidate]:
+        return [
+            Candidate(target, f"mirror {strip_query(target)}")
+            for mirror in self.mirrors
+            if location.startswith(mirror.prefix)
+            for target in [mirror.replace + location[len(mirror.prefix) :]]
+        ]
+
+
+@dataclass(frozen=True)
+class Host:
+    """Where the handle itself points."""
+
+    def candidates(self, location: str, sha256: str | None) -> list[Candidate]:
+        return [Candidate(location, strip_query(location))]
+
+
+def bundle_archive(base: str, sha256: str) -> str:
+    """Where a bundle keeps the archive with this sha256 (a path or gs:// URL)."""
+    return f"{base.rstrip('/')}/{ARCHIVES}/{sha256}"
+
+
+class Sources:
+    """The origins of one command, in order, over one :class:`Transport`."""
+
+    def __init__(
+        self, settings: Settings, transport: Transport, root: Path, bundle: str | None = None
+    ) -> None:
+        self.transport = transport
+        self.root = root
+        self.origins: list[Origin] = (
+            [Bundle(bundle)] if bundle is not None else [Mirrors(tuple(settings.mirrors)), Host()]
+        )
+
+    def candidates(self, location: str, sha256: str | None = None) -> list[Candidate]:
+        found = [c for origin in self.origins for c in origin.candidates(location, sha256)]
+        if not found:  # a bundle holds only archives the lock pins by sha256
+            raise FetchError(f"{strip_query(location)}: no archive source can serve it")
+        return found
+
+    def location_of(self, pin: Pin) -> str:
+        """The host's location for a pinned archive, as tensorflow_hub would fetch it."""
+        return source_for(pin.handle, pin.format, self.root).location
+
+    def open_pin(self, pin: Pin) -> Download:
+        return self.open(self.location_of(pin), pin.archive_sha256)
+
+    def open(self, location: str, sha256: str | None = None) -> Download:
+        """Open the first candidate that answers; each failure but the last is a warning."""
+        *first, last = self.candidates(location, sha256)
+        for candidate in first:
+            try:
+                return self._open(candidate)
+            except FetchError as exc:
+                log.warning("%s failed (%s); trying the next source", candidate.label, exc)
+        return self._open(last)
+
+    def _open(self, candidate: Candidate) -> Download:
+        try:
+            return self.transport.open(candidate.location)
+        except MissingError:
+            if candidate.missing is None:
+                raise
+            raise FetchError(candidate.missing) from None

@@ -1,0 +1,41 @@
+"""Open a location, whatever holds it: http(s) through urllib3, gs:// through gcsfs, a file.
+
+This is the only place that dispatches on a location's scheme; which locations
+to try for a pinned archive, and in what order, is :mod:`hubpin.sources`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hubpin.download import Download
+from hubpin.fetch import Fetcher, open_file
+from hubpin.handles import local_path, scheme_of
+from hubpin.settings import Settings
+
+
+class Transport:
+    """One per command: shares HTTP connection pools and the GCS client across threads."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.http = Fetcher(settings)
+
+    def open(self, location: str) -> Download:
+        scheme = scheme_of(location)
+        if scheme in ("http", "https"):
+            return self.http.open(location)
+        if scheme == "gs":
+            from hubpin.gcs.client import open_object
+
+            return open_object(location, self.settings)
+        path = local_path(location, Path.cwd())
+        assert path is not None
+        return open_file(path)
+
+    def ask_location(self, url: str) -> str:
+        """tfhub.dev's answer for an UNCOMPRESSED model: the gs:// folder it lives in."""
+        return self.http.ask_location(url)
+
+    def close(self) -> None:
+        self.http.close()

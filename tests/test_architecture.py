@@ -1,0 +1,92 @@
+"""The shape of the code: hubpin's modules import each other in one direction only.
+
+Data flows settings/manifest → handles → lock → plan → sources → fetch/unpack →
+cache; an import going the other way is a cycle, and cycles are what make a new
+source or cache kind an edit in several modules. Imports are read with ``ast``,
+including those inside functions and under ``TYPE_CHECKING``: a lazy import is
+still a dependency.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "hubpin"
+
+
+def module_name(path: Path, package: Path) -> str:
+    parts = path.relative_to(package.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph(package: Path) -> dict[str, set[str]]:
+    """Module → the package's modules it imports (``from a import b`` counts a.b if a module)."""
+    modules = {module_name(p, package): p for p in package.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for alias in node.names:
+                    sub = f"{node.module}.{alias.name}"
+                    found.add(sub if sub in modules else node.module)
+        graph[name] = {m for m in found if m in modules and m != name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a path ``[a, b, …, a]``, or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt) :], nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start)):
+            return cycle
+    return None
+
+
+def test_no_import_cycles_among_hubpin_modules() -> None:
+    graph = import_graph(PACKAGE)
+    assert {"hubpin.cli", "hubpin.sync", "hubpin.cache.local", "hubpin.gcs.client"} <= set(graph)
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " → ".join(cycle or [])
+
+
+def test_the_cycle_check_sees_lazy_and_type_checking_imports(tmp_path: Path) -> None:
+    """The check itself can fail: a cycle through a function-level import is found."""
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from pkg import b\n")
+    (package / "b.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.c import X\n"
+    )
+    (package / "c.py").write_text("def f():\n    import pkg.a\n")
+    assert find_cycle(import_graph(package)) == ["pkg.a", "pkg.b", "pkg.c", "pkg.a"]
+
+
+def test_only_the_project_chooses_a_cache_implementation() -> None:
+    """Callers hold the Cache interface; naming LocalCache or GcsCache is the factory's job."""
+    graph = import_graph(PACKAGE)
+    users = {
+        name
+        for name, deps in graph.items()
+        if deps & {"hubpin.cache.local", "hubpin.cache.gcs"} and not name.startswith("hubpin.cache")
+    }
+    # stamp.py replays a no-op sync without pydantic: it may open the local cache directly.
+    assert users == {"hubpin.project", "hubpin.stamp"}
