@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import json
 import logging
 import shlex
@@ -24,11 +25,11 @@ from hubpin.bundle import write_bundle
 from hubpin.errors import HubpinError, InputError, NotSyncedError, StaleLockError, unknown_alias
 from hubpin.handles import Format, Kind, cache_key
 from hubpin.lockfile import Lock, Pin, differences, manifest_digest, spec_inputs, write_lock
-from hubpin.manifest import add_model
+from hubpin.manifest import ModelSpec, add_model, remove_models
 from hubpin.pin import pin_into_cache
 from hubpin.project import Project
 from hubpin.sources import Sources
-from hubpin.sync import Outcome, Syncer
+from hubpin.sync import Outcome, Step, Syncer
 from hubpin.transport import Transport
 
 log = logging.getLogger("hubpin")
@@ -39,6 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     _setup_logging(args)
+    if args.version:
+        print("\n".join(_versions(getattr(args, "verbose", False))))
+        return 0
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return 2
@@ -95,10 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="progress bars (default: when stderr is a terminal)",
     )
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="hubpin",
         parents=[common],
         description="Pin TensorFlow Hub models in a lock and sync them into tensorflow_hub's cache.",
+    )
+    parser.add_argument(
+        "--version",
+        action="store_true",
+        help="print hubpin's version (with -v, also those of the packages that decide its behaviour)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -110,9 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = command("lock", cmd_lock, "pin every model of the manifest into the lock")
-    p.add_argument(
+    check = p.add_mutually_exclusive_group()
+    check.add_argument(
         "--check", action="store_true", help="exit 1 if the lock is missing or stale (no network)"
     )
+    _dry_run_flags(p, check, "what would be pinned, kept or dropped (no network, writes nothing)")
     p.add_argument(
         "aliases", nargs="*", metavar="ALIAS", help="re-pin only these (default: new or changed)"
     )
@@ -138,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="take archives from a `hubpin bundle` folder instead of the network",
     )
+    _dry_run_flags(
+        p,
+        p,
+        "what would be downloaded, adopted, replaced or left (no network if locked; writes nothing)",
+    )
     p.add_argument("aliases", nargs="*", metavar="ALIAS")
 
     p = command("verify", cmd_verify, "re-hash cached models against the lock")
@@ -161,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("handle", metavar="HANDLE")
     p.add_argument("--format", type=_format, default=None, dest="model_format")
 
+    p = command("remove", cmd_remove, "remove models from the manifest and the lock")
+    p.add_argument("aliases", nargs="+", metavar="ALIAS")
+
     p = command(
         "bundle",
         cmd_bundle,
@@ -173,6 +192,65 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a one-line suggestion for a mistyped command (``synk`` → sync)."""
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if isinstance(action, argparse._SubParsersAction) and value not in action.choices:
+            names = list(action.choices)
+            close = difflib.get_close_matches(value, names, n=3)
+            hint = (
+                f"did you mean: {', '.join(close)}?" if close else f"commands: {', '.join(names)}"
+            )
+            self.exit(2, f"{self.prog}: error: unknown command {value!r}; {hint}\n")
+        super()._check_value(action, value)
+
+
+def _dry_run_flags(
+    p: argparse.ArgumentParser, group: argparse._ActionsContainer, help: str
+) -> None:
+    group.add_argument("--dry-run", action="store_true", help=help)
+    p.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON on stdout")
+
+
+# Versions that decide hubpin's behaviour, read from package metadata (never imported:
+# the CLI must not import TensorFlow).
+_VERSIONED = (
+    "tensorflow",
+    "tensorflow-hub",
+    "kagglehub",
+    "isal",
+    "gcsfs",
+    "urllib3",
+    "pydantic",
+    "google-crc32c",
+)
+
+
+def _versions(verbose: bool) -> list[str]:
+    import importlib.metadata
+    import platform
+
+    def version(name: str) -> str | None:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    from hubpin import __version__
+
+    lines = [f"hubpin {version('hubpin') or __version__}"]
+    if verbose:
+        python = (
+            f"{platform.python_version()} ({platform.python_implementation()}, {sys.executable})"
+        )
+        lines.append(f"  {'python':<15} {python}")
+        lines.append(f"  {'platform':<15} {platform.platform()}")
+        for name in _VERSIONED:
+            lines.append(f"  {name:<15} {version(name) or 'not installed'}")
+    return lines
+
+
 # ---------------------------------------------------------------- commands
 
 
@@ -180,6 +258,9 @@ def cmd_lock(args: argparse.Namespace) -> int:
     project = _project(args)
     manifest = project.manifest
     _known(args.aliases, manifest.models, project.manifest_path)
+    _json_needs_dry_run(args)
+    if args.dry_run:
+        return _print_lock_plan(args, project, _lock_plan(project, set(args.aliases)))
     if args.check:
         lock = project.read_lock()
         problems = differences(lock, manifest, project.settings)
@@ -206,8 +287,10 @@ def cmd_sync(args: argparse.Namespace) -> int:
             raise InputError(
                 f"{args.bundle}: not a hubpin bundle (no archives/ folder); make one with: hubpin bundle OUT"
             )
+    _json_needs_dry_run(args)
     project = _project(args, need_manifest=not args.frozen)
     at_start = stamp.inputs(args.argv, project)
+    relock: dict[str, Any] | None = None  # --dry-run: the lock that would come first
     bundle = None if args.bundle is None else str(args.bundle)
     with _sources(project, bundle) as sources:
         if args.frozen:
@@ -231,13 +314,17 @@ def cmd_sync(args: argparse.Namespace) -> int:
                     f"{project.lock_path.name} is stale and --offline forbids locking: "
                     f"{'; '.join(problems)}; run: hubpin lock"
                 )
-            if problems:
+            if problems and args.dry_run:
+                relock = {"reasons": problems, "plan": _lock_plan(project, set())}
+            elif problems:
                 lock, _ = lock_project(args, project, sources, set(), fill_cache=True)
                 if lock is None:
                     return 1
-        pins = _select(lock, args.aliases, project.lock_path)
+        pins = _select(lock, args.aliases, project.lock_path) if relock is None else {}
         syncer = _syncer(project, sources, offline=args.offline, full_verify=args.verify)
         syncer.from_bundle = bundle is not None
+        if args.dry_run:
+            return _print_sync_plan(args, project, syncer, lock, pins, relock)
         with _progress(args, project, pins) as bar:
             if bar is not None:
                 syncer.on_bytes = bar.update
@@ -410,6 +497,53 @@ def cmd_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_remove(args: argparse.Namespace) -> int:
+    project = _project(args)
+    manifest, settings = project.manifest, project.settings
+    lock = project.lock_or_none()
+    _known(
+        args.aliases, set(manifest.models) | set(lock.models if lock else ()), project.manifest_path
+    )
+    doomed = set(args.aliases)
+    in_manifest = sorted(doomed & set(manifest.models))
+    if in_manifest:
+        remove_models(project.manifest_path, in_manifest)
+    files = [project.manifest_path.name] if in_manifest else []
+    stale: list[str] = []
+    if lock is not None and doomed & set(lock.models):
+        from hubpin.manifest import load_manifest
+
+        after = load_manifest(project.manifest_path)
+        kept = {alias: pin for alias, pin in lock.models.items() if alias not in doomed}
+        new = Lock(manifest_digest=manifest_digest(after, settings), models=kept)
+        stale = differences(new, after, settings)
+        if stale:  # stale before the removal, for other reasons: it must still say so
+            new = Lock(manifest_digest=lock.manifest_digest, models=kept)
+        write_lock(project.lock_path, new)
+        files.append(project.lock_path.name)
+    _say(args, f"removed {', '.join(sorted(doomed))} from {' and '.join(files)}")
+    if stale:
+        _say(args, f"{project.lock_path.name} is still stale: {'; '.join(stale)}; run: hubpin lock")
+    if lock is not None:
+        _say(args, _prune_hint(project))
+    return 0
+
+
+def _prune_hint(project: Project) -> str:
+    """What ``hubpin prune`` would free now, from the cache's own prunable listing."""
+    try:
+        lock = project.read_lock()
+        doomed = project.cache.prunable({k for p in lock.models.values() for k in p.cache_keys()})
+    except (HubpinError, OSError) as exc:
+        return f"could not list what hubpin prune would free: {exc}"
+    if not doomed:
+        return f"nothing in {project.cache.root} for hubpin prune to free"
+    return (
+        f"hubpin prune would now free {_size(sum(size for _, size in doomed))} "
+        f"({_count(len(doomed), 'path')} in {project.cache.root})"
+    )
+
+
 def cmd_bundle(args: argparse.Namespace) -> int:
     project = _project(args, need_manifest=False)
     lock = project.read_lock()
@@ -446,14 +580,7 @@ def lock_project(
     except InputError as exc:
         log.warning("ignoring unreadable lock: %s", exc)
         old = None
-    kept: dict[str, Pin] = {}
-    todo = {}
-    for alias, spec in manifest.models.items():
-        pin = old.models.get(alias) if old else None
-        if pin is not None and alias not in force and pin.inputs() == spec_inputs(spec, settings):
-            kept[alias] = pin
-        else:
-            todo[alias] = spec
+    kept, todo = _partition(project, old, force)
 
     cache = project.cache if fill_cache else None
 
@@ -494,6 +621,189 @@ def lock_project(
         f"({len(todo)} pinned, {len(kept)} kept)",
     )
     return lock, changed
+
+
+def _partition(
+    project: Project, old: Lock | None, force: set[str]
+) -> tuple[dict[str, Pin], dict[str, ModelSpec]]:
+    """The pins a lock keeps (unchanged in the manifest, not forced) and the models it pins."""
+    kept: dict[str, Pin] = {}
+    todo: dict[str, ModelSpec] = {}
+    for alias, spec in project.manifest.models.items():
+        pin = old.models.get(alias) if old else None
+        if (
+            pin is not None
+            and alias not in force
+            and pin.inputs() == spec_inputs(spec, project.settings)
+        ):
+            kept[alias] = pin
+        else:
+            todo[alias] = spec
+    return kept, todo
+
+
+# ---------------------------------------------------------------- dry runs
+
+_LOCK_ACTIONS = ("pin", "keep", "drop")
+_SYNC_ACTIONS = ("download", "replace", "adopt", "link", "lock", "keep", "check", "fail")
+_SYNC_WORDS = {
+    "download": "to download",
+    "replace": "to replace",
+    "adopt": "to adopt",
+    "link": "to hard-link",
+    "lock": "to pin and download while locking",
+    "keep": "left as they are",
+    "check": "checked in place",
+    "fail": "that would fail",
+}
+
+
+def _lock_plan(project: Project, force: set[str]) -> list[dict[str, Any]]:
+    """What ``hubpin lock`` would do per alias, as ``lock_project`` decides it; no network."""
+    try:
+        old = project.lock_or_none()
+    except InputError as exc:
+        log.warning("ignoring unreadable lock: %s", exc)
+        old = None
+    kept, todo = _partition(project, old, force)
+    rows = []
+    for alias in sorted(set(kept) | set(todo) | set(old.models if old else ())):
+        pin = old.models.get(alias) if old else None
+        size = pin.unpacked_size if pin else None
+        if alias in kept:
+            rows.append(
+                {"alias": alias, "action": "keep", "size": size, "reason": "pinned, unchanged"}
+            )
+            continue
+        if alias not in todo:
+            reason = "in the lock but not in the manifest"
+            rows.append({"alias": alias, "action": "drop", "size": size, "reason": reason})
+            continue
+        if pin is None:
+            reason = f"not in {project.lock_path.name}"
+        else:
+            want, have = spec_inputs(todo[alias], project.settings), pin.inputs()
+            changed = [
+                f"{key} is {want[key]!r} in the manifest, {have[key]!r} in the lock"
+                for key in want
+                if want[key] != have[key]
+            ]
+            reason = "; ".join(changed) or "re-pin requested"
+        rows.append(
+            {"alias": alias, "action": "pin", "size": None, "reason": f"{reason} (network)"}
+        )
+    return rows
+
+
+def _print_lock_plan(args: argparse.Namespace, project: Project, rows: list[dict[str, Any]]) -> int:
+    totals = {action: sum(r["action"] == action for r in rows) for action in _LOCK_ACTIONS}
+    if args.json:
+        doc = {
+            "command": "lock",
+            "dry_run": True,
+            "lock": str(project.lock_path),
+            "models": rows,
+            "totals": totals,
+        }
+        print(json.dumps(doc, indent=2))
+        return 0
+    _say(args, f"{'ALIAS':<20} {'ACTION':<8} {'SIZE':>10}  REASON")
+    for r in rows:
+        size = "?" if r["size"] is None else _size(r["size"])
+        _say(args, f"{r['alias']:<20} {r['action']:<8} {size:>10}  {r['reason']}")
+    _say(
+        args,
+        f"dry run: {totals['pin']} to pin, {totals['keep']} kept, {totals['drop']} dropped; "
+        f"{project.lock_path.name} not written",
+    )
+    return 0
+
+
+def _print_sync_plan(
+    args: argparse.Namespace,
+    project: Project,
+    syncer: Syncer,
+    lock: Lock | None,
+    pins: dict[str, Pin],
+    relock: dict[str, Any] | None,
+) -> int:
+    """``sync --dry-run``: the plan per model from :meth:`Syncer.plan`, then the totals."""
+    steps: list[Step] = []
+    lock_first = None
+    if relock is None:
+        steps = [syncer.plan(alias, pin) for alias, pin in sorted(pins.items())]
+    else:
+        repin = {r["alias"]: r for r in relock["plan"] if r["action"] == "pin"}
+        lock_first = {
+            "reasons": relock["reasons"],
+            "pin": sorted(repin),
+            "drop": sorted(r["alias"] for r in relock["plan"] if r["action"] == "drop"),
+        }
+        for alias in sorted(args.aliases or project.manifest.models):
+            if alias in repin:
+                reason = f"pinned and downloaded while locking: {repin[alias]['reason']}"
+                steps.append(Step(alias, "lock", None, None, reason))
+            else:
+                assert lock is not None
+                steps.append(syncer.plan(alias, lock.models[alias]))
+    rows = [
+        {
+            "alias": step.alias,
+            "action": step.action,
+            "size": step.size,
+            "download_size": step.download,
+            "reason": step.reason,
+        }
+        for step in steps
+    ]
+    totals: dict[str, int] = {"models": len(rows)}
+    totals |= {action: sum(r["action"] == action for r in rows) for action in _SYNC_ACTIONS}
+    totals["download_size"] = sum(r["download_size"] or 0 for r in rows)
+    totals["write_size"] = sum(
+        r["size"] or 0 for r in rows if r["action"] in ("download", "replace")
+    )
+    if args.json:
+        doc = {
+            "command": "sync",
+            "dry_run": True,
+            "lock": str(project.lock_path),
+            "cache_dir": project.settings.cache_root,
+            "lock_first": lock_first,
+            "models": rows,
+            "totals": totals,
+        }
+        print(json.dumps(doc, indent=2))
+        return 0
+    if lock_first is not None:
+        pin = ", ".join(lock_first["pin"]) or "none"
+        _say(
+            args,
+            f"would lock first ({'; '.join(lock_first['reasons'])}): would pin {pin} (network)"
+            + (f", drop {', '.join(lock_first['drop'])}" if lock_first["drop"] else ""),
+        )
+    _say(args, f"{'ALIAS':<20} {'ACTION':<9} {'DOWNLOAD':>10} {'SIZE':>10}  REASON")
+    for r in rows:
+        download = (
+            "?"
+            if r["download_size"] is None
+            else _size(r["download_size"])
+            if r["download_size"]
+            else "-"
+        )
+        size = "?" if r["size"] is None else _size(r["size"])
+        _say(args, f"{r['alias']:<20} {r['action']:<9} {download:>10} {size:>10}  {r['reason']}")
+    counts = [f"{totals[a]} {_SYNC_WORDS[a]}" for a in _SYNC_ACTIONS if totals[a]] or ["no models"]
+    _say(
+        args,
+        f"dry run: {', '.join(counts)}; {_size(totals['download_size'])} to download, "
+        f"{_size(totals['write_size'])} to unpack into {project.settings.cache_root}; nothing written",
+    )
+    return 0
+
+
+def _json_needs_dry_run(args: argparse.Namespace) -> None:
+    if args.json and not args.dry_run:
+        raise InputError(f"--json goes with --dry-run; run: hubpin {args.command} --dry-run --json")
 
 
 # ---------------------------------------------------------------- helpers

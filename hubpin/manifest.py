@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import shutil
 from pathlib import Path
 
 import tomli_w
@@ -11,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from hubpin.errors import ManifestError
 from hubpin.handles import Format, check_handle
 from hubpin.settings import Settings
-from hubpin.tomlfile import read_toml, validate
+from hubpin.tomlfile import read_toml, tomllib, validate
 
 ALIAS_RE = re.compile(r"[A-Za-z0-9_.-]+")
 
@@ -88,3 +91,148 @@ def add_model(path: Path, alias: str, handle: str, fmt: Format | None) -> None:
     if text and not text.endswith("\n"):
         text += "\n"
     path.write_text(text + ("\n" if text else "") + snippet, encoding="utf-8")
+
+
+def remove_models(path: Path, aliases: list[str]) -> None:
+    """Drop ``[models.<alias>]`` tables (or ``<alias> = …`` keys under ``[models]``) from the
+    manifest, keeping every other byte of the file.
+
+    A model's lines go with it: its table (or keys), the comments inside it, the
+    comment block directly above it and one directly below its last line (not one
+    that sits directly above the next table, which is that table's). Blank lines
+    are taken so that the file keeps the spacing it had. The result is parsed
+    again and must hold exactly the other models; if the layout is too unusual
+    for that (``models = {…}`` on one line, say), nothing is written.
+    """
+    load_manifest(path)  # the one-line error for a broken file, before any edit
+    text = path.read_text(encoding="utf-8")
+    edited = text
+    for alias in sorted(set(aliases)):  # one at a time: each sees the spacing the last one left
+        lines = edited.splitlines(keepends=True)
+        statements = _statements(lines, path)
+        owned = [
+            (start, end)
+            for start, end, key in statements
+            if len(key) >= 2 and key[0] == "models" and key[1] == alias
+        ]
+        drop: set[int] = set()
+        for start, end in _spans(lines, statements, owned):
+            drop.update(range(start, end))
+        edited = "".join(line for number, line in enumerate(lines) if number not in drop)
+    data = tomllib.loads(text)
+    data.setdefault("models", {})
+    for alias in aliases:
+        data["models"].pop(alias, None)
+    try:
+        after = tomllib.loads(edited)
+    except tomllib.TOMLDecodeError:
+        after = None
+    if after is None or {**after, "models": after.get("models", {})} != data:
+        raise ManifestError(
+            f"{path}: cannot remove {', '.join(aliases)} without disturbing the rest of the file "
+            f"(an unusual layout); delete the {'tables' if len(aliases) > 1 else 'table'} by hand "
+            "and run: hubpin lock"
+        )
+    _atomic_write(path, edited)
+
+
+def _statements(lines: list[str], path: Path) -> list[tuple[int, int, tuple[str, ...]]]:
+    """Each statement (table header or key/value) as (first line, end line, full key path).
+
+    A statement ends at the first line where it parses on its own as TOML, so
+    multi-line arrays and strings are one statement; the key path is the
+    header's for a header, the current table's plus the key for a key/value.
+    """
+    found = []
+    table: tuple[str, ...] = ()
+    number = 0
+    while number < len(lines):
+        stripped = lines[number].strip()
+        if not stripped or stripped.startswith("#"):
+            number += 1
+            continue
+        for end in range(number + 1, len(lines) + 1):
+            try:
+                parsed = tomllib.loads("".join(lines[number:end]))
+                break
+            except tomllib.TOMLDecodeError:
+                continue
+        else:  # load_manifest parsed the whole file, so this cannot happen
+            raise ManifestError(f"{path}:{number + 1}: cannot read this statement")
+        key = _path_of(parsed)
+        if stripped.startswith("["):
+            table = key
+            found.append((number, end, key))
+        else:
+            found.append((number, end, table + key))
+        number = end
+    return found
+
+
+def _path_of(parsed: object) -> tuple[str, ...]:
+    """The keys of a one-statement document, down to where it branches: ``[a.b]`` → (a, b)."""
+    keys: list[str] = []
+    while isinstance(parsed, dict) and len(parsed) == 1:
+        key, parsed = next(iter(parsed.items()))
+        keys.append(key)
+        if isinstance(parsed, list) and parsed and isinstance(parsed[-1], dict):
+            parsed = parsed[-1]  # [[a.b]]: an array of tables
+    return tuple(keys)
+
+
+def _spans(
+    lines: list[str],
+    statements: list[tuple[int, int, tuple[str, ...]]],
+    owned: list[tuple[int, int]],
+) -> list[tuple[int, int]]:
+    """The line ranges to delete: runs of owned statements with their comments and spacing."""
+
+    def blank(n: int) -> bool:
+        return not lines[n].strip()
+
+    def comment(n: int) -> bool:
+        return lines[n].strip().startswith("#")
+
+    owned_set = set(owned)
+    starts = {start for start, _, _ in statements}
+    runs: list[list[int]] = []  # [start, end] of consecutive owned statements
+    previous_owned = False
+    for start, end, _ in statements:
+        is_owned = (start, end) in owned_set
+        if is_owned and previous_owned:
+            runs[-1][1] = end
+        elif is_owned:
+            runs.append([start, end])
+        previous_owned = is_owned
+    spans = []
+    for start, end in runs:
+        # The comment block directly above belongs to the model.
+        while start > 0 and comment(start - 1):
+            start -= 1
+        # So does one directly below, unless it sits directly above the next statement.
+        below = end
+        while below < len(lines) and comment(below):
+            below += 1
+        if below == len(lines) or below not in starts:
+            end = below
+        # Keep the file's spacing: one of the blank runs around the span goes.
+        after = end
+        while after < len(lines) and blank(after):
+            after += 1
+        first = start
+        while first > 0 and blank(first - 1):
+            first -= 1
+        if after == len(lines):  # the last thing in the file: drop the blank lines before it
+            start, end = first, after
+        elif start == 0 or first < start:  # at the top, or blank lines above: drop those below
+            end = after
+        spans.append((start, end))
+    return spans
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    with contextlib.suppress(OSError):
+        shutil.copymode(path, tmp)
+    os.replace(tmp, path)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hubpin.cache import Cache, Record
-from hubpin.digests import hash_tree
+from hubpin.digests import Tree, hash_tree
 from hubpin.errors import CacheError, HubpinError, IntegrityError, NotSyncedError, TruncatedError
 from hubpin.handles import Kind, cache_key
 from hubpin.lockfile import Pin
@@ -37,6 +37,17 @@ class Outcome:
     size: int = 0
     seconds: float = 0.0
     error: HubpinError | None = None
+
+
+@dataclass
+class Step:
+    """What a sync would do for one model, found without writing or downloading (``--dry-run``)."""
+
+    alias: str
+    action: str  # download | replace | adopt | link | keep | check | fail
+    size: int | None  # unpacked bytes of the model (None: not known before locking)
+    download: int | None = 0  # bytes the sync would download (None: not known)
+    reason: str = ""
 
 
 @dataclass
@@ -156,6 +167,69 @@ class Syncer:
         more = f" and {len(damage) - 3} more" if len(damage) > 3 else ""
         return "fetched", f"replaced an entry that had: {'; '.join(damage[:3])}{more}"
 
+    def plan(self, alias: str, pin: Pin) -> Step:
+        """What :meth:`sync_one` would do, by the checks it makes, writing nothing.
+
+        No network and no cache writes: the stat check (a re-hash with
+        ``full_verify``), and for an entry without hubpin's record the hash that
+        adoption makes (reads only). A model whose sync would fail is ``fail``.
+        """
+        size = pin.unpacked_size
+        try:
+            if pin.kind is Kind.FOLDER:
+                folder = self.root / (pin.location or "")
+                if not folder.is_dir():
+                    return Step(alias, "fail", size, 0, f"{folder}: folder not found")
+                how = "re-hashed in place" if self.full_verify else "read in place"
+                return Step(alias, "check", size, 0, f"{folder}: local folder, {how}")
+            if pin.kind is Kind.GCS:
+                how = "not checked (no network)" if self.offline or self.from_bundle else "checked"
+                return Step(alias, "check", size, 0, f"{pin.location}: read from GCS, {how}")
+            assert pin.cache_key
+            damage = self._damage(pin)
+            if not damage:
+                missing = [
+                    h
+                    for h in pin.also or []
+                    if self.cache.quick_check(cache_key(h), pin.tree_digest)
+                ]
+                if missing:
+                    return Step(
+                        alias, "link", size, 0, f"present; hard-linked for {', '.join(missing)}"
+                    )
+                return Step(alias, "keep", size, 0, "already present")
+            if self.offline and not self.from_bundle:  # as _sync_archive: before adoption
+                what = (
+                    "not in the cache" if damage == ["not synced"] else f"cache entry: {damage[0]}"
+                )
+                return Step(alias, "fail", size, 0, f"{what}, and --offline forbids downloading")
+            if self._adoptable(pin) is not None:
+                return Step(
+                    alias,
+                    "adopt",
+                    size,
+                    0,
+                    "an entry without hubpin's record that matches the lock",
+                )
+            candidates = self.sources.candidates(self.sources.location_of(pin), pin.archive_sha256)
+            first = candidates[0]
+            if (
+                self.from_bundle
+                and "://" not in first.location
+                and not Path(first.location).is_file()
+            ):
+                return Step(alias, "fail", size, 0, first.missing or f"{first.location}: not found")
+            source = "from " + ", else ".join(c.label for c in candidates)
+            if damage == ["not synced"]:
+                return Step(
+                    alias, "download", size, pin.archive_size or 0, f"not in the cache; {source}"
+                )
+            return Step(
+                alias, "replace", size, pin.archive_size or 0, f"cache entry: {damage[0]}; {source}"
+            )
+        except HubpinError as exc:
+            return Step(alias, "fail", size, 0, str(exc))
+
     def _fill_also(self, pin: Pin, handle: str) -> None:
         """Give another handle of the same model (its Kaggle URL, say) its own cache key.
 
@@ -202,17 +276,23 @@ class Syncer:
     def _adopt(self, pin: Pin) -> bool:
         """An entry tensorflow_hub (or an older hubpin) left: keep it if it is what we pin."""
         assert pin.cache_key
-        key = pin.cache_key
-        if not self.cache.has_entry(key) or self.cache.read_record(key) is not None:
-            return False
-        try:
-            tree = self.cache.hash_entry(key)
-        except OSError:
-            return False
-        if tree.digest() != pin.tree_digest:
+        tree = self._adoptable(pin)
+        if tree is None:
             return False
         self.cache.publish_record(pin.cache_key, Record(pin.handle, pin.tree_digest, tree))
         return True
+
+    def _adoptable(self, pin: Pin) -> Tree | None:
+        """The files of an entry without hubpin's record, if they are what the lock pins."""
+        assert pin.cache_key
+        key = pin.cache_key
+        if not self.cache.has_entry(key) or self.cache.read_record(key) is not None:
+            return None
+        try:
+            tree = self.cache.hash_entry(key)
+        except OSError:
+            return None
+        return tree if tree.digest() == pin.tree_digest else None
 
     def fetch_into(self, pin: Pin, work: Path) -> Unpacked:
         """Download and unpack a pinned archive into ``work``; raise unless it matches the lock."""
