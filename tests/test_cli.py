@@ -1,0 +1,613 @@
+"""CLI conventions: --version, remove, --dry-run, suggestions, and the README's command list."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import Model, Project, run_python
+from hubserver import HubServer
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def _tree(*roots: Path) -> dict[str, tuple[int, int]]:
+    """Every path under ``roots`` with its size and mtime (folders too: a file made and
+    removed again still changes its folder's mtime)."""
+    found = {}
+    for root in roots:
+        if not root.exists():
+            continue
+        for path in [root, *root.rglob("*")]:
+            st = path.lstat()
+            found[str(path)] = (st.st_size if path.is_file() else 0, st.st_mtime_ns)
+    return found
+
+
+def _locked(project: Project, hub: HubServer, *names: str) -> dict[str, str]:
+    handles = {name: hub.handle(f"google/{name}/1") for name in names}
+    project.models(**handles)
+    code, _, err = project.run("lock")
+    assert code == 0, err
+    return handles
+
+
+# ---------------------------------------------------------------- --version
+
+
+def test_version_prints_hubpin_and_with_v_what_decides_behaviour(project: Project) -> None:
+    import hubpin
+
+    try:
+        expected = importlib.metadata.version("hubpin")
+    except importlib.metadata.PackageNotFoundError:
+        expected = hubpin.__version__
+    code, out, err = project.run("--version")
+    assert (code, out, err) == (0, f"hubpin {expected}\n", "")
+
+    code, out, err = project.run("-v", "--version")
+    assert code == 0 and err == ""
+    lines = out.splitlines()
+    assert lines[0] == f"hubpin {expected}"
+    rows = dict(line.split(None, 1) for line in lines[1:])
+    assert rows["python"].startswith(f"{sys.version_info.major}.{sys.version_info.minor}.")
+    for name in ("tensorflow-hub", "kagglehub", "isal", "gcsfs", "urllib3", "pydantic"):
+        try:
+            assert rows[name] == importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            assert rows[name] == "not installed"
+    assert "google-crc32c" in rows
+    assert project.run("--version", "-v")[1] == out, "-v works on either side"
+
+
+def test_version_imports_neither_tensorflow_nor_kagglehub(project: Project) -> None:
+    out = run_python(
+        "import runpy, sys\nsys.argv = ['hubpin', '-v', '--version']\n"
+        "try: runpy.run_module('hubpin', run_name='__main__')\n"
+        "except SystemExit as e: assert e.code == 0, e.code\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('tensorflow', 'tensorflow_hub', 'kagglehub', 'gcsfs', 'keras')))",
+        cwd=project.root,
+    )
+    assert "tensorflow-hub" in out
+    assert out.strip().splitlines()[-1] == "[]"
+
+
+# ---------------------------------------------------------------- suggestions
+
+
+def test_mistyped_command_gets_one_line_suggestion(project: Project) -> None:
+    for typed, line in [
+        ("synk", "hubpin: error: unknown command 'synk'; did you mean: sync?\n"),
+        ("remvoe", "hubpin: error: unknown command 'remvoe'; did you mean: remove, resolve?\n"),
+        (
+            "xyzzy",
+            "hubpin: error: unknown command 'xyzzy'; commands: lock, sync, verify, status, "
+            "resolve, prune, add, remove, bundle, env\n",
+        ),
+    ]:
+        with pytest.raises(SystemExit) as exc:
+            project.run(typed)
+        assert exc.value.code == 2
+        out, err = project.capsys.readouterr()
+        assert (out, err) == ("", line)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["lock", "dubble"],
+        ["lock", "--dry-run", "dubble"],
+        ["sync", "dubble"],
+        ["sync", "--frozen", "dubble"],
+        ["sync", "--dry-run", "dubble"],
+        ["verify", "dubble"],
+        ["resolve", "dubble"],
+        ["bundle", "out", "dubble"],
+        ["remove", "dubble"],
+    ],
+)
+def test_every_command_that_takes_aliases_suggests(
+    project: Project, hub: HubServer, argv: list[str]
+) -> None:
+    _locked(project, hub, "double")
+    before = project.manifest.read_bytes(), project.lock.read_bytes()
+    code, out, err = project.run(*argv)
+    assert (code, out) == (2, ""), err
+    assert re.fullmatch(
+        r"hubpin: error: \S+models\.(toml|lock): no model with alias 'dubble'; did you mean double\?\n",
+        err,
+    ), err
+    assert (project.manifest.read_bytes(), project.lock.read_bytes()) == before
+    assert not (project.root / "out").exists()
+
+
+# ---------------------------------------------------------------- remove
+
+MANIFEST = """\
+# Models for the app; run `hubpin lock` after editing.
+
+# the doubler
+[models.double]
+handle = "{double}"   # pinned at v1
+format = "COMPRESSED"
+# format = "UNCOMPRESSED"  (kept for later)
+
+# ---- more models ----
+
+# the tripler, also reachable as a mirror handle
+[models.triple]
+handle = "{triple}"
+also = [
+  "{quint_mirror}",  # a mirror
+]
+
+[models.quint]
+handle = "{quint}"
+"""
+
+
+def _commented_project(project: Project, hub: HubServer) -> dict[str, str]:
+    handles = {n: hub.handle(f"google/{n}/1") for n in ("double", "triple", "quint")}
+    handles["quint_mirror"] = hub.handle("google/mirror/1")
+    project.write(MANIFEST.format(**handles))
+    return handles
+
+
+def test_remove_keeps_the_rest_of_the_manifest_byte_for_byte_and_a_checkable_lock(
+    project: Project, hub: HubServer
+) -> None:
+    handles = _commented_project(project, hub)
+    assert project.run("sync")[0] == 0
+    entry = project.entry(handles["double"])
+    assert entry.is_dir()
+    requests = len(hub.requests)
+
+    code, _, err = project.run("remove", "double")
+    assert code == 0, err
+    expected = MANIFEST.format(**handles)
+    expected = expected.replace(
+        expected[expected.index("# the doubler") : expected.index("# ---- more")], ""
+    )
+    assert project.manifest.read_text() == expected
+    assert expected.startswith("# Models for the app; run `hubpin lock` after editing.\n\n# ----")
+    lines = err.splitlines()
+    assert lines[0] == "removed double from models.toml and models.lock"
+    # What prune would free: the entry, its descriptor and its record, as prune itself lists.
+    freed = sum(p.stat().st_size for p in entry.rglob("*") if p.is_file())
+    freed += sum(
+        entry.with_name(entry.name + s).stat().st_size for s in (".descriptor.txt", ".hubpin.json")
+    )
+    hint = re.fullmatch(
+        rf"hubpin prune would now free ((\S+) (\S+)) \(3 paths in {re.escape(str(project.cache))}\)",
+        lines[1],
+    )
+    assert hint, lines[1]
+    assert abs(freed - _parse_size(hint[2], hint[3])) <= 0.05 * freed + 1
+    code, _, prune_err = project.run("prune", "--dry-run")
+    assert prune_err.splitlines()[-1] == f"3 paths, would free {hint[1]}"
+
+    code, _, err = project.run("lock", "--check")
+    assert (code, err) == (0, "models.lock is up to date (2 models)\n")
+    assert len(hub.requests) == requests, "remove and lock --check opened no connection"
+    # The lock is the one `hubpin lock` would write for the new manifest, byte for byte.
+    after_remove = project.lock.read_bytes()
+    project.lock.unlink()
+    assert project.run("lock")[0] == 0
+    assert project.lock.read_bytes() == after_remove
+
+    code, _, err = project.run("remove", "quint", "triple")
+    assert code == 0, err
+    assert project.manifest.read_text() == (
+        "# Models for the app; run `hubpin lock` after editing.\n\n# ---- more models ----\n"
+    )
+    assert project.run("lock", "--check")[0] == 0
+    code, _, err = project.run("prune")
+    assert code == 0 and not entry.exists()
+    assert sorted(p.name for p in project.cache.iterdir()) == []
+
+
+def _parse_size(number: str, unit: str) -> float:
+    return float(number) * {"B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}[unit]
+
+
+def test_remove_after_add_restores_the_file(project: Project) -> None:
+    text = "# mine\n[models.a]\nhandle = 'https://example.invalid/a/1'  # quoted my way\n"
+    project.write(text)
+    assert project.run("add", "b", "https://example.invalid/b/1", "--format", "auto")[0] == 0
+    assert project.manifest.read_text() != text
+    code, _, err = project.run("remove", "b")
+    assert (code, err) == (0, "removed b from models.toml\n"), "no lock: nothing about prune"
+    assert project.manifest.read_text() == text
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (  # keys under [models], dotted and inline, with a multi-line array
+            "[models]\n"
+            'a.handle = "https://example.invalid/a/1"\n'
+            "# b is the mirror\n"
+            'b = { handle = "https://example.invalid/b/1", also = [\n'
+            '  "https://example.invalid/b2/1",\n'
+            "] }\n"
+            'a.format = "AUTO"\n',
+            '[models]\na.handle = "https://example.invalid/a/1"\na.format = "AUTO"\n',
+        ),
+        (  # a quoted alias with a dot; a comment right above the next table stays with it
+            '[models."b.v2"]\nhandle = "https://example.invalid/b/2"\n'
+            '# a next\n[models.a]\nhandle = "https://example.invalid/a/1"\n',
+            '# a next\n[models.a]\nhandle = "https://example.invalid/a/1"\n',
+        ),
+    ],
+)
+def test_remove_handles_other_layouts(project: Project, before: str, after: str) -> None:
+    project.write(before)
+    alias = "b.v2" if "b.v2" in before else "b"
+    code, _, err = project.run("remove", alias)
+    assert code == 0, err
+    assert project.manifest.read_text() == after
+
+
+def test_remove_refuses_a_layout_it_cannot_edit_exactly(project: Project) -> None:
+    text = (
+        'models = { a = { handle = "https://example.invalid/a/1" }, '
+        'b = { handle = "https://example.invalid/b/1" } }\n'
+    )
+    project.write(text)
+    code, _, err = project.run("remove", "a")
+    assert code == 2
+    assert err == (
+        f"hubpin: error: {project.manifest}: cannot remove a without disturbing the rest of the "
+        "file (an unusual layout); delete the table by hand and run: hubpin lock\n"
+    )
+    assert project.manifest.read_text() == text
+
+
+def test_remove_keeps_a_stale_lock_stale(project: Project, hub: HubServer) -> None:
+    handles = _locked(project, hub, "double", "triple")
+    project.models(double=handles["double"], triple=hub.handle("google/quint/1"))
+    code, _, err = project.run("remove", "double")
+    assert code == 0, err
+    assert "models.lock is still stale: triple: handle is" in err
+    code, _, err = project.run("lock", "--check")
+    assert code == 1 and "triple: handle is" in err
+
+
+def test_remove_an_alias_only_the_lock_names(project: Project, hub: HubServer) -> None:
+    handles = _locked(project, hub, "double", "triple")
+    project.models(double=handles["double"])  # triple deleted by hand
+    manifest = project.manifest.read_bytes()
+    code, _, err = project.run("remove", "triple")
+    assert code == 0, err
+    assert err.splitlines()[0] == "removed triple from models.lock"
+    assert project.manifest.read_bytes() == manifest
+    assert project.run("lock", "--check")[0] == 0
+
+
+# ---------------------------------------------------------------- --dry-run
+
+
+def _four_states(project: Project, hub: HubServer) -> dict[str, str]:
+    """double: synced; triple: damaged; quint: not synced; adopted: an entry without a record."""
+    hub.models["google/adopted/1"] = hub.models["google/double/1"]
+    handles = _locked(project, hub, "double", "triple", "quint", "adopted")
+    assert project.run("sync", "double", "triple", "adopted")[0] == 0
+    pb = project.entry(handles["triple"]) / "saved_model.pb"
+    pb.write_bytes(pb.read_bytes()[:-1])
+    adopted = project.entry(handles["adopted"])
+    adopted.with_name(adopted.name + ".hubpin.json").unlink()  # as tensorflow_hub leaves it
+    return handles
+
+
+def test_sync_dry_run_reports_the_plan_writes_nothing_and_opens_nothing(
+    project: Project, hub: HubServer, models: dict[str, Model]
+) -> None:
+    handles = _four_states(project, hub)
+    lock = project.lock.read_text()
+    sizes = {
+        alias: int(re.search(rf"\[models\.{alias}\][^\[]*?unpacked_size = (\d+)", lock, re.S)[1])  # type: ignore[index]
+        for alias in handles
+    }
+    archives = {a: len(models["double" if a == "adopted" else a].archive) for a in handles}
+    before, requests = _tree(project.root.parent), len(hub.requests)
+
+    code, out, err = project.run("sync", "--dry-run")
+    assert code == 0 and out == "", err
+    assert _tree(project.root.parent) == before, "a dry run wrote something"
+    assert len(hub.requests) == requests, "a dry run opened a connection"
+    rows = err.splitlines()
+    assert rows[0] == f"{'ALIAS':<20} {'ACTION':<9} {'DOWNLOAD':>10} {'SIZE':>10}  REASON"
+    assert re.fullmatch(
+        r"adopted +adopt +- +\S+ \S+  an entry without hubpin's record that matches the lock",
+        rows[1],
+    ), rows[1]
+    assert re.fullmatch(r"double +keep +- +\S+ \S+  already present", rows[2]), rows[2]
+    quint_url = f"{hub.url}/archives/google/quint/1.tar.gz"
+    assert re.fullmatch(
+        rf"quint +download +\S+ \S+ +\S+ \S+  not in the cache; from {re.escape(quint_url)}",
+        rows[3],
+    ), rows[3]
+    assert re.fullmatch(
+        r"triple +replace +\S+ \S+ +\S+ \S+  cache entry: saved_model\.pb is \d+ bytes, "
+        r"expected \d+; from http://\S+/triple/1\.tar\.gz",
+        rows[4],
+    ), rows[4]
+    assert rows[5].startswith(
+        "dry run: 1 to download, 1 to replace, 1 to adopt, 1 left as they are; "
+    ) and rows[5].endswith(f" to unpack into {project.cache}; nothing written")
+    assert len(rows) == 6
+
+    code, out, err = project.run("sync", "--dry-run", "--json")
+    assert code == 0 and err == ""
+    assert _tree(project.root.parent) == before and len(hub.requests) == requests
+    doc = json.loads(out)
+    assert list(doc) == [
+        "command",
+        "dry_run",
+        "lock",
+        "cache_dir",
+        "lock_first",
+        "models",
+        "totals",
+    ]
+    assert (doc["command"], doc["dry_run"], doc["lock_first"]) == ("sync", True, None)
+    assert doc["lock"] == str(project.lock) and doc["cache_dir"] == str(project.cache)
+    plan = {m["alias"]: m for m in doc["models"]}
+    assert [m["alias"] for m in doc["models"]] == ["adopted", "double", "quint", "triple"]
+    assert {a: (m["action"], m["size"], m["download_size"]) for a, m in plan.items()} == {
+        "adopted": ("adopt", sizes["adopted"], 0),
+        "double": ("keep", sizes["double"], 0),
+        "quint": ("download", sizes["quint"], archives["quint"]),
+        "triple": ("replace", sizes["triple"], archives["triple"]),
+    }
+    assert all(
+        set(m) == {"alias", "action", "size", "download_size", "reason"} for m in plan.values()
+    )
+    assert doc["totals"] == {
+        "models": 4,
+        "download": 1,
+        "replace": 1,
+        "adopt": 1,
+        "link": 0,
+        "lock": 0,
+        "keep": 1,
+        "check": 0,
+        "fail": 0,
+        "download_size": archives["quint"] + archives["triple"],
+        "write_size": sizes["quint"] + sizes["triple"],
+    }
+
+    code, _, err = project.run("sync", "--offline", "--dry-run", "quint", "double")
+    assert code == 0
+    assert re.search(
+        r"^quint +fail +- +\S+ \S+  not in the cache, and --offline forbids downloading$", err, re.M
+    ), err
+
+    # The plan is what the sync then does.
+    fetched = {m: hub.archive_requests(f"google/{m}/1") for m in handles}
+    code, _, err = project.run("sync")
+    assert code == 0, err
+    assert re.search(r"^adopted +adopted \(verified\)", err, re.M)
+    assert re.search(r"^double +already present", err, re.M)
+    assert re.search(r"^quint +fetched", err, re.M)
+    assert re.search(r"^triple +fetched .*replaced an entry", err, re.M)
+    assert {m: hub.archive_requests(f"google/{m}/1") - fetched[m] for m in handles} == {
+        "adopted": 0,
+        "double": 0,
+        "quint": 1,
+        "triple": 1,
+    }
+    code, out, _ = project.run("sync", "--dry-run", "--json")
+    assert {m["action"] for m in json.loads(out)["models"]} == {"keep"}
+
+
+def test_sync_dry_run_with_a_stale_lock_says_it_would_lock_first_without_network(
+    project: Project, hub: HubServer
+) -> None:
+    handles = _locked(project, hub, "double", "triple")
+    assert project.run("sync")[0] == 0
+    project.models(double=handles["double"], quint=hub.handle("google/quint/1"))
+    before, requests = _tree(project.root.parent), len(hub.requests)
+
+    code, _, err = project.run("sync", "--dry-run")
+    assert code == 0, err
+    rows = err.splitlines()
+    assert rows[0] == (
+        "would lock first (quint: in the manifest but not in the lock; triple: in the lock but "
+        "not in the manifest): would pin quint (network), drop triple"
+    )
+    assert re.fullmatch(r"double +keep +- +\S+ \S+  already present", rows[2]), rows[2]
+    assert rows[3] == (
+        f"{'quint':<20} {'lock':<9} {'?':>10} {'?':>10}  pinned and downloaded while locking: "
+        "not in models.lock (network)"
+    )
+    assert rows[4].startswith("dry run: 1 to pin and download while locking, 1 left as they are; ")
+    code, out, _ = project.run("sync", "--dry-run", "--json")
+    doc = json.loads(out)
+    assert doc["lock_first"] == {
+        "reasons": [
+            "quint: in the manifest but not in the lock",
+            "triple: in the lock but not in the manifest",
+        ],
+        "pin": ["quint"],
+        "drop": ["triple"],
+    }
+    assert doc["models"][1] == {
+        "alias": "quint",
+        "action": "lock",
+        "size": None,
+        "download_size": None,
+        "reason": "pinned and downloaded while locking: not in models.lock (network)",
+    }
+    assert _tree(project.root.parent) == before and len(hub.requests) == requests
+
+    # --locked and --offline refuse a stale lock as the real sync does.
+    code, _, err = project.run("sync", "--locked", "--dry-run")
+    assert code == 1 and "does not match models.toml and --locked was given" in err
+
+    project.lock.unlink()
+    code, _, err = project.run("sync", "--dry-run")
+    assert code == 0 and err.startswith(
+        "would lock first (models.lock does not exist): would pin double, quint (network)\n"
+    )
+    assert len(hub.requests) == requests
+
+
+def test_lock_dry_run(project: Project, hub: HubServer) -> None:
+    handles = _locked(project, hub, "double", "triple")
+    project.models(double=handles["double"], quint=hub.handle("google/quint/1"))
+    project.write(
+        project.manifest.read_text().replace(
+            "[models.double]\n", '[models.double]\nformat = "UNCOMPRESSED"\n'
+        )
+    )
+    before, requests = _tree(project.root.parent), len(hub.requests)
+    code, _, err = project.run("lock", "--dry-run")
+    assert code == 0, err
+    assert err.splitlines() == [
+        f"{'ALIAS':<20} {'ACTION':<8} {'SIZE':>10}  REASON",
+        f"{'double':<20} {'pin':<8} {'?':>10}  format is 'UNCOMPRESSED' in the manifest, "
+        "'COMPRESSED' in the lock (network)",
+        f"{'quint':<20} {'pin':<8} {'?':>10}  not in models.lock (network)",
+        err.splitlines()[3],
+        "dry run: 2 to pin, 0 kept, 1 dropped; models.lock not written",
+    ]
+    assert re.fullmatch(
+        r"triple +drop +\S+ \S+  in the lock but not in the manifest", err.splitlines()[3]
+    )
+    code, out, _ = project.run("lock", "--dry-run", "--json")
+    doc = json.loads(out)
+    assert doc["totals"] == {"pin": 2, "keep": 0, "drop": 1}
+    assert [(m["alias"], m["action"]) for m in doc["models"]] == [
+        ("double", "pin"),
+        ("quint", "pin"),
+        ("triple", "drop"),
+    ]
+    assert _tree(project.root.parent) == before and len(hub.requests) == requests
+
+    project.models(double=handles["double"], triple=handles["triple"])
+    code, out, _ = project.run("lock", "--dry-run", "--json", "triple")
+    assert [(m["alias"], m["action"], m["reason"]) for m in json.loads(out)["models"]] == [
+        ("double", "keep", "pinned, unchanged"),
+        ("triple", "pin", "re-pin requested (network)"),
+    ]
+
+
+def test_json_goes_with_dry_run(project: Project, hub: HubServer) -> None:
+    _locked(project, hub, "double")
+    for command in ("sync", "lock"):
+        code, out, err = project.run(command, "--json")
+        assert (code, out) == (2, "")
+        assert err == (
+            f"hubpin: error: --json goes with --dry-run; run: hubpin {command} --dry-run --json\n"
+        )
+
+
+# ---------------------------------------------------------------- README ↔ parser
+
+_SYNOPSIS = re.compile(r"(?:\[|\]|\||/|…|--?[A-Za-z][\w-]*|[A-Z][A-Z_]*|\s)+")
+
+
+def _documented() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """From the README's block under "## Commands": flags and positionals per command
+    ("" for the options before COMMAND)."""
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("\n## Commands\n") :]
+    block = re.search(r"```\n(.*?)```", section, re.S)
+    assert block, "no fenced block under ## Commands"
+    flags: dict[str, set[str]] = {}
+    positionals: dict[str, set[str]] = {}
+    command = ""
+    for line in block[1].splitlines():
+        match = re.match(r"^  ([a-z][a-z-]*)(?: +(.*))?$", line)
+        if match:
+            command, rest = match[1], match[2] or ""
+            synopsis = re.split(r"\s{2,}", rest.strip())[0]
+            if not _SYNOPSIS.fullmatch(synopsis):
+                synopsis = ""  # straight to the description (`env`)
+        elif line.startswith("hubpin ") or (not command and line.startswith(" ")):
+            synopsis = line.removeprefix("hubpin ")
+        else:
+            continue  # a description's continuation
+        assert command not in flags or not match, f"{command} documented twice"
+        tokens = re.findall(r"--?[A-Za-z][\w-]*|[A-Z][A-Z_]*|[\[\]|/]", synopsis)
+        flags.setdefault(command, set())
+        positionals.setdefault(command, set())
+        for i, token in enumerate(tokens):
+            if token.startswith("-"):
+                flags[command].add(token)
+            elif token[0].isalpha() and (i == 0 or not tokens[i - 1].startswith("-")):
+                positionals[command].add(token)  # not a flag's own metavar (`--jobs N`)
+    return flags, positionals
+
+
+def _parser() -> tuple[dict[str, list[list[str]]], dict[str, set[str]]]:
+    """From build_parser(): each option's strings and the positionals, per command."""
+    import argparse
+
+    from hubpin.cli import build_parser
+
+    parser = build_parser()
+
+    def options(p: argparse.ArgumentParser, skip: set[str]) -> list[list[str]]:
+        return [
+            a.option_strings
+            for a in p._actions
+            if a.option_strings
+            and not isinstance(a, argparse._HelpAction)
+            and not set(a.option_strings) & skip
+        ]
+
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    top = options(parser, set())
+    common = {s for strings in top for s in strings}
+    found = {"": top}
+    positionals = {"": {sub.metavar}}
+    for name, p in sub.choices.items():
+        found[name] = options(p, common)
+        positionals[name] = {a.metavar for a in p._actions if not a.option_strings}
+    return found, positionals
+
+
+def test_readme_command_list_matches_the_parser() -> None:
+    doc_flags, doc_positionals = _documented()
+    parser_flags, parser_positionals = _parser()
+    assert set(doc_flags) == set(parser_flags), "commands in the README vs in build_parser()"
+    for command, options in parser_flags.items():
+        where = f"hubpin {command}".strip()
+        known = {s for strings in options for s in strings}
+        if command:
+            known |= {s for strings in parser_flags[""] for s in strings}  # the common options
+        undocumented = [s for s in options if not set(s) & doc_flags[command]]
+        assert not undocumented, f"README's command list lacks {undocumented} of {where}"
+        unknown = doc_flags[command] - known
+        assert not unknown, f"README documents {sorted(unknown)} for {where}; the parser has none"
+        assert doc_positionals[command] == parser_positionals[command], where
+
+
+def test_readme_check_can_fail(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """An undocumented flag (say a new `lock --upgrade`) and a stale one both fail the check."""
+    import hubpin.cli
+
+    real = hubpin.cli.build_parser
+
+    def with_upgrade():  # type: ignore[no-untyped-def]
+        parser = real()
+        sub = next(a for a in parser._actions if a.dest == "command")
+        sub.choices["lock"].add_argument("--upgrade", action="store_true")
+        return parser
+
+    monkeypatch.setattr(hubpin.cli, "build_parser", with_upgrade)
+    with pytest.raises(AssertionError, match=r"lacks \[\['--upgrade'\]\] of hubpin lock"):
+        test_readme_command_list_matches_the_parser()
+    monkeypatch.setattr(hubpin.cli, "build_parser", real)
+    readme = tmp_path / "README.md"
+    readme.write_text(README.read_text().replace("  env   ", "  outdated [--json]\n  env   "))
+    monkeypatch.setattr(sys.modules[__name__], "README", readme)
+    with pytest.raises(AssertionError, match="commands in the README"):
+        test_readme_command_list_matches_the_parser()
