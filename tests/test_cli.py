@@ -327,14 +327,14 @@ def test_sync_dry_run_reports_the_plan_writes_nothing_and_opens_nothing(
         rows[1],
     ), rows[1]
     assert re.fullmatch(r"double +keep +- +\S+ \S+  already present", rows[2]), rows[2]
-    quint_url = f"{hub.url}/archives/google/quint/1.tar.gz"
+    quint_url = handles["quint"]  # where the download starts (redirects are followed)
     assert re.fullmatch(
         rf"quint +download +\S+ \S+ +\S+ \S+  not in the cache; from {re.escape(quint_url)}",
         rows[3],
     ), rows[3]
     assert re.fullmatch(
         r"triple +replace +\S+ \S+ +\S+ \S+  cache entry: saved_model\.pb is \d+ bytes, "
-        r"expected \d+; from http://\S+/triple/1\.tar\.gz",
+        r"expected \d+; from http://\S+/google/triple/1",
         rows[4],
     ), rows[4]
     assert rows[5].startswith(
@@ -456,6 +456,29 @@ def test_sync_dry_run_with_a_stale_lock_says_it_would_lock_first_without_network
         "would lock first (models.lock does not exist): would pin double, quint (network)\n"
     )
     assert len(hub.requests) == requests
+
+
+def test_sync_from_a_bundle_dry_run_names_the_bundle_or_what_it_lacks(
+    project: Project, hub: HubServer
+) -> None:
+    _locked(project, hub, "double", "triple")
+    assert project.run("bundle", "out", "double")[0] == 0
+    before, requests = _tree(project.root.parent), len(hub.requests)
+    code, out, _ = project.run("sync", "--from", "out", "--dry-run", "--json")
+    assert code == 0
+    plan = {m["alias"]: (m["action"], m["reason"]) for m in json.loads(out)["models"]}
+    assert plan["double"] == ("download", "not in the cache; from bundle out")
+    assert plan["triple"] == (
+        "fail",
+        f"out: the bundle has no archive {_sha(project, 'triple')}; "
+        "make it again with: hubpin bundle",
+    )
+    assert _tree(project.root.parent) == before and len(hub.requests) == requests
+
+
+def _sha(project: Project, alias: str) -> str:
+    text = project.lock.read_text()
+    return re.search(rf"\[models\.{alias}\][^\[]*?archive_sha256 = \"(\w+)\"", text, re.S)[1]  # type: ignore[index]
 
 
 def test_lock_dry_run(project: Project, hub: HubServer) -> None:
