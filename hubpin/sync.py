@@ -151,8 +151,7 @@ class Syncer:
         if not damage:
             return "present", ""
         if self.offline and not self.from_bundle:
-            what = "not in the cache" if damage == ["not synced"] else f"cache entry: {damage[0]}"
-            raise NotSyncedError(f"{what}, and --offline forbids downloading; run: hubpin sync")
+            raise NotSyncedError(f"{_offline_refusal(damage)}; run: hubpin sync")
         with self.cache.locked(pin.cache_key, self.settings.lock_timeout) as work:
             if not self._damage(pin):  # another process finished while we waited
                 return "present", ""
@@ -199,10 +198,7 @@ class Syncer:
                     )
                 return Step(alias, "keep", size, 0, "already present")
             if self.offline and not self.from_bundle:  # as _sync_archive: before adoption
-                what = (
-                    "not in the cache" if damage == ["not synced"] else f"cache entry: {damage[0]}"
-                )
-                return Step(alias, "fail", size, 0, f"{what}, and --offline forbids downloading")
+                return Step(alias, "fail", size, 0, _offline_refusal(damage))
             if self._adoptable(pin) is not None:
                 return Step(
                     alias,
@@ -330,6 +326,11 @@ class Syncer:
                 "run: hubpin lock"
             )
         return "checked", f"{folder} matches the lock"
+
+
+def _offline_refusal(damage: list[str]) -> str:
+    what = "not in the cache" if damage == ["not synced"] else f"cache entry: {damage[0]}"
+    return f"{what}, and --offline forbids downloading"
 
 
 def check_against_lock(pin: Pin, result: Unpacked) -> None:
