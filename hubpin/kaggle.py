@@ -664,6 +664,9 @@ def publish_to_kagglehub(folder: Path, root: Path, handle: KaggleHandle) -> Path
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         raise write_error(exc, entry) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if moved:
         if old.is_dir() and not old.is_symlink():
             shutil.rmtree(old, ignore_errors=True)

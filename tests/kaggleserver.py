@@ -145,8 +145,10 @@ class Throttle:
     where: str = "api"  # "api" or "storage"
 
 
-@dataclass(frozen=True)
+@dataclass
 class Logged:
+    """One request, logged as it arrives (before any answer), its status set as it is answered."""
+
     server: str  # "api" or "storage"
     method: str
     path: str
@@ -200,8 +202,13 @@ class KaggleServer:
         return self
 
     def stop(self) -> None:
+        """Stop both servers (again is harmless): afterwards nothing listens on either port."""
+        if getattr(self, "_stopped", False):
+            return
+        self._stopped = True
         for httpd in (self._api, self._storage):
-            httpd.shutdown()
+            if self._threads:
+                httpd.shutdown()
             httpd.server_close()
 
     def add(
@@ -268,41 +275,29 @@ class KaggleServer:
         parts = urllib.parse.urlsplit(req.path)
         length = int(req.headers.get("Content-Length") or 0)
         body = req.rfile.read(length) if length else b""
-        arrived = time.monotonic()
-        status_box: list[int] = []
-        try:
-            with self._lock:
-                throttled = self.throttle.times > 0 and self.throttle.where == role
-                self.throttle.times -= throttled
-            if throttled:
-                extra = (
-                    {"Retry-After": self.throttle.retry_after} if self.throttle.retry_after else {}
-                )
-                _json_reply(
-                    req,
-                    self.throttle.status,
-                    _error(self.throttle.status, "slow down"),
-                    extra,
-                    status_box,
-                )
-            elif role == "storage":
-                self._storage_get(req, parts, status_box)
-            else:
-                self._api_request(req, parts, body, status_box)
-        finally:
-            with self._lock:
-                self.requests.append(
-                    Logged(
-                        role,
-                        req.command,
-                        urllib.parse.unquote(parts.path),
-                        parts.query,
-                        dict(req.headers.items()),
-                        status_box[0] if status_box else 0,
-                        body,
-                        arrived,
-                    )
-                )
+        entry = Logged(
+            role,
+            req.command,
+            urllib.parse.unquote(parts.path),
+            parts.query,
+            dict(req.headers.items()),
+            0,
+            body,
+            time.monotonic(),
+        )
+        with self._lock:
+            self.requests.append(entry)
+            throttled = self.throttle.times > 0 and self.throttle.where == role
+            self.throttle.times -= throttled
+        status_box = _Box(entry)
+        if throttled:
+            extra = {"Retry-After": self.throttle.retry_after} if self.throttle.retry_after else {}
+            status = self.throttle.status
+            _json_reply(req, status, _error(status, "slow down"), extra, status_box)
+        elif role == "storage":
+            self._storage_get(req, parts, status_box)
+        else:
+            self._api_request(req, parts, body, status_box)
 
     # -- the API ------------------------------------------------------------------------
 
@@ -329,7 +324,7 @@ class KaggleServer:
         req: BaseHTTPRequestHandler,
         parts: urllib.parse.SplitResult,
         body: bytes,
-        box: list[int],
+        box: _Box,
     ) -> None:
         path = urllib.parse.unquote(parts.path)
         query = urllib.parse.parse_qs(parts.query)
@@ -383,7 +378,7 @@ class KaggleServer:
         call: dict[str, Any],
         model: KaggleModel | None,
         user: str | None,
-        box: list[int],
+        box: _Box,
     ) -> None:
         if model is None:
             return _json_reply(req, 404, _error(404, "Model instance not found"), None, box)
@@ -431,11 +426,11 @@ class KaggleServer:
                 return _json_reply(req, 404, _error(404, f"File {path} not found"), None, box)
             name = f"files/{path}" if path else "bundle/archive.tar.gz"
             location = self._signed(f"/kaggle-models-data/{model.id}/{version}/{name}")
+            box.set(302)
             req.send_response(302)
             req.send_header("Location", location)
             req.send_header("Content-Length", "0")
             req.end_headers()
-            box.append(302)
             return None
         return _json_reply(req, 404, _error(404, f"unknown method {method}"), None, box)
 
@@ -458,7 +453,7 @@ class KaggleServer:
         return f"{self.storage_url}{urllib.parse.quote(path)}?{urllib.parse.urlencode(query)}"
 
     def _storage_get(
-        self, req: BaseHTTPRequestHandler, parts: urllib.parse.SplitResult, box: list[int]
+        self, req: BaseHTTPRequestHandler, parts: urllib.parse.SplitResult, box: _Box
     ) -> None:
         path = urllib.parse.unquote(parts.path)
         query = urllib.parse.parse_qs(parts.query)
@@ -517,17 +512,27 @@ class KaggleServer:
             status = 206
             headers.append(("Content-Range", f"bytes {start}-{end - 1}/{len(data)}"))
         body = data[start:end]
+        box.set(status)
         req.send_response(status)
         for key, value in headers:
             req.send_header(key, value)
         req.send_header("Content-Length", str(len(body)))
         req.end_headers()
-        box.append(status)
         if req.command != "HEAD":
             try:
                 req.wfile.write(body)
             except OSError:
                 req.close_connection = True
+
+
+class _Box:
+    """Where an answer's status is written, before the answer is sent (tests read it right after)."""
+
+    def __init__(self, entry: Logged) -> None:
+        self.entry = entry
+
+    def set(self, status: int) -> None:
+        self.entry.status = status
 
 
 def _error(code: int, message: str) -> dict[str, Any]:
@@ -539,7 +544,7 @@ def _json_reply(
     status: int,
     answer: dict[str, Any],
     headers: dict[str, str] | None,
-    box: list[int],
+    box: _Box,
 ) -> None:
     body = json.dumps(answer).encode()
     _reply(
@@ -556,13 +561,13 @@ def _reply(
     status: int,
     body: bytes,
     headers: dict[str, str] | None,
-    box: list[int],
+    box: _Box,
 ) -> None:
+    box.set(status)
     req.send_response(status)
     for key, value in (headers or {}).items():
         req.send_header(key, value)
     req.send_header("Content-Length", str(len(body)))
     req.end_headers()
-    box.append(status)
     if req.command != "HEAD":
         req.wfile.write(body)
