@@ -506,7 +506,7 @@ class KaggleApi:
         return target
 
     def _call(
-        self, method: str, payload: dict[str, object]
+        self, method: str, payload: Mapping[str, object]
     ) -> tuple[int, Mapping[str, str], bytes]:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.credentials is not None:
@@ -640,6 +640,14 @@ def publish_to_kagglehub(folder: Path, root: Path, handle: KaggleHandle) -> Path
     worst no marker, and kagglehub then downloads for itself. An entry that
     already holds these very files (same inodes, or same sizes and mtimes) is
     left alone.
+
+    kagglehub then answers ``model_download("o/m/f/v/N")`` from the cache with
+    no network at all and no flag needed (http_resolver.py:208-215: a versioned
+    handle skips ``GetModelInstance``). An *unversioned* handle always asks the
+    API first, so offline it fails even when cached. In Colab (``TBE_RUNTIME_ADDR``
+    set) or a Kaggle notebook, kagglehub tries its Colab/Kaggle resolvers first
+    (kagglehub/__init__.py:20-22); ``DISABLE_COLAB_CACHE=true`` /
+    ``DISABLE_KAGGLE_CACHE=true`` make it use this cache there too.
     """
     entry = kagglehub_entry(root, handle)
     marker = kagglehub_marker(root, handle)

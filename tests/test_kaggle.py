@@ -384,6 +384,9 @@ def test_current_version_follows_a_version_bump(
     one, _ = fetch_checked(fetcher, api.download_url(handle.with_version(1)))
     two, _ = fetch_checked(fetcher, api.download_url(handle.with_version(2)))
     assert one == models["double"].archive and two == models["triple"].archive
+    # the REST form kagglehub 0.x used answers the same
+    status, _, body = fetcher.request("GET", f"{kaggle.url}/api/v1/models/{SLUG}/get")
+    assert status == 200 and json.loads(body)["versionNumber"] == 2
     call = json.loads(kaggle.log("api")[0].body)
     assert call == {
         "ownerSlug": "google",
