@@ -19,6 +19,7 @@ import tarfile
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from email.utils import formatdate
 from pathlib import Path
@@ -461,6 +462,47 @@ def test_gated_model_names_its_page_until_the_terms_are_accepted(
     data, _ = fetch_checked(fetcher, api.download_url(handle))
     assert data == models["triple"].archive
     assert_storage_got_no_credentials(kaggle, KEY)
+
+
+def test_no_secret_in_any_message_or_log(
+    kaggle: KaggleServer,
+    fetcher: Fetcher,
+    models,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Refusals, retries, warnings and a download: no token, key or URL signature is ever shown."""
+    caplog.set_level("DEBUG", logger="hubpin")  # the CLI shows hubpin's logger (urllib3's DEBUG
+    # log, off unless someone turns the root logger to DEBUG, prints whole URLs)
+    kaggle.add("acme/gated/tensorFlow2/v", models["triple"].archive, gated=True, private=True)
+    handle = parse_handle("kaggle:acme/gated/tensorFlow2/v/1")
+    shown: list[str] = []
+    for creds in (
+        Credentials("KAGGLE_API_TOKEN", "wr0ng-t0ken"),
+        Credentials("kaggle.json", None, USER, KEY),
+    ):
+        shown.append(repr(creds))
+        with pytest.raises(FetchError) as caught:
+            KaggleApi(kaggle.url, creds, fetcher.request).download_url(handle)
+        shown.append(str(caught.value))
+    kaggle.accept("acme/gated/tensorFlow2/v", USER)
+    api = KaggleApi(kaggle.url, Credentials("kaggle.json", None, USER, KEY), fetcher.request)
+    kaggle.throttle.times, kaggle.throttle.where, kaggle.throttle.status = 1, "storage", 503
+    url = api.download_url(handle)
+    signature = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["X-Goog-Signature"][0]
+    download = fetcher.open(url)
+    shown.append(download.final_url)
+    assert b"".join(download.chunks) == models["triple"].archive
+    kaggle.model("acme/gated/tensorFlow2/v").corrupt.add(1)
+    with pytest.raises(IntegrityError) as caught:
+        fetch_checked(fetcher, api.download_url(handle))
+    shown.append(str(caught.value))
+    out, err = capsys.readouterr()
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("hubpin"))
+    everything = "\n".join([*shown, logged, out, err])
+    assert "retrying" in logged  # the 503 was logged...
+    for secret in ("wr0ng-t0ken", KEY, _BASIC.split()[1], signature, "X-Goog-Signature"):
+        assert secret not in everything  # ...without the signed query
 
 
 def test_missing_model_or_version_is_a_404_message(kaggle: KaggleServer, fetcher: Fetcher) -> None:
