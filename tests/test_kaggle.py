@@ -12,6 +12,7 @@ import errno
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import socket
@@ -468,12 +469,20 @@ def test_no_secret_in_any_message_or_log(
     kaggle: KaggleServer,
     fetcher: Fetcher,
     models,
-    caplog: pytest.LogCaptureFixture,
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     """Refusals, retries, warnings and a download: no token, key or URL signature is ever shown."""
-    caplog.set_level("DEBUG", logger="hubpin")  # the CLI shows hubpin's logger (urllib3's DEBUG
-    # log, off unless someone turns the root logger to DEBUG, prints whole URLs)
+    # What the CLI shows is hubpin's logger (it stops propagation there, so listen on it);
+    # urllib3's own DEBUG log, off unless someone turns the root logger up, prints whole URLs.
+    records: list[logging.LogRecord] = []
+    listener = logging.Handler(logging.DEBUG)
+    listener.emit = records.append  # type: ignore[method-assign]
+    hubpin_log = logging.getLogger("hubpin")
+    monkeypatch.setattr(hubpin_log, "level", logging.DEBUG)
+    hubpin_log.addHandler(listener)
+    request.addfinalizer(lambda: hubpin_log.removeHandler(listener))
     kaggle.add("acme/gated/tensorFlow2/v", models["triple"].archive, gated=True, private=True)
     handle = parse_handle("kaggle:acme/gated/tensorFlow2/v/1")
     shown: list[str] = []
@@ -498,7 +507,7 @@ def test_no_secret_in_any_message_or_log(
         fetch_checked(fetcher, api.download_url(handle))
     shown.append(str(caught.value))
     out, err = capsys.readouterr()
-    logged = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("hubpin"))
+    logged = "\n".join(r.getMessage() for r in records)
     everything = "\n".join([*shown, logged, out, err])
     assert "retrying" in logged  # the 503 was logged...
     for secret in ("wr0ng-t0ken", KEY, _BASIC.split()[1], signature, "X-Goog-Signature"):
