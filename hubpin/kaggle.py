@@ -451,7 +451,7 @@ class KaggleApi:
         """The variation's current version: ``GetModelInstance``'s ``versionNumber``.
 
         This is what kagglehub does for an unversioned handle
-        (kagglehub/http_resolver.py:208-210 and 445-453).
+        (kagglehub/http_resolver.py:208-210 and 389-402).
         """
         payload = {
             "ownerSlug": handle.owner,
@@ -472,7 +472,7 @@ class KaggleApi:
     def download_url(self, handle: KaggleHandle) -> str:
         """The URL to GET for exactly ``handle``'s version (a signed storage URL).
 
-        ``DownloadModelInstanceVersion`` (kagglehub/http_resolver.py:517-532)
+        ``DownloadModelInstanceVersion`` (kagglehub/http_resolver.py:522-537)
         answers with a redirect, which kagglesdk's requests session follows;
         here it is returned instead, so the HTTP layer fetches it without the
         API's credentials. It carries a signature in its query string: never
