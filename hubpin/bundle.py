@@ -56,12 +56,17 @@ def write_bundle(lock: Lock, aliases: list[str], out: Path, sources: Sources) ->
 
 def _download(sources: Sources, pin: Pin, target: Path) -> None:
     download = sources.open_pin(pin)
-    reader = HashingReader(download.chunks, expected_size=pin.archive_size)
+    reader = HashingReader.of(download, expected_size=pin.archive_size)
     tmp = target.with_name(f".{target.name}.tmp")
-    with open(tmp, "wb") as fh:
-        while chunk := reader.read(1 << 20):
-            fh.write(chunk)
-    if (found := reader.hexdigest()) != pin.archive_sha256:
+    try:
+        with open(tmp, "wb") as fh:
+            while chunk := reader.read(1 << 20):
+                fh.write(chunk)
+        found = reader.hexdigest()  # raises for a corrupt download
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if found != pin.archive_sha256:
         tmp.unlink()
         raise IntegrityError(
             f"{download.final_url}: archive sha256 is {found}, the lock pins {pin.archive_sha256}; "

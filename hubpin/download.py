@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from hubpin.checksums import Declared
+
 
 @dataclass
 class Download:
@@ -13,3 +15,4 @@ class Download:
     final_url: str  # query stripped: safe to record and print
     length: int | None
     chunks: Iterator[bytes]
+    declared: Declared | None = None  # what the host says the bytes are (checked as they stream)

@@ -3,24 +3,31 @@
 HTTP follows tensorflow_hub's protocol (``?tf-hub-format=...``, redirects) but
 checks each hop itself: plain http only to loopback unless allowed, never an
 https→http downgrade. Transient failures (resets, timeouts, 5xx, 429) are retried
-with backoff; a body cut short resumes with a Range request from where it
-stopped. Nothing here prints or records a URL with its query string.
+with backoff (429/503 after the server's Retry-After, capped); a body cut short
+resumes with a Range request from where it stopped. Headers given for one host
+(Kaggle credentials) go to that host only, never to a redirect target elsewhere.
+Nothing here prints or records a URL with its query string.
 """
 
 from __future__ import annotations
 
 import collections
+import email.utils
 import functools
 import logging
 import os
 import random
+import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from hubpin.checksums import from_headers
 from hubpin.download import Download
 from hubpin.errors import FetchError, InputError, MissingError
 from hubpin.handles import is_loopback, scheme_of, strip_query
@@ -44,6 +51,8 @@ SLOW = 50e6
 class _Transient(Exception):
     """A failure worth another try (reset, timeout, 5xx, 429, short body)."""
 
+    retry_after: float | None = None  # seconds the server asked for (Retry-After), capped
+
 
 def _transient_errors() -> tuple[type[BaseException], ...]:
     import urllib3
@@ -63,6 +72,7 @@ class Fetcher:
         self.settings = settings
         self._pools: dict[str | None, urllib3.PoolManager] = {}
         self._proxies: dict[str, str] | None = None
+        self._hosts = _Hosts()
 
     def close(self) -> None:
         for pool in self._pools.values():
@@ -124,7 +134,7 @@ class Fetcher:
             and response.headers.get("accept-ranges", "").lower() == "bytes"
         ):
             chunks = self._ranged_if_slow(url, final, chunks, length)
-        return Download(strip_query(final), length, chunks)
+        return Download(strip_query(final), length, chunks, from_headers(response.headers))
 
     def _ranged_if_slow(
         self, url: str, final: str, single: Iterator[bytes], length: int
@@ -264,7 +274,7 @@ class Fetcher:
                         f"{strip_query(url)}: {_reason(exc)} (gave up after {failures} tries)"
                     ) from None
                 log.warning("%s: %s; retrying", strip_query(url), _reason(exc))
-                _backoff(failures)
+                _backoff(failures, exc)
 
     def _follow(
         self, url: str, offset: int, end: int | None = None
@@ -290,12 +300,12 @@ class Fetcher:
         self._check_url(url, None)
         ranged = offset or end is not None
         headers = {"Range": f"bytes={offset}-{'' if end is None else end}"} if ranged else {}
+        headers.update(self._headers_for(url))
+        self._wait_for_host(url)
         response = self._pool(url).request(
             "GET", url, headers=headers, redirect=False, preload_content=False, decode_content=False
         )
-        if response.status == 429 or response.status >= 500:
-            response.close()
-            raise _Transient(f"HTTP {response.status} {response.reason}")
+        self._raise_if_transient(response, url)
         return response
 
     def _check_url(self, url: str, came_from: str | None) -> None:
@@ -312,6 +322,114 @@ class Fetcher:
                 f"{strip_query(url)}: plain http is refused for non-loopback hosts; "
                 "use https, or set allow_http = true in hubpin.toml"
             )
+
+    # -- Rate limits, per-host headers and single API requests (Kaggle) --------------------
+
+    retry_after_cap: float = 60.0  # never wait longer than this for one Retry-After
+
+    def add_host_headers(self, url: str, headers: Mapping[str, str]) -> None:
+        """Send ``headers`` (credentials) with every request to ``url``'s origin, and only there.
+
+        The origin is scheme, host and port: a redirect to another host (a signed
+        storage URL) or to the same host over another scheme never gets them.
+        """
+        with self._hosts.lock:
+            self._hosts.headers.setdefault(_origin(url), {}).update(headers)
+
+    def _headers_for(self, url: str) -> dict[str, str]:
+        with self._hosts.lock:
+            return dict(self._hosts.headers.get(_origin(url), {}))
+
+    def _raise_if_transient(self, response: urllib3.BaseHTTPResponse, url: str) -> None:
+        """Raise _Transient for 429 and 5xx; for 429/503 remember the host's Retry-After.
+
+        The wait is kept per host, so every job talking to that host holds off
+        until then, not only the one that was told (parallel jobs would hammer it).
+        """
+        if response.status != 429 and response.status < 500:
+            return
+        wait = None
+        if response.status in (429, 503):
+            wait = _retry_after(response.headers.get("retry-after"), self.retry_after_cap)
+        response.close()
+        exc = _Transient(f"HTTP {response.status} {response.reason}")
+        if wait is not None:
+            exc.retry_after = wait
+            origin, until = _origin(url), time.monotonic() + wait
+            with self._hosts.lock:
+                self._hosts.not_before[origin] = max(self._hosts.not_before.get(origin, 0.0), until)
+        raise exc
+
+    def _wait_for_host(self, url: str) -> None:
+        """Sleep until the Retry-After this host gave (to any job) has passed."""
+        with self._hosts.lock:
+            until = self._hosts.not_before.get(_origin(url), 0.0)
+        delay = until - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """One API request: (status, headers, body), redirects *not* followed.
+
+        Retried like downloads (resets, timeouts, 5xx; 429/503 after Retry-After),
+        counted against ``retries``; any other status is returned for the caller
+        to explain. Headers from :meth:`add_host_headers` are added for this
+        URL's origin. Meant for small JSON answers (the Kaggle API), read whole.
+        """
+        self._check_url(url, None)
+
+        def attempt() -> tuple[int, Mapping[str, str], bytes]:
+            self._wait_for_host(url)
+            pool = self._pool(url)
+            merged = {**pool.headers, **self._headers_for(url), **(headers or {})}
+            response = pool.request(
+                method, url, body=body, headers=merged, redirect=False, preload_content=False
+            )
+            self._raise_if_transient(response, url)
+            try:
+                data = response.read()
+            finally:
+                response.release_conn()
+            return response.status, response.headers, data
+
+        return self._with_retries(attempt, url)
+
+
+@dataclass
+class _Hosts:
+    """Per-origin state shared by a Fetcher's threads: headers for that host only, Retry-After."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    headers: dict[tuple[str, str, int], dict[str, str]] = field(default_factory=dict)
+    not_before: dict[tuple[str, str, int], float] = field(default_factory=dict)
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or (443 if scheme == "https" else 80)
+
+
+def _retry_after(value: str | None, cap: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delay-seconds or an HTTP date), capped."""
+    if not value or not value.strip():
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), cap)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, min(cap, (when - datetime.now(timezone.utc)).total_seconds()))
 
 
 def open_file(path: Path) -> Download:
@@ -356,7 +474,11 @@ def _tls_options(settings: Settings) -> dict[str, Any]:
     return {"cert_reqs": "CERT_REQUIRED"}
 
 
-def _backoff(failures: int) -> None:
+def _backoff(failures: int, exc: BaseException | None = None) -> None:
+    retry_after = getattr(exc, "retry_after", None)
+    if retry_after is not None:  # the server said how long; no jitter on top
+        time.sleep(retry_after)
+        return
     time.sleep(min(8.0, 0.2 * 2 ** (failures - 1)) * (0.5 + random.random() / 2))
 
 

@@ -60,7 +60,7 @@ def pin_model(
     }
     if source.kind is Kind.ARCHIVE:
         download = sources.open(source.location)
-        reader = HashingReader(download.chunks, on_bytes=on_bytes)
+        reader = HashingReader.of(download, on_bytes=on_bytes)
         try:
             result = unpack(reader, work, max_unpacked=settings.max_unpacked_size)
         except ArchiveError as exc:

@@ -46,6 +46,7 @@ class Settings(BaseModel):
     max_unpacked_size: int = Field(default=64 * 2**30, gt=0)
     gcs_project: str | None = None
     gcs_token: str | None = None
+    kaggle_endpoint: str | None = None
     mirrors: list[Mirror] = Field(default_factory=list)
 
     @property

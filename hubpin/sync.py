@@ -294,8 +294,8 @@ class Syncer:
         """Download and unpack a pinned archive into ``work``; raise unless it matches the lock."""
         ensure_space(work, pin.unpacked_size, f"{pin.handle} (unpacked_size in the lock)")
         download = self.sources.open_pin(pin)
-        reader = HashingReader(
-            download.chunks, on_bytes=self.on_bytes, expected_size=pin.archive_size, stop=self.stop
+        reader = HashingReader.of(
+            download, on_bytes=self.on_bytes, expected_size=pin.archive_size, stop=self.stop
         )
         try:
             with self._alone() as alone:

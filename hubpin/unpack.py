@@ -21,9 +21,11 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Protocol
+from typing import Any, Protocol
 
+from hubpin.checksums import Checker, Declared
 from hubpin.digests import Tree
+from hubpin.download import Download
 from hubpin.errors import (
     ArchiveError,
     CacheError,
@@ -55,12 +57,14 @@ class Unpacked:
 
 
 class HashingReader(io.RawIOBase):
-    """A readable over an iterator of chunks that hashes and counts every byte it hands out.
+    """A readable over a download's chunks that hashes and counts every byte it hands out.
 
     With ``expected_size`` (the lock's archive size), a body that ends short of it
     is noted; if gzip or tar then fail for want of bytes, :meth:`short_or` reports
     truncation instead of corrupt data. A complete archive of another size is not
-    truncated but different: the digest check reports that.
+    truncated but different: the digest check reports that. What the host declared
+    (``Content-Length``, ``X-Goog-Hash``) is checked once the whole body was read,
+    so a body corrupted in transit is a "corrupt download", not a digest to pin.
     """
 
     def __init__(
@@ -69,8 +73,13 @@ class HashingReader(io.RawIOBase):
         on_bytes: Callable[[int], None] | None = None,
         expected_size: int | None = None,
         stop: threading.Event | None = None,
+        declared: Declared | None = None,
+        where: str = "",
     ) -> None:
         self._chunks = chunks
+        self._where = where
+        self._checker = Checker(declared) if declared else None
+        self._exhausted = False
         self._pending = memoryview(b"")
         self._expected_size = expected_size
         self._draining = False
@@ -81,6 +90,11 @@ class HashingReader(io.RawIOBase):
         self.ended_short = False
         self._stop = stop
 
+    @classmethod
+    def of(cls, download: Download, **options: Any) -> HashingReader:
+        """A reader of ``download`` that also checks what its host declared."""
+        return cls(download.chunks, declared=download.declared, where=download.final_url, **options)
+
     def readable(self) -> bool:
         return True
 
@@ -90,7 +104,7 @@ class HashingReader(io.RawIOBase):
         for chunk in self._chunks:
             if chunk:
                 if self._unhashed is None:
-                    self._sha256.update(chunk)
+                    self._digest(chunk)
                 else:
                     self._unhashed.append(chunk)
                 self.size += len(chunk)
@@ -104,7 +118,13 @@ class HashingReader(io.RawIOBase):
                 return True
         if not self._draining and self.size < (self._expected_size or 0):
             self.ended_short = True
+        self._exhausted = True
         return False
+
+    def _digest(self, chunk: bytes) -> None:
+        self._sha256.update(chunk)
+        if self._checker is not None:
+            self._checker.update(chunk)
 
     def peek(self, n: int) -> bytes:
         while len(self._pending) < n and self._pull_more():
@@ -139,19 +159,30 @@ class HashingReader(io.RawIOBase):
     def catch_up(self) -> None:
         """Hash the bytes read so far (only one thread may call this and :meth:`hexdigest`)."""
         while self._unhashed:
-            self._sha256.update(self._unhashed.popleft())
+            self._digest(self._unhashed.popleft())
 
     def hexdigest(self) -> str:
-        """The sha256 of every byte read so far."""
+        """The sha256 of every byte read so far; once all were read, raise unless they are
+        what the host declared (IntegrityError "corrupt download", or TruncatedError)."""
         self.catch_up()
+        if self._exhausted and self._checker is not None:
+            checker, self._checker = self._checker, None
+            checker.check(self._where)
         return self._sha256.hexdigest()
 
     def short_or(self, error: HubpinError) -> HubpinError:
-        """``error``, unless the body ended short of the pinned size: then that is the news."""
+        """``error``, unless the body ended short of the pinned size, or differs from what the
+        host declared: then that is the news (bad gzip is how a corrupt transfer shows first)."""
         if self.ended_short:
             return TruncatedError(
                 f"download truncated: got {self.size} of the {self._expected_size} bytes pinned"
             )
+        if self._checker is not None:
+            try:
+                self.drain()
+                self.hexdigest()
+            except HubpinError as exc:
+                return exc
         return error
 
     def drain(self) -> None:

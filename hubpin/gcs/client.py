@@ -39,6 +39,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hubpin.checksums import Declared
 from hubpin.download import Download
 from hubpin.errors import FetchError, HubpinError, MissingError, SettingsError
 from hubpin.settings import Settings
@@ -270,4 +271,5 @@ def open_object(url: str, settings: Settings) -> Download:
         with errors(url):
             yield from stream(fs, bucket, name, str(meta["generation"]), int(meta["size"]))
 
-    return Download(final_url=url, length=int(meta["size"]), chunks=chunks())
+    declared = Declared(int(meta["size"]), meta.get("crc32c"), meta.get("md5Hash"))
+    return Download(final_url=url, length=int(meta["size"]), chunks=chunks(), declared=declared)
