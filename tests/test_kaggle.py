@@ -120,7 +120,7 @@ def many_files(models, tmp_path_factory: pytest.TempPathFactory) -> bytes:
 def fetch_checked(fetcher: Fetcher, url: str, **options: bool) -> tuple[bytes, Checker]:
     """Download ``url`` through the Fetcher, checking it against the declared checksums."""
     download = fetcher.open(url)
-    checker = Checker(from_headers(download.headers or {}), **options)
+    checker = Checker(download.declared or Declared(), **options)
     parts = []
     for chunk in download.chunks:
         checker.update(chunk)
