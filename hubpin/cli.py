@@ -23,7 +23,8 @@ from typing import Any
 from hubpin import stamp
 from hubpin.bundle import write_bundle
 from hubpin.errors import HubpinError, InputError, NotSyncedError, StaleLockError, unknown_alias
-from hubpin.handles import Format, Kind, cache_key
+from hubpin.handles import Format, Kind
+from hubpin.kaggle import configured
 from hubpin.lockfile import Lock, Pin, differences, manifest_digest, spec_inputs, write_lock
 from hubpin.manifest import ModelSpec, add_model, remove_models
 from hubpin.pin import pin_into_cache
@@ -124,6 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--check", action="store_true", help="exit 1 if the lock is missing or stale (no network)"
     )
     _dry_run_flags(p, check, "what would be pinned, kept or dropped (no network, writes nothing)")
+    check.add_argument(
+        "--upgrade",
+        action="store_true",
+        help="move unversioned Kaggle handles to their current version (ALIAS…: only these)",
+    )
     p.add_argument(
         "aliases", nargs="*", metavar="ALIAS", help="re-pin only these (default: new or changed)"
     )
@@ -187,6 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("out", type=Path, metavar="OUT")
     p.add_argument("aliases", nargs="*", metavar="ALIAS")
+
+    p = command(
+        "outdated",
+        cmd_outdated,
+        "locked vs current version of each Kaggle-hosted model; exit 1 if any is behind",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable report on stdout")
 
     command("env", cmd_env, "print shell exports that point tensorflow_hub at this cache")
     return parser
@@ -271,7 +284,9 @@ def cmd_lock(args: argparse.Namespace) -> int:
         _say(args, f"{project.lock_path.name} is up to date ({_count(len(lock.models), 'model')})")
         return 0
     with _sources(project) as sources:
-        _, changed = lock_project(args, project, sources, set(args.aliases), fill_cache=False)
+        _, changed = lock_project(
+            args, project, sources, set(args.aliases), fill_cache=False, upgrade=args.upgrade
+        )
     return 0 if changed is not None else 1
 
 
@@ -347,16 +362,12 @@ def _stamp(
 ) -> None:
     """After a clean sync of local archives, let the next identical one skip pydantic."""
     if project.cache.local_root is None or any(
-        p.kind is not Kind.ARCHIVE or not p.cache_key for p in pins.values()
+        p.kind is not Kind.ARCHIVE or not p.cache_key or p.kaggle_version for p in pins.values()
     ):
-        return
+        return  # the stamp stat-checks local tensorflow_hub entries only (not kagglehub's cache)
     if any(o.status not in ("fetched", "present", "adopted") for o in outcomes):
         return
-    entries = [
-        (key, pin.tree_digest)
-        for pin in pins.values()
-        for key in [pin.cache_key, *(cache_key(h) for h in pin.also or [])]
-    ]
+    entries = [(key, pin.tree_digest) for pin in pins.values() for key in pin.cache_keys()]
     as_noop = [Outcome(o.alias, "present", "", o.size) for o in outcomes]
     output = (
         ""
@@ -414,6 +425,53 @@ def cmd_verify(args: argparse.Namespace) -> int:
         )
         return 1
     return 1 if any(o.status == "failed" for o in repaired.values()) else 0
+
+
+def cmd_outdated(args: argparse.Namespace) -> int:
+    """Ask Kaggle for each pinned model's current version; download nothing."""
+    project = _project(args, need_manifest=False)
+    lock = project.read_lock()
+    rows = []
+    with _sources(project) as sources:
+        for alias, pin in sorted(lock.models.items()):
+            row: dict[str, Any] = {"alias": alias, "handle": pin.handle, "locked": None}
+            row |= {"current": None, "state": "unknown"}
+            if pin.kaggle_version is None:
+                row["note"] = "not hosted on Kaggle: its host cannot tell"
+                rows.append(row)
+                continue
+            handle = configured(pin.handle, project.settings.kaggle_endpoint)
+            assert handle is not None  # a Kaggle pin's handle (else sources.location_of raises)
+            row["locked"] = pin.kaggle_version
+            try:
+                row["current"] = sources.kaggle.current_version(handle)
+            except HubpinError as exc:
+                row |= {"state": "failed", "note": str(exc)}
+                rows.append(row)
+                continue
+            if row["current"] <= pin.kaggle_version:
+                row["state"] = "current"
+            elif handle.version is None:
+                row |= {"state": "behind", "note": f"run: hubpin lock --upgrade {alias}"}
+            else:
+                row |= {
+                    "state": "behind",
+                    "note": f"the manifest pins version {handle.version}; edit its handle",
+                }
+            rows.append(row)
+    behind = sum(r["state"] == "behind" for r in rows)
+    failed = sum(r["state"] == "failed" for r in rows)
+    if args.json:
+        print(json.dumps({"lock": str(project.lock_path), "models": rows}, indent=2))
+    else:
+        print(f"{'ALIAS':<20} {'LOCKED':>7} {'CURRENT':>8}  STATE")
+        for r in rows:
+            note = f" ({r['note']})" if r.get("note") else ""
+            locked = "-" if r["locked"] is None else str(r["locked"])
+            current = "-" if r["current"] is None else str(r["current"])
+            print(f"{r['alias']:<20} {locked:>7} {current:>8}  {r['state']}{note}")
+        _say(args, f"{_count(behind, 'model')} behind, {failed} could not be checked")
+    return 1 if behind or failed else 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -571,23 +629,43 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def lock_project(
-    args: argparse.Namespace, project: Project, sources: Sources, force: set[str], fill_cache: bool
+    args: argparse.Namespace,
+    project: Project,
+    sources: Sources,
+    force: set[str],
+    fill_cache: bool,
+    upgrade: bool = False,
 ) -> tuple[Lock | None, bool | None]:
-    """Pin new, changed and forced aliases; keep the rest. Returns (lock, changed) or (None, None)."""
+    """Pin new, changed and forced aliases; keep the rest. Returns (lock, changed) or (None, None).
+
+    A Kaggle model pinned from an unversioned handle keeps its version when it is
+    re-pinned; with ``upgrade``, those of ``force`` (all, when empty) move to the
+    version Kaggle calls current, and the ones already there are kept as they are.
+    """
     manifest, settings = project.manifest, project.settings
     try:
         old = project.lock_or_none()
     except InputError as exc:
         log.warning("ignoring unreadable lock: %s", exc)
         old = None
+    versions: dict[str, int | None] = {}  # alias → the Kaggle version to pin
+    if upgrade:
+        versions = _current_versions(project, old, force, sources)
+        force = set(versions)
     kept, todo = _partition(project, old, force)
+    for alias in todo:
+        pin = old.models.get(alias) if old else None
+        if alias not in versions and pin is not None and pin.handle == todo[alias].handle:
+            versions[alias] = pin.kaggle_version
 
     cache = project.cache if fill_cache else None
 
     def pin_one(alias: str) -> Pin:
         spec = todo[alias]
         try:
-            return pin_into_cache(spec, settings, sources, project.root, cache)
+            return pin_into_cache(
+                spec, settings, sources, project.root, cache, version=versions.get(alias)
+            )
         except HubpinError as exc:
             raise type(exc)(f"{alias} ({spec.handle}): {exc}") from None
 
@@ -621,6 +699,26 @@ def lock_project(
         f"({len(todo)} pinned, {len(kept)} kept)",
     )
     return lock, changed
+
+
+def _current_versions(
+    project: Project, old: Lock | None, aliases: set[str], sources: Sources
+) -> dict[str, int | None]:
+    """For ``lock --upgrade``: each unversioned Kaggle alias whose current version is newer
+    than the one locked (of ``aliases``, or all), with that version."""
+    moving: dict[str, int | None] = {}
+    for alias, spec in sorted(project.manifest.models.items()):
+        handle = configured(spec.handle, project.settings.kaggle_endpoint)
+        if handle is None or handle.version is not None or (aliases and alias not in aliases):
+            continue
+        pin = old.models.get(alias) if old else None
+        try:
+            current = sources.kaggle.current_version(handle)
+        except HubpinError as exc:
+            raise type(exc)(f"{alias} ({spec.handle}): {exc}") from None
+        if pin is None or pin.kaggle_version != current:
+            moving[alias] = current
+    return moving
 
 
 def _partition(

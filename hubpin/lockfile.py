@@ -61,12 +61,22 @@ class Pin(BaseModel):
     unpacked_size: int = Field(ge=0)
     file_count: int = Field(ge=0)
     objects: list[GcsObject] | None = None
+    kaggle_version: int | None = Field(default=None, ge=1)  # a Kaggle model's pinned version
+    versioned_handle: str | None = None  # its model URL at that version, as hub.load is given it
+
+    def handles(self) -> list[str]:
+        """Every handle tensorflow_hub may be asked for this model: as written, ``also``, and
+        a Kaggle model's versioned URL; one download fills the cache key of each."""
+        found = [self.handle, *(self.also or [])]
+        if self.versioned_handle and self.versioned_handle not in found:
+            found.append(self.versioned_handle)
+        return found
 
     def cache_keys(self) -> list[str]:
-        """Every cache folder this pin fills: its handle's and those of its ``also`` handles."""
+        """Every cache folder this pin fills: one per handle in :meth:`handles`."""
         if self.cache_key is None:
             return []
-        return [self.cache_key, *(cache_key(h) for h in self.also or [])]
+        return [cache_key(h) for h in self.handles()]
 
     @model_validator(mode="after")
     def _complete(self) -> Pin:

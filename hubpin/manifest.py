@@ -11,8 +11,9 @@ from pathlib import Path
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from hubpin.errors import ManifestError
+from hubpin.errors import InputError, ManifestError
 from hubpin.handles import Format, check_handle
+from hubpin.kaggle import parse_handle
 from hubpin.settings import Settings
 from hubpin.tomlfile import read_toml, tomllib, validate
 
@@ -34,7 +35,7 @@ class ModelSpec(BaseModel):
     @field_validator("handle")
     @classmethod
     def _handle(cls, value: str) -> str:
-        problem = check_handle(value)
+        problem = _problem(value)
         if problem:
             raise ValueError(problem)
         return value
@@ -43,7 +44,7 @@ class ModelSpec(BaseModel):
     @classmethod
     def _also(cls, value: list[str]) -> list[str]:
         for handle in value:
-            problem = check_handle(handle)
+            problem = _problem(handle)
             if problem:
                 raise ValueError(f"{handle!r}: {problem}")
         return value
@@ -52,6 +53,17 @@ class ModelSpec(BaseModel):
         """The model's own format, else the project's, else COMPRESSED; AUTO is COMPRESSED."""
         fmt = self.format or settings.format or Format.COMPRESSED
         return Format.COMPRESSED if fmt is Format.AUTO else fmt
+
+
+def _problem(handle: str) -> str | None:
+    """Why ``handle`` cannot be a handle (Kaggle's form included), or None."""
+    problem = check_handle(handle)
+    if problem is None:
+        try:
+            parse_handle(handle)
+        except InputError as exc:
+            return str(exc)
+    return problem
 
 
 class Manifest(BaseModel):

@@ -10,11 +10,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from hubpin.cache import Cache, Record
 from hubpin.digests import Tree, hash_tree
-from hubpin.errors import ArchiveError, FetchError, IntegrityError
-from hubpin.handles import Kind, cache_key, local_path, relative_posix, scheme_of, source_for
+from hubpin.errors import ArchiveError, FetchError, InputError, IntegrityError
+from hubpin.handles import (
+    Format,
+    Kind,
+    Source,
+    cache_key,
+    local_path,
+    relative_posix,
+    scheme_of,
+    source_for,
+)
+from hubpin.kaggle import configured
 from hubpin.lockfile import GcsObject, Pin
 from hubpin.manifest import ModelSpec
 from hubpin.settings import Settings
@@ -23,15 +34,24 @@ from hubpin.unpack import HashingReader, Unpacked, unpack
 
 
 def pin_into_cache(
-    spec: ModelSpec, settings: Settings, sources: Sources, root: Path, cache: Cache | None
+    spec: ModelSpec,
+    settings: Settings,
+    sources: Sources,
+    root: Path,
+    cache: Cache | None,
+    version: int | None = None,
 ) -> Pin:
-    """Pin one entry; with a cache, an archive is unpacked into it in the same pass."""
+    """Pin one entry; with a cache, an archive is unpacked into it in the same pass.
+
+    ``version`` is the Kaggle version an earlier lock pinned for an unversioned
+    handle: re-pinning keeps it (only ``lock --upgrade`` passes None and moves on).
+    """
     fmt = spec.effective_format(settings)
     if cache is None or source_for(spec.handle, fmt, root).kind is not Kind.ARCHIVE:
-        return pin_model(spec, settings, sources, root)[0]
+        return pin_model(spec, settings, sources, root, version=version)[0]
     key = cache_key(spec.handle)
     with cache.locked(key, settings.lock_timeout) as work:
-        pin, tree = pin_model(spec, settings, sources, root, work=work)
+        pin, tree = pin_model(spec, settings, sources, root, work=work, version=version)
         record = cache.read_record(key)
         if tree is not None and (record is None or record.tree_digest != pin.tree_digest):
             cache.publish(key, work, Record(spec.handle, pin.tree_digest, tree))
@@ -45,10 +65,14 @@ def pin_model(
     root: Path,
     work: Path | None = None,
     on_bytes: Callable[[int], None] | None = None,
+    version: int | None = None,
 ) -> tuple[Pin, Tree | None]:
     """Resolve one manifest entry into a pin, and the tree unpacked into ``work`` if any."""
     fmt = spec.effective_format(settings)
     source = source_for(spec.handle, fmt, root)
+    kaggle = _kaggle_fields(spec, fmt, settings, sources, version)
+    if kaggle:
+        source = Source(Kind.ARCHIVE, kaggle.pop("location"))
     common = {
         "handle": spec.handle,
         "format": fmt,
@@ -82,6 +106,7 @@ def pin_model(
             tree_digest=result.tree.digest(),
             unpacked_size=result.tree.size,
             file_count=result.tree.file_count,
+            **kaggle,
         )
         return pin, result.tree if work is not None else None
     if source.kind is Kind.FOLDER:
@@ -115,6 +140,27 @@ def pin_model(
         objects=[GcsObject.model_validate(o.__dict__) for o in listing],
     )
     return pin, None
+
+
+def _kaggle_fields(
+    spec: ModelSpec, fmt: Format, settings: Settings, sources: Sources, version: int | None
+) -> dict[str, Any]:
+    """For a Kaggle model: the exact version to fetch (as written, kept, or the current one
+    Kaggle's API names) and the lock fields that pin it; empty for any other handle."""
+    handle = configured(spec.handle, settings.kaggle_endpoint)
+    if handle is None:
+        return {}
+    if fmt is Format.UNCOMPRESSED:
+        raise InputError(
+            "Kaggle models are served as archives, not read from gs:// in place; "
+            'set format = "COMPRESSED" for this model'
+        )
+    exact = handle.with_version(handle.version or version or sources.kaggle.current_version(handle))
+    return {
+        "location": str(exact),
+        "kaggle_version": exact.version,
+        "versioned_handle": exact.model_url,
+    }
 
 
 def check_expected(expected: str | None, result: Unpacked) -> None:

@@ -164,9 +164,7 @@ class _PinnedResolver:
         self.lock = lock
         self.strict = strict
         self.by_handle = {
-            handle: alias
-            for alias, pin in lock.data.models.items()
-            for handle in (pin.handle, *(pin.also or []))
+            handle: alias for alias, pin in lock.data.models.items() for handle in pin.handles()
         }
 
     def is_supported(self, handle: str) -> bool:

@@ -5,7 +5,8 @@ A sync reads an archive from one of these, in order:
 1. a bundle (``sync --from OUT``): ``OUT/archives/<sha256>``, and nothing else,
    since ``--from`` is for machines without a network;
 2. each ``[[mirrors]]`` entry whose prefix matches the location, rewritten;
-3. the host itself (the handle's own URL, gs:// object or file).
+3. the host itself (the handle's own URL, gs:// object or file; for a Kaggle
+   model, the pinned version through Kaggle's API).
 
 Whatever is read is verified against the lock by the caller, so no source can
 change a model; a source that fails is skipped with a warning, except the last.
@@ -22,6 +23,7 @@ from typing import Protocol
 from hubpin.download import Download
 from hubpin.errors import FetchError, MissingError
 from hubpin.handles import source_for, strip_query
+from hubpin.kaggle import KaggleApi, pinned
 from hubpin.lockfile import Pin
 from hubpin.settings import Mirror, Settings
 from hubpin.transport import Transport
@@ -97,6 +99,7 @@ class Sources:
     def __init__(
         self, settings: Settings, transport: Transport, root: Path, bundle: str | None = None
     ) -> None:
+        self.settings = settings
         self.transport = transport
         self.root = root
         self.origins: list[Origin] = (
@@ -109,8 +112,16 @@ class Sources:
             raise FetchError(f"{strip_query(location)}: no archive source can serve it")
         return found
 
+    @property
+    def kaggle(self) -> KaggleApi:
+        """Kaggle's API, for resolving an unversioned Kaggle handle at lock time."""
+        return self.transport.kaggle
+
     def location_of(self, pin: Pin) -> str:
-        """The host's location for a pinned archive, as tensorflow_hub would fetch it."""
+        """The host's location for a pinned archive: as tensorflow_hub would fetch it, or for a
+        Kaggle model exactly the pinned version (``kaggle:o/m/f/v/N``), never "latest"."""
+        if pin.kaggle_version is not None:
+            return str(pinned(pin.handle, pin.kaggle_version, self.settings.kaggle_endpoint))
         return source_for(pin.handle, pin.format, self.root).location
 
     def open_pin(self, pin: Pin) -> Download:

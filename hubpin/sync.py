@@ -10,8 +10,7 @@ archive sha256 and tree digest with the lock, and only then rename it into place
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,13 +19,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hubpin.cache import Cache, Record
+from hubpin.cache.kagglehub import kagglehub_cache_root, link_tree, publish_to_kagglehub
 from hubpin.digests import Tree, hash_tree
-from hubpin.errors import CacheError, HubpinError, IntegrityError, NotSyncedError, TruncatedError
+from hubpin.errors import (
+    CacheError,
+    HubpinError,
+    IntegrityError,
+    NotSyncedError,
+    TruncatedError,
+    write_error,
+)
 from hubpin.handles import Kind, cache_key
+from hubpin.kaggle import pinned
 from hubpin.lockfile import Pin
 from hubpin.settings import Settings
 from hubpin.sources import Sources
 from hubpin.unpack import HashingReader, Unpacked, ensure_space, unpack
+
+log = logging.getLogger("hubpin")
 
 
 @dataclass
@@ -97,7 +107,8 @@ class Syncer:
             for alias, pin in pins.items()
             if pin.kind is Kind.ARCHIVE
             and not self.full_verify
-            and not pin.also
+            and pin.handles() == [pin.handle]
+            and pin.kaggle_version is None
             and self._intact(pin)
         }
         for outcome in present.values():
@@ -141,8 +152,10 @@ class Syncer:
             check_folder(pin, self.settings)
             return "checked", f"{pin.location} unchanged ({pin.file_count} objects)"
         status, detail = self._sync_archive(pin)
-        for handle in pin.also or []:
+        for handle in pin.handles()[1:]:
             self._fill_also(pin, handle)
+        if pin.kaggle_version is not None:
+            self._fill_kagglehub(pin)
         return status, detail
 
     def _sync_archive(self, pin: Pin) -> tuple[str, str]:
@@ -189,7 +202,7 @@ class Syncer:
             if not damage:
                 missing = [
                     h
-                    for h in pin.also or []
+                    for h in pin.handles()[1:]
                     if self.cache.quick_check(cache_key(h), pin.tree_digest)
                 ]
                 if missing:
@@ -243,18 +256,27 @@ class Syncer:
             )
         record = self.cache.read_record(pin.cache_key)
         assert record is not None
-        source = self.cache.local_root / pin.cache_key
         with self.cache.locked(key, self.settings.lock_timeout) as work:
             if not self.cache.quick_check(key, pin.tree_digest):
                 return
-            for folder in record.tree.dirs:
-                (work / folder).mkdir(parents=True, exist_ok=True)
-            for path in record.tree.files:
-                try:
-                    os.link(source / path, work / path)
-                except OSError:
-                    shutil.copy2(source / path, work / path)
+            try:
+                link_tree(self.cache.local_root / pin.cache_key, work)
+            except OSError as exc:
+                raise write_error(exc, work) from None
             self.cache.publish(key, work, Record(handle, pin.tree_digest, record.tree))
+
+    def _fill_kagglehub(self, pin: Pin) -> None:
+        """Put a Kaggle model where unmodified ``kagglehub.model_download`` finds it offline.
+
+        The verified entry is hard-linked into ``$KAGGLEHUB_CACHE`` under the pinned
+        version (nothing is written when it already holds these files).
+        """
+        assert pin.cache_key and pin.kaggle_version is not None
+        if self.cache.local_root is None:
+            log.info("%s: kagglehub's cache is filled only from a local cache", pin.handle)
+            return
+        handle = pinned(pin.handle, pin.kaggle_version, self.settings.kaggle_endpoint)
+        publish_to_kagglehub(self.cache.local_root / pin.cache_key, kagglehub_cache_root(), handle)
 
     def _damage(self, pin: Pin) -> list[str]:
         """Why the entry is not usable as is: the stat check, or a full re-hash with --verify."""

@@ -1,4 +1,5 @@
-"""Open a location, whatever holds it: http(s) through urllib3, gs:// through gcsfs, a file.
+"""Open a location, whatever holds it: http(s) through urllib3, gs:// through gcsfs, a
+Kaggle model version through Kaggle's API, a file.
 
 This is the only place that dispatches on a location's scheme; which locations
 to try for a pinned archive, and in what order, is :mod:`hubpin.sources`.
@@ -11,6 +12,7 @@ from pathlib import Path
 from hubpin.download import Download
 from hubpin.fetch import Fetcher, open_file
 from hubpin.handles import local_path, scheme_of
+from hubpin.kaggle import KaggleApi, endpoint, load_credentials, parse_handle
 from hubpin.settings import Settings
 
 
@@ -20,11 +22,24 @@ class Transport:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.http = Fetcher(settings)
+        self._kaggle: KaggleApi | None = None
+
+    @property
+    def kaggle(self) -> KaggleApi:
+        """Kaggle's API with the user's credentials (read once, only when a Kaggle model is used)."""
+        if self._kaggle is None:
+            where = endpoint(self.settings.kaggle_endpoint)
+            self._kaggle = KaggleApi(where, load_credentials(), self.http.request)
+        return self._kaggle
 
     def open(self, location: str) -> Download:
         scheme = scheme_of(location)
         if scheme in ("http", "https"):
             return self.http.open(location)
+        if scheme == "kaggle":  # ``kaggle:o/m/f/v/N``: the API answers with a signed URL
+            handle = parse_handle(location)
+            assert handle is not None and handle.version is not None
+            return self.http.open(self.kaggle.download_url(handle))
         if scheme == "gs":
             from hubpin.gcs.client import open_object
 

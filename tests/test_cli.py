@@ -87,7 +87,7 @@ def test_mistyped_command_gets_one_line_suggestion(project: Project) -> None:
         (
             "xyzzy",
             "hubpin: error: unknown command 'xyzzy'; commands: lock, sync, verify, status, "
-            "resolve, prune, add, remove, bundle, env\n",
+            "resolve, prune, add, remove, bundle, outdated, env\n",
         ),
     ]:
         with pytest.raises(SystemExit) as exc:
@@ -614,7 +614,7 @@ def test_readme_command_list_matches_the_parser() -> None:
 
 
 def test_readme_check_can_fail(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """An undocumented flag (say a new `lock --upgrade`) and a stale one both fail the check."""
+    """An undocumented flag (say a new `lock --refresh`) and a stale one both fail the check."""
     import hubpin.cli
 
     real = hubpin.cli.build_parser
@@ -622,15 +622,15 @@ def test_readme_check_can_fail(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     def with_upgrade():  # type: ignore[no-untyped-def]
         parser = real()
         sub = next(a for a in parser._actions if a.dest == "command")
-        sub.choices["lock"].add_argument("--upgrade", action="store_true")
+        sub.choices["lock"].add_argument("--refresh", action="store_true")
         return parser
 
     monkeypatch.setattr(hubpin.cli, "build_parser", with_upgrade)
-    with pytest.raises(AssertionError, match=r"lacks \[\['--upgrade'\]\] of hubpin lock"):
+    with pytest.raises(AssertionError, match=r"lacks \[\['--refresh'\]\] of hubpin lock"):
         test_readme_command_list_matches_the_parser()
     monkeypatch.setattr(hubpin.cli, "build_parser", real)
     readme = tmp_path / "README.md"
-    readme.write_text(README.read_text().replace("  env   ", "  outdated [--json]\n  env   "))
+    readme.write_text(README.read_text().replace("  env   ", "  upgrade [--json]\n  env   "))
     monkeypatch.setattr(sys.modules[__name__], "README", readme)
     with pytest.raises(AssertionError, match="commands in the README"):
         test_readme_command_list_matches_the_parser()

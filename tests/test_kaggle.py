@@ -28,6 +28,13 @@ from pathlib import Path
 import pytest
 from kaggleserver import KaggleServer, gcs_hashes
 
+from hubpin.cache.kagglehub import (
+    in_kagglehub_cache,
+    kagglehub_cache_root,
+    kagglehub_entry,
+    kagglehub_marker,
+    publish_to_kagglehub,
+)
 from hubpin.checksums import Checker, Declared, crc32c_available, from_headers
 from hubpin.errors import FetchError, InputError, IntegrityError, TruncatedError
 from hubpin.fetch import Fetcher
@@ -36,13 +43,8 @@ from hubpin.kaggle import (
     KaggleApi,
     KaggleHandle,
     endpoint,
-    in_kagglehub_cache,
-    kagglehub_cache_root,
-    kagglehub_entry,
-    kagglehub_marker,
     load_credentials,
     parse_handle,
-    publish_to_kagglehub,
     rpc_url,
 )
 from hubpin.settings import Settings

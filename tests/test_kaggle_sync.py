@@ -1,0 +1,237 @@
+"""Kaggle Models end to end through the CLI, against the loopback Kaggle stand-in.
+
+lock pins the version Kaggle calls current; sync fetches exactly that version
+and fills every reader's cache (tensorflow_hub's keys for the handle as written
+and its versioned URL, kagglehub's own cache); then, with the stand-in stopped,
+unmodified ``hub.load`` and ``kagglehub.model_download`` load the pinned version.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Model, Project, run_python
+from kaggleserver import KaggleServer
+
+SLUG = "google/affine/tensorFlow2/double"
+URL = f"https://www.kaggle.com/models/{SLUG}"
+TOKEN = "KGAT_0ne-t0ken-n0body-sees"
+USER, KEY = "alice", "a11ce-k3y-n0body-sees"
+
+
+@pytest.fixture
+def kaggle(
+    models: dict[str, Model], project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[KaggleServer]:
+    """The stand-in, reached through HUBPIN_KAGGLE_ENDPOINT; kagglehub's cache in tmp_path."""
+    for var in list(os.environ):
+        if var.startswith("KAGGLE"):
+            monkeypatch.delenv(var)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kagglehub"))
+    server = KaggleServer().start()
+    server.add(SLUG, models["double"].archive)
+    server.tokens[TOKEN] = USER
+    server.users[USER] = KEY
+    monkeypatch.setenv("HUBPIN_KAGGLE_ENDPOINT", server.url)
+    yield server
+    server.stop()
+
+
+def _lock(project: Project) -> dict[str, dict[str, object]]:
+    import tomllib
+
+    return tomllib.loads(project.lock.read_text())["models"]
+
+
+def _published(project: Project) -> list[Path]:
+    """Whatever a failed sync left in the cache (it must leave nothing)."""
+    return sorted(project.cache.iterdir()) if project.cache.exists() else []
+
+
+def _downloads(kaggle: KaggleServer) -> list[str]:
+    return [r.path for r in kaggle.log("storage") if r.method == "GET"]
+
+
+def test_unversioned_handle_is_pinned_and_every_reader_loads_it_offline(
+    project: Project, kaggle: KaggleServer, models: dict[str, Model], tmp_path: Path
+) -> None:
+    kaggle.bump(SLUG, models["triple"].archive)  # version 2 is current
+    project.write(
+        f'[models.affine]\nhandle = "{URL}"\n\n[models.short]\nhandle = "kaggle:{SLUG}"\n'
+    )
+    code, _, err = project.run("sync")
+    assert code == 0, err
+    pins = _lock(project)
+    assert pins["affine"]["kaggle_version"] == pins["short"]["kaggle_version"] == 2
+    assert pins["affine"]["versioned_handle"] == f"{URL}/2"
+    assert "?" not in str(pins["affine"]["url"])  # the signed query never reaches the lock
+    versioned = project.entry(f"{URL}/2")
+    assert (versioned / "saved_model.pb").stat().st_ino == (
+        project.entry(URL) / "saved_model.pb"
+    ).stat().st_ino  # one download, hard-linked into every key
+    kaggle.stop()
+
+    script = f"""
+import kagglehub, hubpin, tensorflow as tf, tensorflow_hub as hub
+x = tf.constant([1.0, 2.0])
+for handle in ({URL!r}, {URL + "/2"!r}):
+    print(hub.load(handle)(x).numpy().tolist())
+path = kagglehub.model_download({SLUG + "/2"!r})
+print(path)
+print(tf.saved_model.load(path)(x).numpy().tolist())
+print(hubpin.load("short")(x).numpy().tolist())
+"""
+    out = run_python(script, cwd=project.root).strip().splitlines()
+    want = str(models["triple"].expected([1.0, 2.0]))
+    assert out[:2] == [want, want] and out[3:] == [want, want]
+    assert out[2] == str(tmp_path / "kagglehub" / "models" / SLUG / "2")
+
+
+def test_lock_keeps_the_version_outdated_tells_and_upgrade_moves_it(
+    project: Project, kaggle: KaggleServer, models: dict[str, Model], tmp_path: Path
+) -> None:
+    project.write(
+        f'[models.latest]\nhandle = "kaggle:{SLUG}"\n\n[models.fixed]\nhandle = "kaggle:{SLUG}/1"\n'
+    )
+    assert project.run("sync")[0] == 0
+    kaggle.bump(SLUG, models["quint"].archive)
+    before = project.lock.read_bytes()
+    assert project.run("lock")[0] == 0
+    assert project.run("lock", "latest")[0] == 0  # re-pinned, at the version it had
+    assert project.lock.read_bytes() == before, "plain lock never moves a pinned version"
+
+    downloads = len(_downloads(kaggle))
+    code, out, err = project.run("outdated")
+    assert code == 1, err
+    assert [line.split()[:4] for line in out.splitlines()[1:]] == [
+        ["fixed", "1", "2", "behind"],
+        ["latest", "1", "2", "behind"],
+    ]
+    assert "run: hubpin lock --upgrade latest" in out and "the manifest pins version 1" in out
+    code, out, _ = project.run("outdated", "--json")
+    assert code == 1
+    rows = {r["alias"]: r for r in json.loads(out)["models"]}
+    assert (rows["latest"]["locked"], rows["latest"]["current"], rows["latest"]["state"]) == (
+        1,
+        2,
+        "behind",
+    )
+    assert len(_downloads(kaggle)) == downloads, "outdated downloads nothing"
+
+    code, _, err = project.run("lock", "--upgrade")
+    assert code == 0, err
+    pins = _lock(project)
+    assert (pins["latest"]["kaggle_version"], pins["fixed"]["kaggle_version"]) == (2, 1)
+    code, _, err = project.run("sync", "--locked")
+    assert code == 0, err
+    assert (tmp_path / "kagglehub" / "models" / SLUG / "2.complete").exists()
+    assert (tmp_path / "kagglehub" / "models" / SLUG / "1.complete").exists()
+    code, out, _ = project.run("outdated")
+    assert code == 1 and "latest" in out and "current" in out.split("latest")[1].split("\n")[0]
+
+
+@pytest.mark.parametrize("how", ["token", "basic"])
+def test_credentials_reach_the_api_only_and_appear_nowhere(
+    project: Project,
+    kaggle: KaggleServer,
+    models: dict[str, Model],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
+) -> None:
+    kaggle.add("acme/private/tensorFlow2/v", models["quint"].archive, private=True)
+    if how == "token":
+        monkeypatch.setenv("KAGGLE_API_TOKEN", TOKEN)
+        secrets = [TOKEN]
+    else:
+        monkeypatch.setenv("KAGGLE_USERNAME", USER)
+        monkeypatch.setenv("KAGGLE_KEY", KEY)
+        secrets = [KEY, base64.b64encode(f"{USER}:{KEY}".encode()).decode()]
+    project.write('[models.private]\nhandle = "kaggle:acme/private/tensorFlow2/v"\n')
+    outputs = [project.run("-v", "sync"), project.run("status", "--json")]
+    outputs += [project.run("outdated", "--json"), project.run("verify", "--json")]
+    assert [code for code, _, _ in outputs] == [0, 0, 0, 0], outputs[0][2]
+
+    api = [r for r in kaggle.log("api") if "ModelApiService" in r.path]
+    assert api and all("authorization" in {k.lower() for k in r.headers} for r in api)
+    storage = kaggle.log("storage")
+    assert storage and not any("authorization" in {k.lower() for k in r.headers} for r in storage)
+    text = "\n".join(o + e for _, o, e in outputs)
+    files = [
+        p for root in (project.root, project.cache, tmp_path / "kagglehub") for p in root.rglob("*")
+    ]
+    for secret in secrets:
+        assert secret not in text
+        assert not [p for p in files if p.is_file() and secret.encode() in p.read_bytes()]
+
+
+def test_a_gated_model_names_its_page_and_pins_nothing(
+    project: Project,
+    kaggle: KaggleServer,
+    models: dict[str, Model],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    kaggle.add("acme/gemma/tensorFlow2/v", models["quint"].archive, gated=True)
+    monkeypatch.setenv("KAGGLE_API_TOKEN", TOKEN)
+    project.write('[models.gemma]\nhandle = "kaggle:acme/gemma/tensorFlow2/v"\n')
+    code, _, err = project.run("sync")
+    assert code == 1
+    line = next(line for line in err.splitlines() if line.startswith("hubpin: error: gemma"))
+    assert "https://www.kaggle.com/models/acme/gemma" in line and "terms" in line
+    assert "Traceback" not in err and TOKEN not in err
+    assert not project.lock.exists() and not _published(project)
+
+    kaggle.accept("acme/gemma/tensorFlow2/v", USER)
+    assert project.run("sync")[0] == 0
+
+
+def test_a_corrupt_download_is_caught_before_anything_is_pinned(
+    project: Project, kaggle: KaggleServer, models: dict[str, Model]
+) -> None:
+    kaggle.model(SLUG).corrupt.add(1)
+    project.write(f'[models.affine]\nhandle = "kaggle:{SLUG}"\n')
+    code, _, err = project.run("lock")
+    assert code == 1
+    line = next(line for line in err.splitlines() if line.startswith("hubpin: error: affine"))
+    assert "corrupt download" in line and "crc32c=" in line
+    crc = base64.b64encode(hashlib.md5(models["double"].archive).digest()).decode()
+    assert crc not in line or "md5" in line  # the declared checksum is named as declared
+    assert not project.lock.exists()
+    code, _, err = project.run("sync")
+    assert code == 1 and "corrupt download" in err
+    assert not _published(project)
+
+
+def test_rate_limits_are_waited_out(project: Project, kaggle: KaggleServer) -> None:
+    kaggle.throttle.times, kaggle.throttle.retry_after = 2, "0"
+    project.write(f'[models.affine]\nhandle = "kaggle:{SLUG}"\n')
+    code, _, err = project.run("sync")
+    assert code == 0, err
+    assert [r.status for r in kaggle.log("api")][:3] == [429, 429, 200]
+
+
+def test_kaggle_api_endpoint_as_older_kaggle_tools_read_it(
+    project: Project, kaggle: KaggleServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("HUBPIN_KAGGLE_ENDPOINT")
+    monkeypatch.setenv("KAGGLE_API_ENDPOINT", kaggle.url)
+    project.write(f'[models.affine]\nhandle = "kaggle:{SLUG}/1"\n')
+    code, _, err = project.run("sync")
+    assert code == 0, err
+    assert kaggle.log("storage")
+
+
+def test_uncompressed_kaggle_model_is_refused_in_one_line(
+    project: Project, kaggle: KaggleServer
+) -> None:
+    project.write(f'[models.affine]\nhandle = "kaggle:{SLUG}"\nformat = "UNCOMPRESSED"\n')
+    code, _, err = project.run("lock")
+    assert code == 2
+    assert 'set format = "COMPRESSED"' in err and "affine" in err and "Traceback" not in err
