@@ -138,7 +138,7 @@ def test_github_workflow_commands_are_valid_and_run(tmp_path: Path, hub: HubServ
         assert result.returncode == 0, (command, result.stderr)
 
 
-@pytest.mark.parametrize("example", ["bert", "colab-tpu", "docker"])
+@pytest.mark.parametrize("example", ["bert", "colab-tpu", "docker", "kaggle"])
 def test_example_manifests_and_settings_are_valid(example: str) -> None:
     from hubpin.manifest import load_manifest
     from hubpin.settings import load_settings
