@@ -13,7 +13,7 @@ from pathlib import Path
 
 from hubpin.cache import Cache, Record
 from hubpin.digests import Tree, hash_tree
-from hubpin.errors import ArchiveError, FetchError, IntegrityError
+from hubpin.errors import ArchiveError, FetchError, IntegrityError, LimitError
 from hubpin.fetch import Fetcher
 from hubpin.handles import Kind, cache_key, local_path, relative_posix, scheme_of, source_for
 from hubpin.lockfile import GcsObject, Pin
@@ -62,8 +62,16 @@ def pin_model(
         download = fetcher.open(source.location)
         reader = HashingReader(download.chunks, on_bytes=on_bytes)
         try:
-            result = unpack(reader, work, max_unpacked=settings.max_unpacked_size)
+            result = unpack(
+                reader,
+                work,
+                max_unpacked=settings.max_unpacked_size,
+                max_ratio=settings.max_compression_ratio,
+                max_members=settings.max_members,
+            )
         except ArchiveError as exc:
+            if isinstance(exc, LimitError):
+                raise  # it names the setting to raise; a re-lock would not help
             raise ArchiveError(
                 f"{exc}; refused, nothing was published. Check that the handle points at "
                 "the intended model archive, then run: hubpin lock"

@@ -22,7 +22,14 @@ from pathlib import Path
 from hubpin.bundle import archive_in
 from hubpin.cache import Cache, Record
 from hubpin.digests import hash_tree
-from hubpin.errors import CacheError, HubpinError, IntegrityError, NotSyncedError, TruncatedError
+from hubpin.errors import (
+    CacheError,
+    HubpinError,
+    IntegrityError,
+    LimitError,
+    NotSyncedError,
+    TruncatedError,
+)
 from hubpin.fetch import Fetcher
 from hubpin.handles import Kind, cache_key, source_for
 from hubpin.lockfile import Pin
@@ -228,8 +235,17 @@ class Syncer:
         )
         try:
             with self._alone() as alone:
-                result = unpack(reader, work, max_unpacked=pin.unpacked_size, background=alone)
+                result = unpack(
+                    reader,
+                    work,
+                    max_unpacked=pin.unpacked_size,
+                    max_ratio=self.settings.max_compression_ratio,
+                    max_members=self.settings.max_members,
+                    background=alone,
+                )
             check_against_lock(pin, result)
+        except LimitError as exc:  # the archive may well match the lock; a setting refuses it
+            raise LimitError(f"{download.final_url}: {exc}") from None
         except TruncatedError as exc:
             raise TruncatedError(
                 f"{download.final_url}: {exc}; nothing was published. The server or mirror sent a short "
