@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from hubpin.atomic import exchange
 from hubpin.digests import Tree, compare_trees, hash_tree
 from hubpin.errors import CacheError, write_error
 
@@ -225,8 +226,10 @@ class Cache:
     def publish(self, key: str, work: Path, record: Record) -> None:
         """Make ``work`` the entry ``<key>/`` by rename, then write the record beside it.
 
-        An older entry is first moved aside (never deleted in place), so the
-        entry folder is at every moment absent or complete.
+        An older entry is swapped with ``work`` in one step where the kernel can
+        (:func:`hubpin.atomic.exchange`), so a reader sees the old or the new
+        complete folder, never none; elsewhere it is first moved aside (never
+        deleted in place), so the entry folder is at every moment absent or complete.
         """
         entry = self.entry(key)
         try:
@@ -236,10 +239,13 @@ class Cache:
                 self.record_path(key).unlink()
             _atomic_write(self.root / f"{key}.descriptor.txt", descriptor_text(record.handle))
             old = None
-            if entry.exists():
-                old = entry.with_name(f"{key}.{uuid.uuid4().hex}.old")
-                os.rename(entry, old)
-            os.rename(work, entry)
+            if entry.exists() and exchange(work, entry):
+                old = work  # now holding the old entry, under the work folder's name
+            else:
+                if entry.exists():
+                    old = entry.with_name(f"{key}.{uuid.uuid4().hex}.old")
+                    os.rename(entry, old)
+                os.rename(work, entry)
         except OSError as exc:
             raise write_error(exc, entry) from None
         self.publish_record(key, record)
