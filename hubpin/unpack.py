@@ -13,7 +13,9 @@ Limits on what an archive may make hubpin do (all checked at lock and at sync):
   at its end, so the ratio is taken as the stream goes: a 4 MB archive of 4 GB is
   refused after about 100 MiB, not after 4 GB. Real SavedModels compress about 1:1
   (float weights) to a few :1 (text assets); the floor keeps small, very compressible
-  models (and the few MiB of zeros many archives start with) from being refused.
+  models from being refused. A model whose first 64 MiB or more are nearly all zeros
+  is refused even if the rest would bring the whole archive under the ratio: raise
+  the setting for it.
 - **Members** (setting ``max_members``, default 100,000): files and folders counted
   as they are read; a SavedModel has a handful, the largest asset folders thousands.
 - **Tar headers**: the pax (``x``/``g``) and GNU long-name/long-link (``L``/``K``) data
