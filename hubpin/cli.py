@@ -22,11 +22,19 @@ from typing import Any
 
 from hubpin import stamp
 from hubpin.bundle import write_bundle
-from hubpin.errors import HubpinError, InputError, NotSyncedError, StaleLockError, unknown_alias
+from hubpin.errors import (
+    HubpinError,
+    InputError,
+    ManifestError,
+    NotSyncedError,
+    StaleLockError,
+    unknown_alias,
+)
 from hubpin.handles import Format, Kind
 from hubpin.kaggle import configured
 from hubpin.lockfile import Lock, Pin, differences, manifest_digest, spec_inputs, write_lock
 from hubpin.manifest import ModelSpec, add_model, remove_models
+from hubpin.paths import SETTINGS_FILE, find_upwards
 from hubpin.pin import pin_into_cache
 from hubpin.project import Project
 from hubpin.sources import Sources
@@ -617,11 +625,24 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 
 
 def cmd_env(args: argparse.Namespace) -> int:
-    project = _project(args, need_manifest=False)
-    print(f"export TFHUB_CACHE_DIR={shlex.quote(project.settings.cache_root)}")
-    if project.settings.format:
-        print(f"export TFHUB_MODEL_LOAD_FORMAT={project.settings.format.value}")
-    print(f"export HUBPIN_LOCK={shlex.quote(str(project.lock_path))}")
+    """Works anywhere: outside a project, settings are flags, environment, defaults and the
+    nearest hubpin.toml (or HUBPIN_CONFIG); HUBPIN_LOCK is printed only for a lock that exists."""
+    try:
+        project = _project(args, need_manifest=False)
+    except ManifestError:  # neither a models.toml nor a models.lock here or above
+        from hubpin.settings import load_settings
+
+        found = find_upwards(SETTINGS_FILE)
+        settings = load_settings(found.parent if found else Path.cwd(), _overrides(args))
+        lock = None
+    else:
+        settings = project.settings
+        lock = project.lock_path if project.lock_path.is_file() else None
+    print(f"export TFHUB_CACHE_DIR={shlex.quote(settings.cache_root)}")
+    if settings.format:
+        print(f"export TFHUB_MODEL_LOAD_FORMAT={settings.format.value}")
+    if lock is not None:
+        print(f"export HUBPIN_LOCK={shlex.quote(str(lock))}")
     return 0
 
 
@@ -907,14 +928,20 @@ def _json_needs_dry_run(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- helpers
 
 
-def _project(args: argparse.Namespace, need_manifest: bool = True) -> Project:
-    overrides = {
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {
         "cache_dir": getattr(args, "cache_dir", None),
         "format": getattr(args, "load_format", None),
         "jobs": getattr(args, "jobs", None),
     }
+
+
+def _project(args: argparse.Namespace, need_manifest: bool = True) -> Project:
     return Project.discover(
-        getattr(args, "manifest", None), getattr(args, "lock", None), overrides, need_manifest
+        getattr(args, "manifest", None),
+        getattr(args, "lock", None),
+        _overrides(args),
+        need_manifest,
     )
 
 

@@ -73,6 +73,13 @@ class ArchiveError(IntegrityError):
     """An archive is not a safe, well-formed tar or tar.gz."""
 
 
+class LimitError(ArchiveError):
+    """An archive exceeds a limit a setting can raise (a decompression bomb, too many members).
+
+    Its message names the setting and how to raise it, so callers add only where.
+    """
+
+
 class Interrupted(HubpinError):
     """The user pressed Ctrl-C (or sent SIGINT): downloads stop, nothing is published."""
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from hubpin.cache import Cache, Record
 from hubpin.digests import Tree, hash_tree
-from hubpin.errors import ArchiveError, FetchError, InputError, IntegrityError
+from hubpin.errors import ArchiveError, FetchError, InputError, IntegrityError, LimitError
 from hubpin.handles import (
     Format,
     Kind,
@@ -86,8 +86,16 @@ def pin_model(
         download = sources.open(source.location)
         reader = HashingReader.of(download, on_bytes=on_bytes)
         try:
-            result = unpack(reader, work, max_unpacked=settings.max_unpacked_size)
+            result = unpack(
+                reader,
+                work,
+                max_unpacked=settings.max_unpacked_size,
+                max_ratio=settings.max_compression_ratio,
+                max_members=settings.max_members,
+            )
         except ArchiveError as exc:
+            if isinstance(exc, LimitError):
+                raise  # it names the setting to raise; a re-lock would not help
             raise ArchiveError(
                 f"{exc}; refused, nothing was published. Check that the handle points at "
                 "the intended model archive, then run: hubpin lock"

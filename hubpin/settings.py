@@ -44,6 +44,8 @@ class Settings(BaseModel):
     allow_http: bool = False
     ca_bundle: str | None = None
     max_unpacked_size: int = Field(default=64 * 2**30, gt=0)
+    max_compression_ratio: float = Field(default=100.0, ge=1)
+    max_members: int = Field(default=100_000, ge=1)
     gcs_project: str | None = None
     gcs_token: str | None = None
     kaggle_endpoint: str | None = None

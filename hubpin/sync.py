@@ -25,6 +25,7 @@ from hubpin.errors import (
     CacheError,
     HubpinError,
     IntegrityError,
+    LimitError,
     NotSyncedError,
     TruncatedError,
     write_error,
@@ -321,8 +322,17 @@ class Syncer:
         )
         try:
             with self._alone() as alone:
-                result = unpack(reader, work, max_unpacked=pin.unpacked_size, background=alone)
+                result = unpack(
+                    reader,
+                    work,
+                    max_unpacked=pin.unpacked_size,
+                    max_ratio=self.settings.max_compression_ratio,
+                    max_members=self.settings.max_members,
+                    background=alone,
+                )
             check_against_lock(pin, result)
+        except LimitError as exc:  # the archive may well match the lock; a setting refuses it
+            raise LimitError(f"{download.final_url}: {exc}") from None
         except TruncatedError as exc:
             raise TruncatedError(
                 f"{download.final_url}: {exc}; nothing was published. The server or mirror sent a short "

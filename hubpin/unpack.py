@@ -4,6 +4,29 @@ The archive's bytes arrive as an iterator of chunks (from HTTP, a file or GCS).
 They are hashed as they are read, decompressed, and each tar member is checked
 and written (or only hashed, when locking) while its sha256 feeds the tree
 digest, so nothing is read twice and nothing unsafe reaches the disk.
+
+Limits on what an archive may make hubpin do (all checked at lock and at sync):
+
+- **Compression ratio** (setting ``max_compression_ratio``, default 100): once more
+  than 64 MiB (``RATIO_FLOOR``) have been inflated, the inflated bytes may not exceed
+  the ratio times the compressed bytes read so far. The archive's size is known only
+  at its end, so the ratio is taken as the stream goes: a 4 MB archive of 4 GB is
+  refused after about 100 MiB, not after 4 GB. Real SavedModels compress about 1:1
+  (float weights) to a few :1 (text assets); the floor keeps small, very compressible
+  models from being refused. A model whose first 64 MiB or more are nearly all zeros
+  is refused even if the rest would bring the whole archive under the ratio: raise
+  the setting for it.
+- **Members** (setting ``max_members``, default 100,000): files and folders counted
+  as they are read; a SavedModel has a handful, the largest asset folders thousands.
+- **Tar headers**: the pax (``x``/``g``) and GNU long-name/long-link (``L``/``K``) data
+  before one member may take at most 1 MiB (``MAX_HEADER_BYTES``), refused from the
+  header's declared size before tarfile reads it; at most 64 header reads
+  (``MAX_HEADER_READS``) lead to one member, so chained headers cannot recurse
+  tarfile to death; global pax headers may set at most 64 keys. tarfile's list of
+  every header read is emptied as members are taken, so memory does not grow with them.
+- **Paths**: at most 4096 bytes (``MAX_PATH_BYTES``, Linux's PATH_MAX), each part at
+  most 255 bytes (NAME_MAX), at most 256 folders deep (``MAX_DEPTH``); a longer
+  path could not be written on Linux, and deeper trees overflow recursive walkers.
 """
 
 from __future__ import annotations
@@ -32,6 +55,7 @@ from hubpin.errors import (
     HubpinError,
     IntegrityError,
     Interrupted,
+    LimitError,
     TruncatedError,
     write_error,
 )
@@ -47,6 +71,16 @@ except ImportError:  # pragma: no cover - platforms without isal wheels
     _GzipReader = None
 
 _CHUNK = 1 << 20
+
+DEFAULT_MAX_RATIO = 100.0  # the defaults of the settings max_compression_ratio, max_members
+DEFAULT_MAX_MEMBERS = 100_000
+RATIO_FLOOR = 64 << 20  # inflated bytes before the compression ratio is checked
+MAX_HEADER_BYTES = 1 << 20  # pax, GNU long-name and header blocks read for one member
+MAX_HEADER_READS = 64  # header reads for one member (each chained header takes two)
+MAX_GLOBAL_KEYS = 64  # keys set by global pax headers, which tarfile keeps to the end
+MAX_PATH_BYTES = 4096
+MAX_NAME_BYTES = 255
+MAX_DEPTH = 256
 
 
 @dataclass
@@ -195,6 +229,11 @@ class HashingReader(io.RawIOBase):
 
 def member_path(name: str) -> str | None:
     """The safe relative POSIX path of a tar member, None for the root, or raise."""
+    size = len(name.encode("utf-8", "surrogateescape"))
+    if size > MAX_PATH_BYTES:
+        raise ArchiveError(
+            f"member {_shown(name)} has a path of {size} bytes, more than {MAX_PATH_BYTES}"
+        )
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
         raise ArchiveError(f"member {name!r} has control characters in its name")
     if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
@@ -202,7 +241,23 @@ def member_path(name: str) -> str | None:
     parts = [p for p in PurePosixPath(name).parts if p not in (".", "")]
     if ".." in parts:
         raise ArchiveError(f"member {name!r} points outside the archive ('..')")
+    if len(parts) > MAX_DEPTH:
+        raise ArchiveError(
+            f"member {_shown(name)} is {len(parts)} levels deep, more than {MAX_DEPTH}"
+        )
+    for part in parts:
+        if len(part.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES:
+            raise ArchiveError(
+                f"member {_shown(name)} has a name part of "
+                f"{len(part.encode('utf-8', 'surrogateescape'))} bytes, more than the "
+                f"{MAX_NAME_BYTES} a file system allows"
+            )
     return "/".join(parts) or None
+
+
+def _shown(name: str) -> str:
+    """A member name for a message: quoted, and cut if long."""
+    return repr(name) if len(name) <= 80 else repr(name[:80]) + f"… ({len(name)} characters)"
 
 
 def gunzip_isal(raw: io.RawIOBase) -> Readable:
@@ -305,10 +360,18 @@ class TarStream:
     :meth:`views` straight from the inflated buffers, hashed and written uncopied.
     """
 
-    def __init__(self, inflated: Inflated) -> None:
+    def __init__(
+        self,
+        inflated: Inflated,
+        compressed: Callable[[], int] | None = None,
+        max_ratio: float = DEFAULT_MAX_RATIO,
+    ) -> None:
         self._inflated = inflated
         self._view = memoryview(b"")
         self._pos = 0
+        self._compressed = compressed  # bytes of the archive read so far; None: not gzipped
+        self._max_ratio = max_ratio
+        self._header_bytes = self._header_reads = 0
 
     def tell(self) -> int:
         return self._pos
@@ -320,6 +383,7 @@ class TarStream:
                 view = self._inflated.next()
                 if view is None:
                     return
+                self._check_ratio(self._pos + len(view))
                 self._view = view
             piece = self._view[:n]
             self._view = self._view[len(piece) :]
@@ -327,8 +391,43 @@ class TarStream:
             n -= len(piece)
             yield piece
 
+    def _check_ratio(self, inflated: int) -> None:
+        if self._compressed is None or inflated <= RATIO_FLOOR:
+            return
+        read = max(1, self._compressed())
+        if inflated > self._max_ratio * read:
+            raise LimitError(
+                f"decompression bomb: {inflated} bytes inflated from the first {read} bytes "
+                f"of the archive (ratio {inflated / read:.0f}:1, above max_compression_ratio = "
+                f"{self._max_ratio:g}); refused, nothing was published. If the archive is "
+                "trusted, raise max_compression_ratio in hubpin.toml or set "
+                "HUBPIN_MAX_COMPRESSION_RATIO"
+            )
+
     def read(self, n: int) -> bytes:
+        """What tarfile reads: header blocks, and the pax and GNU long-name data they announce.
+
+        Bounded per member (see :meth:`next_member`) before anything is read, so a
+        header that declares gigabytes is refused without holding them.
+        """
+        self._header_bytes += n
+        self._header_reads += 1
+        if self._header_bytes > MAX_HEADER_BYTES:
+            raise ArchiveError(
+                f"the tar header at byte {self._pos} announces {n} bytes of pax or GNU "
+                f"long-name data, more than the {MAX_HEADER_BYTES} bytes one member's "
+                "headers may take (not read)"
+            )
+        if self._header_reads > MAX_HEADER_READS:
+            raise ArchiveError(
+                f"more than {MAX_HEADER_READS} tar header reads before one member "
+                f"(chained pax or GNU long-name headers, at byte {self._pos})"
+            )
         return b"".join([bytes(piece) for piece in self.views(n)])
+
+    def next_member(self) -> None:
+        """A member was taken: the next one's headers start a new budget."""
+        self._header_bytes = self._header_reads = 0
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
         if whence != os.SEEK_SET or offset < self._pos:
@@ -343,13 +442,17 @@ def unpack(
     dest: Path | None,
     *,
     max_unpacked: int,
+    max_ratio: float = DEFAULT_MAX_RATIO,
+    max_members: int = DEFAULT_MAX_MEMBERS,
     gunzip: Callable[[io.RawIOBase], Readable] = gunzip_isal,
     background: bool = True,
 ) -> Unpacked:
     """Unpack ``reader`` into ``dest`` (or only hash it when ``dest`` is None).
 
-    ``gunzip`` and ``background`` are for tests that check every path writes the
-    same bytes, and for syncs that already keep every core busy with other models.
+    ``max_ratio`` and ``max_members`` are the settings ``max_compression_ratio`` and
+    ``max_members`` (see the module's docstring). ``gunzip`` and ``background`` are
+    for tests that check every path writes the same bytes, and for syncs that
+    already keep every core busy with other models.
     """
     tree = Tree()
     try:
@@ -360,10 +463,15 @@ def unpack(
             gunzip(reader) if gzipped else reader, background and gzipped, reader.catch_up
         )
         try:
-            stream = TarStream(inflated)
-            with tarfile.open(fileobj=stream, mode="r:") as tar:  # type: ignore[call-overload]
-                for member in tar:
-                    _take(stream, member, tree, dest, max_unpacked)
+            stream = TarStream(inflated, (lambda: reader.size) if gzipped else None, max_ratio)
+            for count, member in enumerate(_members(stream), 1):
+                if count > max_members:
+                    raise LimitError(
+                        f"more than {max_members} members (files and folders); refused, nothing "
+                        "was published. If the archive is trusted, raise max_members in "
+                        "hubpin.toml or set HUBPIN_MAX_MEMBERS"
+                    )
+                _take(stream, member, tree, dest, max_unpacked)
         finally:
             inflated.close()  # a background inflater stops before ``drain`` reads on
         reader.drain()
@@ -376,6 +484,23 @@ def unpack(
             raise reader.short_or(ArchiveError(f"corrupt gzip data ({exc})")) from None
         raise write_error(exc, dest) from None
     return Unpacked(tree, reader.hexdigest(), reader.size)
+
+
+def _members(stream: TarStream) -> Iterator[tarfile.TarInfo]:
+    """Each member's header as tarfile parses it, holding none of them after it is taken."""
+    try:
+        with tarfile.open(fileobj=stream, mode="r:") as tar:  # type: ignore[call-overload]
+            while (member := tar.next()) is not None:
+                tar.members.clear()  # tarfile keeps every header it read; a stream needs none
+                if len(tar.pax_headers) > MAX_GLOBAL_KEYS:
+                    raise ArchiveError(
+                        f"global pax headers set more than {MAX_GLOBAL_KEYS} keys "
+                        f"(before member {_shown(member.name)})"
+                    )
+                yield member
+                stream.next_member()
+    except ValueError as exc:  # tarfile's parsers of pax sparse maps and numbers, on garbage
+        raise ArchiveError(f"not a valid tar or tar.gz archive (bad header: {exc})") from None
 
 
 def _take(

@@ -6,9 +6,11 @@ import io
 import os
 import random
 import shutil
+import struct
 import subprocess
 import sys
 import tarfile
+import zlib
 from pathlib import Path
 
 from savedmodels import pack
@@ -62,6 +64,49 @@ def tar_bytes(members: list[tuple[tarfile.TarInfo, bytes | None]], gz: bool = Tr
                 info.size = len(data)
             tar.addfile(info, io.BytesIO(data) if data is not None else None)
     return buffer.getvalue()
+
+
+def gzip_of_zeros(head: bytes, zeros: int, tail: bytes = b"", block: int = 1 << 20) -> bytes:
+    """A valid gzip of ``head``, ``zeros`` zero bytes (a multiple of ``block``) and ``tail``.
+
+    Built in milliseconds without compressing the zeros: deflate output after a full
+    flush refers to nothing before it, so one compressed block of zeros, repeated,
+    inflates to that many zeros again (4 GiB in about 4 MiB). The CRC is the real one.
+    """
+    assert zeros % block == 0
+    try:
+        from isal.isal_zlib import crc32  # about ten times zlib's speed
+    except ImportError:  # pragma: no cover
+        crc32 = zlib.crc32
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    start = deflate.compress(head) + deflate.flush(zlib.Z_FULL_FLUSH)
+    plain = bytes(block)
+    repeated = deflate.compress(plain) + deflate.flush(zlib.Z_FULL_FLUSH)
+    end = deflate.compress(tail) + deflate.flush()
+    crc = crc32(head)
+    for _ in range(zeros // block):
+        crc = crc32(plain, crc)
+    crc = crc32(tail, crc)
+    size = (len(head) + zeros + len(tail)) & 0xFFFFFFFF
+    return (
+        b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"
+        + start
+        + repeated * (zeros // block)
+        + end
+        + struct.pack("<II", crc, size)
+    )
+
+
+def zero_bomb(unpacked: int, name: str = "variables/variables.data-00000-of-00001") -> bytes:
+    """A real tar.gz holding a saved_model.pb and one file of ``unpacked`` zero bytes."""
+    pb = member("saved_model.pb")
+    pb.size = 100
+    big = member(name)
+    big.size = unpacked
+    head = (
+        pb.tobuf(tarfile.GNU_FORMAT) + b"\x08\x01" * 50 + bytes(412) + big.tobuf(tarfile.GNU_FORMAT)
+    )
+    return gzip_of_zeros(head, unpacked, bytes(-unpacked % 512 + 1024))
 
 
 def member(name: str, kind: bytes = tarfile.REGTYPE, **fields: object) -> tarfile.TarInfo:

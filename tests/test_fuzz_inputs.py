@@ -212,6 +212,11 @@ SETTING_FAULTS: dict[str, st.SearchStrategy[Any]] = {
     "max_unpacked_size": st.one_of(
         st.integers(max_value=0), st.floats(min_value=0.1, max_value=0.9)
     ),
+    "max_compression_ratio": st.one_of(st.floats(max_value=0.99), st.just("high")),
+    "max_members": st.one_of(
+        st.integers(max_value=0),
+        st.floats(min_value=1.1, max_value=9.9).filter(lambda f: not f.is_integer()),
+    ),
     "allow_http": st.one_of(st.integers(min_value=2), st.lists(st.booleans(), min_size=1)),
     "cache_dir": NOT_STR,
     "format": st.text(max_size=10).filter(
@@ -260,7 +265,15 @@ def test_settings_file_that_is_not_toml(at: int, junk: str) -> None:
 @FUZZ
 @given(
     var=st.sampled_from(
-        ["RETRIES", "JOBS", "CONNECT_TIMEOUT", "LOCK_TIMEOUT", "MAX_UNPACKED_SIZE"]
+        [
+            "RETRIES",
+            "JOBS",
+            "CONNECT_TIMEOUT",
+            "LOCK_TIMEOUT",
+            "MAX_UNPACKED_SIZE",
+            "MAX_COMPRESSION_RATIO",
+            "MAX_MEMBERS",
+        ]
     ),
     value=st.text(alphabet="abcxyz-_!?", min_size=1, max_size=8),
 )

@@ -1,18 +1,51 @@
 """Hostile and broken archives, built here with tarfile: refused, nothing written outside the
-work folder, nothing published; decompression bombs stopped at the pinned or configured size."""
+work folder, nothing published; decompression bombs stopped at the pinned or configured size,
+or as soon as they inflate past the compression ratio; tar headers, member counts and paths
+bounded before they cost memory."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import re
+import resource
 import tarfile
+import tracemalloc
 from pathlib import Path
 
 import pytest
 from conftest import Model, Project
-from faultkit import heavy_archive, leftovers, member, tar_bytes
+from faultkit import (
+    gzip_of_zeros,
+    heavy_archive,
+    leftovers,
+    member,
+    spawn_hubpin,
+    tar_bytes,
+    zero_bomb,
+)
 from hubserver import HubServer
 
+from hubpin.unpack import RATIO_FLOOR
+
 OUTSIDE = "hubpin-was-here.txt"
+
+
+def _pax(records: dict[str, str], kind: bytes = tarfile.XHDTYPE) -> bytes:
+    """A pax header block and its records, as a tar writer would put them before a member."""
+    body = b""
+    for key, value in records.items():
+        record = f" {key}={value}\n".encode()
+        length = len(record) + 1
+        while len(str(length)) + len(record) != length:
+            length += 1
+        body += str(length).encode() + record
+    header = member("././@PaxHeader", kind, size=len(body)).tobuf(tarfile.USTAR_FORMAT)
+    return header + body + bytes(-len(body) % 512)
+
+
+def _plain(name: str, data: bytes) -> bytes:
+    return member(name, size=len(data)).tobuf(tarfile.USTAR_FORMAT) + data + bytes(-len(data) % 512)
 
 
 def _cases(outside: Path, good: bytes) -> dict[str, tuple[bytes, str]]:
@@ -64,6 +97,42 @@ def _cases(outside: Path, good: bytes) -> dict[str, tuple[bytes, str]]:
             "is below a file",
         ),
         "control-chars": (tar_bytes([(member("saved\nmodel.pb"), pb)]), "control characters"),
+        "long-path": (
+            tar_bytes([(member(("d" * 200 + "/") * 25 + "saved_model.pb"), pb)]),
+            "has a path of 5039 bytes, more than 4096",
+        ),
+        "deep-path": (
+            tar_bytes([(member("d/" * 300 + "saved_model.pb"), pb)]),
+            "is 301 levels deep, more than 256",
+        ),
+        "long-name-part": (
+            tar_bytes([(member("assets/" + "n" * 300), pb)]),
+            "has a name part of 300 bytes, more than the 255 a file system allows",
+        ),
+        "header-chain": (  # each pax header recurses in tarfile: 2,000 of them overflowed it
+            gzip.compress(
+                b"".join(_pax({"comment": "x"}) for _ in range(2000))
+                + _plain("saved_model.pb", pb)
+                + bytes(1024)
+            ),
+            "more than 64 tar header reads before one member",
+        ),
+        "garbage-sparse-map": (  # tarfile raised ValueError (a traceback) on this one
+            gzip.compress(
+                _pax({"GNU.sparse.map": "x,y", "GNU.sparse.size": "10"})
+                + _plain("saved_model.pb", pb)
+                + bytes(1024)
+            ),
+            "not a valid tar or tar.gz archive (bad header: ",
+        ),
+        "global-pax-keys": (
+            gzip.compress(
+                _pax({f"key{i}": "v" for i in range(100)}, tarfile.XGLTYPE)
+                + _plain("saved_model.pb", pb)
+                + bytes(1024)
+            ),
+            "global pax headers set more than 64 keys",
+        ),
         "html": (b"<html><body>404 not found</body></html>\n" * 20, "not a valid tar"),
         "empty": (b"", "not a valid tar"),
         "random": (hashlib.sha512(b"x").digest() * 64, "not a valid tar"),
@@ -160,3 +229,138 @@ def test_sync_never_unpacks_more_than_the_lock_pins(
     assert "does not match the lock" in err and "nothing was published" in err
     assert not project.entry(handle).exists()
     assert leftovers(project.cache) == []
+
+
+# ---------------------------------------------------------------- compression ratio
+
+FSIZE_LIMIT = 256 << 20  # no file the refused process writes may grow past this
+
+
+def _limit_file_size() -> None:
+    """In the child: a write past FSIZE_LIMIT fails (EFBIG), so the disk shows how far it got."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (FSIZE_LIMIT, FSIZE_LIMIT))
+
+
+@pytest.fixture(scope="module")
+def bomb_4g() -> bytes:
+    """4 GiB of zeros behind a saved_model.pb, in about 4 MB: a valid tar.gz, CRC and all."""
+    bomb = zero_bomb(4 << 30)
+    assert len(bomb) < 5_000_000
+    return bomb
+
+
+def _refusal(err: str, alias: str) -> tuple[str, int]:
+    """The one error line naming ``alias`` and the bytes it says were inflated."""
+    lines = [line for line in err.splitlines() if alias in line and "decompression bomb" in line]
+    assert len(lines) == 1, err
+    found = re.search(
+        r"decompression bomb: (\d+) bytes inflated from the first (\d+) bytes", lines[0]
+    )
+    assert found, lines[0]
+    return lines[0], int(found[1])
+
+
+@pytest.mark.parametrize("command", ["lock", "sync"])
+def test_a_4gb_bomb_is_refused_after_inflating_a_fraction_of_it(
+    project: Project, bomb_4g: bytes, command: str
+) -> None:
+    """The issue's case: before, `lock` hashed all 4 GiB and pinned it, and `sync` wrote 4 GiB."""
+    (project.root / "bomb.tar.gz").write_bytes(bomb_4g)
+    project.models(bomb="bomb.tar.gz")
+    proc = spawn_hubpin(project.root, project.cache, command, preexec_fn=_limit_file_size)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err and "file too large" not in err, err
+    line, inflated = _refusal(err, "bomb")
+    assert line.startswith("hubpin: error: bomb (bomb.tar.gz): decompression bomb: "), line
+    assert "above max_compression_ratio = 100); refused, nothing was published" in line
+    assert line.endswith(
+        "If the archive is trusted, raise max_compression_ratio in hubpin.toml "
+        "or set HUBPIN_MAX_COMPRESSION_RATIO"
+    )
+    # Stopped within the first 256 MiB of 4 GiB: said so, and (for sync, which writes what it
+    # inflates) no file grew past the file-size limit, or the error would be EFBIG's.
+    assert RATIO_FLOOR < inflated < FSIZE_LIMIT
+    assert not project.lock.exists()
+    assert not project.entry("bomb.tar.gz").exists()
+    assert leftovers(project.cache) == []
+
+
+def test_sync_refuses_a_bomb_pinned_under_a_higher_ratio_until_the_setting_is_raised(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lock made with a raised ratio (or by an older hubpin) does not get a bomb synced."""
+    (project.root / "bomb.tar.gz").write_bytes(zero_bomb(256 << 20))  # about 1000:1
+    project.models(bomb="bomb.tar.gz")
+    monkeypatch.setenv("HUBPIN_MAX_COMPRESSION_RATIO", "5000")
+    assert project.run("lock")[0] == 0
+    monkeypatch.delenv("HUBPIN_MAX_COMPRESSION_RATIO")
+    code, _, err = project.run("sync", "--frozen")
+    assert code == 1
+    line, inflated = _refusal(err, "bomb")
+    assert re.match(r"bomb +FAILED: \S+/bomb\.tar\.gz: decompression bomb: ", line), line
+    assert "max_compression_ratio = 100)" in line and "does not match the lock" not in line
+    assert inflated < 200 << 20
+    assert not project.entry("bomb.tar.gz").exists()
+    assert leftovers(project.cache) == []
+    project.write("max_compression_ratio = 5000\n", "hubpin.toml")  # as the message says
+    code, _, err = project.run("sync", "--frozen")
+    assert code == 0, err
+    assert (project.entry("bomb.tar.gz") / "saved_model.pb").exists()
+
+
+# ---------------------------------------------------------------- tar headers and member counts
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK],
+    ids=["pax", "pax-global", "gnu-longname", "gnu-longlink"],
+)
+def test_a_multi_gb_header_is_refused_unread(
+    project: Project, monkeypatch: pytest.MonkeyPatch, kind: bytes
+) -> None:
+    """tarfile reads a pax or long-name header whole: before, this one was read into memory
+    for as long as the archive lasted (256 MiB of it here, 8 GiB declared)."""
+    declared = 8 * 2**30 - 1  # the largest size a tar header's octal field holds (read in blocks)
+    header = member("././@LongLink", kind, size=declared).tobuf(tarfile.GNU_FORMAT)
+    (project.root / "evil.tar.gz").write_bytes(gzip_of_zeros(header, 256 << 20))
+    project.models(evil="evil.tar.gz")
+    monkeypatch.setenv("HUBPIN_MAX_COMPRESSION_RATIO", "1000000")  # this test is about headers
+    tracemalloc.start()
+    try:
+        code, _, err = project.run("lock")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert code == 1
+    assert (
+        "hubpin: error: evil (evil.tar.gz): the tar header at byte 512 announces "
+        f"{declared + 1} bytes of pax or GNU long-name data, more than the 1048576 bytes "
+        "one member's headers may take (not read); refused, nothing was published."
+    ) in err
+    assert peak < 16 << 20, f"{peak} bytes held to refuse a header"
+    assert not project.lock.exists()
+
+
+def test_too_many_members_are_refused_until_max_members_is_raised(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = tar_bytes([(member(f"assets/{i}.txt"), b"") for i in range(1001)])
+    (project.root / "many.tar.gz").write_bytes(archive)
+    project.models(many="many.tar.gz")
+    monkeypatch.setenv("HUBPIN_MAX_MEMBERS", "1000")
+    for command in ("lock", "sync"):
+        code, _, err = project.run(command)
+        assert code == 1
+        assert (
+            "hubpin: error: many (many.tar.gz): more than 1000 members (files and folders); "
+            "refused, nothing was published. If the archive is trusted, raise max_members "
+            "in hubpin.toml or set HUBPIN_MAX_MEMBERS\n"
+        ) in err
+        assert not project.lock.exists() and not project.entry("many.tar.gz").exists()
+        assert leftovers(project.cache) == []
+    monkeypatch.setenv("HUBPIN_MAX_MEMBERS", "1001")
+    code, _, err = project.run("sync")
+    assert code == 0, err
+    assert "file_count = 1001" in project.lock.read_text()

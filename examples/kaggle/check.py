@@ -1,13 +1,14 @@
 """What every reader finds after `hubpin sync`, with no network: hubpin, tensorflow_hub, kagglehub."""
 
-import tomllib
+from pathlib import Path
 
 import kagglehub
 import tensorflow_hub as hub
+import tomllib
 
 import hubpin
 
-pins = tomllib.loads(open("models.lock", encoding="utf-8").read())["models"]
+pins = tomllib.loads(Path("models.lock").read_text(encoding="utf-8"))["models"]
 for alias, pin in sorted(pins.items()):
     version = pin["kaggle_version"]
     slug = pin["versioned_handle"].removeprefix("https://www.kaggle.com/models/")

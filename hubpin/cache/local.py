@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from hubpin.atomic import exchange
 from hubpin.cache import Cache, Record, descriptor_text, holder_is_dead, lock_contents
 from hubpin.digests import Tree, hash_tree
 from hubpin.errors import CacheError, write_error
@@ -172,8 +173,10 @@ class LocalCache(Cache):
     def publish(self, key: str, work: Path, record: Record) -> None:
         """Make ``work`` the entry ``<key>/`` by rename, then write the record beside it.
 
-        An older entry is first moved aside (never deleted in place), so the
-        entry folder is at every moment absent or complete.
+        An older entry is swapped with ``work`` in one step where the kernel can
+        (:func:`hubpin.atomic.exchange`), so a reader sees the old or the new
+        complete folder, never none; elsewhere it is first moved aside (never
+        deleted in place), so the entry folder is at every moment absent or complete.
         """
         entry = self.root / key
         try:
@@ -183,10 +186,13 @@ class LocalCache(Cache):
                 self._record(key).unlink()
             _atomic_write(self.root / f"{key}.descriptor.txt", descriptor_text(record.handle))
             old = None
-            if entry.exists():
-                old = entry.with_name(f"{key}.{uuid.uuid4().hex}.old")
-                os.rename(entry, old)
-            os.rename(work, entry)
+            if entry.exists() and exchange(work, entry):
+                old = work  # now holding the old entry, under the work folder's name
+            else:
+                if entry.exists():
+                    old = entry.with_name(f"{key}.{uuid.uuid4().hex}.old")
+                    os.rename(entry, old)
+                os.rename(work, entry)
         except OSError as exc:
             raise write_error(exc, entry) from None
         self.publish_record(key, record)

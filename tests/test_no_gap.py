@@ -1,0 +1,232 @@
+"""Replacing an entry leaves no gap: readers in other processes, one looking at the folder as
+fast as it can and one running tf.saved_model.load, while ``verify --repair`` and ``sync``
+replace a damaged entry again and again, must always find the complete model."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import Model, Project
+from faultkit import heavy_archive, heavy_model, hubpin_env, leftovers
+
+from hubpin import atomic
+
+LOOKER = r"""
+import json, os, sys
+entry, stop = sys.argv[1], sys.argv[2]
+expected = set(json.loads(sys.argv[3]))
+pb = open(sys.argv[4], "rb").read()
+pb_path = os.path.join(entry, "saved_model.pb")
+looks = full = absent = straddled = 0
+wrong = []
+
+
+def folder():
+    try:
+        return os.stat(entry).st_ino
+    except FileNotFoundError:
+        return None
+
+
+open(stop + ".ready", "w").close()
+while True:
+    for _ in range(200):  # cheap looks, about a microsecond each: a gap of a few is seen
+        looks += 1
+        if not os.path.exists(pb_path):
+            absent += 1
+    if os.path.exists(stop):
+        break
+    # A whole look: every file listed, saved_model.pb read in full. One that began in the
+    # old folder and ended in the new saw the old one being removed (a reader holding a
+    # folder open sees that however it was replaced); every other one must be complete.
+    full += 1
+    before = folder()
+    found = {
+        os.path.relpath(os.path.join(d, f), entry).replace(os.sep, "/")
+        for d, _, files in os.walk(entry) for f in files
+    }
+    try:
+        with open(pb_path, "rb") as fh:
+            same = fh.read() == pb
+    except OSError:
+        same = False
+    after = folder()
+    if before is None or after is None:
+        absent += 1
+    elif before != after:
+        straddled += 1
+    elif found != expected or not same:
+        wrong.append(f"{len(found)}/{len(expected)} files, saved_model.pb intact: {same}")
+print(json.dumps({"looks": looks, "full": full, "absent": absent, "straddled": straddled,
+                  "wrong": wrong[:5]}))
+"""
+
+LOADER = r"""
+import json, os, sys
+import tensorflow as tf
+entry, stop, scale, bias = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
+loads, failures = 0, []
+while not os.path.exists(stop):
+    try:
+        model = tf.saved_model.load(entry)
+        got = model(tf.constant([1.0, 2.0])).numpy().tolist()
+        if got != [scale + bias, 2 * scale + bias]:
+            failures.append(f"computed {got}")
+    except Exception as exc:  # what hub.load would raise to the user
+        failures.append(f"{type(exc).__name__}: {str(exc)[:200]}")
+    loads += 1
+    if loads == 1:
+        open(stop + ".ready", "w").close()
+print(json.dumps({"loads": loads, "failures": failures[:5]}))
+"""
+
+
+def _start(script: str, cache: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        env=hubpin_env(cache),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_ready(proc: subprocess.Popen[str], stop: Path, what: str) -> None:
+    deadline = time.monotonic() + 180
+    while not stop.with_name(stop.name + ".ready").exists():
+        assert proc.poll() is None, f"{what} died: {proc.communicate()[1][-2000:]}"
+        assert time.monotonic() < deadline, f"{what} never started"
+        time.sleep(0.05)
+
+
+def test_replacing_a_damaged_entry_never_hides_it_from_readers(
+    project: Project, models: dict[str, Model], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    base = tmp_path_factory.getbasetemp()
+    source = heavy_model(base, models["double"].folder)
+    (project.root / "mirror").mkdir()
+    (project.root / "mirror" / "heavy.tar.gz").write_bytes(
+        heavy_archive(base, models["double"].folder)
+    )
+    handle = "mirror/heavy.tar.gz"
+    project.models(heavy=handle)
+    assert project.run("sync")[0] == 0
+    entry = project.entry(handle)
+    files = sorted(p.relative_to(source).as_posix() for p in source.rglob("*") if p.is_file())
+    blob = entry / "assets" / "blob-0.bin"
+
+    stops = project.root.parent / "stops"
+    stops.mkdir()
+    replaced = 0
+
+    def replace(times: int) -> None:
+        nonlocal replaced
+        for _ in range(times):
+            if replaced % 2:  # the same size, other bytes: only a re-hash sees it
+                blob.write_bytes(bytes(b ^ 0xFF for b in blob.read_bytes()))
+                code, _, err = project.run("verify", "--repair")
+                assert code == 0 and "heavy                repaired" in err, err
+            else:  # a size that differs: sync's stat check sees it
+                with blob.open("ab") as fh:
+                    fh.write(b"!")
+                code, _, err = project.run("sync")
+                assert code == 0 and "replaced an entry that had: assets/blob-0.bin is" in err, err
+            replaced += 1
+
+    # Part 1: a reader looking as fast as it can, on a core of its own (two renames leave
+    # a gap of microseconds: it sees it on most replacements).
+    stop = stops / "looker"
+    looker = _start(
+        LOOKER,
+        project.cache,
+        str(entry),
+        str(stop),
+        json.dumps(files),
+        str(source / "saved_model.pb"),
+    )
+    try:
+        _wait_ready(looker, stop, "the looking reader")
+        replace(60)
+    finally:
+        stop.touch()
+        looked, err = looker.communicate(timeout=120)
+    assert looker.returncode == 0, err[-2000:]
+    looks = json.loads(looked)
+    with project.capsys.disabled():  # the figures, shown with -s
+        print(f"\n{replaced} replacements; looker: {looks}")
+    assert looks["absent"] == 0 and looks["wrong"] == [], (
+        f"{looks['absent']} of {looks['looks']} looks found no saved_model.pb, "
+        f"{len(looks['wrong'])} whole looks a partial entry, over {replaced} replacements"
+    )
+    assert looks["full"] > replaced
+
+    # Part 2: tf.saved_model.load in a loop, computing with what it loaded, as hub.load would.
+    stop = stops / "loader"
+    loader = _start(
+        LOADER,
+        project.cache,
+        str(entry),
+        str(stop),
+        str(models["double"].scale),
+        str(models["double"].bias),
+    )
+    try:
+        _wait_ready(loader, stop, "the loading reader")
+        while replaced < 80:
+            replace(1)
+    finally:
+        stop.touch()
+        loaded, err = loader.communicate(timeout=120)
+    assert loader.returncode == 0, err[-2000:]
+    loads = json.loads(loaded)
+    with project.capsys.disabled():
+        print(f"{replaced} replacements; loader: {loads}")
+    assert loads["failures"] == [], loads
+    assert loads["loads"] > 5, loads
+    assert project.run("verify")[0] == 0
+    assert leftovers(project.cache) == []
+
+
+def test_exchange_swaps_two_folders_in_one_step_here(tmp_path: Path) -> None:
+    """renameat2(RENAME_EXCHANGE) on the tests' file system; elsewhere exchange says False."""
+    old, new = tmp_path / "entry", tmp_path / "work"
+    old.mkdir()
+    new.mkdir()
+    (old / "saved_model.pb").write_text("old")
+    (new / "saved_model.pb").write_text("new")
+    if not sys.platform.startswith("linux") or atomic._renameat2 is None:
+        assert atomic.exchange(new, old) is False
+        pytest.skip("no renameat2 here: publish uses two renames")
+    assert atomic.exchange(new, old) is True
+    assert (old / "saved_model.pb").read_text() == "new"
+    assert (new / "saved_model.pb").read_text() == "old"
+    with pytest.raises(FileNotFoundError):
+        atomic.exchange(tmp_path / "missing", old)
+    assert (old / "saved_model.pb").read_text() == "new"
+
+
+def test_exchange_on_tmpfs(tmp_path: Path) -> None:
+    """tensorflow_hub's default cache is under $TMPDIR, often a tmpfs."""
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    try:
+        (mount / "a").mkdir()
+        (mount / "b").mkdir()
+        (mount / "a" / "x").write_text("a")
+        assert atomic.exchange(mount / "a", mount / "b") is (atomic._renameat2 is not None)
+        if atomic._renameat2 is not None:
+            assert (mount / "b" / "x").read_text() == "a"
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
