@@ -235,3 +235,24 @@ def test_uncompressed_kaggle_model_is_refused_in_one_line(
     code, _, err = project.run("lock")
     assert code == 2
     assert 'set format = "COMPRESSED"' in err and "affine" in err and "Traceback" not in err
+
+
+def test_the_kaggle_example_syncs_and_every_reader_finds_it_offline(
+    project: Project, kaggle: KaggleServer, models: dict[str, Model], tmp_path: Path
+) -> None:
+    import shutil
+
+    example = tmp_path / "example"
+    shutil.copytree(Path(__file__).parent.parent / "examples" / "kaggle", example)
+    kaggle.add("google/mobilenet-v2/tensorFlow2/100-224-classification", models["double"].archive)
+    bert = "tensorflow/bert/tensorFlow2/en-uncased-l-12-h-768-a-12"
+    kaggle.add(bert, models["triple"].archive)
+    for _ in range(3):
+        kaggle.bump(bert, models["triple"].archive)  # the example pins version 4
+    code, _, err = project.run("-m", str(example / "models.toml"), "sync")
+    assert code == 0, err
+    kaggle.stop()
+    out = run_python("exec(open('check.py').read())", cwd=example)
+    assert "bert: version 4" in out and "mobilenet: version 1" in out
+    kagglehub = tmp_path / "kagglehub" / "models"
+    assert f"kagglehub.model_download {kagglehub / bert / '4'}" in out
