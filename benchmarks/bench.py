@@ -205,7 +205,7 @@ def make_project(where: Path, url: str, fixtures: list[Fixture], cache: Path) ->
     (where / "models.toml").write_text(
         "".join(f'[models.{f.name}]\nhandle = "{url}/{f.path}"\n\n' for f in fixtures)
     )
-    run_hubpin(where, cache, "lock")
+    run_hubpin(where, cache, "lock", "--no-fill")
     return where
 
 

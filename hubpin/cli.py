@@ -21,7 +21,14 @@ from typing import Any
 
 from hubpin import stamp
 from hubpin.bundle import write_bundle
-from hubpin.errors import HubpinError, InputError, NotSyncedError, StaleLockError, unknown_alias
+from hubpin.errors import (
+    CacheError,
+    HubpinError,
+    InputError,
+    NotSyncedError,
+    StaleLockError,
+    unknown_alias,
+)
 from hubpin.handles import Format, Kind, cache_key
 from hubpin.lockfile import Lock, Pin, differences, manifest_digest, spec_inputs, write_lock
 from hubpin.manifest import add_model
@@ -114,6 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--check", action="store_true", help="exit 1 if the lock is missing or stale (no network)"
     )
     p.add_argument(
+        "--fill",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also unpack what is downloaded into the cache, so a later sync has nothing to fetch "
+        "(default: the lock_fills_cache setting, true); --no-fill only hashes",
+    )
+    p.add_argument(
         "aliases", nargs="*", metavar="ALIAS", help="re-pin only these (default: new or changed)"
     )
 
@@ -189,8 +203,11 @@ def cmd_lock(args: argparse.Namespace) -> int:
             )
         _say(args, f"{project.lock_path.name} is up to date ({_count(len(lock.models), 'model')})")
         return 0
+    fill = project.settings.lock_fills_cache if args.fill is None else args.fill
     with _sources(project) as sources:
-        _, changed = lock_project(args, project, sources, set(args.aliases), fill_cache=False)
+        _, changed = lock_project(
+            args, project, sources, set(args.aliases), fill_cache=fill, must_fill=False
+        )
     return 0 if changed is not None else 1
 
 
@@ -232,7 +249,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
                     f"{'; '.join(problems)}; run: hubpin lock"
                 )
             if problems:
-                lock, _ = lock_project(args, project, sources, set(), fill_cache=True)
+                lock, _ = lock_project(
+                    args, project, sources, set(), fill_cache=True, must_fill=True
+                )
                 if lock is None:
                     return 1
         pins = _select(lock, args.aliases, project.lock_path)
@@ -437,9 +456,19 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 
 def lock_project(
-    args: argparse.Namespace, project: Project, sources: Sources, force: set[str], fill_cache: bool
+    args: argparse.Namespace,
+    project: Project,
+    sources: Sources,
+    force: set[str],
+    fill_cache: bool,
+    must_fill: bool,
 ) -> tuple[Lock | None, bool | None]:
-    """Pin new, changed and forced aliases; keep the rest. Returns (lock, changed) or (None, None)."""
+    """Pin new, changed and forced aliases; keep the rest. Returns (lock, changed) or (None, None).
+
+    With ``fill_cache``, what is downloaded is also unpacked into the cache, under
+    its lock protocol; unless ``must_fill``, a cache that cannot be written only
+    means nothing is published (``-v`` says why).
+    """
     manifest, settings = project.manifest, project.settings
     try:
         old = project.lock_or_none()
@@ -455,12 +484,20 @@ def lock_project(
         else:
             todo[alias] = spec
 
-    cache = project.cache if fill_cache else None
+    cache = project.cache if fill_cache and todo else None
+    if cache is not None and not must_fill:
+        try:
+            cache.ensure_root()  # once, so an unreachable cache costs its timeout once
+        except CacheError as exc:
+            log.info("not filling the cache: %s; pinning only", exc)
+            cache = None
 
     def pin_one(alias: str) -> Pin:
         spec = todo[alias]
         try:
-            return pin_into_cache(spec, settings, sources, project.root, cache)
+            return pin_into_cache(
+                alias, spec, settings, sources, project.root, cache, required=must_fill
+            )
         except HubpinError as exc:
             raise type(exc)(f"{alias} ({spec.handle}): {exc}") from None
 

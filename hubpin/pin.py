@@ -8,12 +8,13 @@ first does not download twice.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
 from hubpin.cache import Cache, Record
 from hubpin.digests import Tree, hash_tree
-from hubpin.errors import ArchiveError, FetchError, IntegrityError
+from hubpin.errors import ArchiveError, CacheError, FetchError, IntegrityError
 from hubpin.handles import Kind, cache_key, local_path, relative_posix, scheme_of, source_for
 from hubpin.lockfile import GcsObject, Pin
 from hubpin.manifest import ModelSpec
@@ -21,20 +22,53 @@ from hubpin.settings import Settings
 from hubpin.sources import Sources
 from hubpin.unpack import HashingReader, Unpacked, unpack
 
+log = logging.getLogger("hubpin")
+
 
 def pin_into_cache(
-    spec: ModelSpec, settings: Settings, sources: Sources, root: Path, cache: Cache | None
+    alias: str,
+    spec: ModelSpec,
+    settings: Settings,
+    sources: Sources,
+    root: Path,
+    cache: Cache | None,
+    required: bool = True,
 ) -> Pin:
-    """Pin one entry; with a cache, an archive is unpacked into it in the same pass."""
+    """Pin one entry; with a cache, an archive is unpacked into it in the same pass.
+
+    What is published is the tree just hashed for the pin, so the entry matches
+    the lock about to be written. Unless ``required`` (``hubpin lock``, where the
+    cache is a bonus), a cache that cannot be written (read-only, full, unreachable)
+    only costs the publishing: the model is pinned anyway, and ``-v`` says why
+    it was not published.
+    """
     fmt = spec.effective_format(settings)
     if cache is None or source_for(spec.handle, fmt, root).kind is not Kind.ARCHIVE:
         return pin_model(spec, settings, sources, root)[0]
     key = cache_key(spec.handle)
-    with cache.locked(key, settings.lock_timeout) as work:
-        pin, tree = pin_model(spec, settings, sources, root, work=work)
-        record = cache.read_record(key)
-        if tree is not None and (record is None or record.tree_digest != pin.tree_digest):
-            cache.publish(key, work, Record(spec.handle, pin.tree_digest, tree))
+    pin: Pin | None = None
+    try:
+        with cache.locked(key, settings.lock_timeout) as work:
+            pin, tree = pin_model(spec, settings, sources, root, work=work)
+            record = cache.read_record(key)
+            if tree is not None and (record is None or record.tree_digest != pin.tree_digest):
+                cache.publish(key, work, Record(spec.handle, pin.tree_digest, tree))
+    except CacheError as exc:
+        if required:
+            raise
+        if pin is None:  # failed before or while unpacking: hash it without the cache
+            log.info(
+                "%s: not filling the cache (%s); pinned without it, hubpin sync will fetch it",
+                alias,
+                exc,
+            )
+            return pin_model(spec, settings, sources, root)[0]
+        log.info(
+            "%s: pinned, but not published into the cache (%s); hubpin sync will fetch it",
+            alias,
+            exc,
+        )
+    assert pin is not None
     return pin
 
 

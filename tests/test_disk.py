@@ -197,3 +197,25 @@ def test_repair_on_a_read_only_cache_changes_nothing(
     assert "the file system is read-only" in err
     assert snapshot(project.cache) == before
     shutil.rmtree(project.root / "mirror")
+
+
+def test_lock_into_a_read_only_cache_pins_and_says_so_with_v(
+    project: Project, models: dict[str, Model], mount, tmp_path_factory
+) -> None:
+    """`hubpin lock` fills the cache when it can; a read-only one only costs the filling."""
+    heavy = _heavy(project, models, tmp_path_factory.getbasetemp(), files=2)
+    project.models(double="mirror/double.tar.gz")
+    assert project.run("sync")[0] == 0
+    before = snapshot(project.cache)
+    mount(project.cache, read_only=True)
+    project.models(double="mirror/double.tar.gz", heavy=heavy)
+    code, _, err = project.run("-v", "lock")
+    assert code == 0, err
+    assert "heavy" in project.lock.read_text()
+    (line,) = [x for x in err.splitlines() if "not filling the cache" in x]
+    assert line.startswith("hubpin: INFO: heavy: not filling the cache (cannot write ")
+    assert "the file system is read-only" in line
+    assert line.endswith("pinned without it, hubpin sync will fetch it")
+    assert snapshot(project.cache) == before
+    code, _, err = project.run("lock", "--check")
+    assert code == 0, err
