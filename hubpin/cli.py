@@ -34,7 +34,7 @@ from hubpin.lockfile import Lock, Pin, differences, manifest_digest, spec_inputs
 from hubpin.manifest import add_model
 from hubpin.pin import pin_into_cache
 from hubpin.project import Project
-from hubpin.sources import Sources
+from hubpin.sources import Bundle, Sources
 from hubpin.sync import Outcome, Syncer
 from hubpin.transport import Transport
 
@@ -147,10 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--from",
         dest="bundle",
-        type=Path,
         default=None,
-        metavar="DIR",
-        help="take archives from a `hubpin bundle` folder instead of the network",
+        metavar="BUNDLE",
+        help="take archives only from what `hubpin bundle` wrote (a folder or gs://bucket/prefix), "
+        "verified against the lock; never from upstream",
     )
     p.add_argument("aliases", nargs="*", metavar="ALIAS")
 
@@ -178,9 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "bundle",
         cmd_bundle,
-        "write the locked archives and the lock to a folder (or .tar) for air-gapped machines",
+        "write the locked archives and the lock to a folder, a .tar or gs://bucket/prefix, "
+        "for `hubpin sync --from OUT` (air-gapped machines, fleets)",
     )
-    p.add_argument("out", type=Path, metavar="OUT")
+    p.add_argument(
+        "out",
+        metavar="OUT",
+        help="a folder, a .tar file or gs://bucket/prefix; rerunning finishes an interrupted "
+        "bundle and writes only what is missing",
+    )
     p.add_argument("aliases", nargs="*", metavar="ALIAS")
 
     command("env", cmd_env, "print shell exports that point tensorflow_hub at this cache")
@@ -212,21 +218,14 @@ def cmd_lock(args: argparse.Namespace) -> int:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    if args.bundle is not None:
-        args.offline = True  # a bundle is for machines without a network: never open one
-        if args.bundle.is_file():
-            raise InputError(
-                f"{args.bundle}: a bundle file; extract it first (mkdir b && tar xf "
-                f"{args.bundle} -C b) and run: hubpin sync --from b"
-            )
-        if not (args.bundle / "archives").is_dir():
-            raise InputError(
-                f"{args.bundle}: not a hubpin bundle (no archives/ folder); make one with: hubpin bundle OUT"
-            )
+    bundle = args.bundle
+    if bundle is not None:
+        args.offline = True  # archives come from the bundle alone: no upstream, no locking
     project = _project(args, need_manifest=not args.frozen)
     at_start = stamp.inputs(args.argv, project)
-    bundle = None if args.bundle is None else str(args.bundle)
     with _sources(project, bundle) as sources:
+        if bundle is not None:
+            Bundle(bundle).check(sources.transport)
         if args.frozen:
             lock = project.read_lock()
         else:
@@ -256,7 +255,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
                     return 1
         pins = _select(lock, args.aliases, project.lock_path)
         syncer = _syncer(project, sources, offline=args.offline, full_verify=args.verify)
-        syncer.from_bundle = bundle is not None
+        syncer.bundle = bundle
         with _progress(args, project, pins) as bar:
             if bar is not None:
                 syncer.on_bytes = bar.update
@@ -435,10 +434,11 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     aliases = list(_select(lock, args.aliases, project.lock_path))
     with _sources(project) as sources:
         written = write_bundle(lock, aliases, args.out, sources)
+    kept = f" ({len(written.kept)} already there)" if written.kept else ""
     _say(
         args,
-        f"wrote {args.out}: {_count(len(written), 'archive')} and models.lock; "
-        f"on the offline machine run: hubpin sync --from {args.out}",
+        f"wrote {args.out}: {_count(len(written.archives), 'archive')}{kept} and models.lock; "
+        f"on each machine that syncs from it run: hubpin sync --from {args.out}",
     )
     return 0
 
