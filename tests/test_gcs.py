@@ -366,6 +366,8 @@ def test_cli_on_gcs_never_imports_tensorflow(
     out = run_python(
         "import sys\nfrom hubpin.cli import main\n"
         "assert main(['sync']) == 0\nassert main(['status']) == 0\n"
+        f"assert main(['bundle', 'gs://{bucket}/bundle']) == 0\n"
+        f"assert main(['sync', '--from', 'gs://{bucket}/bundle']) == 0\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tensorflow_hub')))\n"
         "print('gcsfs' in sys.modules)",
         cwd=project.root,
