@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
 
-from hubpin.errors import HubpinError, IntegrityError, write_error
+from hubpin.errors import FetchError, HubpinError, IntegrityError, write_error
 from hubpin.handles import Kind, scheme_of
 from hubpin.lockfile import Lock, Pin, dumps
 from hubpin.settings import Settings
@@ -179,10 +179,17 @@ class _GcsBundle:
     """A bundle under ``gs://bucket/prefix`` (see the module docstring for what is kept)."""
 
     def __init__(self, url: str, settings: Settings) -> None:
-        from hubpin.gcs.client import filesystem
+        from hubpin.gcs.client import bucket_exists, errors, filesystem, split_url
 
         self.url = url.rstrip("/")
         self.fs = filesystem(settings)
+        bucket = split_url(self.url)[0]
+        with errors(self.url):
+            if not bucket_exists(self.fs, bucket):  # before downloading anything
+                raise FetchError(
+                    f"{self.url}: bucket {bucket} does not exist; create it "
+                    f"(gcloud storage buckets create gs://{bucket}) or fix the bundle's URL"
+                )
 
     def where(self, pin: Pin) -> str:
         assert pin.archive_sha256

@@ -235,3 +235,25 @@ def test_gs_mirror_serves_archives_verified_against_the_lock(
     assert line.startswith("double               FAILED: ")
     assert f"{mirror}/google/double/1 does not match the lock" in line
     assert not (tmp_path / "other" / hashlib.sha1(handle.encode()).hexdigest()).exists()
+
+
+def test_missing_buckets_fail_bundle_at_once_and_only_skip_filling_for_lock(
+    project: Project, hub: HubServer, gcs: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project.models(double=hub.handle("google/double/1"))
+    assert project.run("lock", "--no-fill")[0] == 0
+    code, _, err = project.run("bundle", "gs://no-such-bucket-here/b")
+    assert code == 1
+    assert err.strip() == (
+        "hubpin: error: gs://no-such-bucket-here/b: bucket no-such-bucket-here does not exist; "
+        "create it (gcloud storage buckets create gs://no-such-bucket-here) or fix the bundle's URL"
+    )
+    assert hub.archive_requests("google/double/1") == 1, "downloaded for a bundle it cannot write"
+
+    monkeypatch.setenv("TFHUB_CACHE_DIR", "gs://no-such-bucket-here/cache")
+    project.lock.unlink()
+    code, _, err = project.run("-v", "lock")
+    assert code == 0, err
+    (line,) = [x for x in err.splitlines() if "not filling the cache" in x]
+    assert "bucket no-such-bucket-here does not exist" in line
+    assert project.lock.exists()

@@ -309,3 +309,12 @@ def upload_file_if_different(
             delete(fs, bucket, name, str(meta["generation"]))
         raise ValueError(f"after upload found {found}, expected {size} bytes, crc32c {crc32c}")
     return True
+
+
+def bucket_exists(fs: GCSFileSystem, bucket: str) -> bool:
+    """Whether ``bucket`` exists (one listing request, which needs no bucket-level rights)."""
+    try:
+        fs.call("GET", "b/{}/o", bucket, maxResults=1)
+    except FileNotFoundError:
+        return False
+    return True
