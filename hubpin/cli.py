@@ -210,10 +210,13 @@ def cmd_lock(args: argparse.Namespace) -> int:
         _say(args, f"{project.lock_path.name} is up to date ({_count(len(lock.models), 'model')})")
         return 0
     fill = project.settings.lock_fills_cache if args.fill is None else args.fill
+    at_start = stamp.sources_state(project)
     with _sources(project) as sources:
-        _, changed = lock_project(
+        lock, changed = lock_project(
             args, project, sources, set(args.aliases), fill_cache=fill, must_fill=False
         )
+    if lock is not None and fill:
+        _stamp_after_lock(project, args.argv, lock, at_start)
     return 0 if changed is not None else 1
 
 
@@ -265,12 +268,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
             outcomes = syncer.run(pins, args.jobs or project.settings.jobs)
     code = _report(args, outcomes, project)
     if code == 0:
-        _stamp(args, project, pins, outcomes, at_start)
+        _stamp(args.argv, project, pins, outcomes, at_start)
     return code
 
 
 def _stamp(
-    args: argparse.Namespace,
+    argv: list[str],
     project: Project,
     pins: dict[str, Pin],
     outcomes: list[Outcome],
@@ -291,10 +294,24 @@ def _stamp(
     as_noop = [Outcome(o.alias, "present", "", o.size) for o in outcomes]
     output = (
         ""
-        if getattr(args, "quiet", False)
+        if "-q" in argv or "--quiet" in argv
         else "".join(f"{line}\n" for _, line in _report_lines(as_noop, project))
     )
-    stamp.write(at_start, args.argv, project, entries, output)
+    stamp.write(at_start, argv, project, entries, output)
+
+
+def _stamp_after_lock(project: Project, argv: list[str], lock: Lock, at_start: str | None) -> None:
+    """A lock that filled the cache answers the plain syncs that follow it, as a sync would.
+
+    Each stamp holds every entry of the lock, so its replay stat-checks them all:
+    a model the lock could not publish sends that sync down the full path.
+    """
+    if at_start is None or stamp.sources_state(project) != at_start:
+        return  # the manifest or settings changed while locking: the lock may be stale
+    pins = dict(sorted(lock.models.items()))
+    present = [Outcome(alias, "present", "", pin.unpacked_size) for alias, pin in pins.items()]
+    for sync_argv in stamp.after_lock(argv):
+        _stamp(sync_argv, project, pins, present, stamp.inputs(sync_argv, project))
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -5,10 +5,12 @@ flag and a setting away, and a cache that cannot be written is no reason to fail
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
-from conftest import Model, Project
-from hubserver import HubServer
+from conftest import Model, Project, hubpin_imports
+from faultkit import spawn_hubpin
+from hubserver import Faults, HubServer
 
 
 def test_lock_fills_the_cache_so_sync_locked_downloads_nothing(
@@ -110,3 +112,52 @@ def test_lock_into_an_unusable_cache_pins_anyway_and_says_so_with_v(
     assert project.lock.exists()
     code, _, err = project.run("sync", "--locked")  # sync, by contrast, needs the cache
     assert code == 1 and "double" in err and "cannot write" in err
+
+
+def test_the_sync_after_a_filling_lock_is_answered_from_a_stamp(
+    project: Project, hub: HubServer
+) -> None:
+    """`lock && sync --locked`: the lock leaves the stamps a clean sync would, so the sync
+    is stat checks without pydantic, and prints what the full path prints."""
+    project.models(double=hub.handle("google/double/1"), triple=hub.handle("google/triple/1"))
+    code, _, imported = hubpin_imports(project, "lock")
+    assert code == 0 and project.lock.exists()
+    for argv in (["sync", "--locked"], ["sync"], ["-q", "sync", "--frozen"]):
+        code, fast, imported = hubpin_imports(project, *argv)
+        assert code == 0 and "pydantic" not in imported, f"{argv}: the stamp was not used"
+        elsewhere = {"XDG_CACHE_HOME": str(project.root.parent / f"no-stamps-{len(argv)}")}
+        code, full, imported = hubpin_imports(project, *argv, env=elsewhere)
+        assert code == 0 and "pydantic" in imported
+        assert fast == full, "the stamp must print what the full path prints"
+    assert "0 fetched, 2 already present" in full or argv[0] == "-q"
+    assert hub.archive_requests("google/double/1") == 1
+
+    # The stamps vouch for nothing they do not check: a damaged entry is refetched.
+    (project.entry(hub.handle("google/double/1")) / "saved_model.pb").unlink()
+    code, said, imported = hubpin_imports(project, "sync", "--locked")
+    assert code == 0 and "pydantic" in imported and "1 fetched" in said
+    # A hash-only lock leaves none (another stamp folder and cache: nothing from above).
+    fresh = {
+        "XDG_CACHE_HOME": str(project.root.parent / "fresh-stamps"),
+        "TFHUB_CACHE_DIR": str(project.root.parent / "fresh-cache"),
+    }
+    project.lock.unlink()
+    code, _, _ = hubpin_imports(project, "lock", "--no-fill", env=fresh)
+    assert code == 0
+    code, said, imported = hubpin_imports(project, "sync", "--locked", env=fresh)
+    assert code == 0 and "pydantic" in imported and "2 fetched" in said
+
+
+def test_a_manifest_edited_during_a_lock_leaves_no_stamp(project: Project, hub: HubServer) -> None:
+    """The lock was made from the manifest as it was; a stamp must not call the new one synced."""
+    project.models(double=hub.handle("google/double/1"))
+    hub.faults["google/double/1"] = Faults(delay=0.05, chunk=1 << 10)  # a second or more
+    proc = spawn_hubpin(project.root, project.cache, "lock")
+    deadline = time.monotonic() + 30
+    while not hub.archive_requests("google/double/1") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    project.models(double=hub.handle("google/double/1"), triple=hub.handle("google/triple/1"))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    code, said, _ = hubpin_imports(project, "sync", "--locked")
+    assert code == 1 and "triple" in said, "a stamp hid that the lock is stale"
