@@ -740,7 +740,7 @@ def merge_rows(
     commit = next(x for x in about if x.startswith("- hubpin commit")).split(";")[0]
     load = next(x for x in about if x.startswith("- load average"))
     notes.append(
-        f"- rows {', '.join(label(r) for r in rows)}: measured with `--only {only}` at "
+        f"- rows {'; '.join(repr(label(r)) for r in rows)}: measured with `--only {only}` at "
         f"{commit.removeprefix('- ')}; {load.removeprefix('- ')}"
     )
     return merged, notes
