@@ -37,10 +37,10 @@ def pin_into_cache(
     """Pin one entry; with a cache, an archive is unpacked into it in the same pass.
 
     What is published is the tree just hashed for the pin, so the entry matches
-    the lock about to be written. Unless ``required`` (``hubpin lock``, where the
-    cache is a bonus), a cache that cannot be written (read-only, full, unreachable)
-    only costs the publishing: the model is pinned anyway, and ``-v`` says why
-    it was not published.
+    the lock about to be written. When the cache is not ``required`` (``hubpin
+    lock``, for which filling it is a bonus), one that cannot be written
+    (read-only, full, unreachable) only costs the publishing: the model is pinned
+    anyway, and ``-v`` says why it was not published.
     """
     fmt = spec.effective_format(settings)
     if cache is None or source_for(spec.handle, fmt, root).kind is not Kind.ARCHIVE:
