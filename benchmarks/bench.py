@@ -16,6 +16,13 @@ them alike:
   not counted) and ``curl | tar xz``, for 1×200 MB and 8×50 MB;
 - the same 1×200 MB on a slow link (a per-connection bandwidth cap in the server),
   where one connection is slow and hubpin adds ranged ones;
+- ``hubpin lock && hubpin sync --locked`` (lock fills the cache) against one plain
+  ``hubpin sync`` (locks and fills in one pass), and the hash-only ``lock --no-fill``
+  that downloads twice, each a fresh project and a cold cache;
+- a fleet: ``hubpin bundle gs://…`` once, then 8 concurrent ``hubpin sync --from gs://…``
+  processes against gcp-storage-emulator, each into its own cache, each through a
+  loopback TCP relay of its own that counts the bytes it read from the bucket, with
+  the upstream server counting what it sent (nothing, if the bundle serves all);
 - a no-op ``hubpin sync --frozen`` over 50 pinned, cached models;
 - peak RSS of a sync of one big archive;
 - ``hubpin.load(alias)`` against ``tf.saved_model.load(path)``.
@@ -71,6 +78,8 @@ class Fixture:
 BIG = Fixture("big", 200, 1)
 EIGHT = [Fixture(f"m{i}", 50, 10 + i) for i in range(8)]
 HUGE = Fixture("huge", 1024, 99)
+FLEET = EIGHT[:2]  # what every fleet worker syncs (modest: the machine is shared)
+FLEET_WORKERS = 8
 TINY = Fixture("tiny", 0, 0)  # the test suite's affine model, served under 50 paths
 
 
@@ -181,22 +190,35 @@ def run_hubpin(
     project: Path, cache: Path, *args: str, rss: bool = False, **env: str
 ) -> tuple[float, int]:
     """Wall time of one whole ``python -m hubpin`` process, and its peak RSS (KiB) if ``rss``."""
-    probe = [sys.executable, "-c", _RSS_PROBE] if rss else [sys.executable]
     start = time.perf_counter()
-    proc = subprocess.Popen(
+    proc = start_hubpin(project, cache, *args, rss=rss, **env)
+    err = finish_hubpin(proc, args)
+    elapsed = time.perf_counter() - start
+    peak = err.rpartition("maxrss_kib=")[2].strip() if rss else ""
+    return elapsed, int(peak) if peak.isdigit() else 0
+
+
+def start_hubpin(
+    project: Path, cache: Path, *args: str, rss: bool = False, **env: str
+) -> subprocess.Popen[bytes]:
+    """``python -m hubpin -q ARGS`` started in ``project`` with its own cache."""
+    probe = [sys.executable, "-c", _RSS_PROBE] if rss else [sys.executable]
+    return subprocess.Popen(
         [*probe, "-m", "hubpin", "-q", *args],
         cwd=project,
         env=hubpin_env(cache, **env),
         stderr=subprocess.PIPE,
     )
+
+
+def finish_hubpin(proc: subprocess.Popen[bytes], args: tuple[str, ...]) -> str:
+    """Wait for a hubpin process; its stderr, or RuntimeError if it failed."""
     assert proc.stderr is not None
-    err = proc.stderr.read()
+    err = proc.stderr.read().decode()
     proc.wait()
-    elapsed = time.perf_counter() - start
     if proc.returncode != 0:
-        raise RuntimeError(f"hubpin {' '.join(args)} failed: {err.decode()[-2000:]}")
-    peak = err.decode().rpartition("maxrss_kib=")[2].strip() if rss else ""
-    return elapsed, int(peak) if peak.isdigit() else 0
+        raise RuntimeError(f"hubpin {' '.join(args)} failed: {err[-2000:]}")
+    return err
 
 
 def make_project(where: Path, url: str, fixtures: list[Fixture], cache: Path) -> Path:
@@ -205,7 +227,7 @@ def make_project(where: Path, url: str, fixtures: list[Fixture], cache: Path) ->
     (where / "models.toml").write_text(
         "".join(f'[models.{f.name}]\nhandle = "{url}/{f.path}"\n\n' for f in fixtures)
     )
-    run_hubpin(where, cache, "lock")
+    run_hubpin(where, cache, "lock", "--no-fill")
     return where
 
 
@@ -297,6 +319,161 @@ def noop_sync(url: str, runs: int, scratch: Path) -> tuple[float, float]:
         subprocess.run([sys.executable, "-c", "pass"], check=True)
         bare.append(time.perf_counter() - start)
     return statistics.median(sync), statistics.median(bare)
+
+
+def lock_then_sync(url: str, fixtures: list[Fixture], runs: int, scratch: Path) -> Timings:
+    """The README's `lock && sync --locked` against a plain `sync`, and the hash-only lock
+    of before; each run a fresh project (no lock yet) and a cold cache."""
+    manifest = "".join(f'[models.{f.name}]\nhandle = "{url}/{f.path}"\n\n' for f in fixtures)
+    env = {"XDG_CACHE_HOME": str(scratch / "xdg")}  # no-op stamps stay in the scratch space
+
+    def steps(*commands: tuple[str, ...]) -> Callable[[Path], float]:
+        def run(cache: Path) -> float:
+            project = scratch / f"project-{cache.name}"
+            project.mkdir()
+            (project / "models.toml").write_text(manifest)
+            try:
+                return sum(run_hubpin(project, cache, *command, **env)[0] for command in commands)
+            finally:
+                shutil.rmtree(project, ignore_errors=True)
+
+        return run
+
+    contenders = {
+        "sync": steps(("sync",)),
+        "lock && sync --locked": steps(("lock",), ("sync", "--locked")),
+        "lock --no-fill && sync --locked": steps(("lock", "--no-fill"), ("sync", "--locked")),
+    }
+    return interleaved(contenders, runs, scratch)
+
+
+def relay(target: str) -> None:
+    """``--relay HOST:PORT``: a loopback TCP relay to ``target``, in a process of its own (one
+    per worker, copying nothing in Python: a threaded one in Python doubled the wall time of 8 workers). Prints its port; at EOF on
+    stdin, the bytes it relayed from ``target`` to its clients."""
+    import fcntl
+    import socket
+    import threading
+
+    host, port = target.rsplit(":", 1)
+    received = 0
+    guard = threading.Lock()
+
+    def pump(src: socket.socket, dst: socket.socket, count: bool) -> None:
+        """Move bytes with splice(2) through a pipe: they never enter Python."""
+        nonlocal received
+        pipe_out, pipe_in = os.pipe()
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(pipe_in, fcntl.F_SETPIPE_SZ, 1 << 20)
+        try:
+            while got := os.splice(src.fileno(), pipe_in, 1 << 20):
+                left = got
+                while left:
+                    left -= os.splice(pipe_out, dst.fileno(), left)
+                if count:
+                    with guard:
+                        received += got
+        except OSError:
+            pass
+        finally:
+            os.close(pipe_in)
+            os.close(pipe_out)
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+
+    def serve(listener: socket.socket) -> None:
+        while True:
+            client, _ = listener.accept()
+            upstream = socket.create_connection((host, int(port)))
+            for sock in (client, upstream):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(target=pump, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=pump, args=(upstream, client, True), daemon=True).start()
+
+    listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+    threading.Thread(target=serve, args=(listener,), daemon=True).start()
+    print(listener.getsockname()[1], flush=True)
+    sys.stdin.read()
+    print(received, flush=True)
+
+
+@dataclass
+class FleetRun:
+    workers: int
+    wall: float
+    from_bucket: list[int]  # bytes each worker read from the bucket (on the wire, per relay)
+    from_upstream: int  # archive bytes the upstream server sent while the workers ran
+    archives: int  # the bundle's archive bytes: what each worker needs once
+
+
+def fleet(
+    root: Path, fixtures: list[Fixture], workers: int, scratch: Path
+) -> tuple[float, FleetRun, FleetRun]:
+    """``bundle gs://…`` once (as CI would), then one worker alone and ``workers`` at once."""
+
+    from gcs_emulator import Emulator
+    from hubserver import HubServer
+
+    archives = {f.path: f.archive(root).read_bytes() for f in fixtures}
+    hub = HubServer(models=archives).start()  # in-process: the workers must never reach it
+    emulator = Emulator().start(scratch / "emulator.log")
+    os.environ["STORAGE_EMULATOR_HOST"] = emulator.url
+    gcs = {"STORAGE_EMULATOR_HOST": emulator.url}
+    try:
+        project = scratch / "fleet"
+        project.mkdir()
+        (project / "models.toml").write_text(
+            "".join(f'[models.{f.name}]\nhandle = "{hub.url}/{f.path}"\n\n' for f in fixtures)
+        )
+        run_hubpin(project, scratch / "ci-cache", "lock", "--no-fill")
+        url = f"gs://{emulator.bucket()}/models/v1"
+        bundle_seconds = run_hubpin(project, scratch / "ci-cache", "bundle", url, **gcs)[0]
+
+        def run(count: int) -> FleetRun:
+            cmd = [sys.executable, __file__, "--relay", emulator.url.removeprefix("http://")]
+            relays = [
+                subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                for _ in range(count)
+            ]
+            ports = [int(r.stdout.readline()) for r in relays if r.stdout is not None]
+            sent = hub.sent
+            args = ("sync", "--locked", "--from", url)
+            start = time.perf_counter()
+            procs = [
+                start_hubpin(
+                    project,
+                    scratch / f"worker-{count}-{i}",
+                    *args,
+                    STORAGE_EMULATOR_HOST=f"http://127.0.0.1:{port}",
+                    XDG_CACHE_HOME=str(scratch / "xdg"),
+                )
+                for i, port in enumerate(ports)
+            ]
+            for proc in procs:
+                finish_hubpin(proc, args)
+            wall = time.perf_counter() - start
+            received = []
+            for r in relays:
+                assert r.stdin is not None and r.stdout is not None
+                r.stdin.close()
+                received.append(int(r.stdout.readline()))
+                r.wait(timeout=30)
+            for i in range(count):
+                shutil.rmtree(scratch / f"worker-{count}-{i}", ignore_errors=True)
+            total = sum(len(a) for a in archives.values())
+            return FleetRun(count, wall, received, hub.sent - sent, total)
+
+        alone = run(1)
+        print(f"  1 worker: {alone.wall:.2f}s", file=sys.stderr, flush=True)
+        many = run(workers)
+        print(f"  {workers} workers: {many.wall:.2f}s", file=sys.stderr, flush=True)
+        return bundle_seconds, alone, many
+    finally:
+        emulator.stop()
+        hub.stop()
+        del os.environ["STORAGE_EMULATOR_HOST"]
 
 
 def peak_rss(url: str, fixture: Fixture, scratch: Path) -> int:
@@ -396,13 +573,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer runs, no 1 GiB fixture")
     parser.add_argument("--runs", type=int, default=None, help="runs per measurement")
     parser.add_argument("--fixtures", type=Path, default=Path.home() / ".cache" / "hubpin-bench")
-    parser.add_argument("--only", default="", help="comma list: big,eight,slow,noop,rss,load")
+    parser.add_argument(
+        "--only", default="", help="comma list: big,eight,slow,lockfill,fleet,noop,rss,load"
+    )
     parser.add_argument("--serve", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--relay", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--slow-rate", type=int, default=40, help="MB/s per connection (slow)")
     args = parser.parse_args()
     if args.serve is not None:
         return serve(args.fixtures, args.serve.split(","), args.rate)
+    if args.relay is not None:
+        return relay(args.relay)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     runs = args.runs or (3 if args.quick else 7)
@@ -410,6 +592,8 @@ def main() -> None:
         "big",
         "eight",
         "slow",
+        "lockfill",
+        "fleet",
         "noop",
         "rss",
         "load",
@@ -453,6 +637,37 @@ def main() -> None:
                         f"cold sync, 1×200 MB, {args.slow_rate} MB/s per connection", t, None, note
                     )
                 )
+        if "lockfill" in only:
+            print("lock && sync --locked against sync, 8×50 MB", file=sys.stderr)
+            t = lock_then_sync(url, EIGHT, runs, fresh("lockfill"))
+            ours, plain = t.median("lock && sync --locked"), t.median("sync")
+            before = t.median("lock --no-fill && sync --locked")
+            assert ours and plain and before
+            met = "yes" if ours / plain <= 1.15 else "**no**"
+            rows.append(
+                f"| `lock && sync --locked`, 8×50 MB | {secs(ours)} | — | — "
+                f"| **{ours / plain:.2f}×** of plain `sync` ({secs(plain)}) | ≤ 1.15× | {met} "
+                f"| median of {runs}, cold cache, fresh project; each archive downloaded once. "
+                f"Hash-only `lock --no-fill && sync --locked` (two downloads): {secs(before)}, "
+                f"{before / plain:.2f}× |"
+            )
+        if "fleet" in only:
+            mb = sum(f.mb for f in FLEET)
+            print(
+                f"fleet: {FLEET_WORKERS} × sync --from gs://, {len(FLEET)}×50 MB", file=sys.stderr
+            )
+            bundle_seconds, alone, many = fleet(args.fixtures, FLEET, FLEET_WORKERS, fresh("fleet"))
+            per = many.from_bucket
+            rows.append(
+                f"| fleet: {many.workers} × `sync --from gs://…` at once, {len(FLEET)}×{mb // len(FLEET)} MB "
+                f"| {secs(many.wall)} | — | — | — | — | — "
+                f"| wall time, each worker its own cache; one worker alone {secs(alone.wall)}. Read from "
+                f"the bucket per worker: {min(per):,}–{max(per):,} B for {many.archives:,} B of "
+                f"archives ({max(per) / many.archives:.4f}×: each archive once, plus HTTP); from "
+                f"the upstream server: {many.from_upstream + alone.from_upstream} B. "
+                f"gcp-storage-emulator (serves one request at a time); `bundle` once: "
+                f"{secs(bundle_seconds)} |"
+            )
         if "noop" in only:
             print("no-op sync", file=sys.stderr)
             noop, bare = noop_sync(url, runs, fresh("noop"))
@@ -489,21 +704,46 @@ def main() -> None:
         "| benchmark | hubpin | tensorflow_hub | curl \\| tar xz | hubpin ÷ tf_hub | target | met | notes |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    table = "\n".join(header + rows)
-    print(table)
+    print("\n".join(header + rows))
     results = REPO / "benchmarks" / "RESULTS.md"
+    about = machine()
+    if args.only and results.exists():  # a partial run replaces its own rows, keeps the rest
+        rows, about = merge_rows(results.read_text(), rows, args.only, about)
     results.write_text(
         "# hubpin benchmark results\n\n"
         "Produced by `PYTHONPATH=. python benchmarks/bench.py"
         f"{' --quick' if args.quick else ''}`; wall-clock medians, loopback server.\n"
         "hubpin is timed as a whole process (`python -m hubpin sync --frozen`, cold cache);\n"
         "tensorflow_hub as `hub.resolve` in-process, TensorFlow's import not counted.\n\n"
-        + table
+        + "\n".join(header + rows)
         + "\n\nMachine:\n\n"
-        + "\n".join(machine())
+        + "\n".join(about)
         + "\n"
     )
     print(f"\nwritten to {results.relative_to(REPO)}", file=sys.stderr)
+
+
+def merge_rows(
+    previous: str, rows: list[str], only: str, about: list[str]
+) -> tuple[list[str], list[str]]:
+    """The previous RESULTS.md's rows with those measured now replaced (by label) or added,
+    and its machine notes plus one line saying which rows this run measured, and where."""
+
+    def label(row: str) -> str:
+        return row.split(" | ")[0].removeprefix("| ")
+
+    lines = previous.splitlines()
+    old = [x for x in lines if x.startswith("| ") and not x.startswith("| benchmark |")]
+    new = {label(row): row for row in rows}
+    merged = [new.pop(label(row), row) for row in old] + list(new.values())
+    notes = [x for x in lines[lines.index("Machine:") + 1 :] if x.startswith("- ")]
+    commit = next(x for x in about if x.startswith("- hubpin commit")).split(";")[0]
+    load = next(x for x in about if x.startswith("- load average"))
+    notes.append(
+        f"- rows {'; '.join(repr(label(r)) for r in rows)}: measured with `--only {only}` at "
+        f"{commit.removeprefix('- ')}; {load.removeprefix('- ')}"
+    )
+    return merged, notes
 
 
 if __name__ == "__main__":

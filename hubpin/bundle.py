@@ -1,75 +1,243 @@
-"""Bundles for air-gapped machines: the locked archives, named by sha256, plus the lock.
+"""Bundles: the locked archives, named by sha256, plus the lock, for machines that
+should not (or cannot) download from the model hosts.
 
 ``hubpin bundle OUT`` writes::
 
-    OUT/models.lock            the lock the archives belong to
     OUT/archives/<sha256>      each locked archive, verified against the lock
+    OUT/models.lock            the lock the archives belong to, written last
 
-(or the same as a tar file when OUT ends in ``.tar``). On the machine without a
-network, ``hubpin sync --from OUT`` reads archives from there; they are verified
-against that machine's lock exactly as downloads are, so a bundle cannot change a model.
+OUT is a folder, a ``.tar`` file (carried to an air-gapped machine), or a
+``gs://bucket/prefix`` that a fleet syncs from. ``hubpin sync --from OUT`` reads
+archives from there and verifies each against that machine's lock exactly as a
+download, so a bundle cannot change a model, and never writes to it.
+
+The lock is written after every archive is in place, so a bundle that has one is
+complete and an interrupted run leaves none. Running ``bundle`` again finishes
+the job without writing twice what is already there: in a folder, an archive
+of the pinned size; on GCS, an object of the pinned size whose crc32c is the one
+hubpin computed (google-crc32c) from the verified bytes when it uploaded them
+(kept in the object's metadata), which needs no download at all. An object
+without that note is downloaded from the usual sources, verified, and uploaded
+only if its size or crc32c differ.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO, Protocol
 
-from hubpin.errors import IntegrityError, write_error
-from hubpin.handles import Kind
+from hubpin.errors import FetchError, HubpinError, IntegrityError, write_error
+from hubpin.handles import Kind, scheme_of
 from hubpin.lockfile import Lock, Pin, dumps
-from hubpin.sources import ARCHIVES, Sources
+from hubpin.settings import Settings
+from hubpin.sources import ARCHIVES, BUNDLE_LOCK, Sources, bundle_archive, bundle_lock
 from hubpin.unpack import HashingReader
 
+log = logging.getLogger("hubpin")
+_CRC_KEY = "hubpin-crc32c"  # object metadata: crc32c of the verified bytes, computed by hubpin
+_SHA_KEY = "hubpin-sha256"
 
-def write_bundle(lock: Lock, aliases: list[str], out: Path, sources: Sources) -> list[str]:
-    """Download each pinned archive once into ``out``, verified; return the aliases written."""
-    as_tar = out.suffix == ".tar"
-    folder = Path(tempfile.mkdtemp(prefix=".hubpin-bundle-", dir=out.parent)) if as_tar else out
-    written = []
-    try:
-        (folder / ARCHIVES).mkdir(parents=True, exist_ok=True)
+
+@dataclass
+class Written:
+    """What a bundle run left in the bundle, by alias."""
+
+    archives: list[str] = field(default_factory=list)  # every archive the bundle now holds
+    kept: list[str] = field(default_factory=list)  # of those, already there before this run
+
+
+class _Target(Protocol):
+    def where(self, pin: Pin) -> str: ...  # the archive's path or gs:// URL in the bundle
+
+    def has(self, pin: Pin) -> bool: ...  # already there, complete, without reading upstream
+
+    def put(self, pin: Pin, sources: Sources) -> bool: ...  # False: found there after all
+
+    def finish(self, lock_text: str) -> None: ...  # the lock, last
+
+
+def write_bundle(lock: Lock, aliases: list[str], out: str, sources: Sources) -> Written:
+    """Put each pinned archive of ``aliases`` into ``out``, verified, then the lock."""
+    written = Written()
+    with _target(out, sources.transport.settings) as target:
         for alias in aliases:
             pin = lock.models[alias]
             if pin.kind is not Kind.ARCHIVE or not pin.archive_sha256:
                 continue
-            target = folder / ARCHIVES / pin.archive_sha256
-            if not target.is_file():
-                _download(sources, pin, target)
-            written.append(alias)
-        (folder / "models.lock").write_text(dumps(lock), encoding="utf-8")
-        if as_tar:
-            tmp = out.with_name(f".{out.name}.tmp")
-            with tarfile.open(tmp, "w") as tar:
-                tar.add(folder, arcname=".")
-            os.replace(tmp, out)
-    except OSError as exc:
-        raise write_error(exc, out) from None
-    finally:
-        if as_tar:
-            shutil.rmtree(folder, ignore_errors=True)
+            try:
+                if target.has(pin) or not target.put(pin, sources):
+                    log.info("%s: %s is already there; not written again", alias, target.where(pin))
+                    written.kept.append(alias)
+            except HubpinError as exc:
+                raise type(exc)(
+                    f"{alias} ({pin.handle}): {exc}; the bundle's {BUNDLE_LOCK} was not written"
+                ) from None
+            written.archives.append(alias)
+        target.finish(dumps(lock))
     return written
 
 
-def _download(sources: Sources, pin: Pin, target: Path) -> None:
+@contextlib.contextmanager
+def _target(out: str, settings: Settings) -> Iterator[_Target]:
+    if scheme_of(out) == "gs":
+        yield _GcsBundle(out, settings)
+        return
+    path = Path(out)
+    try:
+        if path.suffix != ".tar":
+            yield _Folder(path)
+            return
+        scratch = Path(tempfile.mkdtemp(prefix=".hubpin-bundle-", dir=path.parent))
+        try:
+            yield _Tar(scratch, path)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    except OSError as exc:
+        raise write_error(exc, path) from None
+
+
+def _copy_verified(
+    sources: Sources, pin: Pin, fh: IO[bytes], also: Callable[[bytes], None] | None = None
+) -> None:
+    """Stream the pinned archive into ``fh`` (and ``also``); raise unless it is what the lock pins."""
     download = sources.open_pin(pin)
     reader = HashingReader.of(download, expected_size=pin.archive_size)
-    tmp = target.with_name(f".{target.name}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            while chunk := reader.read(1 << 20):
-                fh.write(chunk)
-        found = reader.hexdigest()  # raises for a corrupt download
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if found != pin.archive_sha256:
-        tmp.unlink()
+    while chunk := reader.read(1 << 20):
+        fh.write(chunk)
+        if also is not None:
+            also(chunk)
+    found = reader.hexdigest()  # raises for a corrupt download (the host's checksums)
+    if found != pin.archive_sha256 or reader.size != pin.archive_size:
         raise IntegrityError(
-            f"{download.final_url}: archive sha256 is {found}, the lock pins {pin.archive_sha256}; "
-            "nothing was written. If the model changed upstream on purpose, run: hubpin lock"
+            f"{download.final_url}: got {reader.size} bytes with sha256 {found}, the lock pins "
+            f"{pin.archive_size} bytes with sha256 {pin.archive_sha256}; nothing was written. "
+            "If the model changed upstream on purpose, run: hubpin lock"
         )
-    os.replace(tmp, target)
+
+
+class _Folder:
+    """A bundle folder; each archive is written to a temp file and renamed into place."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        (folder / ARCHIVES).mkdir(parents=True, exist_ok=True)
+
+    def where(self, pin: Pin) -> str:
+        assert pin.archive_sha256
+        return bundle_archive(str(self.folder), pin.archive_sha256)
+
+    def _path(self, pin: Pin) -> Path:
+        return Path(self.where(pin))
+
+    def has(self, pin: Pin) -> bool:
+        path = self._path(pin)
+        return path.is_file() and path.stat().st_size == pin.archive_size
+
+    def put(self, pin: Pin, sources: Sources) -> bool:
+        target = self._path(pin)
+        tmp = target.with_name(f".{target.name}.tmp")
+        try:
+            with open(tmp, "wb") as fh:
+                _copy_verified(sources, pin, fh)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        os.replace(tmp, target)
+        return True
+
+    def finish(self, lock_text: str) -> None:
+        path = Path(bundle_lock(str(self.folder)))
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(lock_text, encoding="utf-8")
+        os.replace(tmp, path)
+
+
+class _Tar(_Folder):
+    """A folder built in scratch space, then packed into one ``.tar`` file."""
+
+    def __init__(self, scratch: Path, out: Path) -> None:
+        super().__init__(scratch)
+        self.out = out
+
+    def finish(self, lock_text: str) -> None:
+        super().finish(lock_text)
+        tmp = self.out.with_name(f".{self.out.name}.tmp")
+        with tarfile.open(tmp, "w") as tar:
+            tar.add(self.folder, arcname=".")
+        os.replace(tmp, self.out)
+
+
+class _GcsBundle:
+    """A bundle under ``gs://bucket/prefix`` (see the module docstring for what is kept)."""
+
+    def __init__(self, url: str, settings: Settings) -> None:
+        from hubpin.gcs.client import bucket_exists, errors, filesystem, split_url
+
+        self.url = url.rstrip("/")
+        self.fs = filesystem(settings)
+        bucket = split_url(self.url)[0]
+        with errors(self.url):
+            if not bucket_exists(self.fs, bucket):  # before downloading anything
+                raise FetchError(
+                    f"{self.url}: bucket {bucket} does not exist; create it "
+                    f"(gcloud storage buckets create gs://{bucket}) or fix the bundle's URL"
+                )
+
+    def where(self, pin: Pin) -> str:
+        assert pin.archive_sha256
+        return bundle_archive(self.url, pin.archive_sha256)
+
+    def has(self, pin: Pin) -> bool:
+        from hubpin.gcs.client import errors, split_url, stat
+
+        url = self.where(pin)
+        with errors(url):
+            meta = stat(self.fs, *split_url(url))
+        if meta is None:
+            return False
+        noted = meta.get("metadata") or {}
+        return (
+            int(meta["size"]) == pin.archive_size
+            and noted.get(_SHA_KEY) == pin.archive_sha256
+            and bool(noted.get(_CRC_KEY))
+            and noted.get(_CRC_KEY) == meta.get("crc32c")
+        )
+
+    def put(self, pin: Pin, sources: Sources) -> bool:
+        import google_crc32c
+
+        from hubpin.gcs.client import crc32c_of, errors, split_url, upload_file_if_different
+
+        url = self.where(pin)
+        checksum = google_crc32c.Checksum()
+        with tempfile.NamedTemporaryFile(prefix="hubpin-bundle-") as fh:
+            _copy_verified(sources, pin, fh, checksum.update)
+            fh.flush()
+            crc32c = crc32c_of(checksum)
+            assert pin.archive_sha256
+            with errors(url):
+                uploaded = upload_file_if_different(
+                    self.fs,
+                    *split_url(url),
+                    Path(fh.name),
+                    crc32c,
+                    {_SHA_KEY: pin.archive_sha256, _CRC_KEY: crc32c},
+                )
+        if uploaded:
+            log.info("uploaded %s (%d bytes, crc32c %s)", url, pin.archive_size, crc32c)
+        return uploaded
+
+    def finish(self, lock_text: str) -> None:
+        from hubpin.gcs.client import errors, split_url, upload
+
+        url = bundle_lock(self.url)
+        with errors(url):
+            upload(self.fs, *split_url(url), lock_text.encode("utf-8"))

@@ -23,6 +23,7 @@ from typing import Any
 from hubpin import stamp
 from hubpin.bundle import write_bundle
 from hubpin.errors import (
+    CacheError,
     HubpinError,
     InputError,
     ManifestError,
@@ -37,7 +38,7 @@ from hubpin.manifest import ModelSpec, add_model, remove_models
 from hubpin.paths import SETTINGS_FILE, find_upwards
 from hubpin.pin import pin_into_cache
 from hubpin.project import Project
-from hubpin.sources import Sources
+from hubpin.sources import Bundle, Sources
 from hubpin.sync import Outcome, Step, Syncer
 from hubpin.transport import Transport
 
@@ -139,6 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="move unversioned Kaggle handles to their current version (ALIAS…: only these)",
     )
     p.add_argument(
+        "--fill",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also unpack what is downloaded into the cache, so a later sync has nothing to fetch "
+        "(default: the lock_fills_cache setting, true); --no-fill only hashes",
+    )
+    p.add_argument(
         "aliases", nargs="*", metavar="ALIAS", help="re-pin only these (default: new or changed)"
     )
 
@@ -158,10 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--from",
         dest="bundle",
-        type=Path,
         default=None,
-        metavar="DIR",
-        help="take archives from a `hubpin bundle` folder instead of the network",
+        metavar="BUNDLE",
+        help="take archives only from what `hubpin bundle` wrote (a folder or gs://bucket/prefix), "
+        "verified against the lock; never from upstream",
     )
     _dry_run_flags(
         p,
@@ -197,9 +205,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "bundle",
         cmd_bundle,
-        "write the locked archives and the lock to a folder (or .tar) for air-gapped machines",
+        "write the locked archives and the lock to a folder, a .tar or gs://bucket/prefix, "
+        "for `hubpin sync --from OUT` (air-gapped machines, fleets)",
     )
-    p.add_argument("out", type=Path, metavar="OUT")
+    p.add_argument(
+        "out",
+        metavar="OUT",
+        help="a folder, a .tar file or gs://bucket/prefix; rerunning finishes an interrupted "
+        "bundle and writes only what is missing",
+    )
     p.add_argument("aliases", nargs="*", metavar="ALIAS")
 
     p = command(
@@ -291,31 +305,34 @@ def cmd_lock(args: argparse.Namespace) -> int:
             )
         _say(args, f"{project.lock_path.name} is up to date ({_count(len(lock.models), 'model')})")
         return 0
+    fill = project.settings.lock_fills_cache if args.fill is None else args.fill
+    at_start = stamp.sources_state(project)
     with _sources(project) as sources:
-        _, changed = lock_project(
-            args, project, sources, set(args.aliases), fill_cache=False, upgrade=args.upgrade
+        lock, changed = lock_project(
+            args,
+            project,
+            sources,
+            set(args.aliases),
+            fill_cache=fill,
+            must_fill=False,
+            upgrade=args.upgrade,
         )
+    if lock is not None and fill:
+        _stamp_after_lock(project, args.argv, lock, at_start)
     return 0 if changed is not None else 1
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    if args.bundle is not None:
-        args.offline = True  # a bundle is for machines without a network: never open one
-        if args.bundle.is_file():
-            raise InputError(
-                f"{args.bundle}: a bundle file; extract it first (mkdir b && tar xf "
-                f"{args.bundle} -C b) and run: hubpin sync --from b"
-            )
-        if not (args.bundle / "archives").is_dir():
-            raise InputError(
-                f"{args.bundle}: not a hubpin bundle (no archives/ folder); make one with: hubpin bundle OUT"
-            )
+    bundle = args.bundle
+    if bundle is not None:
+        args.offline = True  # archives come from the bundle alone: no upstream, no locking
     _json_needs_dry_run(args)
     project = _project(args, need_manifest=not args.frozen)
     at_start = stamp.inputs(args.argv, project)
     relock: dict[str, Any] | None = None  # --dry-run: the lock that would come first
-    bundle = None if args.bundle is None else str(args.bundle)
     with _sources(project, bundle) as sources:
+        if bundle is not None:
+            Bundle(bundle).check(sources.transport)
         if args.frozen:
             lock = project.read_lock()
         else:
@@ -340,12 +357,14 @@ def cmd_sync(args: argparse.Namespace) -> int:
             if problems and args.dry_run:
                 relock = {"reasons": problems, "plan": _lock_plan(project, set())}
             elif problems:
-                lock, _ = lock_project(args, project, sources, set(), fill_cache=True)
+                lock, _ = lock_project(
+                    args, project, sources, set(), fill_cache=True, must_fill=True
+                )
                 if lock is None:
                     return 1
         pins = _select(lock, args.aliases, project.lock_path) if relock is None else {}
         syncer = _syncer(project, sources, offline=args.offline, full_verify=args.verify)
-        syncer.from_bundle = bundle is not None
+        syncer.bundle = bundle
         if args.dry_run:
             return _print_sync_plan(args, project, syncer, lock, pins, relock)
         with _progress(args, project, pins) as bar:
@@ -357,12 +376,12 @@ def cmd_sync(args: argparse.Namespace) -> int:
             outcomes = syncer.run(pins, args.jobs or project.settings.jobs)
     code = _report(args, outcomes, project)
     if code == 0:
-        _stamp(args, project, pins, outcomes, at_start)
+        _stamp(args.argv, project, pins, outcomes, at_start)
     return code
 
 
 def _stamp(
-    args: argparse.Namespace,
+    argv: list[str],
     project: Project,
     pins: dict[str, Pin],
     outcomes: list[Outcome],
@@ -379,10 +398,24 @@ def _stamp(
     as_noop = [Outcome(o.alias, "present", "", o.size) for o in outcomes]
     output = (
         ""
-        if getattr(args, "quiet", False)
+        if "-q" in argv or "--quiet" in argv
         else "".join(f"{line}\n" for _, line in _report_lines(as_noop, project))
     )
-    stamp.write(at_start, args.argv, project, entries, output)
+    stamp.write(at_start, argv, project, entries, output)
+
+
+def _stamp_after_lock(project: Project, argv: list[str], lock: Lock, at_start: str | None) -> None:
+    """A lock that filled the cache answers the plain syncs that follow it, as a sync would.
+
+    Each stamp holds every entry of the lock, so its replay stat-checks them all:
+    a model the lock could not publish sends that sync down the full path.
+    """
+    if at_start is None or stamp.sources_state(project) != at_start:
+        return  # the manifest or settings changed while locking: the lock may be stale
+    pins = dict(sorted(lock.models.items()))
+    present = [Outcome(alias, "present", "", pin.unpacked_size) for alias, pin in pins.items()]
+    for sync_argv in stamp.after_lock(argv):
+        _stamp(sync_argv, project, pins, present, stamp.inputs(sync_argv, project))
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -616,10 +649,11 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     aliases = list(_select(lock, args.aliases, project.lock_path))
     with _sources(project) as sources:
         written = write_bundle(lock, aliases, args.out, sources)
+    kept = f" ({len(written.kept)} already there)" if written.kept else ""
     _say(
         args,
-        f"wrote {args.out}: {_count(len(written), 'archive')} and models.lock; "
-        f"on the offline machine run: hubpin sync --from {args.out}",
+        f"wrote {args.out}: {_count(len(written.archives), 'archive')}{kept} and models.lock; "
+        f"on each machine that syncs from it run: hubpin sync --from {args.out}",
     )
     return 0
 
@@ -655,13 +689,17 @@ def lock_project(
     sources: Sources,
     force: set[str],
     fill_cache: bool,
+    must_fill: bool,
     upgrade: bool = False,
 ) -> tuple[Lock | None, bool | None]:
     """Pin new, changed and forced aliases; keep the rest. Returns (lock, changed) or (None, None).
 
-    A Kaggle model pinned from an unversioned handle keeps its version when it is
-    re-pinned; with ``upgrade``, those of ``force`` (all, when empty) move to the
-    version Kaggle calls current, and the ones already there are kept as they are.
+    With ``fill_cache``, what is downloaded is also unpacked into the cache, under
+    its lock protocol; unless ``must_fill``, a cache that cannot be written only
+    means nothing is published (``-v`` says why). A Kaggle model pinned from an
+    unversioned handle keeps its version when it is re-pinned; with ``upgrade``,
+    those of ``force`` (all, when empty) move to the version Kaggle calls current,
+    and the ones already there are kept as they are.
     """
     manifest, settings = project.manifest, project.settings
     try:
@@ -679,13 +717,26 @@ def lock_project(
         if alias not in versions and pin is not None and pin.handle == todo[alias].handle:
             versions[alias] = pin.kaggle_version
 
-    cache = project.cache if fill_cache else None
+    cache = project.cache if fill_cache and todo else None
+    if cache is not None and not must_fill:
+        try:
+            cache.ensure_root()  # once, so an unreachable cache costs its timeout once
+        except CacheError as exc:
+            log.info("not filling the cache: %s; pinning only", exc)
+            cache = None
 
     def pin_one(alias: str) -> Pin:
         spec = todo[alias]
         try:
             return pin_into_cache(
-                spec, settings, sources, project.root, cache, version=versions.get(alias)
+                alias,
+                spec,
+                settings,
+                sources,
+                project.root,
+                cache,
+                version=versions.get(alias),
+                required=must_fill,
             )
         except HubpinError as exc:
             raise type(exc)(f"{alias} ({spec.handle}): {exc}") from None

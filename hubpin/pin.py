@@ -8,13 +8,21 @@ first does not download twice.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from hubpin.cache import Cache, Record
 from hubpin.digests import Tree, hash_tree
-from hubpin.errors import ArchiveError, FetchError, InputError, IntegrityError, LimitError
+from hubpin.errors import (
+    ArchiveError,
+    CacheError,
+    FetchError,
+    InputError,
+    IntegrityError,
+    LimitError,
+)
 from hubpin.handles import (
     Format,
     Kind,
@@ -32,29 +40,56 @@ from hubpin.settings import Settings
 from hubpin.sources import Sources
 from hubpin.unpack import HashingReader, Unpacked, unpack
 
+log = logging.getLogger("hubpin")
+
 
 def pin_into_cache(
+    alias: str,
     spec: ModelSpec,
     settings: Settings,
     sources: Sources,
     root: Path,
     cache: Cache | None,
     version: int | None = None,
+    required: bool = True,
 ) -> Pin:
     """Pin one entry; with a cache, an archive is unpacked into it in the same pass.
 
-    ``version`` is the Kaggle version an earlier lock pinned for an unversioned
-    handle: re-pinning keeps it (only ``lock --upgrade`` passes None and moves on).
+    What is published is the tree just hashed for the pin, so the entry matches
+    the lock about to be written. When the cache is not ``required`` (``hubpin
+    lock``, for which filling it is a bonus), one that cannot be written
+    (read-only, full, unreachable) only costs the publishing: the model is pinned
+    anyway, and ``-v`` says why it was not published. ``version`` is the Kaggle
+    version an earlier lock pinned for an unversioned handle: re-pinning keeps it
+    (only ``lock --upgrade`` passes None and moves on).
     """
     fmt = spec.effective_format(settings)
     if cache is None or source_for(spec.handle, fmt, root).kind is not Kind.ARCHIVE:
         return pin_model(spec, settings, sources, root, version=version)[0]
     key = cache_key(spec.handle)
-    with cache.locked(key, settings.lock_timeout) as work:
-        pin, tree = pin_model(spec, settings, sources, root, work=work, version=version)
-        record = cache.read_record(key)
-        if tree is not None and (record is None or record.tree_digest != pin.tree_digest):
-            cache.publish(key, work, Record(spec.handle, pin.tree_digest, tree))
+    pin: Pin | None = None
+    try:
+        with cache.locked(key, settings.lock_timeout) as work:
+            pin, tree = pin_model(spec, settings, sources, root, work=work, version=version)
+            record = cache.read_record(key)
+            if tree is not None and (record is None or record.tree_digest != pin.tree_digest):
+                cache.publish(key, work, Record(spec.handle, pin.tree_digest, tree))
+    except CacheError as exc:
+        if required:
+            raise
+        if pin is None:  # failed before or while unpacking: hash it without the cache
+            log.info(
+                "%s: not filling the cache (%s); pinned without it, hubpin sync will fetch it",
+                alias,
+                exc,
+            )
+            return pin_model(spec, settings, sources, root, version=version)[0]
+        log.info(
+            "%s: pinned, but not published into the cache (%s); hubpin sync will fetch it",
+            alias,
+            exc,
+        )
+    assert pin is not None
     return pin
 
 

@@ -41,6 +41,7 @@ class Settings(BaseModel):
     connect_timeout: float = Field(default=10.0, gt=0)
     read_timeout: float = Field(default=60.0, gt=0)
     lock_timeout: float = Field(default=600.0, ge=0)
+    lock_fills_cache: bool = True
     allow_http: bool = False
     ca_bundle: str | None = None
     max_unpacked_size: int = Field(default=64 * 2**30, gt=0)

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Protocol
 
 from hubpin.download import Download
-from hubpin.errors import FetchError, MissingError
-from hubpin.handles import source_for, strip_query
+from hubpin.errors import FetchError, InputError, MissingError
+from hubpin.handles import local_path, scheme_of, source_for, strip_query
 from hubpin.kaggle import KaggleApi, pinned
 from hubpin.lockfile import Pin
 from hubpin.settings import Mirror, Settings
@@ -30,6 +30,7 @@ from hubpin.transport import Transport
 
 log = logging.getLogger("hubpin")
 ARCHIVES = "archives"  # a bundle's folder of archives named by sha256
+BUNDLE_LOCK = "models.lock"  # written last by `hubpin bundle`: a bundle with it is complete
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,25 @@ class Bundle:
 
     base: str
 
+    def check(self, transport: Transport) -> None:
+        """Refuse what is not a complete bundle: no lock means no bundle, or an interrupted one."""
+        if scheme_of(self.base) not in ("", "file", "gs"):
+            raise InputError(
+                f"--from {self.base}: a bundle is a folder or a gs://bucket/prefix that "
+                "`hubpin bundle` wrote"
+            )
+        local = local_path(self.base, Path.cwd())
+        if local is not None and local.is_file():
+            raise InputError(
+                f"{self.base}: a bundle file; extract it first (mkdir b && tar xf "
+                f"{self.base} -C b) and run: hubpin sync --from b"
+            )
+        if not transport.exists(bundle_lock(self.base)):
+            raise InputError(
+                f"{self.base}: not a hubpin bundle (no {BUNDLE_LOCK}, which `hubpin bundle` writes "
+                f"last, so an interrupted run leaves none); make it with: hubpin bundle {self.base}"
+            )
+
     def candidates(self, location: str, sha256: str | None) -> list[Candidate]:
         if not sha256:
             return []
@@ -60,7 +80,8 @@ class Bundle:
             Candidate(
                 bundle_archive(self.base, sha256),
                 f"bundle {self.base}",
-                f"{self.base}: the bundle has no archive {sha256}; make it again with: hubpin bundle",
+                f"{self.base}: the bundle has no archive {sha256}; "
+                f"make it again with: hubpin bundle {self.base}",
             )
         ]
 
@@ -91,6 +112,11 @@ class Host:
 def bundle_archive(base: str, sha256: str) -> str:
     """Where a bundle keeps the archive with this sha256 (a path or gs:// URL)."""
     return f"{base.rstrip('/')}/{ARCHIVES}/{sha256}"
+
+
+def bundle_lock(base: str) -> str:
+    """Where a bundle keeps its lock, the last thing `hubpin bundle` writes."""
+    return f"{base.rstrip('/')}/{BUNDLE_LOCK}"
 
 
 class Sources:

@@ -1,4 +1,5 @@
-"""A no-op sync without pydantic: the stamp a clean sync leaves, checked by stat alone.
+"""A no-op sync without pydantic: the stamp a clean sync (or a lock that filled the
+cache, see :func:`after_lock`) leaves, checked by stat alone.
 
 A sync in which every model ended in the cache leaves a stamp: the cache, the
 entries it holds for the lock with their tree digests, and what the command
@@ -31,6 +32,7 @@ from hubpin.project import Project
 VERSION = 1
 # What the fast path accepts: plain `sync` with these flags, nothing that names files or caches.
 _FLAGS = {"--frozen", "--locked", "--offline", "-q", "--quiet"}
+_LOCK_FLAGS = {"-q", "--quiet", "-v", "--verbose"}  # a lock's flags that change no input
 _ENV_PREFIXES = ("HUBPIN_", "TFHUB_")
 _ENV_NAMES = ("HOME", "TMPDIR", "TEMP", "TMP", "XDG_CACHE_HOME")
 _KEEP_DAYS = 30
@@ -40,6 +42,32 @@ def eligible(argv: Sequence[str]) -> bool:
     """Whether a command line is a plain sync whose outcome the stamp's key covers."""
     words = list(argv)
     return words.count("sync") == 1 and all(w == "sync" or w in _FLAGS for w in words)
+
+
+def after_lock(argv: Sequence[str]) -> list[list[str]]:
+    """The plain syncs whose outcome a `hubpin lock` with this command line fills in advance.
+
+    Right after a lock that filled the cache, `sync`, `sync --locked` and `sync --frozen`
+    find the lock up to date and every entry present: the same outcome a clean sync
+    stamps, so the lock leaves their stamps (each checked by stat when replayed).
+    """
+    words = list(argv)
+    if words.count("lock") != 1 or not set(words) <= {"lock", "--fill", *_LOCK_FLAGS}:
+        return []
+    return [[*q, "sync", *mode] for q in ([], ["-q"]) for mode in ([], ["--locked"], ["--frozen"])]
+
+
+def sources_state(project: Project) -> str | None:
+    """A digest of the manifest and hubpin.toml as they are now (what a lock is made from)."""
+    try:
+        return hashlib.sha256(
+            b"".join(
+                hashlib.sha256(path.read_bytes() if path.exists() else b"").digest()
+                for path in (project.manifest_path, project.settings_path)
+            )
+        ).hexdigest()
+    except OSError:
+        return None
 
 
 def folder() -> Path:

@@ -72,11 +72,15 @@ class Syncer:
     offline: bool = False
     full_verify: bool = False
     on_bytes: Callable[[int], None] | None = None
-    from_bundle: bool = False  # sources read a `hubpin bundle`, never the network
+    bundle: str | None = None  # sources read this `hubpin bundle`, never upstream
     on_done: Callable[[Outcome], None] | None = None  # after each model (progress bars)
     stop: threading.Event = field(default_factory=threading.Event, repr=False)  # set on Ctrl-C
     _unpacking: int = field(default=0, repr=False)
     _guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def from_bundle(self) -> bool:
+        return self.bundle is not None
 
     @contextlib.contextmanager
     def _alone(self) -> Iterator[bool]:
@@ -334,14 +338,22 @@ class Syncer:
         except LimitError as exc:  # the archive may well match the lock; a setting refuses it
             raise LimitError(f"{download.final_url}: {exc}") from None
         except TruncatedError as exc:
+            fix = (
+                f"The bundle's copy is cut short; make it again with: hubpin bundle {self.bundle}"
+                if self.bundle
+                else "The server or mirror sent a short file; retry with: hubpin sync"
+            )
             raise TruncatedError(
-                f"{download.final_url}: {exc}; nothing was published. The server or mirror sent a short "
-                "file; retry with: hubpin sync"
+                f"{download.final_url}: {exc}; nothing was published. {fix}"
             ) from None
         except IntegrityError as exc:
+            fix = (
+                f"The bundle's copy was damaged or replaced; make it again with: hubpin bundle {self.bundle}"
+                if self.bundle
+                else "If the model changed upstream on purpose, run: hubpin lock"
+            )
             raise IntegrityError(
-                f"{download.final_url} does not match the lock: {exc}; nothing was published. "
-                "If the model changed upstream on purpose, run: hubpin lock"
+                f"{download.final_url} does not match the lock: {exc}; nothing was published. {fix}"
             ) from None
         return result
 

@@ -40,13 +40,24 @@ class Transport:
             handle = parse_handle(location)
             assert handle is not None and handle.version is not None
             return self.http.open(self.kaggle.download_url(handle))
-        if scheme == "gs":
+        if scheme == "gs":  # an object name has no query (a mirror may have kept one)
             from hubpin.gcs.client import open_object
 
-            return open_object(location, self.settings)
+            return open_object(location.partition("?")[0], self.settings)
         path = local_path(location, Path.cwd())
         assert path is not None
         return open_file(path)
+
+    def exists(self, location: str) -> bool:
+        """Whether a gs:// object or a local file is there (nothing else is asked this)."""
+        if scheme_of(location) == "gs":
+            from hubpin.gcs.client import errors, filesystem, split_url, stat
+
+            with errors(location):
+                return stat(filesystem(self.settings), *split_url(location)) is not None
+        path = local_path(location, Path.cwd())
+        assert path is not None, location
+        return path.is_file()
 
     def ask_location(self, url: str) -> str:
         """tfhub.dev's answer for an UNCOMPRESSED model: the gs:// folder it lives in."""

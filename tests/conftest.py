@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-
 from gcs_emulator import Emulator
 from hubserver import HubServer
 from savedmodels import build_affine, pack
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+WORKTREE = str(Path(__file__).resolve().parent.parent)  # subprocesses import this tree's hubpin
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ def project(
 
 def run_python(code: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
     """Run ``code`` in a fresh interpreter (for what must not share this process's imports)."""
-    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
+    full_env = {**os.environ, "PYTHONPATH": WORKTREE, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
     result = subprocess.run(
         [sys.executable, "-c", code],
         env=full_env,
@@ -149,3 +149,29 @@ def heavy_imports_after(code: str, cwd: Path) -> list[str]:
         cwd=cwd,
     )
     return eval(out.strip().splitlines()[-1])
+
+
+def hubpin_imports(
+    project: Project, *argv: str, env: dict[str, str] | None = None
+) -> tuple[int, str, set[str]]:
+    """Run ``python -X importtime -m hubpin ARGV``: exit code, stderr without timings, top modules."""
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "hubpin", *argv],
+        cwd=project.root,
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "PYTHONPATH": WORKTREE,
+            "TFHUB_CACHE_DIR": str(project.cache),
+            **(env or {}),
+        },
+    )
+    lines = result.stderr.splitlines()
+    said = "".join(f"{line}\n" for line in lines if not line.startswith("import time:"))
+    imported = {
+        line.split("|")[-1].strip().split(".")[0]
+        for line in lines
+        if line.startswith("import time:")
+    }
+    return result.returncode, said, imported

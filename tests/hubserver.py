@@ -54,6 +54,7 @@ class HubServer:
     port: int = 0
     tls: ssl.SSLContext | None = None  # serve https with this server-side context
     rate: int | None = None  # bytes per second per connection for archive bodies (a slow link)
+    sent: int = 0  # archive body bytes written so far (what clients downloaded from upstream)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -156,6 +157,7 @@ class HubServer:
         if cut is not None:
             req.wfile.write(body[:cut])
             req.wfile.flush()
+            self._count(cut)
             req.close_connection = True
             return
         step = (
@@ -177,6 +179,11 @@ class HubServer:
             except OSError:  # the client went away (killed, or gave up)
                 req.close_connection = True
                 return
+            self._count(len(body[i : i + step]))
+
+    def _count(self, n: int) -> None:
+        with self._lock:
+            self.sent += n
 
 
 def _reply(

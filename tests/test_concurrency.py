@@ -32,7 +32,7 @@ def test_racing_syncs_and_tensorflow_hub_download_each_archive_once(
 ) -> None:
     heavy, double = slow_hub.handle("google/heavy/1"), slow_hub.handle("google/double/1")
     project.models(heavy=heavy, double=double)
-    assert project.run("lock")[0] == 0
+    assert project.run("lock", "--no-fill")[0] == 0
     slow_hub.requests.clear()
 
     tf_hub = subprocess.Popen(
@@ -95,7 +95,7 @@ def test_a_dead_holders_lock_is_taken_over_at_once(
 ) -> None:
     handle = hub.handle("google/double/1")
     project.models(double=handle)
-    assert project.run("lock")[0] == 0
+    assert project.run("lock", "--no-fill")[0] == 0
     holder = _holder(_dead_pid())
     lock, work = _lock_for(project, handle, holder)
     code, _, err = project.run("sync")
@@ -109,7 +109,7 @@ def test_a_dead_holders_lock_is_taken_over_at_once(
 def test_a_live_holder_is_waited_for_and_named(project: Project, hub: HubServer) -> None:
     handle = hub.handle("google/double/1")
     project.models(double=handle)
-    assert project.run("lock")[0] == 0
+    assert project.run("lock", "--no-fill")[0] == 0
     holder = _holder(os.getpid())  # this test process: alive, on this host
     lock, work = _lock_for(project, handle, holder)
     sync = spawn_hubpin(project.root, project.cache, "sync", env={"HUBPIN_LOCK_TIMEOUT": "600"})
@@ -128,7 +128,7 @@ def test_a_live_holder_is_waited_for_and_named(project: Project, hub: HubServer)
 def test_a_holder_making_progress_is_not_timed_out(project: Project, hub: HubServer) -> None:
     handle = hub.handle("google/double/1")
     project.models(double=handle)
-    assert project.run("lock")[0] == 0
+    assert project.run("lock", "--no-fill")[0] == 0
     lock, work = _lock_for(project, handle, _holder(os.getpid()))
     sync = spawn_hubpin(project.root, project.cache, "sync", env={"HUBPIN_LOCK_TIMEOUT": "1"})
     assert sync.stderr is not None
@@ -147,7 +147,7 @@ def test_a_stuck_remote_holder_times_out_with_a_clear_error(
 ) -> None:
     handle = hub.handle("google/double/1")
     project.models(double=handle)
-    assert project.run("lock")[0] == 0
+    assert project.run("lock", "--no-fill")[0] == 0
     holder = _holder(4242, host="build-host-7")
     lock, _ = _lock_for(project, handle, holder)
     monkeypatch.setenv("HUBPIN_LOCK_TIMEOUT", "0.3")

@@ -68,7 +68,7 @@ def test_sigkill_at_random_moments_never_exposes_a_partial_entry(
     hub.faults["google/heavy/1"] = Faults(delay=0.02, chunk=16 << 10)  # about 1 s per download
     heavy, double = hub.handle("google/heavy/1"), hub.handle("google/double/1")
     project.models(heavy=heavy, double=double)
-    assert project.run("lock")[0] == 0
+    assert project.run("lock", "--no-fill")[0] == 0
     assert project.run("sync", "double")[0] == 0  # the previous state that must survive
     before = snapshot(project.cache)
 
@@ -209,7 +209,7 @@ def test_ctrl_c_stops_downloads_instead_of_finishing_them(
     hub.models["google/heavy/1"] = heavy_archive(base, models["double"].folder)
     heavy = hub.handle("google/heavy/1")
     project.models(heavy=heavy)
-    assert project.run("lock")[0] == 0  # one download, to pin it
+    assert project.run("lock", "--no-fill")[0] == 0  # one download, to pin it
     hub.faults["google/heavy/1"] = Faults(delay=0.05, chunk=8 << 10)  # a download of seconds
     proc = spawn_hubpin(project.root, project.cache, "sync")
     deadline = time.monotonic() + 60

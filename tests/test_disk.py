@@ -74,7 +74,7 @@ def test_sync_refuses_a_model_that_cannot_fit_before_downloading(
     )
     heavy, double = hub.handle("google/heavy/1"), hub.handle("google/double/1")
     project.models(heavy=heavy, double=double)
-    assert project.run("lock")[0] == 0  # into a roomy cache elsewhere: the lock knows the sizes
+    assert project.run("lock", "--no-fill")[0] == 0  # hash only: the lock knows the sizes
     mount(project.cache, size="1m")
     assert project.run("sync", "double")[0] == 0
     before = snapshot(project.cache)
@@ -129,7 +129,7 @@ def test_a_file_size_limit_is_a_clean_error(
     """RLIMIT_FSIZE makes writes fail with EFBIG (CPython ignores SIGXFSZ): needs no root."""
     heavy = _heavy(project, models, tmp_path_factory.getbasetemp())
     project.models(double="mirror/double.tar.gz", heavy=heavy)
-    assert project.run("lock")[0] == 0
+    assert project.run("lock", "--no-fill")[0] == 0
     assert project.run("sync", "double")[0] == 0
     before = snapshot(project.cache)
 
@@ -197,3 +197,25 @@ def test_repair_on_a_read_only_cache_changes_nothing(
     assert "the file system is read-only" in err
     assert snapshot(project.cache) == before
     shutil.rmtree(project.root / "mirror")
+
+
+def test_lock_into_a_read_only_cache_pins_and_says_so_with_v(
+    project: Project, models: dict[str, Model], mount, tmp_path_factory
+) -> None:
+    """`hubpin lock` fills the cache when it can; a read-only one only costs the filling."""
+    heavy = _heavy(project, models, tmp_path_factory.getbasetemp(), files=2)
+    project.models(double="mirror/double.tar.gz")
+    assert project.run("sync")[0] == 0
+    before = snapshot(project.cache)
+    mount(project.cache, read_only=True)
+    project.models(double="mirror/double.tar.gz", heavy=heavy)
+    code, _, err = project.run("-v", "lock")
+    assert code == 0, err
+    assert "heavy" in project.lock.read_text()
+    (line,) = [x for x in err.splitlines() if "not filling the cache" in x]
+    assert line.startswith("hubpin: INFO: heavy: not filling the cache (cannot write ")
+    assert "the file system is read-only" in line
+    assert line.endswith("pinned without it, hubpin sync will fetch it")
+    assert snapshot(project.cache) == before
+    code, _, err = project.run("lock", "--check")
+    assert code == 0, err

@@ -22,7 +22,7 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch, project: Project) -> Project:
 def _locked(project: Project, hub: HubServer, path: str = DOUBLE) -> str:
     handle = hub.handle(path)
     project.models(double=handle)
-    code, _, err = project.run("lock")
+    code, _, err = project.run("lock", "--no-fill")
     assert code == 0, err
     hub.requests.clear()
     return handle

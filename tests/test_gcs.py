@@ -137,7 +137,7 @@ def test_gs_archive_locks_syncs_and_unmodified_hub_load_reads_the_cache(
     gcs.put(handle, models["quint"].archive)
     project.models(quint=handle)
 
-    code, _, err = project.run("lock")
+    code, _, err = project.run("lock", "--no-fill")
     assert code == 0, err
     pin = _lock(project)["models"]["quint"]
     assert pin["url"] == handle and pin["archive_size"] == len(models["quint"].archive)
@@ -246,7 +246,7 @@ def test_gs_cache_commits_with_the_record_last_and_publishes_nothing_unverified(
     handle = hub.handle("google/quint/1")
     entry = f"{prefix}/{hashlib.sha1(handle.encode()).hexdigest()}"
     project.models(quint=handle)
-    assert project.run("lock")[0] == 0
+    assert project.run("lock", "--no-fill")[0] == 0
     hub.models["google/quint/1"] = models["double"].archive  # upstream changed under the handle
     code, _, err = project.run("sync", "--locked")
     assert code == 1 and "does not match the lock" in err
@@ -307,7 +307,7 @@ def test_gs_cache_adopts_an_entry_written_without_hubpin(
     key = hashlib.sha1(handle.encode()).hexdigest()
     gcs.upload_folder(models["triple"].folder, f"{root}/{key}", markers=True)  # as hub.load would
     project.models(triple=handle)
-    assert project.run("lock")[0] == 0
+    assert project.run("lock", "--no-fill")[0] == 0
     downloads = hub.archive_requests("google/triple/1")
     code, _, err = project.run("sync", "--locked")
     assert code == 0 and "adopted (verified)" in err, err
@@ -366,6 +366,8 @@ def test_cli_on_gcs_never_imports_tensorflow(
     out = run_python(
         "import sys\nfrom hubpin.cli import main\n"
         "assert main(['sync']) == 0\nassert main(['status']) == 0\n"
+        f"assert main(['bundle', 'gs://{bucket}/bundle']) == 0\n"
+        f"assert main(['sync', '--from', 'gs://{bucket}/bundle']) == 0\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tensorflow_hub')))\n"
         "print('gcsfs' in sys.modules)",
         cwd=project.root,

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Model, Project
+from conftest import Model, Project, hubpin_imports
 from hubserver import HubServer
 
 from hubpin.digests import hash_tree
@@ -159,39 +159,18 @@ def test_noop_sync_imports_no_tensorflow_http_client_or_gcsfs(
     assert not imported & {"tensorflow", "tensorflow_hub", "keras", "gcsfs", "httpx", "urllib3"}
 
 
-def _imports(
-    project: Project, *argv: str, env: dict[str, str] | None = None
-) -> tuple[int, str, set[str]]:
-    """Run ``python -X importtime -m hubpin ARGV``: exit code, stderr without timings, top modules."""
-    result = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "hubpin", *argv],
-        cwd=project.root,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "TFHUB_CACHE_DIR": str(project.cache), **(env or {})},
-    )
-    lines = result.stderr.splitlines()
-    said = "".join(f"{line}\n" for line in lines if not line.startswith("import time:"))
-    imported = {
-        line.split("|")[-1].strip().split(".")[0]
-        for line in lines
-        if line.startswith("import time:")
-    }
-    return result.returncode, said, imported
-
-
 def test_repeated_sync_is_checked_from_the_stamp_without_pydantic(
     project: Project, hub: HubServer
 ) -> None:
     project.models(double=hub.handle("google/double/1"), triple=hub.handle("google/triple/1"))
-    assert project.run("lock")[0] == 0
-    code, first, imported = _imports(project, "sync", "--frozen")
+    assert project.run("lock", "--no-fill")[0] == 0
+    code, first, imported = hubpin_imports(project, "sync", "--frozen")
     assert code == 0 and "pydantic" in imported and "fetched" in first
     downloads = hub.archive_requests("google/double/1")
-    code, fast, imported = _imports(project, "sync", "--frozen")
+    code, fast, imported = hubpin_imports(project, "sync", "--frozen")
     assert code == 0 and "pydantic" not in imported, "the stamp was not used"
     elsewhere = {"XDG_CACHE_HOME": str(project.root.parent / "no-stamps")}
-    code, full, imported = _imports(project, "sync", "--frozen", env=elsewhere)
+    code, full, imported = hubpin_imports(project, "sync", "--frozen", env=elsewhere)
     assert code == 0 and "pydantic" in imported and "2 already present" in full
     assert fast == full, "the stamp must print what the full path prints"
     assert hub.archive_requests("google/double/1") == downloads
@@ -199,13 +178,13 @@ def test_repeated_sync_is_checked_from_the_stamp_without_pydantic(
     # A damaged entry is not taken on the stamp's word: the full path refetches it.
     damaged = project.entry(hub.handle("google/double/1")) / "saved_model.pb"
     damaged.unlink()
-    code, said, imported = _imports(project, "sync", "--frozen")
+    code, said, imported = hubpin_imports(project, "sync", "--frozen")
     assert code == 0 and "pydantic" in imported and "double" in said and "fetched" in said
     assert damaged.is_file()
 
     # Another cache, another lock, another command line: each is another input.
     other = project.root.parent / "other-cache"
-    code, said, imported = _imports(
+    code, said, imported = hubpin_imports(
         project, "sync", "--frozen", env={"TFHUB_CACHE_DIR": str(other)}
     )
     assert (
@@ -213,11 +192,11 @@ def test_repeated_sync_is_checked_from_the_stamp_without_pydantic(
         and "pydantic" in imported
         and (other / project.entry(hub.handle("google/double/1")).name).is_dir()
     )
-    code, said, imported = _imports(project, "-m", "models.toml", "sync", "--frozen")
+    code, said, imported = hubpin_imports(project, "-m", "models.toml", "sync", "--frozen")
     assert code == 0 and "pydantic" in imported
     lock = project.root / "models.lock"
     lock.write_text(lock.read_text() + "\n")
-    code, said, imported = _imports(project, "sync", "--frozen")
+    code, said, imported = hubpin_imports(project, "sync", "--frozen")
     assert code == 0 and "pydantic" in imported
 
 
@@ -228,7 +207,7 @@ def test_a_stamp_folder_that_cannot_be_written_costs_only_speed(
     blocker = project.root.parent / "not-a-folder"
     blocker.write_text("a file where the stamp folder would go")
     for _ in range(2):
-        code, said, imported = _imports(project, "sync", env={"XDG_CACHE_HOME": str(blocker)})
+        code, said, imported = hubpin_imports(project, "sync", env={"XDG_CACHE_HOME": str(blocker)})
         assert code == 0 and "Traceback" not in said and "pydantic" in imported
     assert project.entry(hub.handle("google/double/1")).is_dir()
 
@@ -238,9 +217,9 @@ def test_a_stale_lock_is_never_passed_by_a_stamp(project: Project, hub: HubServe
     project.models(double=hub.handle("google/double/1"))
     assert project.run("lock")[0] == 0
     for _ in range(2):
-        assert _imports(project, "sync", "--locked")[0] == 0
+        assert hubpin_imports(project, "sync", "--locked")[0] == 0
     project.models(double=hub.handle("google/double/1"), triple=hub.handle("google/triple/1"))
-    code, said, _ = _imports(project, "sync", "--locked")
+    code, said, _ = hubpin_imports(project, "sync", "--locked")
     assert code == 1 and "--locked" in said and "triple" in said
 
 
@@ -254,7 +233,7 @@ def test_a_manifest_edited_during_a_sync_is_not_stamped_as_synced(
     from hubserver import Faults
 
     project.models(double=hub.handle("google/double/1"))
-    assert project.run("lock")[0] == 0
+    assert project.run("lock", "--no-fill")[0] == 0
     hub.faults["google/double/1"] = Faults(delay=0.05, chunk=1 << 10)  # a second or more
     proc = spawn_hubpin(project.root, project.cache, "sync", "--locked")
     deadline = time.monotonic() + 30
@@ -263,7 +242,7 @@ def test_a_manifest_edited_during_a_sync_is_not_stamped_as_synced(
     project.models(double=hub.handle("google/double/1"), triple=hub.handle("google/triple/1"))
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err  # checked against the manifest as it was at the start
-    code, said, _ = _imports(project, "sync", "--locked")
+    code, said, _ = hubpin_imports(project, "sync", "--locked")
     assert code == 1 and "triple" in said, "a stamp hid that the lock is now stale"
 
 

@@ -273,3 +273,50 @@ def open_object(url: str, settings: Settings) -> Download:
 
     declared = Declared(int(meta["size"]), meta.get("crc32c"), meta.get("md5Hash"))
     return Download(final_url=url, length=int(meta["size"]), chunks=chunks(), declared=declared)
+
+
+def crc32c_of(checksum: Any) -> str:
+    """A ``google_crc32c.Checksum``'s value as GCS reports an object's ``crc32c`` (base64)."""
+    import base64
+
+    return base64.b64encode(checksum.digest()).decode("ascii")
+
+
+def upload_file_if_different(
+    fs: GCSFileSystem,
+    bucket: str,
+    name: str,
+    path: Path,
+    crc32c: str,
+    metadata: dict[str, str] | None = None,
+) -> bool:
+    """Upload a local file unless the object already has its size and ``crc32c``.
+
+    Returns whether it uploaded. Above 5 MiB gcsfs uploads resumably, in ``_BLOCK``
+    chunks; GCS creates the object only when the last chunk arrives, so an upload
+    killed midway leaves no object. The object's crc32c is checked afterwards (a
+    mismatch deletes it and raises ValueError).
+    """
+    size = path.stat().st_size
+    meta = stat(fs, bucket, name)
+    if meta is not None and int(meta["size"]) == size and meta.get("crc32c") == crc32c:
+        return False
+    fs.put_file(str(path), f"{bucket}/{name}", metadata=metadata, chunksize=_BLOCK)
+    meta = stat(fs, bucket, name)
+    if meta is None or meta.get("crc32c") != crc32c or int(meta["size"]) != size:
+        found = (
+            "no object" if meta is None else f"{meta['size']} bytes, crc32c {meta.get('crc32c')}"
+        )
+        if meta is not None:
+            delete(fs, bucket, name, str(meta["generation"]))
+        raise ValueError(f"after upload found {found}, expected {size} bytes, crc32c {crc32c}")
+    return True
+
+
+def bucket_exists(fs: GCSFileSystem, bucket: str) -> bool:
+    """Whether ``bucket`` exists (one listing request, which needs no bucket-level rights)."""
+    try:
+        fs.call("GET", "b/{}/o", bucket, maxResults=1)
+    except FileNotFoundError:
+        return False
+    return True
