@@ -16,14 +16,12 @@ import shlex
 import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from hubpin import stamp
 from hubpin.bundle import write_bundle
 from hubpin.errors import (
-    CacheError,
     HubpinError,
     InputError,
     ManifestError,
@@ -33,10 +31,10 @@ from hubpin.errors import (
 )
 from hubpin.handles import Format, Kind
 from hubpin.kaggle import configured
-from hubpin.lockfile import Lock, Pin, differences, manifest_digest, spec_inputs, write_lock
-from hubpin.manifest import ModelSpec, add_model, remove_models
+from hubpin.lockfile import Lock, Pin, differences, manifest_digest, write_lock
+from hubpin.locking import lock_plan, lock_project
+from hubpin.manifest import add_model, remove_models
 from hubpin.paths import SETTINGS_FILE, find_upwards
-from hubpin.pin import pin_into_cache
 from hubpin.project import Project
 from hubpin.sources import Bundle, Sources
 from hubpin.sync import Outcome, Step, Syncer
@@ -295,7 +293,7 @@ def cmd_lock(args: argparse.Namespace) -> int:
     _known(args.aliases, manifest.models, project.manifest_path)
     _json_needs_dry_run(args)
     if args.dry_run:
-        return _print_lock_plan(args, project, _lock_plan(project, set(args.aliases)))
+        return _print_lock_plan(args, project, lock_plan(project, set(args.aliases)))
     if args.check:
         lock = project.read_lock()
         problems = differences(lock, manifest, project.settings)
@@ -308,12 +306,12 @@ def cmd_lock(args: argparse.Namespace) -> int:
     fill = project.settings.lock_fills_cache if args.fill is None else args.fill
     at_start = stamp.sources_state(project)
     with _sources(project) as sources:
-        lock, changed = lock_project(
+        lock, changed = _lock(
             args,
             project,
             sources,
             set(args.aliases),
-            fill_cache=fill,
+            fill=fill,
             must_fill=False,
             upgrade=args.upgrade,
         )
@@ -355,11 +353,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
                     f"{'; '.join(problems)}; run: hubpin lock"
                 )
             if problems and args.dry_run:
-                relock = {"reasons": problems, "plan": _lock_plan(project, set())}
+                relock = {"reasons": problems, "plan": lock_plan(project, set())}
             elif problems:
-                lock, _ = lock_project(
-                    args, project, sources, set(), fill_cache=True, must_fill=True
-                )
+                lock, _ = _lock(args, project, sources, set(), fill=True, must_fill=True)
                 if lock is None:
                     return 1
         pins = _select(lock, args.aliases, project.lock_path) if relock is None else {}
@@ -683,133 +679,45 @@ def cmd_env(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- locking
 
 
-def lock_project(
+# ---------------------------------------------------------------- locking
+
+
+def _lock(
     args: argparse.Namespace,
     project: Project,
     sources: Sources,
     force: set[str],
-    fill_cache: bool,
+    *,
+    fill: bool,
     must_fill: bool,
     upgrade: bool = False,
 ) -> tuple[Lock | None, bool | None]:
-    """Pin new, changed and forced aliases; keep the rest. Returns (lock, changed) or (None, None).
-
-    With ``fill_cache``, what is downloaded is also unpacked into the cache, under
-    its lock protocol; unless ``must_fill``, a cache that cannot be written only
-    means nothing is published (``-v`` says why). A Kaggle model pinned from an
-    unversioned handle keeps its version when it is re-pinned; with ``upgrade``,
-    those of ``force`` (all, when empty) move to the version Kaggle calls current,
-    and the ones already there are kept as they are.
-    """
-    manifest, settings = project.manifest, project.settings
-    try:
-        old = project.lock_or_none()
-    except InputError as exc:
-        log.warning("ignoring unreadable lock: %s", exc)
-        old = None
-    versions: dict[str, int | None] = {}  # alias → the Kaggle version to pin
-    if upgrade:
-        versions = _current_versions(project, old, force, sources)
-        force = set(versions)
-    kept, todo = _partition(project, old, force)
-    for alias in todo:
-        pin = old.models.get(alias) if old else None
-        if alias not in versions and pin is not None and pin.handle == todo[alias].handle:
-            versions[alias] = pin.kaggle_version
-
-    cache = project.cache if fill_cache and todo else None
-    if cache is not None and not must_fill:
-        try:
-            cache.ensure_root()  # once, so an unreachable cache costs its timeout once
-        except CacheError as exc:
-            log.info("not filling the cache: %s; pinning only", exc)
-            cache = None
-
-    def pin_one(alias: str) -> Pin:
-        spec = todo[alias]
-        try:
-            return pin_into_cache(
-                alias,
-                spec,
-                settings,
-                sources,
-                project.root,
-                cache,
-                version=versions.get(alias),
-                required=must_fill,
-            )
-        except HubpinError as exc:
-            raise type(exc)(f"{alias} ({spec.handle}): {exc}") from None
-
-    failures: list[HubpinError] = []
-    pinned: dict[str, Pin] = dict(kept)
-    with ThreadPoolExecutor(max_workers=settings.jobs) as pool:
-        futures = {alias: pool.submit(pin_one, alias) for alias in sorted(todo)}
-        for alias, future in futures.items():
-            try:
-                pinned[alias] = future.result()
-                _say(args, f"pinned {alias} → {_describe(pinned[alias])}")
-            except HubpinError as exc:
-                failures.append(exc)
-                print(f"hubpin: error: {exc}", file=sys.stderr)
-    if failures:
-        _say(
-            args,
-            f"{project.lock_path.name} not written: {len(failures)} of {len(todo)} models failed",
-        )
-        code = max(f.exit_code for f in failures)
-        if code == 2:
+    """Run :func:`hubpin.locking.lock_project`, saying what it pins; (lock, changed) or (None, None)."""
+    done = lock_project(
+        project,
+        sources,
+        force,
+        fill_cache=fill,
+        must_fill=must_fill,
+        upgrade=upgrade,
+        on_pinned=lambda alias, pin: _say(args, f"pinned {alias} → {_describe(pin)}"),
+        on_failed=lambda exc: print(f"hubpin: error: {exc}", file=sys.stderr),
+    )
+    name = project.lock_path.name
+    if done.failures:
+        _say(args, f"{name} not written: {len(done.failures)} of {done.pinned} models failed")
+        if max(f.exit_code for f in done.failures) == 2:
             raise InputError(
-                f"{len(failures)} model(s) could not be pinned; fix the manifest and run: hubpin lock"
+                f"{len(done.failures)} model(s) could not be pinned; fix the manifest and run: hubpin lock"
             )
         return None, None
-    lock = Lock(manifest_digest=manifest_digest(manifest, settings), models=pinned)
-    changed = write_lock(project.lock_path, lock)
+    assert done.lock is not None
     _say(
         args,
-        f"{'wrote' if changed else 'unchanged'} {project.lock_path.name}: {_count(len(pinned), 'model')} "
-        f"({len(todo)} pinned, {len(kept)} kept)",
+        f"{'wrote' if done.changed else 'unchanged'} {name}: {_count(len(done.lock.models), 'model')} "
+        f"({done.pinned} pinned, {done.kept} kept)",
     )
-    return lock, changed
-
-
-def _current_versions(
-    project: Project, old: Lock | None, aliases: set[str], sources: Sources
-) -> dict[str, int | None]:
-    """For ``lock --upgrade``: each unversioned Kaggle alias whose current version is newer
-    than the one locked (of ``aliases``, or all), with that version."""
-    moving: dict[str, int | None] = {}
-    for alias, spec in sorted(project.manifest.models.items()):
-        handle = configured(spec.handle, project.settings.kaggle_endpoint)
-        if handle is None or handle.version is not None or (aliases and alias not in aliases):
-            continue
-        pin = old.models.get(alias) if old else None
-        try:
-            current = sources.kaggle.current_version(handle)
-        except HubpinError as exc:
-            raise type(exc)(f"{alias} ({spec.handle}): {exc}") from None
-        if pin is None or pin.kaggle_version != current:
-            moving[alias] = current
-    return moving
-
-
-def _partition(
-    project: Project, old: Lock | None, force: set[str]
-) -> tuple[dict[str, Pin], dict[str, ModelSpec]]:
-    """The pins a lock keeps (unchanged in the manifest, not forced) and the models it pins."""
-    kept: dict[str, Pin] = {}
-    todo: dict[str, ModelSpec] = {}
-    for alias, spec in project.manifest.models.items():
-        pin = old.models.get(alias) if old else None
-        if (
-            pin is not None
-            and alias not in force
-            and pin.inputs() == spec_inputs(spec, project.settings)
-        ):
-            kept[alias] = pin
-        else:
-            todo[alias] = spec
-    return kept, todo
+    return done.lock, done.changed
 
 
 # ---------------------------------------------------------------- dry runs
@@ -826,43 +734,6 @@ _SYNC_WORDS = {
     "check": "checked in place",
     "fail": "that would fail",
 }
-
-
-def _lock_plan(project: Project, force: set[str]) -> list[dict[str, Any]]:
-    """What ``hubpin lock`` would do per alias, as ``lock_project`` decides it; no network."""
-    try:
-        old = project.lock_or_none()
-    except InputError as exc:
-        log.warning("ignoring unreadable lock: %s", exc)
-        old = None
-    kept, todo = _partition(project, old, force)
-    rows = []
-    for alias in sorted(set(kept) | set(todo) | set(old.models if old else ())):
-        pin = old.models.get(alias) if old else None
-        size = pin.unpacked_size if pin else None
-        if alias in kept:
-            rows.append(
-                {"alias": alias, "action": "keep", "size": size, "reason": "pinned, unchanged"}
-            )
-            continue
-        if alias not in todo:
-            reason = "in the lock but not in the manifest"
-            rows.append({"alias": alias, "action": "drop", "size": size, "reason": reason})
-            continue
-        if pin is None:
-            reason = f"not in {project.lock_path.name}"
-        else:
-            want, have = spec_inputs(todo[alias], project.settings), pin.inputs()
-            changed = [
-                f"{key} is {want[key]!r} in the manifest, {have[key]!r} in the lock"
-                for key in want
-                if want[key] != have[key]
-            ]
-            reason = "; ".join(changed) or "re-pin requested"
-        rows.append(
-            {"alias": alias, "action": "pin", "size": None, "reason": f"{reason} (network)"}
-        )
-    return rows
 
 
 def _print_lock_plan(args: argparse.Namespace, project: Project, rows: list[dict[str, Any]]) -> int:

@@ -144,6 +144,16 @@ def manifest_digest(manifest: Manifest, settings: Settings) -> str:
     return "sha256:" + hashlib.sha256(blob).hexdigest()
 
 
+def input_changes(spec: ModelSpec, pin: Pin, settings: Settings) -> list[str]:
+    """How a manifest entry differs from what its pin was made from, one phrase per field."""
+    want, have = spec_inputs(spec, settings), pin.inputs()
+    return [
+        f"{key} is {want[key]!r} in the manifest, {have[key]!r} in the lock"
+        for key in want
+        if want[key] != have[key]
+    ]
+
+
 def differences(lock: Lock, manifest: Manifest, settings: Settings) -> list[str]:
     """What makes the lock stale, one phrase per alias; empty when it is current."""
     found = []
@@ -152,12 +162,7 @@ def differences(lock: Lock, manifest: Manifest, settings: Settings) -> list[str]
         if pin is None:
             found.append(f"{alias}: in the manifest but not in the lock")
             continue
-        want, have = spec_inputs(spec, settings), pin.inputs()
-        for key in want:
-            if want[key] != have[key]:
-                found.append(
-                    f"{alias}: {key} is {want[key]!r} in the manifest, {have[key]!r} in the lock"
-                )
+        found += [f"{alias}: {change}" for change in input_changes(spec, pin, settings)]
     found += [
         f"{alias}: in the lock but not in the manifest"
         for alias in sorted(set(lock.models) - set(manifest.models))

@@ -1,0 +1,185 @@
+"""``hubpin lock`` over a whole manifest: which aliases to pin, keep or drop, and the new lock.
+
+A pin is kept while the manifest fields it was made from are unchanged (so a
+plain ``lock`` never moves a Kaggle version); new, changed and forced aliases are
+pinned in parallel (:func:`hubpin.pin.pin_into_cache`); the lock is written only
+when every alias pinned, byte for byte the same when nothing changed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from hubpin.errors import CacheError, HubpinError, InputError
+from hubpin.kaggle import configured
+from hubpin.lockfile import Lock, Pin, input_changes, manifest_digest, spec_inputs, write_lock
+from hubpin.manifest import ModelSpec
+from hubpin.pin import pin_into_cache
+from hubpin.project import Project
+from hubpin.sources import Sources
+
+log = logging.getLogger("hubpin")
+
+
+@dataclass
+class Locked:
+    """What a lock run did: the lock (None when an alias failed), whether its bytes changed."""
+
+    lock: Lock | None
+    changed: bool | None
+    pinned: int
+    kept: int
+    failures: list[HubpinError] = field(default_factory=list)
+
+
+def previous_lock(project: Project) -> Lock | None:
+    """The lock as it is, to keep what is still current; an unreadable one is pinned anew."""
+    try:
+        return project.lock_or_none()
+    except InputError as exc:
+        log.warning("ignoring unreadable lock: %s", exc)
+        return None
+
+
+def lock_project(
+    project: Project,
+    sources: Sources,
+    force: set[str],
+    *,
+    fill_cache: bool,
+    must_fill: bool,
+    upgrade: bool = False,
+    on_pinned: Callable[[str, Pin], None] = lambda alias, pin: None,
+    on_failed: Callable[[HubpinError], None] = lambda error: None,
+) -> Locked:
+    """Pin new, changed and forced aliases; keep the rest; write the lock unless one failed.
+
+    With ``fill_cache``, what is downloaded is also unpacked into the cache, under
+    its lock protocol; unless ``must_fill``, a cache that cannot be written only
+    means nothing is published (``-v`` says why). A Kaggle model pinned from an
+    unversioned handle keeps its version when it is re-pinned; with ``upgrade``,
+    those of ``force`` (all, when empty) move to the version Kaggle calls current,
+    and the ones already there are kept as they are.
+    """
+    manifest, settings = project.manifest, project.settings
+    old = previous_lock(project)
+    versions: dict[str, int | None] = {}  # alias → the Kaggle version to pin
+    if upgrade:
+        versions = current_versions(project, old, force, sources)
+        force = set(versions)
+    kept, todo = partition(project, old, force)
+    for alias in todo:
+        pin = old.models.get(alias) if old else None
+        if alias not in versions and pin is not None and pin.handle == todo[alias].handle:
+            versions[alias] = pin.kaggle_version
+
+    cache = project.cache if fill_cache and todo else None
+    if cache is not None and not must_fill:
+        try:
+            cache.ensure_root()  # once, so an unreachable cache costs its timeout once
+        except CacheError as exc:
+            log.info("not filling the cache: %s; pinning only", exc)
+            cache = None
+
+    def pin_one(alias: str) -> Pin:
+        spec = todo[alias]
+        try:
+            return pin_into_cache(
+                alias,
+                spec,
+                settings,
+                sources,
+                project.root,
+                cache,
+                version=versions.get(alias),
+                required=must_fill,
+            )
+        except HubpinError as exc:
+            raise type(exc)(f"{alias} ({spec.handle}): {exc}") from None
+
+    failures: list[HubpinError] = []
+    pinned: dict[str, Pin] = dict(kept)
+    with ThreadPoolExecutor(max_workers=settings.jobs) as pool:
+        futures = {alias: pool.submit(pin_one, alias) for alias in sorted(todo)}
+        for alias, future in futures.items():
+            try:
+                pinned[alias] = future.result()
+                on_pinned(alias, pinned[alias])
+            except HubpinError as exc:
+                failures.append(exc)
+                on_failed(exc)
+    if failures:
+        return Locked(None, None, len(todo), len(kept), failures)
+    lock = Lock(manifest_digest=manifest_digest(manifest, settings), models=pinned)
+    return Locked(lock, write_lock(project.lock_path, lock), len(todo), len(kept), failures)
+
+
+def current_versions(
+    project: Project, old: Lock | None, aliases: set[str], sources: Sources
+) -> dict[str, int | None]:
+    """For ``lock --upgrade``: each unversioned Kaggle alias whose current version is newer
+    than the one locked (of ``aliases``, or all), with that version."""
+    moving: dict[str, int | None] = {}
+    for alias, spec in sorted(project.manifest.models.items()):
+        handle = configured(spec.handle, project.settings.kaggle_endpoint)
+        if handle is None or handle.version is not None or (aliases and alias not in aliases):
+            continue
+        pin = old.models.get(alias) if old else None
+        try:
+            current = sources.kaggle.current_version(handle)
+        except HubpinError as exc:
+            raise type(exc)(f"{alias} ({spec.handle}): {exc}") from None
+        if pin is None or pin.kaggle_version != current:
+            moving[alias] = current
+    return moving
+
+
+def partition(
+    project: Project, old: Lock | None, force: set[str]
+) -> tuple[dict[str, Pin], dict[str, ModelSpec]]:
+    """The pins a lock keeps (unchanged in the manifest, not forced) and the models it pins."""
+    kept: dict[str, Pin] = {}
+    todo: dict[str, ModelSpec] = {}
+    for alias, spec in project.manifest.models.items():
+        pin = old.models.get(alias) if old else None
+        if (
+            pin is not None
+            and alias not in force
+            and pin.inputs() == spec_inputs(spec, project.settings)
+        ):
+            kept[alias] = pin
+        else:
+            todo[alias] = spec
+    return kept, todo
+
+
+def lock_plan(project: Project, force: set[str]) -> list[dict[str, Any]]:
+    """What ``hubpin lock`` would do per alias, as ``lock_project`` decides it; no network."""
+    old = previous_lock(project)
+    kept, todo = partition(project, old, force)
+    rows = []
+    for alias in sorted(set(kept) | set(todo) | set(old.models if old else ())):
+        pin = old.models.get(alias) if old else None
+        size = pin.unpacked_size if pin else None
+        if alias in kept:
+            rows.append(
+                {"alias": alias, "action": "keep", "size": size, "reason": "pinned, unchanged"}
+            )
+            continue
+        if alias not in todo:
+            reason = "in the lock but not in the manifest"
+            rows.append({"alias": alias, "action": "drop", "size": size, "reason": reason})
+            continue
+        if pin is None:
+            reason = f"not in {project.lock_path.name}"
+        else:
+            changed = input_changes(todo[alias], pin, project.settings)
+            reason = "; ".join(changed) or "re-pin requested"
+        rows.append(
+            {"alias": alias, "action": "pin", "size": None, "reason": f"{reason} (network)"}
+        )
+    return rows
