@@ -16,6 +16,8 @@ them alike:
   not counted) and ``curl | tar xz``, for 1×200 MB and 8×50 MB;
 - the same 1×200 MB on a slow link (a per-connection bandwidth cap in the server),
   where one connection is slow and hubpin adds ranged ones;
+- what checking the host's declared checksums costs: the same cold 1×200 MB sync from
+  a server that declares ``X-Goog-Hash`` (crc32c checked) and from one that declares none;
 - ``hubpin lock && hubpin sync --locked`` (lock fills the cache) against one plain
   ``hubpin sync`` (locks and fills in one pass), and the hash-only ``lock --no-fill``
   that downloads twice, each a fresh project and a cold cache;
@@ -130,7 +132,7 @@ def build_fixture(fixture: Fixture, root: Path) -> Path:
     return target
 
 
-def serve(root: Path, names: list[str], rate: int | None) -> None:
+def serve(root: Path, names: list[str], rate: int | None, goog_hash: bool = False) -> None:
     """``--serve``: the tfhub.dev server in its own process; prints its URL, stops at EOF."""
     from hubserver import HubServer
 
@@ -141,17 +143,21 @@ def serve(root: Path, names: list[str], rate: int | None) -> None:
         if name == TINY.name:
             models.update({f"bench/tiny{i}/1": data for i in range(NOOP_MODELS)})
         models[fixtures[name].path] = data
-    server = HubServer(models=models, rate=rate).start()
+    server = HubServer(models=models, rate=rate, goog_hash=goog_hash).start()
     print(server.url, flush=True)
     sys.stdin.read()
     server.stop()
 
 
 @contextlib.contextmanager
-def server_process(root: Path, names: list[str], rate: int | None = None) -> Iterator[str]:
+def server_process(
+    root: Path, names: list[str], rate: int | None = None, goog_hash: bool = False
+) -> Iterator[str]:
     cmd = [sys.executable, __file__, "--serve", ",".join(names), "--fixtures", str(root)]
     if rate:
         cmd += ["--rate", str(rate)]
+    if goog_hash:
+        cmd.append("--goog-hash")
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -298,6 +304,21 @@ def cold_sync(
         return interleaved(contenders, runs, scratch)
     finally:
         shutil.rmtree(project, ignore_errors=True)
+
+
+def checksum_cost(plain: str, hashed: str, runs: int, scratch: Path) -> Timings:
+    """A cold 1×200 MB sync from a server declaring X-Goog-Hash (checked: crc32c and length)
+    against the same sync from one that declares nothing; interleaved, fresh caches."""
+    bare = make_project(scratch / "bare", plain, [BIG], scratch / "lock-cache")
+    declared = make_project(scratch / "declared", hashed, [BIG], scratch / "lock-cache")
+    return interleaved(
+        {
+            "hubpin, X-Goog-Hash checked": lambda c: run_hubpin(declared, c, "sync", "--frozen")[0],
+            "hubpin, nothing declared": lambda c: run_hubpin(bare, c, "sync", "--frozen")[0],
+        },
+        runs,
+        scratch,
+    )
 
 
 def noop_sync(url: str, runs: int, scratch: Path) -> tuple[float, float]:
@@ -574,15 +595,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=None, help="runs per measurement")
     parser.add_argument("--fixtures", type=Path, default=Path.home() / ".cache" / "hubpin-bench")
     parser.add_argument(
-        "--only", default="", help="comma list: big,eight,slow,lockfill,fleet,noop,rss,load"
+        "--only", default="", help="comma list: big,eight,slow,crc,lockfill,fleet,noop,rss,load"
     )
+    parser.add_argument("--goog-hash", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--relay", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--slow-rate", type=int, default=40, help="MB/s per connection (slow)")
     args = parser.parse_args()
     if args.serve is not None:
-        return serve(args.fixtures, args.serve.split(","), args.rate)
+        return serve(args.fixtures, args.serve.split(","), args.rate, args.goog_hash)
     if args.relay is not None:
         return relay(args.relay)
 
@@ -592,6 +614,7 @@ def main() -> None:
         "big",
         "eight",
         "slow",
+        "crc",
         "lockfill",
         "fleet",
         "noop",
@@ -637,6 +660,20 @@ def main() -> None:
                         f"cold sync, 1×200 MB, {args.slow_rate} MB/s per connection", t, None, note
                     )
                 )
+        if "crc" in only:
+            print("the host's checksums: 1×200 MB with and without X-Goog-Hash", file=sys.stderr)
+            with server_process(args.fixtures, [BIG.name], goog_hash=True) as hashed_url:
+                t = checksum_cost(url, hashed_url, runs, fresh("crc"))
+            checked = t.median("hubpin, X-Goog-Hash checked")
+            bare = t.median("hubpin, nothing declared")
+            assert checked and bare
+            met = "yes" if checked / bare <= 1.03 else "**no**"
+            rows.append(
+                f"| cold sync, 1×200 MB, X-Goog-Hash checked (crc32c + length) | {secs(checked)} "
+                f"| — | — | **{checked / bare:.2f}×** of the same sync with nothing declared "
+                f"({secs(bare)}) | ≤ 1.03× | {met} | median of {runs}; google-crc32c; md5 only "
+                "where no crc32c is declared |"
+            )
         if "lockfill" in only:
             print("lock && sync --locked against sync, 8×50 MB", file=sys.stderr)
             t = lock_then_sync(url, EIGHT, runs, fresh("lockfill"))

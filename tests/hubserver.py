@@ -14,6 +14,9 @@ short file with a consistent Content-Length, ignore Range, or serve a different 
 
 from __future__ import annotations
 
+import base64
+import functools
+import hashlib
 import re
 import socket
 import ssl
@@ -42,6 +45,7 @@ class Faults:
     delay: float = 0.0  # sleep this long between chunks of ``chunk`` bytes (a slow server)
     chunk: int = 1 << 16
     truncate_to: int | None = None  # serve only this many bytes, with a matching Content-Length
+    wrong_hash: bool = False  # declare another body's X-Goog-Hash (a body corrupted in transit)
 
 
 @dataclass
@@ -54,6 +58,7 @@ class HubServer:
     port: int = 0
     tls: ssl.SSLContext | None = None  # serve https with this server-side context
     rate: int | None = None  # bytes per second per connection for archive bodies (a slow link)
+    goog_hash: bool = False  # declare X-Goog-Hash crc32c and md5, as GCS signed URLs do
     sent: int = 0  # archive body bytes written so far (what clients downloaded from upstream)
 
     def __post_init__(self) -> None:
@@ -148,6 +153,9 @@ class HubServer:
         req.send_response(status)
         for key, value in headers.items():
             req.send_header(key, value)
+        if self.goog_hash or faults.wrong_hash:
+            for value in _goog_hash(data + b"x" if faults.wrong_hash else data):
+                req.send_header("X-Goog-Hash", value)
         req.send_header("Content-Length", str(len(body)))
         req.end_headers()
         with self._lock:
@@ -184,6 +192,16 @@ class HubServer:
     def _count(self, n: int) -> None:
         with self._lock:
             self.sent += n
+
+
+@functools.lru_cache(maxsize=16)
+def _goog_hash(data: bytes) -> tuple[str, str]:
+    """The whole object's ``crc32c=<b64>`` and ``md5=<b64>``, as GCS declares them (two headers)."""
+    import google_crc32c
+
+    crc = base64.b64encode(google_crc32c.Checksum(data).digest()).decode()
+    md5 = base64.b64encode(hashlib.md5(data).digest()).decode()
+    return f"crc32c={crc}", f"md5={md5}"
 
 
 def _reply(

@@ -193,3 +193,31 @@ def test_short_body_with_consistent_length_is_truncated_not_a_mismatch(
     assert "mismatch" not in err and "corrupt" not in err
     assert not fast_retries.entry(handle).exists()
     assert leftovers(fast_retries.cache) == []
+
+
+def test_declared_checksums_are_checked_on_the_first_download_and_every_later_one(
+    project: Project, hub: HubServer, models: dict[str, Model]
+) -> None:
+    """tfhub.dev archives come from GCS signed URLs that declare X-Goog-Hash: a body that does not
+    match it is a corrupt download, at lock time (nothing pinned) and at sync (nothing published)."""
+    hub.goog_hash = True
+    handle = hub.handle("google/double/1")
+    project.models(double=handle)
+    hub.faults["google/double/1"] = Faults(wrong_hash=True)
+    code, _, err = project.run("lock")
+    assert code == 1
+    line = next(line for line in err.splitlines() if line.startswith("hubpin: error: double"))
+    assert "corrupt download: the server declared" in line and "crc32c=" in line
+    assert "nothing was pinned or published" in line and "Traceback" not in err
+    assert not project.lock.exists() and not project.entry(handle).exists()
+
+    del hub.faults["google/double/1"]
+    assert project.run("lock", "--no-fill")[0] == 0  # a good body: pinned
+    hub.faults["google/double/1"] = Faults(wrong_hash=True)
+    code, _, err = project.run("sync", "--frozen")
+    assert code == 1 and "double" in err and "corrupt download" in err
+    assert not project.entry(handle).exists()
+    assert leftovers(project.cache) == []
+    del hub.faults["google/double/1"]
+    assert project.run("sync", "--frozen")[0] == 0
+    _assert_published(project, handle, models["double"])
