@@ -20,8 +20,8 @@ of bucket each one is before using it. Nothing answers that on an emulator or
 behind an HTTPS-only proxy: measured against gcp-storage-emulator, every call
 stalled 60 s (a mkdir and four small writes had not finished after 200 s; the
 same with ``gcsfs.core.GCSFileSystem`` took 0.4 s). hubpin needs only plain JSON
-API calls on ordinary objects, so it instantiates ``gcsfs.core.GCSFileSystem``
-directly and does *not* set the variable: this works whatever the environment
+API calls on ordinary objects, so it instantiates (a subclass of)
+``gcsfs.core.GCSFileSystem`` directly and does *not* set the variable: this works whatever the environment
 says and whoever imported gcsfs first, and leaves the user's own gcsfs alone.
 Zonal (Rapid) buckets, which need gRPC, are not supported.
 
@@ -41,8 +41,9 @@ every JSON API call, upload and copy of gcsfs goes, with one that
   ``retries`` times with hubpin's backoff (0.1 s doubling, at most 8 s), then
   raises with the number of tries, which :func:`errors` puts in its one line;
 - once a request gave up on the endpoint itself (cannot connect, no answer), fails
-  every later request of the command at once with the same error, so a sync of
-  many models costs one budget, not one per model and step.
+  every request of the next minute at once with the same error, so a sync of many
+  models costs one budget, not one per model and step (and a long-lived process
+  tries again later).
 
 **Writes with preconditions are multipart uploads** (:func:`upload`): real GCS
 honours ``ifGenerationMatch`` on every kind of upload, but fake-gcs-server only on
@@ -89,6 +90,7 @@ def split_url(url: str) -> tuple[str, str]:
 
 _filesystems: dict[tuple[Any, ...], GCSFileSystem] = {}
 _filesystems_lock = threading.Lock()
+_GIVEN_UP_FOR = 60.0  # seconds an endpoint that exhausted the retries fails at once
 _WATCHED_BODY = 256 << 10  # bodies larger than this are fed in chunks, each watched
 _CHUNK = 64 << 10
 
@@ -159,7 +161,7 @@ def _client_class() -> type[GCSFileSystem]:
                 requests_timeout=timeout, session_kwargs={"timeout": timeout}, **kwargs
             )
             self.hubpin_settings = settings
-            self.hubpin_given_up: BaseException | None = None
+            self.hubpin_given_up: tuple[float, BaseException] | None = None
 
         async def _request(  # type: ignore[override]
             self,
@@ -175,8 +177,9 @@ def _client_class() -> type[GCSFileSystem]:
             url = self._format_path(path, args)
             failures = 0
             while True:
-                if self.hubpin_given_up is not None:
-                    raise self.hubpin_given_up
+                given_up = self.hubpin_given_up
+                if given_up is not None and time.monotonic() - given_up[0] < _GIVEN_UP_FOR:
+                    raise given_up[1]
                 try:
                     return await self._attempt(method, url, path, args, headers, json, data, kwargs)
                 except Exception as exc:
@@ -187,8 +190,10 @@ def _client_class() -> type[GCSFileSystem]:
                         exc.hubpin_tries = failures  # type: ignore[attr-defined]
                         exc.hubpin_reason = _timeout_reason(exc, settings)  # type: ignore[attr-defined]
                         exc.hubpin_endpoint = _endpoint(self)  # type: ignore[attr-defined]
-                        if isinstance(exc, aiohttp.ClientConnectionError | TimeoutError):
-                            self.hubpin_given_up = exc
+                        if isinstance(
+                            exc, aiohttp.ClientConnectionError | TimeoutError
+                        ) and not isinstance(exc, _BodyStalled):
+                            self.hubpin_given_up = (time.monotonic(), exc)
                         raise
                     log.warning(
                         "%s: %s; retrying",
