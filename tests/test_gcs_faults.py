@@ -21,7 +21,7 @@ import pytest
 from conftest import Model, Project, on_both_emulators
 from faultkit import WORKTREE, heavy_archive, hubpin_env, spawn_hubpin
 from gcs_emulator import GcsServer, _free_port
-from hubserver import HubServer
+from hubserver import Faults, HubServer
 
 pytestmark = pytest.mark.gcs
 fake_gcs_only = pytest.mark.parametrize("gcs", ["fake-gcs-server"], indirect=True)
@@ -227,6 +227,39 @@ def test_a_live_holder_on_this_host_is_waited_for_and_then_named(
     assert f"held by {holder} (running process {os.getpid()} on this host)" in line
     assert "with no progress for 1s" in line and "raise lock_timeout" in line
     assert gcs.read(f"{root}/{key}.lock").decode() == holder, "a live holder's lock is never taken"
+
+
+@fake_gcs_only
+def test_a_sync_whose_lock_was_taken_over_commits_nothing(
+    project: Project, hub: HubServer, models: dict[str, Model], gcs: GcsServer
+) -> None:
+    """What a takeover looks like to a holder that was only slow: its lease's next
+    conditional rewrite is refused, and it publishes no record."""
+    root = f"gs://{gcs.bucket()}/fleet/tfhub"
+    hub.faults["google/double/1"] = Faults(delay=0.5, chunk=512)  # ~4 s to download
+    handle = hub.handle("google/double/1")
+    key = _key(handle)
+    project.models(double=handle)
+    project.write("lock_timeout = 1\n", "hubpin.toml")
+    assert project.run("lock")[0] == 0
+    sync = spawn_hubpin(project.root, root, "sync", "--locked")  # type: ignore[arg-type]
+    deadline = time.monotonic() + BOUND
+    while f"{key}.lock" not in _cache_objects(gcs, root) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    other = f"fleet-worker-9.4242.{'9' * 32}"
+    gcs.put(f"{root}/{key}.lock", other.encode())  # as that worker's takeover leaves it
+
+    ((code, err),) = _finish([sync])
+    assert code == 1, err
+    assert f"{root}/{key}.lock: lost the lock to {other}" in err
+    assert _line(err, "double").endswith(
+        f"{root}/{key}.lock: taken over by {other} while this sync held it (it saw no "
+        "progress for lock_timeout); nothing was committed; run: hubpin sync"
+    )
+    names = _cache_objects(gcs, root)
+    assert not [n for n in names if n.startswith(f"{key}/")], "nothing copied into the entry"
+    assert f"{key}.hubpin.json" not in names, "no commit"
+    assert gcs.read(f"{root}/{key}.lock").decode() == other, "the new holder's lock is left"
 
 
 # -- retries and timeouts

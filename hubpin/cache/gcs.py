@@ -60,8 +60,11 @@ class GcsCache(Cache):
 
     1. ``<key>.lock``, created only if absent (``ifGenerationMatch=0``), holding
        ``host.pid.uuid`` as tensorflow_hub's lock does; a second sync waits, then
-       finds the entry present. Released with ``ifGenerationMatch=<its generation>``,
-       so a lock taken over by someone else is never deleted.
+       finds the entry present. While held, a lease rewrites it with its generation
+       as precondition (so waiters see progress, and a holder whose lock was taken
+       over learns it and commits nothing). A stale lock is taken over by a rewrite
+       conditional on its generation (see :meth:`_acquire`). Released with
+       ``ifGenerationMatch=<its generation>``, unless the lease saw it taken over.
     2. The archive is unpacked and verified against the lock on local disk.
     3. A record ``<key>.hubpin.json`` of another tree is deleted first (with its
        generation as precondition): from then on hubpin treats the entry as absent.
@@ -80,10 +83,14 @@ class GcsCache(Cache):
        also keeps each file's crc32c, so the quick check (one listing) notices a
        changed file of the same size.
 
-    Without working preconditions (gcp-storage-emulator ignores them) the lock is
-    not exclusive; two syncs of one lock then write the same verified bytes, each
-    copy replaces an object whole, and nothing is deleted that the other needs,
-    so the entry still ends complete.
+    Every precondition-bearing upload is multipart (``hubpin.gcs.client.upload``):
+    fake-gcs-server enforces the precondition there, so the race tests exercise
+    the lock. Without working preconditions (gcp-storage-emulator ignores them all)
+    the lock is not exclusive; two syncs of one lock then write the same verified
+    bytes, each copy replaces an object whole, and nothing is deleted that the
+    other needs, so the entry still ends complete. Conditional DELETEs (release,
+    step 3) are honoured by GCS but by neither emulator; exclusion never rests on
+    them: a takeover is a conditional upload, and the lease tells a holder it lost.
     """
 
     def __init__(self, root: str, settings: Settings) -> None:
@@ -381,6 +388,7 @@ class GcsCache(Cache):
 
     def publish(self, key: str, work: Path, record: Record) -> None:
         """Upload a verified work folder into ``<key>/`` and commit it with the record (see class)."""
+        self._still_held(key)
         self._revoke_other(key, record)
         tmp = work.name  # <key>.<uuid>.tmp, as named by locked()
         files = sorted(record.tree.files, key=lambda p: (p in _ENTRY_LAST, p))
@@ -391,6 +399,7 @@ class GcsCache(Cache):
                 consistency="md5",
             )
         uploaded = self._listing(tmp)
+        self._still_held(key)  # an upload can take longer than lock_timeout
         payload = [p for p in files if p not in _ENTRY_LAST]
         with self._errors(key):
             for batch in (payload, [p for p in files if p in _ENTRY_LAST]):
