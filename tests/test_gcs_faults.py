@@ -33,11 +33,13 @@ def _key(handle: str) -> str:
 
 
 def _finish(procs: list[subprocess.Popen[str]], timeout: float = BOUND) -> list[tuple[int, str]]:
-    """Wait for every process; kill them all and fail if one is still running at ``timeout``."""
+    """Wait for every process; kill them all and fail if one is still running ``timeout``
+    seconds from now."""
+    deadline = time.monotonic() + timeout
     results = []
     for proc in procs:
         try:
-            _, err = proc.communicate(timeout=timeout)
+            _, err = proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             for other in procs:
                 other.kill()
