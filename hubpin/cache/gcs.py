@@ -14,7 +14,9 @@ import json
 import logging
 import re
 import shutil
+import socket
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -47,6 +49,7 @@ log = logging.getLogger("hubpin")
 # of loading a model whose variables are still being copied.
 _ENTRY_LAST = ("saved_model.pb", "saved_model.pbtxt", "tfhub_module.pb")
 _KEY_RE = re.compile(r"[0-9a-f]{40}")  # tensorflow_hub's cache keys: sha1 hex
+_TASK_RE = re.compile(r"[0-9a-f]{32}")  # the uuid a lock names, and its upload folder's
 
 
 class GcsCache(Cache):
@@ -57,8 +60,11 @@ class GcsCache(Cache):
 
     1. ``<key>.lock``, created only if absent (``ifGenerationMatch=0``), holding
        ``host.pid.uuid`` as tensorflow_hub's lock does; a second sync waits, then
-       finds the entry present. Released with ``ifGenerationMatch=<its generation>``,
-       so a lock taken over by someone else is never deleted.
+       finds the entry present. While held, a lease rewrites it with its generation
+       as precondition (so waiters see progress, and a holder whose lock was taken
+       over learns it and commits nothing). A stale lock is taken over by a rewrite
+       conditional on its generation (see :meth:`_acquire`). Released with
+       ``ifGenerationMatch=<its generation>``, unless the lease saw it taken over.
     2. The archive is unpacked and verified against the lock on local disk.
     3. A record ``<key>.hubpin.json`` of another tree is deleted first (with its
        generation as precondition): from then on hubpin treats the entry as absent.
@@ -77,10 +83,14 @@ class GcsCache(Cache):
        also keeps each file's crc32c, so the quick check (one listing) notices a
        changed file of the same size.
 
-    Without working preconditions (gcp-storage-emulator ignores them) the lock is
-    not exclusive; two syncs of one lock then write the same verified bytes, each
-    copy replaces an object whole, and nothing is deleted that the other needs,
-    so the entry still ends complete.
+    Every precondition-bearing upload is multipart (``hubpin.gcs.client.upload``):
+    fake-gcs-server enforces the precondition there, so the race tests exercise
+    the lock. Without working preconditions (gcp-storage-emulator ignores them all)
+    the lock is not exclusive; two syncs of one lock then write the same verified
+    bytes, each copy replaces an object whole, and nothing is deleted that the
+    other needs, so the entry still ends complete. Conditional DELETEs (release,
+    step 3) are honoured by GCS but by neither emulator; exclusion never rests on
+    them: a takeover is a conditional upload, and the lease tells a holder it lost.
     """
 
     def __init__(self, root: str, settings: Settings) -> None:
@@ -90,6 +100,7 @@ class GcsCache(Cache):
         self.bucket, prefix = split_url(self.root)
         self.prefix = folder_prefix(prefix)
         self.settings = settings
+        self._leases: dict[str, _Lease] = {}
 
     @property
     def fs(self) -> GCSFileSystem:
@@ -139,8 +150,7 @@ class GcsCache(Cache):
     def _listing(self, key: str) -> dict[str, dict[str, Any]]:
         """Objects below ``<key>/`` by relative name (folder placeholders end with ``/``)."""
         prefix = self._name(f"{key}/")
-        with self._errors(key):
-            items, _ = list_all(self.fs, self.bucket, prefix)
+        items, _ = self._list(f"{key}/")
         return {item["name"][len(prefix) :]: item for item in items}
 
     def has_entry(self, key: str) -> bool:
@@ -203,10 +213,24 @@ class GcsCache(Cache):
             try:
                 self.fs.call("GET", "b/{}/o", self.bucket, prefix=self.prefix or None, maxResults=1)
             except FileNotFoundError:
-                raise CacheError(
-                    f"cache_dir {self.root}: bucket {self.bucket} does not exist; "
-                    f"create it (gcloud storage buckets create gs://{self.bucket}) or fix cache_dir"
-                ) from None
+                raise self._no_bucket() from None
+
+    def _no_bucket(self) -> CacheError:
+        return CacheError(
+            f"cache_dir {self.root}: bucket {self.bucket} does not exist; "
+            f"create it (gcloud storage buckets create gs://{self.bucket}) or fix cache_dir"
+        )
+
+    def _list(
+        self, relative: str, delimiter: str | None = None
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """Objects (and sub-prefixes) under a name relative to the cache; a listing answered
+        404 means the bucket is missing (a prefix with nothing under it lists empty)."""
+        with self._errors(relative):
+            try:
+                return list_all(self.fs, self.bucket, self._name(relative), delimiter)
+            except FileNotFoundError:
+                raise self._no_bucket() from None
 
     @contextlib.contextmanager
     def locked(self, key: str, timeout: float) -> Iterator[Path]:
@@ -214,26 +238,42 @@ class GcsCache(Cache):
 
         The uuid is the one in the lock, and the upload folder on GCS has the same
         name, so tensorflow_hub's waiters see progress and leave the lock alone.
+        While it is held, the lock is rewritten every ``timeout / 4`` (at most every
+        30 s) with its generation as precondition: waiters see the generation move,
+        and a holder whose lock was taken over learns it at the next rewrite and
+        commits nothing.
         """
         self.ensure_root()
         task = uuid.uuid4().hex
         contents = lock_contents(task)
-        generation = self._acquire(key, contents, timeout)
+        lease = _Lease(self, key, contents, self._acquire(key, contents, timeout), timeout)
+        self._leases[key] = lease
         scratch = Path(tempfile.mkdtemp(prefix="hubpin-gcs-"))
         work = scratch / f"{key}.{task}.tmp"
         try:
             work.mkdir()
             yield work
         finally:
+            lease.stop()
+            self._leases.pop(key, None)
             shutil.rmtree(scratch, ignore_errors=True)
             with contextlib.suppress(HubpinError):
                 self._remove_prefix(work.name + "/")
-            self._release(key, generation)
+            self._release(key, lease)
 
     def _acquire(self, key: str, contents: str, timeout: float) -> str:
+        """Create the lock (only if absent); return its generation.
+
+        A holder that died on this host is replaced at once; one on another host
+        (which this machine cannot ask) once neither its lock's generation nor its
+        upload folder changed for ``timeout`` seconds, as tensorflow_hub does with a
+        stale lock. A replacement is an upload with the stale generation as
+        precondition, so of several waiters exactly one takes the lock over.
+        """
         name = self._name(f"{key}.lock")
-        deadline = time.monotonic() + timeout
-        announced = False
+        url = self._url(f"{key}.lock")
+        seen: tuple[str, tuple[int, int]] | None = None
+        deadline = next_look = 0.0
         while True:
             with self._errors(f"{key}.lock"):
                 try:
@@ -242,53 +282,113 @@ class GcsCache(Cache):
                     )
                 except FileExistsError:
                     pass
-                meta = stat(self.fs, self.bucket, name)
-                holder = ""
-                if meta is not None:
-                    with contextlib.suppress(FileNotFoundError):
-                        holder = download(self.fs, self.bucket, name).decode("utf-8", "replace")
-            if meta is None:
+                found = self._lock_holder(key)
+            if found is None:
                 continue  # released between our two requests
-            if holder_is_dead(holder.strip()):
-                log.warning("taking over %s from dead process %s", self._url(f"{key}.lock"), holder)
-                with (
-                    self._errors(f"{key}.lock"),
-                    contextlib.suppress(FileNotFoundError, FileExistsError),
-                ):
-                    delete(self.fs, self.bucket, name, str(meta["generation"]))
+            holder, generation = found
+            if holder == contents:  # our create, retried after its answer was lost
+                return generation
+            if holder_is_dead(holder):
+                log.warning("taking over %s from dead process %s", url, holder)
+                taken = self._take_over(key, holder, generation, contents)
+                if taken:
+                    return taken
                 continue
-            if time.monotonic() > deadline:
-                raise CacheError(
-                    f"{self._url(f'{key}.lock')}: held by {holder.strip() or 'another process'} "
-                    f"for more than {timeout:.0f}s; if no sync is running, delete it "
-                    f"(gcloud storage rm {self._url(f'{key}.lock')}) or raise lock_timeout"
+            now = time.monotonic()
+            if now >= next_look:  # progress: the lock rewritten, or its upload folder changing
+                progress = (generation, self._work_size(key, holder))
+                if progress != seen:
+                    if seen is None:
+                        log.warning(
+                            "waiting for %s, held by %s (%s); %s after %.0fs without "
+                            "progress (setting lock_timeout)",
+                            url,
+                            holder or "an unnamed process",
+                            _describe_holder(holder),
+                            "giving up" if _on_this_host(holder) else "taking it over",
+                            timeout,
+                        )
+                    seen, deadline = progress, now + timeout
+                next_look = now + min(1.0, timeout / 4 or 0.05)
+            if now > deadline:
+                if _on_this_host(holder):  # alive (not dead, above): never taken from it
+                    raise CacheError(
+                        f"{url}: held by {holder} ({_describe_holder(holder)}) with no "
+                        f"progress for {timeout:.0f}s; if no sync is running there, delete it "
+                        f"(gcloud storage rm {url}) and rerun, or raise lock_timeout in hubpin.toml"
+                    )
+                log.warning(
+                    "taking over %s from %s (%s): no progress for %.0fs (setting lock_timeout)",
+                    url,
+                    holder or "an unnamed process",
+                    _describe_holder(holder),
+                    timeout,
                 )
-            if not announced:
-                log.warning("waiting for %s, held by %s", self._url(f"{key}.lock"), holder.strip())
-                announced = True
+                taken = self._take_over(key, holder, generation, contents)
+                if taken:
+                    return taken
+                seen = None
             time.sleep(0.2)
 
-    def _release(self, key: str, generation: str) -> None:
+    def _lock_holder(self, key: str) -> tuple[str, str] | None:
+        """What ``<key>.lock`` holds and its generation; None when there is none."""
+        name = self._name(f"{key}.lock")
+        meta = stat(self.fs, self.bucket, name)
+        if meta is None:
+            return None
+        try:
+            text = download(self.fs, self.bucket, name, str(meta["generation"]))
+        except FileNotFoundError:  # replaced meanwhile: look again
+            return self._lock_holder(key)
+        return text.decode("utf-8", "replace").strip(), str(meta["generation"])
+
+    def _work_size(self, key: str, holder: str) -> tuple[int, int]:
+        """Objects and bytes in the upload folder the lock's holder names (0, 0 if none)."""
+        task = holder.rpartition(".")[2]
+        if not _TASK_RE.fullmatch(task):
+            return 0, 0
+        items, _ = self._list(f"{key}.{task}.tmp/")
+        return len(items), sum(int(i.get("size", 0)) for i in items)
+
+    def _take_over(self, key: str, holder: str, generation: str, contents: str) -> str | None:
+        """Replace a stale lock with ours, only if it is still that generation; then remove
+        the stale holder's upload folder. Our lock's generation, or None if another won."""
+        with self._errors(f"{key}.lock"):
+            try:
+                meta = upload(
+                    self.fs, self.bucket, self._name(f"{key}.lock"), contents.encode(), generation
+                )
+            except FileExistsError:
+                return None  # another waiter took it over, or the holder rewrote it
+        task = holder.rpartition(".")[2]
+        if _TASK_RE.fullmatch(task):
+            with contextlib.suppress(HubpinError):
+                self._remove_prefix(f"{key}.{task}.tmp/")
+        return str(meta["generation"])
+
+    def _release(self, key: str, lease: _Lease) -> None:
+        url = self._url(f"{key}.lock")
+        if lease.lost_to is not None:
+            log.warning("%s was taken over by %s; left to it", url, lease.lost_to)
+            return
         try:
             with self._errors(f"{key}.lock"):
                 try:
-                    delete(self.fs, self.bucket, self._name(f"{key}.lock"), generation)
+                    delete(self.fs, self.bucket, self._name(f"{key}.lock"), lease.generation)
                 except FileExistsError:
-                    log.warning(
-                        "%s was taken over by another process; left to it", self._url(f"{key}.lock")
-                    )
+                    log.warning("%s was taken over by another process; left to it", url)
         except CacheError as exc:
             log.warning("could not release the lock: %s", exc)
 
     def _remove_prefix(self, relative: str) -> None:
-        prefix = self._name(relative)
+        items, _ = self._list(relative)
         with self._errors(relative):
-            items, _ = list_all(self.fs, self.bucket, prefix)
             if items:
                 delete_all(self.fs, self.bucket, [i["name"] for i in items], self.settings.jobs)
 
     def publish(self, key: str, work: Path, record: Record) -> None:
         """Upload a verified work folder into ``<key>/`` and commit it with the record (see class)."""
+        self._still_held(key)
         self._revoke_other(key, record)
         tmp = work.name  # <key>.<uuid>.tmp, as named by locked()
         files = sorted(record.tree.files, key=lambda p: (p in _ENTRY_LAST, p))
@@ -299,6 +399,7 @@ class GcsCache(Cache):
                 consistency="md5",
             )
         uploaded = self._listing(tmp)
+        self._still_held(key)  # an upload can take longer than lock_timeout
         payload = [p for p in files if p not in _ENTRY_LAST]
         with self._errors(key):
             for batch in (payload, [p for p in files if p in _ENTRY_LAST]):
@@ -331,6 +432,7 @@ class GcsCache(Cache):
                 f"{self.entry(key)}: after upload {some(problems)}; nothing was committed; "
                 "run: hubpin sync"
             )
+        self._still_held(key)
         with self._errors(f"{key}.descriptor.txt"):
             upload(
                 self.fs,
@@ -340,8 +442,18 @@ class GcsCache(Cache):
             )
         self._commit(key, record, {p: listing[p].get("crc32c") for p in record.tree.files})
 
+    def _still_held(self, key: str) -> None:
+        lease = self._leases.get(key)
+        if lease is not None and lease.lost_to is not None:
+            raise CacheError(
+                f"{self._url(f'{key}.lock')}: taken over by {lease.lost_to} while this sync "
+                "held it (it saw no progress for lock_timeout); nothing was committed; "
+                "run: hubpin sync"
+            )
+
     def publish_record(self, key: str, record: Record) -> None:
         """Commit an entry someone else wrote (tensorflow_hub), once it was hashed and matched."""
+        self._still_held(key)
         self._revoke_other(key, record)
         listing = self._listing(key)
         self._commit(
@@ -382,8 +494,7 @@ class GcsCache(Cache):
 
     def prunable(self, keep: set[str]) -> list[tuple[str, int]]:
         """Leftovers, and entries (folder, descriptor, record) under keys ``keep`` lacks."""
-        with self._errors(""):
-            items, prefixes = list_all(self.fs, self.bucket, self.prefix, delimiter="/")
+        items, prefixes = self._list("", delimiter="/")
         found = [(url, self._size_of(url)) for url in self.leftovers()]
         for name in prefixes:  # entry folders: "<prefix><key>/"
             key = name[len(self.prefix) :].rstrip("/")
@@ -416,21 +527,26 @@ class GcsCache(Cache):
                 delete_all(self.fs, bucket, names, self.settings.jobs)
 
     def leftovers(self) -> list[str]:
-        """Upload folders of dead syncs and their locks (by name, as for a local cache)."""
-        with self._errors(""):
-            items, prefixes = list_all(self.fs, self.bucket, self.prefix, delimiter="/")
-        found = [
+        """Locks of syncs that died on this host, and upload folders no live lock names."""
+        items, prefixes = self._list("", delimiter="/")
+        found = []
+        live = set()
+        for item in items:
+            if not item["name"].endswith(".lock"):
+                continue
+            where = f"gs://{self.bucket}/{item['name']}"
+            with errors(where, CacheError), contextlib.suppress(FileNotFoundError):
+                holder = download(self.fs, self.bucket, item["name"]).decode("utf-8", "replace")
+                if holder_is_dead(holder.strip()):
+                    found.append(where)
+                else:  # alive, or on another host: its upload folder is in use
+                    key = item["name"][len(self.prefix) : -len(".lock")]
+                    live.add(f"{self.prefix}{key}.{holder.strip().rpartition('.')[2]}.tmp/")
+        found += [
             f"gs://{self.bucket}/{p}"
             for p in prefixes
-            if p.endswith(".tmp/") and len(p[len(self.prefix) :].split(".")) == 3
+            if p.endswith(".tmp/") and len(p[len(self.prefix) :].split(".")) == 3 and p not in live
         ]
-        for item in items:
-            if item["name"].endswith(".lock"):
-                where = f"gs://{self.bucket}/{item['name']}"
-                with errors(where, CacheError), contextlib.suppress(FileNotFoundError):
-                    holder = download(self.fs, self.bucket, item["name"]).decode("utf-8", "replace")
-                    if holder_is_dead(holder.strip()):
-                        found.append(where)
         return sorted(found)
 
 
@@ -440,3 +556,62 @@ def _empty_dirs(tree: Tree) -> list[str]:
         str(parent) for path in [*tree.files, *tree.dirs] for parent in PurePosixPath(path).parents
     }
     return sorted(tree.dirs - parents)
+
+
+class _Lease:
+    """Keeps a held ``<key>.lock`` fresh: rewrites it with its generation as precondition
+    every ``timeout / 4`` (0.2 s to 30 s), so waiters see progress; a 412 that is not
+    our own retried rewrite means the lock was taken over (``lost_to`` names by whom)."""
+
+    def __init__(self, cache: GcsCache, key: str, contents: str, generation: str, timeout: float):
+        self.cache, self.key, self.contents = cache, key, contents
+        self.generation = generation
+        self.lost_to: str | None = None
+        self._interval = max(0.2, min(30.0, timeout / 4))
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"hubpin-lease-{key[:8]}", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        cache = self.cache
+        name = cache._name(f"{self.key}.lock")
+        while not self._stopped.wait(self._interval):
+            try:
+                with cache._errors(f"{self.key}.lock"):
+                    try:
+                        meta = upload(
+                            cache.fs, cache.bucket, name, self.contents.encode(), self.generation
+                        )
+                        self.generation = str(meta["generation"])
+                        continue
+                    except FileExistsError:
+                        found = cache._lock_holder(self.key)
+                if found is not None and found[0] == self.contents:
+                    self.generation = found[1]  # our rewrite went through; its answer was lost
+                    continue
+                self.lost_to = found[0] if found else "someone who deleted it"
+                log.warning("%s: lost the lock to %s", cache._url(f"{self.key}.lock"), self.lost_to)
+                return
+            except HubpinError as exc:  # the sync's own requests report the endpoint
+                log.debug("could not refresh the lock: %s", exc)
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+
+def _on_this_host(holder: str) -> bool:
+    parts = holder.split(".")
+    return len(parts) >= 3 and parts[-2].isdigit() and ".".join(parts[:-2]) == socket.gethostname()
+
+
+def _describe_holder(holder: str) -> str:
+    parts = holder.split(".")
+    if len(parts) < 3 or not parts[-2].isdigit():
+        return "not a hubpin or tensorflow_hub lock"
+    host = ".".join(parts[:-2])
+    if host != socket.gethostname():
+        return f"process {parts[-2]} on host {host}"
+    return f"running process {parts[-2]} on this host"
