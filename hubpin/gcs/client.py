@@ -234,6 +234,9 @@ def _client_class() -> type[GCSFileSystem]:
                     headers=self._get_headers(headers, **extra),
                     data=feed.chunks() if feed else data,
                     timeout=self.requests_timeout,
+                    # a resumable upload's "308 Resume Incomplete" is an answer, not a redirect
+                    # (real GCS sends no Location; an emulator that does must not be followed)
+                    allow_redirects=False,
                 ) as response:
                     contents = await response.read()
                     validate_response(response.status, contents, path, args)
