@@ -479,7 +479,13 @@ def _backoff(failures: int, exc: BaseException | None = None) -> None:
     if retry_after is not None:  # the server said how long; no jitter on top
         time.sleep(retry_after)
         return
-    time.sleep(min(8.0, 0.2 * 2 ** (failures - 1)) * (0.5 + random.random() / 2))
+    time.sleep(backoff_delay(failures))
+
+
+def backoff_delay(failures: int, first: float = 0.2) -> float:
+    """Seconds to wait before another try: doubling from ``first``, at most 8 s, jittered
+    so that parallel jobs (and fleets) do not retry in step."""
+    return min(8.0, first * 2 ** (failures - 1)) * (0.5 + random.random() / 2)
 
 
 def _reason(exc: BaseException) -> str:

@@ -61,7 +61,6 @@ import hashlib
 import json
 import logging
 import os
-import random
 import threading
 import time
 import urllib.parse
@@ -73,6 +72,7 @@ from typing import TYPE_CHECKING, Any
 from hubpin.checksums import Declared
 from hubpin.download import Download
 from hubpin.errors import FetchError, HubpinError, MissingError, SettingsError
+from hubpin.fetch import backoff_delay
 from hubpin.settings import Settings
 
 if TYPE_CHECKING:
@@ -201,7 +201,7 @@ def _client_class() -> type[GCSFileSystem]:
                         urllib.parse.unquote(url.split("?")[0]),
                         _timeout_reason(exc, settings) or _reason(exc),
                     )
-                    await asyncio.sleep(_backoff(failures))
+                    await asyncio.sleep(backoff_delay(failures, first=0.1))
 
         async def _attempt(
             self,
@@ -276,10 +276,6 @@ class _Feed:
                 with contextlib.suppress(BaseException):
                     await task
                 raise stalled(f"the server accepted no bytes of the request for {timeout:g}s")
-
-
-def _backoff(failures: int) -> float:
-    return min(8.0, 0.1 * 2 ** (failures - 1)) * (0.5 + random.random() / 2)
 
 
 def _timeout_reason(exc: BaseException, settings: Settings) -> str:
