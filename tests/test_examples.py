@@ -149,3 +149,24 @@ def test_example_manifests_and_settings_are_valid(example: str) -> None:
     if example == "colab-tpu":
         assert settings.cache_root == "gs://my-bucket/tfhub-cache"
         assert {m.io_device for m in manifest.models.values()} == {"/job:localhost"}
+
+
+def test_settings_example_documents_every_setting_and_its_values_are_valid(tmp_path: Path) -> None:
+    """hubpin.toml.example is where users look up a setting: each one is there, and the
+    file with every example line uncommented is a valid hubpin.toml."""
+    import re
+
+    from hubpin.settings import Settings, load_settings
+
+    text = (EXAMPLES.parent / "hubpin.toml.example").read_text(encoding="utf-8")
+    shown = set(re.findall(r"^# ([a-z_]+) = ", text, re.M)) | set(
+        re.findall(r"^# \[\[([a-z_]+)\]\]", text, re.M)
+    )
+    assert shown - {"prefix", "replace"} == set(Settings.model_fields)  # those two: [[mirrors]]
+    live = re.sub(r"^# (?=[a-z_]+ = |\[\[)", "", text, flags=re.M)
+    live = "\n".join(
+        line for line in live.splitlines() if not line.startswith("#") or line.startswith("#!")
+    )
+    (tmp_path / "hubpin.toml").write_text(live, encoding="utf-8")
+    settings = load_settings(tmp_path)
+    assert settings.mirrors and settings.kaggle_endpoint and settings.max_compression_ratio
