@@ -19,7 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hubpin.cache import Cache, Record
-from hubpin.cache.kagglehub import kagglehub_cache_root, link_tree, publish_to_kagglehub
+from hubpin.cache.kagglehub import (
+    in_kagglehub_cache,
+    kagglehub_cache_root,
+    link_tree,
+    publish_to_kagglehub,
+)
 from hubpin.digests import Tree, hash_tree
 from hubpin.errors import (
     CacheError,
@@ -31,7 +36,7 @@ from hubpin.errors import (
     write_error,
 )
 from hubpin.handles import Kind, cache_key
-from hubpin.kaggle import pinned
+from hubpin.kaggle import KaggleHandle, pinned
 from hubpin.lockfile import Pin
 from hubpin.settings import Settings
 from hubpin.sources import Sources
@@ -210,6 +215,8 @@ class Syncer:
                     for h in pin.handles()[1:]
                     if self.cache.quick_check(cache_key(h), pin.tree_digest)
                 ]
+                if pin.kaggle_version is not None and not self._in_kagglehub(pin):
+                    missing.append("kagglehub's cache")
                 if missing:
                     return Step(
                         alias, "link", size, 0, f"present; hard-linked for {', '.join(missing)}"
@@ -270,6 +277,13 @@ class Syncer:
                 raise write_error(exc, work) from None
             self.cache.publish(key, work, Record(handle, pin.tree_digest, record.tree))
 
+    def _kaggle_handle(self, pin: Pin) -> KaggleHandle:
+        assert pin.kaggle_version is not None
+        return pinned(pin.handle, pin.kaggle_version, self.settings.kaggle_endpoint)
+
+    def _in_kagglehub(self, pin: Pin) -> bool:
+        return in_kagglehub_cache(kagglehub_cache_root(), self._kaggle_handle(pin))
+
     def _fill_kagglehub(self, pin: Pin) -> None:
         """Put a Kaggle model where unmodified ``kagglehub.model_download`` finds it offline.
 
@@ -280,8 +294,9 @@ class Syncer:
         if self.cache.local_root is None:
             log.info("%s: kagglehub's cache is filled only from a local cache", pin.handle)
             return
-        handle = pinned(pin.handle, pin.kaggle_version, self.settings.kaggle_endpoint)
-        publish_to_kagglehub(self.cache.local_root / pin.cache_key, kagglehub_cache_root(), handle)
+        publish_to_kagglehub(
+            self.cache.local_root / pin.cache_key, kagglehub_cache_root(), self._kaggle_handle(pin)
+        )
 
     def _damage(self, pin: Pin) -> list[str]:
         """Why the entry is not usable as is: the stat check, or a full re-hash with --verify."""

@@ -257,3 +257,23 @@ def test_the_kaggle_example_syncs_and_every_reader_finds_it_offline(
     assert "bert: version 4" in out and "mobilenet: version 1" in out
     kagglehub = tmp_path / "kagglehub" / "models"
     assert f"kagglehub.model_download {kagglehub / bert / '4'}" in out
+
+
+def test_a_lost_kagglehub_copy_is_planned_and_put_back_without_a_download(
+    project: Project, kaggle: KaggleServer, tmp_path: Path
+) -> None:
+    project.write(f'[models.affine]\nhandle = "kaggle:{SLUG}"\n')
+    assert project.run("sync")[0] == 0
+    marker = tmp_path / "kagglehub" / "models" / SLUG / "1.complete"
+    marker.unlink()  # as a cleaner of ~/.cache would leave it
+    downloads = len(_downloads(kaggle))
+    code, out, err = project.run("sync", "--dry-run", "--json")
+    assert code == 0, err
+    (step,) = json.loads(out)["models"]
+    assert (step["action"], step["reason"]) == (
+        "link",
+        "present; hard-linked for kagglehub's cache",
+    )
+    assert not marker.exists(), "a dry run writes nothing"
+    assert project.run("sync")[0] == 0
+    assert marker.exists() and len(_downloads(kaggle)) == downloads
