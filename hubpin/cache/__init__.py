@@ -148,18 +148,40 @@ def lock_contents(task: str) -> str:
     return f"{socket.gethostname()}.{os.getpid()}.{task}"
 
 
-def holder_is_dead(holder: str) -> bool:
-    """True when the lock names a process on this host that no longer runs."""
+def _holder(holder: str) -> tuple[str, int] | None:
+    """``(host, pid)`` of a lock's ``host.pid.uuid``; None for anything else."""
     parts = holder.split(".")
     if len(parts) < 3 or not parts[-2].isdigit():
-        return False
-    host = ".".join(parts[:-2])
-    if host != socket.gethostname():
+        return None
+    return ".".join(parts[:-2]), int(parts[-2])
+
+
+def on_this_host(holder: str) -> bool:
+    """Whether the lock names a process of this host (which can be asked whether it runs)."""
+    found = _holder(holder)
+    return found is not None and found[0] == socket.gethostname()
+
+
+def holder_is_dead(holder: str) -> bool:
+    """True when the lock names a process on this host that no longer runs."""
+    found = _holder(holder)
+    if found is None or found[0] != socket.gethostname():
         return False
     try:
-        os.kill(int(parts[-2]), 0)
+        os.kill(found[1], 0)
     except ProcessLookupError:
         return True
     except PermissionError:
         return False
     return False
+
+
+def describe_holder(holder: str) -> str:
+    """Who holds a lock, for the message that says what is waited for."""
+    found = _holder(holder)
+    if found is None:
+        return "not a hubpin or tensorflow_hub lock"
+    host, pid = found
+    if host != socket.gethostname():
+        return f"process {pid} on host {host}"
+    return f"running process {pid} on this host"

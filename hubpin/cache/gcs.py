@@ -14,7 +14,6 @@ import json
 import logging
 import re
 import shutil
-import socket
 import tempfile
 import threading
 import time
@@ -23,7 +22,15 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from hubpin.cache import Cache, Record, descriptor_text, holder_is_dead, lock_contents
+from hubpin.cache import (
+    Cache,
+    Record,
+    describe_holder,
+    descriptor_text,
+    holder_is_dead,
+    lock_contents,
+    on_this_host,
+)
 from hubpin.digests import Tree
 from hubpin.errors import CacheError, HubpinError, some
 from hubpin.gcs.client import (
@@ -304,16 +311,16 @@ class GcsCache(Cache):
                             "progress (setting lock_timeout)",
                             url,
                             holder or "an unnamed process",
-                            _describe_holder(holder),
-                            "giving up" if _on_this_host(holder) else "taking it over",
+                            describe_holder(holder),
+                            "giving up" if on_this_host(holder) else "taking it over",
                             timeout,
                         )
                     seen, deadline = progress, now + timeout
                 next_look = now + min(1.0, timeout / 4 or 0.05)
             if now > deadline:
-                if _on_this_host(holder):  # alive (not dead, above): never taken from it
+                if on_this_host(holder):  # alive (not dead, above): never taken from it
                     raise CacheError(
-                        f"{url}: held by {holder} ({_describe_holder(holder)}) with no "
+                        f"{url}: held by {holder} ({describe_holder(holder)}) with no "
                         f"progress for {timeout:.0f}s; if no sync is running there, delete it "
                         f"(gcloud storage rm {url}) and rerun, or raise lock_timeout in hubpin.toml"
                     )
@@ -321,7 +328,7 @@ class GcsCache(Cache):
                     "taking over %s from %s (%s): no progress for %.0fs (setting lock_timeout)",
                     url,
                     holder or "an unnamed process",
-                    _describe_holder(holder),
+                    describe_holder(holder),
                     timeout,
                 )
                 taken = self._take_over(key, holder, generation, contents)
@@ -600,18 +607,3 @@ class _Lease:
     def stop(self) -> None:
         self._stopped.set()
         self._thread.join()
-
-
-def _on_this_host(holder: str) -> bool:
-    parts = holder.split(".")
-    return len(parts) >= 3 and parts[-2].isdigit() and ".".join(parts[:-2]) == socket.gethostname()
-
-
-def _describe_holder(holder: str) -> str:
-    parts = holder.split(".")
-    if len(parts) < 3 or not parts[-2].isdigit():
-        return "not a hubpin or tensorflow_hub lock"
-    host = ".".join(parts[:-2])
-    if host != socket.gethostname():
-        return f"process {parts[-2]} on host {host}"
-    return f"running process {parts[-2]} on this host"

@@ -11,14 +11,20 @@ import logging
 import os
 import re
 import shutil
-import socket
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from hubpin.atomic import exchange
-from hubpin.cache import Cache, Record, descriptor_text, holder_is_dead, lock_contents
+from hubpin.cache import (
+    Cache,
+    Record,
+    describe_holder,
+    descriptor_text,
+    holder_is_dead,
+    lock_contents,
+)
 from hubpin.digests import Tree, hash_tree
 from hubpin.errors import CacheError, write_error
 
@@ -115,7 +121,7 @@ class LocalCache(Cache):
                             "progress (setting lock_timeout)",
                             lock.name,
                             holder or "an unnamed process",
-                            _describe_holder(holder),
+                            describe_holder(holder),
                             timeout,
                         )
                     seen, deadline = progress, now + timeout
@@ -123,7 +129,7 @@ class LocalCache(Cache):
             if now > deadline:
                 raise CacheError(
                     f"{lock}: held by {holder or 'an unnamed process'} "
-                    f"({_describe_holder(holder)}) with no progress for {timeout:.0f}s; "
+                    f"({describe_holder(holder)}) with no progress for {timeout:.0f}s; "
                     "if no sync is running there, delete the lock file and rerun, "
                     "or raise lock_timeout in hubpin.toml"
                 )
@@ -302,16 +308,6 @@ def _create_lock(lock: Path, contents: str) -> bool:
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
-
-
-def _describe_holder(holder: str) -> str:
-    parts = holder.split(".")
-    if len(parts) < 3 or not parts[-2].isdigit():
-        return "not a hubpin or tensorflow_hub lock"
-    host = ".".join(parts[:-2])
-    if host != socket.gethostname():
-        return f"process {parts[-2]} on host {host}"
-    return f"running process {parts[-2]} on this host"
 
 
 def _read(path: Path) -> str:
