@@ -234,11 +234,7 @@ class Syncer:
                 )
             candidates = self.sources.candidates(self.sources.location_of(pin), pin.archive_sha256)
             first = candidates[0]
-            if (
-                self.from_bundle
-                and "://" not in first.location
-                and not Path(first.location).is_file()
-            ):
+            if self.from_bundle and not self.sources.transport.exists(first.location):
                 return Step(alias, "fail", size, 0, first.missing or f"{first.location}: not found")
             source = "from " + ", else ".join(c.label for c in candidates)
             if damage == ["not synced"]:

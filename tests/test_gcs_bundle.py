@@ -258,3 +258,23 @@ def test_missing_buckets_fail_bundle_at_once_and_only_skip_filling_for_lock(
     (line,) = [x for x in err.splitlines() if "not filling the cache" in x]
     assert "bucket no-such-bucket-here does not exist" in line
     assert project.lock.exists()
+
+
+def test_dry_run_from_a_gs_bundle_names_the_archive_it_lacks(
+    project: Project, hub: HubServer, gcs: Emulator, models: dict[str, Model]
+) -> None:
+    import json
+
+    _two_models(project, hub)
+    url = f"gs://{gcs.bucket()}/partial"
+    assert project.run("bundle", url, "double")[0] == 0  # triple's archive is not in it
+    code, out, err = project.run("sync", "--from", url, "--dry-run", "--json")
+    assert code == 0, err
+    plan = {m["alias"]: (m["action"], m["reason"]) for m in json.loads(out)["models"]}
+    assert plan["double"] == ("download", f"not in the cache; from bundle {url}")
+    assert plan["triple"] == (
+        "fail",
+        f"{url}: the bundle has no archive {_sha(models['triple'].archive)}; "
+        f"make it again with: hubpin bundle {url}",
+    )
+    assert not project.cache.exists() or not any(project.cache.iterdir())
