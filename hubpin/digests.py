@@ -26,12 +26,22 @@ _CHUNK = 1 << 20
 
 @dataclass
 class Tree:
-    """Files (path → size, sha256) and directories of an unpacked model."""
+    """Files (path → size, sha256) and directories of an unpacked model.
+
+    ``size`` is kept as files are added, not summed when asked: unpacking checks it
+    before every member, and summing made an archive of n members cost n² steps.
+    """
 
     files: dict[str, tuple[int, str]] = field(default_factory=dict)
     dirs: set[str] = field(default_factory=set)
+    size: int = field(default=0, init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.size = sum(size for size, _ in self.files.values())
 
     def add_file(self, path: str, size: int, sha256: str) -> None:
+        old = self.files.get(path)
+        self.size += size - (old[0] if old else 0)
         self.files[path] = (size, sha256)
         self._add_parents(path)
 
@@ -41,12 +51,10 @@ class Tree:
 
     def _add_parents(self, path: str) -> None:
         for parent in PurePosixPath(path).parents:
-            if str(parent) != ".":
-                self.dirs.add(str(parent))
-
-    @property
-    def size(self) -> int:
-        return sum(size for size, _ in self.files.values())
+            name = str(parent)
+            if name == "." or name in self.dirs:  # a known folder's parents are known too
+                break
+            self.dirs.add(name)
 
     @property
     def file_count(self) -> int:

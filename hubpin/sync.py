@@ -40,7 +40,7 @@ from hubpin.kaggle import KaggleHandle, pinned
 from hubpin.lockfile import Pin
 from hubpin.settings import Settings
 from hubpin.sources import Sources
-from hubpin.unpack import HashingReader, Unpacked, ensure_space, unpack
+from hubpin.unpack import HashingReader, Unpacked, ensure_space, too_many_members, unpack
 
 log = logging.getLogger("hubpin")
 
@@ -330,6 +330,11 @@ class Syncer:
 
     def fetch_into(self, pin: Pin, work: Path) -> Unpacked:
         """Download and unpack a pinned archive into ``work``; raise unless it matches the lock."""
+        if pin.file_count > self.settings.max_members:
+            raise too_many_members(
+                self.settings.max_members,
+                f": the lock pins {pin.file_count} files, so it was not downloaded",
+            )
         ensure_space(work, pin.unpacked_size, f"{pin.handle} (unpacked_size in the lock)")
         download = self.sources.open_pin(pin)
         reader = HashingReader.of(

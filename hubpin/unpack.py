@@ -466,11 +466,7 @@ def unpack(
             stream = TarStream(inflated, (lambda: reader.size) if gzipped else None, max_ratio)
             for count, member in enumerate(_members(stream), 1):
                 if count > max_members:
-                    raise LimitError(
-                        f"more than {max_members} members (files and folders); refused, nothing "
-                        "was published. If the archive is trusted, raise max_members in "
-                        "hubpin.toml or set HUBPIN_MAX_MEMBERS"
-                    )
+                    raise too_many_members(max_members, "")
                 _take(stream, member, tree, dest, max_unpacked)
         finally:
             inflated.close()  # a background inflater stops before ``drain`` reads on
@@ -484,6 +480,15 @@ def unpack(
             raise reader.short_or(ArchiveError(f"corrupt gzip data ({exc})")) from None
         raise write_error(exc, dest) from None
     return Unpacked(tree, reader.hexdigest(), reader.size)
+
+
+def too_many_members(limit: int, known: str) -> LimitError:
+    """The refusal of an archive past ``max_members``; ``known`` says how it is known early."""
+    return LimitError(
+        f"more than {limit} members (files and folders){known}; refused, nothing was "
+        "published. If the archive is trusted, raise max_members in hubpin.toml or set "
+        "HUBPIN_MAX_MEMBERS"
+    )
 
 
 def _members(stream: TarStream) -> Iterator[tarfile.TarInfo]:

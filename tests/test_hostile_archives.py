@@ -364,3 +364,37 @@ def test_too_many_members_are_refused_until_max_members_is_raised(
     code, _, err = project.run("sync")
     assert code == 0, err
     assert "file_count = 1001" in project.lock.read_text()
+
+
+def test_a_lock_pinning_more_files_than_max_members_is_refused_before_downloading(
+    project: Project, hub: HubServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub.models["google/many/1"] = tar_bytes([(member(f"assets/{i}.txt"), b"") for i in range(50)])
+    project.models(many=hub.handle("google/many/1"))
+    code, _, err = project.run("lock", "--no-fill")
+    assert code == 0, err
+    fetched = hub.archive_requests("google/many/1")
+    monkeypatch.setenv("HUBPIN_MAX_MEMBERS", "40")
+    code, _, err = project.run("sync", "--locked")
+    assert code == 1
+    assert (
+        "more than 40 members (files and folders): the lock pins 50 files, so it was not "
+        "downloaded; refused, nothing was published. If the archive is trusted, raise "
+        "max_members in hubpin.toml or set HUBPIN_MAX_MEMBERS\n"
+    ) in err
+    assert hub.archive_requests("google/many/1") == fetched
+    assert not project.entry(hub.handle("google/many/1")).exists()
+    assert leftovers(project.cache) == []
+
+
+def test_the_tree_keeps_its_size_as_members_are_added() -> None:
+    """Unpacking asks the tree's size before every member: a running total, not a sum."""
+    from hubpin.digests import Tree
+
+    tree = Tree()
+    for i in range(5):
+        tree.add_file(f"a/b/{i}", i, "0" * 64)
+    tree.add_file("a/b/4", 10, "1" * 64)  # replaced, as hash_tree never does but may
+    assert tree.size == 0 + 1 + 2 + 3 + 10
+    assert Tree(dict(tree.files), set(tree.dirs)).size == tree.size
+    assert tree.dirs == {"a", "a/b"}
