@@ -100,6 +100,18 @@ class HubServer:
     def archive_requests(self, path: str) -> int:
         return sum(1 for _, p, _ in self.requests if p == f"/archives/{path.strip('/')}.tar.gz")
 
+    def downloads(self, path: str) -> int:
+        """Downloads of an archive started from its first byte: requests without Range.
+
+        A download that continues over parallel Range requests (a loaded machine makes
+        one loopback connection measure slow) or resumes after a cut is still one.
+        """
+        return sum(
+            1
+            for _, p, headers in self.requests
+            if p == f"/archives/{path.strip('/')}.tar.gz" and "Range" not in headers
+        )
+
     def _handle(self, req: BaseHTTPRequestHandler) -> None:
         parts = urlsplit(req.path)
         with self._lock:

@@ -99,7 +99,7 @@ def test_four_syncs_racing_on_one_gs_cache_upload_each_model_once(
         said = [_line(err, alias) for _, err in results]
         assert sum(" fetched " in x for x in said) == 1, said
         assert sum(x.endswith("already present") for x in said) == 3, said
-        assert heavy_hub.archive_requests(f"google/{alias}/1") == 1, "downloaded once"
+        assert heavy_hub.downloads(f"google/{alias}/1") == 1, "downloaded once"
         entry = f"fleet/tfhub/{key}"
         copied_from = re.compile(rf"/o/{entry}\.([0-9a-f]{{32}})\.tmp/.*/rewriteTo/")
         uploads = {m[1] for line in log if (m := copied_from.search(line))}
