@@ -35,8 +35,9 @@ from pathlib import Path
 from typing import IO, Protocol
 
 from hubpin.errors import FetchError, HubpinError, IntegrityError, write_error
-from hubpin.handles import Kind, scheme_of
-from hubpin.lockfile import Lock, Pin, dumps
+from hubpin.handles import scheme_of
+from hubpin.kinds import ArchivePin
+from hubpin.lockfile import Lock, dumps
 from hubpin.settings import Settings
 from hubpin.sources import ARCHIVES, BUNDLE_LOCK, Sources, bundle_archive, bundle_lock
 from hubpin.unpack import HashingReader
@@ -55,11 +56,11 @@ class Written:
 
 
 class _Target(Protocol):
-    def where(self, pin: Pin) -> str: ...  # the archive's path or gs:// URL in the bundle
+    def where(self, pin: ArchivePin) -> str: ...  # the archive's path or gs:// URL in the bundle
 
-    def has(self, pin: Pin) -> bool: ...  # already there, complete, without reading upstream
+    def has(self, pin: ArchivePin) -> bool: ...  # already there, complete, without reading upstream
 
-    def put(self, pin: Pin, sources: Sources) -> bool: ...  # False: found there after all
+    def put(self, pin: ArchivePin, sources: Sources) -> bool: ...  # False: found there after all
 
     def finish(self, lock_text: str) -> None: ...  # the lock, last
 
@@ -70,7 +71,7 @@ def write_bundle(lock: Lock, aliases: list[str], out: str, sources: Sources) -> 
     with _target(out, sources.transport.settings) as target:
         for alias in aliases:
             pin = lock.models[alias]
-            if pin.kind is not Kind.ARCHIVE or not pin.archive_sha256:
+            if not isinstance(pin, ArchivePin):
                 continue
             try:
                 if target.has(pin) or not target.put(pin, sources):
@@ -105,7 +106,7 @@ def _target(out: str, settings: Settings) -> Iterator[_Target]:
 
 
 def _copy_verified(
-    sources: Sources, pin: Pin, fh: IO[bytes], also: Callable[[bytes], None] | None = None
+    sources: Sources, pin: ArchivePin, fh: IO[bytes], also: Callable[[bytes], None] | None = None
 ) -> None:
     """Stream the pinned archive into ``fh`` (and ``also``); raise unless it is what the lock pins."""
     download = sources.open_pin(pin)
@@ -130,18 +131,17 @@ class _Folder:
         self.folder = folder
         (folder / ARCHIVES).mkdir(parents=True, exist_ok=True)
 
-    def where(self, pin: Pin) -> str:
-        assert pin.archive_sha256
+    def where(self, pin: ArchivePin) -> str:
         return bundle_archive(str(self.folder), pin.archive_sha256)
 
-    def _path(self, pin: Pin) -> Path:
+    def _path(self, pin: ArchivePin) -> Path:
         return Path(self.where(pin))
 
-    def has(self, pin: Pin) -> bool:
+    def has(self, pin: ArchivePin) -> bool:
         path = self._path(pin)
         return path.is_file() and path.stat().st_size == pin.archive_size
 
-    def put(self, pin: Pin, sources: Sources) -> bool:
+    def put(self, pin: ArchivePin, sources: Sources) -> bool:
         target = self._path(pin)
         tmp = target.with_name(f".{target.name}.tmp")
         try:
@@ -191,11 +191,10 @@ class _GcsBundle:
                     f"(gcloud storage buckets create gs://{bucket}) or fix the bundle's URL"
                 )
 
-    def where(self, pin: Pin) -> str:
-        assert pin.archive_sha256
+    def where(self, pin: ArchivePin) -> str:
         return bundle_archive(self.url, pin.archive_sha256)
 
-    def has(self, pin: Pin) -> bool:
+    def has(self, pin: ArchivePin) -> bool:
         from hubpin.gcs.client import errors, split_url, stat
 
         url = self.where(pin)
@@ -211,7 +210,7 @@ class _GcsBundle:
             and noted.get(_CRC_KEY) == meta.get("crc32c")
         )
 
-    def put(self, pin: Pin, sources: Sources) -> bool:
+    def put(self, pin: ArchivePin, sources: Sources) -> bool:
         import google_crc32c
 
         from hubpin.gcs.client import crc32c_of, errors, split_url, upload_file_if_different
@@ -222,7 +221,6 @@ class _GcsBundle:
             _copy_verified(sources, pin, fh, checksum.update)
             fh.flush()
             crc32c = crc32c_of(checksum)
-            assert pin.archive_sha256
             with errors(url):
                 uploaded = upload_file_if_different(
                     self.fs,

@@ -29,8 +29,9 @@ from hubpin.errors import (
     StaleLockError,
     unknown_alias,
 )
-from hubpin.handles import Format, Kind
+from hubpin.handles import Format
 from hubpin.kaggle import configured
+from hubpin.kinds import ArchivePin, FolderPin, GcsPin, KagglePin
 from hubpin.lockfile import Lock, Pin, differences, manifest_digest, write_lock
 from hubpin.locking import lock_plan, lock_project
 from hubpin.manifest import add_model, remove_models
@@ -385,7 +386,7 @@ def _stamp(
 ) -> None:
     """After a clean sync of local archives, let the next identical one skip pydantic."""
     if project.cache.local_root is None or any(
-        p.kind is not Kind.ARCHIVE or not p.cache_key or p.kaggle_version for p in pins.values()
+        not isinstance(p, ArchivePin) or isinstance(p, KagglePin) for p in pins.values()
     ):
         return  # the stamp stat-checks local tensorflow_hub entries only (not kagglehub's cache)
     if any(o.status not in ("fetched", "present", "adopted") for o in outcomes):
@@ -422,7 +423,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         syncer = _syncer(project, sources, offline=True, full_verify=True)
         report: dict[str, list[str]] = {}
         for alias, pin in pins.items():
-            if pin.kind is Kind.ARCHIVE:
+            if isinstance(pin, ArchivePin):
                 report[alias] = syncer.verify_entry(pin)
             else:
                 report[alias] = [
@@ -473,7 +474,7 @@ def cmd_outdated(args: argparse.Namespace) -> int:
         for alias, pin in sorted(lock.models.items()):
             row: dict[str, Any] = {"alias": alias, "handle": pin.handle, "locked": None}
             row |= {"current": None, "state": "unknown"}
-            if pin.kaggle_version is None:
+            if not isinstance(pin, KagglePin):
                 row["note"] = "not hosted on Kaggle: its host cannot tell"
                 rows.append(row)
                 continue
@@ -560,8 +561,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_resolve(args: argparse.Namespace) -> int:
     project = _project(args, need_manifest=False)
     pin = _select(project.read_lock(), [args.alias], project.lock_path)[args.alias]
-    if pin.kind is Kind.ARCHIVE:
-        assert pin.cache_key
+    if isinstance(pin, ArchivePin):
         problems = project.cache.quick_check(pin.cache_key, pin.tree_digest)
         if problems:
             raise NotSyncedError(
@@ -946,10 +946,10 @@ def _progress(args: argparse.Namespace, project: Project, pins: dict[str, Pin]) 
     todo = [
         p
         for p in pins.values()
-        if p.cache_key and project.cache.quick_check(p.cache_key, p.tree_digest)
+        if isinstance(p, ArchivePin) and project.cache.quick_check(p.cache_key, p.tree_digest)
     ]
     with tqdm(
-        total=sum(p.archive_size or 0 for p in todo) or None,
+        total=sum(p.archive_size for p in todo) or None,
         unit="B",
         unit_scale=True,
         unit_divisor=1024,
@@ -980,30 +980,26 @@ def _setup_logging(args: argparse.Namespace) -> None:
 
 
 def _state(project: Project, pin: Pin) -> str:
-    if pin.kind is Kind.GCS:
+    if isinstance(pin, GcsPin):
         return "remote (gs://, read in place)"
-    if pin.kind is Kind.FOLDER:
-        return (
-            "local folder" if (project.root / (pin.location or "")).is_dir() else "folder missing"
-        )
-    assert pin.cache_key
+    if isinstance(pin, FolderPin):
+        return "local folder" if pin.folder(project.root).is_dir() else "folder missing"
+    assert isinstance(pin, ArchivePin)  # the kinds that are neither are read in place
     problems = project.cache.quick_check(pin.cache_key, pin.tree_digest)
     return "synced" if not problems else problems[0]
 
 
 def _where(project: Project, pin: Pin) -> str:
-    if pin.kind is Kind.ARCHIVE:
-        assert pin.cache_key
+    if isinstance(pin, ArchivePin):
         return project.cache.entry(pin.cache_key)
-    if pin.kind is Kind.FOLDER:
-        return str((project.root / (pin.location or "")).resolve())
-    return pin.location or ""
+    if isinstance(pin, FolderPin):
+        return str(pin.folder(project.root))
+    assert isinstance(pin, GcsPin)
+    return pin.location
 
 
 def _describe(pin: Pin) -> str:
-    if pin.kind is Kind.ARCHIVE:
-        return f"{pin.url} sha256:{(pin.archive_sha256 or '')[:12]} ({pin.file_count} files, {_size(pin.unpacked_size)})"
-    return f"{pin.location} ({pin.file_count} files, {_size(pin.unpacked_size)})"
+    return f"{pin.describe()} ({pin.file_count} files, {_size(pin.unpacked_size)})"
 
 
 def _count(n: int, noun: str) -> str:

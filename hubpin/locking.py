@@ -16,6 +16,7 @@ from typing import Any
 
 from hubpin.errors import CacheError, HubpinError, InputError
 from hubpin.kaggle import configured
+from hubpin.kinds import KagglePin
 from hubpin.lockfile import Lock, Pin, input_changes, manifest_digest, spec_inputs, write_lock
 from hubpin.manifest import ModelSpec
 from hubpin.pin import pin_into_cache
@@ -74,7 +75,11 @@ def lock_project(
     kept, todo = partition(project, old, force)
     for alias in todo:
         pin = old.models.get(alias) if old else None
-        if alias not in versions and pin is not None and pin.handle == todo[alias].handle:
+        if (
+            alias not in versions
+            and isinstance(pin, KagglePin)
+            and pin.handle == todo[alias].handle
+        ):
             versions[alias] = pin.kaggle_version
 
     cache = project.cache if fill_cache and todo else None
@@ -133,7 +138,7 @@ def current_versions(
             current = sources.kaggle.current_version(handle)
         except HubpinError as exc:
             raise type(exc)(f"{alias} ({spec.handle}): {exc}") from None
-        if pin is None or pin.kaggle_version != current:
+        if not isinstance(pin, KagglePin) or pin.kaggle_version != current:
             moving[alias] = current
     return moving
 

@@ -34,7 +34,7 @@ from hubpin.handles import (
     source_for,
 )
 from hubpin.kaggle import configured
-from hubpin.lockfile import GcsObject, Pin
+from hubpin.kinds import ArchivePin, FolderPin, GcsObject, GcsPin, KagglePin, Pin
 from hubpin.manifest import ModelSpec
 from hubpin.settings import Settings
 from hubpin.sources import Sources
@@ -111,7 +111,6 @@ def pin_model(
     common = {
         "handle": spec.handle,
         "format": fmt,
-        "kind": source.kind,
         "io_device": spec.io_device,
         "tags": spec.tags,
         "expected_sha256": spec.sha256,
@@ -140,8 +139,10 @@ def pin_model(
         url = relative_posix(local, root) if local else download.final_url
         if scheme_of(spec.handle) == "file":
             url = spec.handle
-        pin = Pin(
+        kind = KagglePin if kaggle else ArchivePin
+        pin = kind(
             **common,
+            kind=Kind.ARCHIVE,
             cache_key=cache_key(spec.handle),
             url=url,
             archive_sha256=result.archive_sha256,
@@ -160,8 +161,9 @@ def pin_model(
             tree = hash_tree(folder)
         except OSError as exc:
             raise FetchError(f"{folder}: {exc}") from None
-        pin = Pin(
+        pin = FolderPin(
             **common,
+            kind=Kind.FOLDER,
             location=relative_posix(folder, root),
             tree_digest=tree.digest(),
             unpacked_size=tree.size,
@@ -174,8 +176,9 @@ def pin_model(
         sources.transport.ask_location(source.location) if source.ask_location else source.location
     )
     listing = list_folder(location, settings)
-    pin = Pin(
+    pin = GcsPin(
         **common,
+        kind=Kind.GCS,
         location=location,
         tree_digest=objects_digest(listing),
         unpacked_size=sum(o.size for o in listing),

@@ -22,7 +22,8 @@ from hubpin.errors import (
     StaleLockError,
     unknown_alias,
 )
-from hubpin.handles import Kind, is_archive_name, scheme_of
+from hubpin.handles import is_archive_name, scheme_of
+from hubpin.kinds import ArchivePin, FolderPin, GcsPin
 from hubpin.lockfile import Lock as LockData
 from hubpin.lockfile import Pin, differences
 from hubpin.paths import LOCK_FILE, find_lock
@@ -81,14 +82,14 @@ class Lock:
         here, by name, rather than deep inside TensorFlow.
         """
         pin = self.pin(alias)
-        if pin.kind is Kind.GCS:
-            return pin.location or ""
-        if pin.kind is Kind.FOLDER:
-            folder = (self._project.root / (pin.location or "")).resolve()
+        if isinstance(pin, GcsPin):
+            return pin.location
+        if isinstance(pin, FolderPin):
+            folder = pin.folder(self._project.root)
             if not folder.is_dir():
                 raise NotSyncedError(f"{alias}: pinned folder {folder} does not exist")
             return str(folder)
-        assert pin.cache_key
+        assert isinstance(pin, ArchivePin)  # the kinds that are neither are read in place
         cache = self._project.cache
         problems = (
             cache.verify(pin.cache_key, pin.tree_digest)
@@ -125,8 +126,8 @@ class Lock:
         if tags is None:
             tags = pin.tags
         # As tensorflow_hub.load: a TF1 Hub module loads with empty tags unless told otherwise.
-        if pin.kind is Kind.GCS:  # known from the pinned listing, without a round trip
-            is_hub_module_v1 = any(o.path == "tfhub_module.pb" for o in pin.objects or [])
+        if isinstance(pin, GcsPin):  # known from the pinned listing, without a round trip
+            is_hub_module_v1 = any(o.path == "tfhub_module.pb" for o in pin.objects)
         else:
             is_hub_module_v1 = tf.io.gfile.exists(os.path.join(path, "tfhub_module.pb"))
         if tags is None and is_hub_module_v1:

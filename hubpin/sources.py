@@ -23,8 +23,8 @@ from typing import Protocol
 from hubpin.download import Download
 from hubpin.errors import FetchError, InputError, MissingError
 from hubpin.handles import local_path, scheme_of, source_for, strip_query
-from hubpin.kaggle import KaggleApi, pinned
-from hubpin.lockfile import Pin
+from hubpin.kaggle import KaggleApi
+from hubpin.kinds import ArchivePin, KagglePin
 from hubpin.settings import Mirror, Settings
 from hubpin.transport import Transport
 
@@ -143,14 +143,14 @@ class Sources:
         """Kaggle's API, for resolving an unversioned Kaggle handle at lock time."""
         return self.transport.kaggle
 
-    def location_of(self, pin: Pin) -> str:
+    def location_of(self, pin: ArchivePin) -> str:
         """The host's location for a pinned archive: as tensorflow_hub would fetch it, or for a
         Kaggle model exactly the pinned version (``kaggle:o/m/f/v/N``), never "latest"."""
-        if pin.kaggle_version is not None:
-            return str(pinned(pin.handle, pin.kaggle_version, self.settings.kaggle_endpoint))
+        if isinstance(pin, KagglePin):
+            return pin.source(self.settings)
         return source_for(pin.handle, pin.format, self.root).location
 
-    def open_pin(self, pin: Pin) -> Download:
+    def open_pin(self, pin: ArchivePin) -> Download:
         return self.open(self.location_of(pin), pin.archive_sha256)
 
     def open(self, location: str, sha256: str | None = None) -> Download:

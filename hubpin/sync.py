@@ -35,9 +35,9 @@ from hubpin.errors import (
     TruncatedError,
     write_error,
 )
-from hubpin.handles import Kind, cache_key
+from hubpin.handles import cache_key
 from hubpin.kaggle import KaggleHandle, pinned
-from hubpin.lockfile import Pin
+from hubpin.kinds import ArchivePin, FolderPin, GcsPin, KagglePin, Pin
 from hubpin.settings import Settings
 from hubpin.sources import Sources
 from hubpin.unpack import HashingReader, Unpacked, ensure_space, too_many_members, unpack
@@ -115,10 +115,10 @@ class Syncer:
         present = {
             alias: Outcome(alias, "present", "", pin.unpacked_size)
             for alias, pin in pins.items()
-            if pin.kind is Kind.ARCHIVE
+            if isinstance(pin, ArchivePin)
+            and not isinstance(pin, KagglePin)
             and not self.full_verify
             and pin.handles() == [pin.handle]
-            and pin.kaggle_version is None
             and self._intact(pin)
         }
         for outcome in present.values():
@@ -135,7 +135,7 @@ class Syncer:
             pool.shutdown(wait=True, cancel_futures=True)
         return [present.get(alias) or done[alias] for alias in sorted(pins)]
 
-    def _intact(self, pin: Pin) -> bool:
+    def _intact(self, pin: ArchivePin) -> bool:
         """The stat check alone; any trouble is left to :meth:`sync_one`, which reports it."""
         try:
             return not self._damage(pin)
@@ -151,9 +151,9 @@ class Syncer:
         return Outcome(alias, status, detail, pin.unpacked_size, time.monotonic() - start)
 
     def _sync(self, pin: Pin) -> tuple[str, str]:
-        if pin.kind is Kind.FOLDER:
+        if isinstance(pin, FolderPin):
             return self._check_folder(pin)
-        if pin.kind is Kind.GCS:
+        if isinstance(pin, GcsPin):
             if self.offline or self.from_bundle:
                 why = "--from: no network" if self.from_bundle else "--offline"
                 return "checked", f"gs:// location not checked ({why})"
@@ -161,15 +161,15 @@ class Syncer:
 
             check_folder(pin, self.settings)
             return "checked", f"{pin.location} unchanged ({pin.file_count} objects)"
+        assert isinstance(pin, ArchivePin)  # the kinds that are neither are read in place
         status, detail = self._sync_archive(pin)
         for handle in pin.handles()[1:]:
             self._fill_also(pin, handle)
-        if pin.kaggle_version is not None:
+        if isinstance(pin, KagglePin):
             self._fill_kagglehub(pin)
         return status, detail
 
-    def _sync_archive(self, pin: Pin) -> tuple[str, str]:
-        assert pin.cache_key
+    def _sync_archive(self, pin: ArchivePin) -> tuple[str, str]:
         damage = self._damage(pin)
         if not damage:
             return "present", ""
@@ -198,16 +198,16 @@ class Syncer:
         """
         size = pin.unpacked_size
         try:
-            if pin.kind is Kind.FOLDER:
-                folder = self.root / (pin.location or "")
+            if isinstance(pin, FolderPin):
+                folder = self.root / pin.location
                 if not folder.is_dir():
                     return Step(alias, "fail", size, 0, f"{folder}: folder not found")
                 how = "re-hashed in place" if self.full_verify else "read in place"
                 return Step(alias, "check", size, 0, f"{folder}: local folder, {how}")
-            if pin.kind is Kind.GCS:
+            if isinstance(pin, GcsPin):
                 how = "not checked (no network)" if self.offline or self.from_bundle else "checked"
                 return Step(alias, "check", size, 0, f"{pin.location}: read from GCS, {how}")
-            assert pin.cache_key
+            assert isinstance(pin, ArchivePin)  # the kinds that are neither are read in place
             damage = self._damage(pin)
             if not damage:
                 missing = [
@@ -215,7 +215,7 @@ class Syncer:
                     for h in pin.handles()[1:]
                     if self.cache.quick_check(cache_key(h), pin.tree_digest)
                 ]
-                if pin.kaggle_version is not None and not self._in_kagglehub(pin):
+                if isinstance(pin, KagglePin) and not self._in_kagglehub(pin):
                     missing.append("kagglehub's cache")
                 if missing:
                     return Step(
@@ -239,21 +239,20 @@ class Syncer:
             source = "from " + ", else ".join(c.label for c in candidates)
             if damage == ["not synced"]:
                 return Step(
-                    alias, "download", size, pin.archive_size or 0, f"not in the cache; {source}"
+                    alias, "download", size, pin.archive_size, f"not in the cache; {source}"
                 )
             return Step(
-                alias, "replace", size, pin.archive_size or 0, f"cache entry: {damage[0]}; {source}"
+                alias, "replace", size, pin.archive_size, f"cache entry: {damage[0]}; {source}"
             )
         except HubpinError as exc:
             return Step(alias, "fail", size, 0, str(exc))
 
-    def _fill_also(self, pin: Pin, handle: str) -> None:
+    def _fill_also(self, pin: ArchivePin, handle: str) -> None:
         """Give another handle of the same model (its Kaggle URL, say) its own cache key.
 
         Files are hard-linked from the verified entry (copied where links fail), so
         one download serves every handle tensorflow_hub might be asked for.
         """
-        assert pin.cache_key
         key = cache_key(handle)
         if not self.cache.quick_check(key, pin.tree_digest):
             return
@@ -273,20 +272,18 @@ class Syncer:
                 raise write_error(exc, work) from None
             self.cache.publish(key, work, Record(handle, pin.tree_digest, record.tree))
 
-    def _kaggle_handle(self, pin: Pin) -> KaggleHandle:
-        assert pin.kaggle_version is not None
+    def _kaggle_handle(self, pin: KagglePin) -> KaggleHandle:
         return pinned(pin.handle, pin.kaggle_version, self.settings.kaggle_endpoint)
 
-    def _in_kagglehub(self, pin: Pin) -> bool:
+    def _in_kagglehub(self, pin: KagglePin) -> bool:
         return in_kagglehub_cache(kagglehub_cache_root(), self._kaggle_handle(pin))
 
-    def _fill_kagglehub(self, pin: Pin) -> None:
+    def _fill_kagglehub(self, pin: KagglePin) -> None:
         """Put a Kaggle model where unmodified ``kagglehub.model_download`` finds it offline.
 
         The verified entry is hard-linked into ``$KAGGLEHUB_CACHE`` under the pinned
         version (nothing is written when it already holds these files).
         """
-        assert pin.cache_key and pin.kaggle_version is not None
         if self.cache.local_root is None:
             log.info("%s: kagglehub's cache is filled only from a local cache", pin.handle)
             return
@@ -294,31 +291,27 @@ class Syncer:
             self.cache.local_root / pin.cache_key, kagglehub_cache_root(), self._kaggle_handle(pin)
         )
 
-    def _damage(self, pin: Pin) -> list[str]:
+    def _damage(self, pin: ArchivePin) -> list[str]:
         """Why the entry is not usable as is: the stat check, or a full re-hash with --verify."""
-        assert pin.cache_key
         problems = self.cache.quick_check(pin.cache_key, pin.tree_digest)
         if problems or not self.full_verify:
             return problems
         return self.verify_entry(pin)
 
-    def verify_entry(self, pin: Pin) -> list[str]:
+    def verify_entry(self, pin: ArchivePin) -> list[str]:
         """Re-hash an entry against hubpin's record and the lock; one phrase per damaged path."""
-        assert pin.cache_key
         return self.cache.verify(pin.cache_key, pin.tree_digest)
 
-    def _adopt(self, pin: Pin) -> bool:
+    def _adopt(self, pin: ArchivePin) -> bool:
         """An entry tensorflow_hub (or an older hubpin) left: keep it if it is what we pin."""
-        assert pin.cache_key
         tree = self._adoptable(pin)
         if tree is None:
             return False
         self.cache.publish_record(pin.cache_key, Record(pin.handle, pin.tree_digest, tree))
         return True
 
-    def _adoptable(self, pin: Pin) -> Tree | None:
+    def _adoptable(self, pin: ArchivePin) -> Tree | None:
         """The files of an entry without hubpin's record, if they are what the lock pins."""
-        assert pin.cache_key
         key = pin.cache_key
         if not self.cache.has_entry(key) or self.cache.read_record(key) is not None:
             return None
@@ -328,7 +321,7 @@ class Syncer:
             return None
         return tree if tree.digest() == pin.tree_digest else None
 
-    def fetch_into(self, pin: Pin, work: Path) -> Unpacked:
+    def fetch_into(self, pin: ArchivePin, work: Path) -> Unpacked:
         """Download and unpack a pinned archive into ``work``; raise unless it matches the lock."""
         if pin.file_count > self.settings.max_members:
             raise too_many_members(
@@ -373,8 +366,8 @@ class Syncer:
             ) from None
         return result
 
-    def _check_folder(self, pin: Pin) -> tuple[str, str]:
-        folder = self.root / (pin.location or "")
+    def _check_folder(self, pin: FolderPin) -> tuple[str, str]:
+        folder = self.root / pin.location
         if not folder.is_dir():
             raise NotSyncedError(f"{folder}: folder not found (the lock pins a local folder)")
         if not self.full_verify:
@@ -393,7 +386,7 @@ def _offline_refusal(damage: list[str]) -> str:
     return f"{what}, and --offline forbids downloading"
 
 
-def check_against_lock(pin: Pin, result: Unpacked) -> None:
+def check_against_lock(pin: ArchivePin, result: Unpacked) -> None:
     if result.archive_size != pin.archive_size or result.archive_sha256 != pin.archive_sha256:
         raise IntegrityError(
             f"archive digest mismatch: expected sha256 {pin.archive_sha256} "

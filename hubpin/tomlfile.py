@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,19 +41,35 @@ def read_toml(path: Path, error: type[InputError], fix: str) -> tuple[dict[str, 
         raise error(f"{path}: invalid TOML: arrays or tables nested too deeply") from None
 
 
-def validate(model: type[M], data: Any, path: Path, text: str, error: type[InputError]) -> M:
-    """Validate ``data`` against ``model``; a failure names the file, line and key."""
+def validate(
+    model: type[M],
+    data: Any,
+    path: Path,
+    text: str,
+    error: type[InputError],
+    tags: tuple[int, Collection[str]] | None = None,
+) -> M:
+    """Validate ``data`` against ``model``; a failure names the file, line and key.
+
+    ``tags`` is where a tagged union sits in the key path and its members' names:
+    pydantic puts the member into an error's path (``models.a.archive.handle``
+    for ``(2, {"archive", …})``), which the file does not have.
+    """
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise error(describe(exc, path, text)) from None
+        raise error(describe(exc, path, text, tags)) from None
 
 
-def describe(exc: ValidationError, path: Path, text: str) -> str:
+def describe(
+    exc: ValidationError, path: Path, text: str, tags: tuple[int, Collection[str]] | None = None
+) -> str:
     """Turn the first pydantic error into ``file:line: key: message``."""
     errors = exc.errors(include_url=False)
     first = errors[0]
     loc = [str(part) for part in first["loc"]]
+    if tags is not None and len(loc) > tags[0] and loc[tags[0]] in tags[1]:
+        del loc[tags[0]]
     # Keys are quoted when unprintable, so a message stays on one line.
     key = ".".join(part if part.isprintable() else repr(part) for part in loc) or "(top level)"
     line = find_line(text, loc)

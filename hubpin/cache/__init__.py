@@ -31,6 +31,47 @@ from hubpin.digests import Tree, compare_trees
 RECORD_VERSION = 1
 
 
+class Problem(str):
+    """One phrase of what is wrong with an entry, with a code that callers decide by.
+
+    It is a ``str`` so that messages join it as they always did; the runtime picks
+    its error by :attr:`code` (the entry is absent, or damaged), never by the text.
+    """
+
+    NOT_SYNCED = "not-synced"  # nothing at <key>/
+    NO_RECORD = "no-record"  # an entry hubpin has not verified (tensorflow_hub's, or torn)
+    OTHER_TREE = "other-tree"  # hubpin's record says the entry holds another model
+    DAMAGED = "damaged"  # files differ from hubpin's record
+
+    code: str
+
+    def __new__(cls, text: str, code: str = DAMAGED) -> Problem:
+        made = super().__new__(cls, text)
+        made.code = code
+        return made
+
+
+ABSENT = frozenset({Problem.NOT_SYNCED, Problem.NO_RECORD, Problem.OTHER_TREE})
+"""The codes that mean "this model is not in the cache" (sync fetches it), not damage."""
+
+
+def not_synced() -> Problem:
+    return Problem("not synced", Problem.NOT_SYNCED)
+
+
+def no_record() -> Problem:
+    return Problem("no hubpin record for the entry", Problem.NO_RECORD)
+
+
+def other_tree(found: str, pinned: str) -> Problem:
+    return Problem(f"entry holds {found}, the lock pins {pinned}", Problem.OTHER_TREE)
+
+
+def code_of(problem: str) -> str:
+    """A problem's code; a plain phrase (from a cache that predates codes) is damage."""
+    return problem.code if isinstance(problem, Problem) else Problem.DAMAGED
+
+
 @dataclass(frozen=True)
 class Record:
     """What hubpin verified and published for one cache entry."""
@@ -94,9 +135,9 @@ class Cache(ABC):
         """Re-hash an entry against hubpin's record and the lock; one phrase per damaged path."""
         record = self.read_record(key)
         if record is None:
-            return ["not synced" if not self.has_entry(key) else "no hubpin record for the entry"]
+            return [not_synced() if not self.has_entry(key) else no_record()]
         if record.tree_digest != tree_digest:
-            return [f"entry holds {record.tree_digest}, the lock pins {tree_digest}"]
+            return [other_tree(record.tree_digest, tree_digest)]
         try:
             found = self.hash_entry(key)
         except OSError as exc:

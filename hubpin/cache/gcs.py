@@ -29,7 +29,10 @@ from hubpin.cache import (
     descriptor_text,
     holder_is_dead,
     lock_contents,
+    no_record,
+    not_synced,
     on_this_host,
+    other_tree,
 )
 from hubpin.digests import Tree
 from hubpin.errors import CacheError, HubpinError, some
@@ -167,9 +170,9 @@ class GcsCache(Cache):
         """Problems seen in one listing: record, every file at its size and crc32c."""
         record, crcs, _ = self._read_record(key) or (None, {}, "")
         if record is None:
-            return ["not synced" if not self.has_entry(key) else "no hubpin record for the entry"]
+            return [not_synced() if not self.has_entry(key) else no_record()]
         if record.tree_digest != tree_digest:
-            return [f"entry holds {record.tree_digest}, the lock pins {tree_digest}"]
+            return [other_tree(record.tree_digest, tree_digest)]
         listing = self._listing(key)
         problems = []
         for path, (size, _) in record.tree.files.items():

@@ -24,6 +24,9 @@ from hubpin.cache import (
     descriptor_text,
     holder_is_dead,
     lock_contents,
+    no_record,
+    not_synced,
+    other_tree,
 )
 from hubpin.digests import Tree, hash_tree
 from hubpin.errors import CacheError, write_error
@@ -58,12 +61,12 @@ class LocalCache(Cache):
         """Problems found by stat alone (record present and matching, every file at its size)."""
         entry = self.root / key
         if not entry.is_dir():
-            return ["not synced"]
+            return [not_synced()]
         record = self.read_record(key)
         if record is None:
-            return ["no hubpin record for the entry"]
+            return [no_record()]
         if record.tree_digest != tree_digest:
-            return [f"entry holds {record.tree_digest}, the lock pins {tree_digest}"]
+            return [other_tree(record.tree_digest, tree_digest)]
         problems = []
         for path, (size, _) in record.tree.files.items():
             try:

@@ -17,7 +17,7 @@ from hubpin.gcs.client import errors, filesystem, folder_prefix, list_all, split
 from hubpin.settings import Settings
 
 if TYPE_CHECKING:
-    from hubpin.lockfile import Pin
+    from hubpin.kinds import GcsPin
 
 GCS_DIGEST_VERSION = "gcs-v1"
 
@@ -106,11 +106,11 @@ def objects_digest(listing: Iterable[_Pinned]) -> str:
     return f"{GCS_DIGEST_VERSION}:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def check_folder(pin: Pin, settings: Settings) -> None:
+def check_folder(pin: GcsPin, settings: Settings) -> None:
     """Re-list a pinned gs:// folder; IntegrityError naming every object that drifted."""
-    location = pin.location or ""
+    location = pin.location
     now = {o.path: o for o in list_objects(location, settings)}
-    pinned = {o.path: o for o in pin.objects or []}
+    pinned = {o.path: o for o in pin.objects}
     changed = [
         f"{p} (generation {pinned[p].generation} → {now[p].generation})"
         if pinned[p].generation != now[p].generation

@@ -1,0 +1,262 @@
+"""A pin's kind is its type: one pydantic model per way a pinned model is stored.
+
+Each kind has the fields it needs, all required, and answers for itself what
+the callers ask of a pin: which handles tensorflow_hub may be given for it,
+which cache keys it fills, and which of its fields the handle determines
+(:meth:`PinBase.derived_problems`, what ``lock --check`` recomputes offline).
+A lock's ``[models.<alias>]`` table is read as :data:`Pin`, a union chosen by
+``kind`` (a Kaggle archive is an ``archive`` with its version), so a table
+missing one of its kind's fields, or carrying another kind's, is refused when
+the lock is read. A new kind is one more class here and one more member of
+:data:`Pin`; the TOML of existing locks does not change.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+
+from hubpin.handles import Format, Kind, cache_key, local_path, scheme_of, source_for
+from hubpin.kaggle import configured, pinned
+from hubpin.settings import Settings
+
+SHA256 = r"^[0-9a-f]{64}$"
+
+
+class GcsObject(BaseModel):
+    """One object of a gs:// model folder, pinned by generation and checksums."""
+
+    model_config = ConfigDict(extra="forbid")
+    path: str
+    size: int = Field(ge=0)
+    generation: str
+    crc32c: str | None = None
+    md5: str | None = None
+
+
+class PinBase(BaseModel):
+    """What every kind of pin records: the manifest fields it was made from, and its tree."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    in_cache: ClassVar[bool] = False  # whether sync puts it into the cache (else read in place)
+
+    handle: str
+    format: Format
+    io_device: str | None = None
+    tags: list[str] | None = None
+    expected_sha256: str | None = None
+    also: list[str] | None = None
+    tree_digest: str
+    unpacked_size: int = Field(ge=0)
+    file_count: int = Field(ge=0)
+    kind: Kind  # each kind's own Literal; last, so a table's first problem is reported first
+
+    def handles(self) -> list[str]:
+        """Every handle tensorflow_hub may be asked for this model: as written, and ``also``."""
+        return [self.handle, *(self.also or [])]
+
+    def cache_keys(self) -> list[str]:
+        """Every cache folder this pin fills (none for a model read in place)."""
+        return []
+
+    def inputs(self) -> dict[str, Any]:
+        """The manifest fields this pin was made from."""
+        return {
+            "handle": self.handle,
+            "format": self.format.value,
+            "io_device": self.io_device,
+            "tags": self.tags,
+            "sha256": self.expected_sha256,
+            "also": self.also or None,
+        }
+
+    def derived_problems(self, root: Path, settings: Settings) -> list[str]:
+        """The fields that differ from what the handle (and format) make of them, as
+        ``field: found …, the handle makes it …``; empty for a pin hubpin could have made.
+
+        ``root`` is the folder relative handles are read from (the manifest's).
+        Only what needs no network is recomputed.
+        """
+        want = expected_kind(self.handle, self.format, root, settings)
+        if type(self) is not want:
+            return [
+                f"kind is {_kind_name(type(self))!r}, the handle makes it {_kind_name(want)!r} "
+                f"(format {self.format.value})"
+            ]
+        if self.format is Format.AUTO:
+            return ["format is 'AUTO', a lock records COMPRESSED or UNCOMPRESSED"]
+        return []
+
+    def describe(self) -> str:
+        """Where the pinned model is, for ``pinned ALIAS → …``."""
+        raise NotImplementedError
+
+
+class ArchivePin(PinBase):
+    """A tar(.gz) unpacked into ``<cache>/<key>/``, pinned by archive and tree digest."""
+
+    in_cache: ClassVar[bool] = True
+
+    kind: Literal[Kind.ARCHIVE]
+    cache_key: str = Field(pattern=r"^[0-9a-f]{40}$")
+    url: str
+    archive_sha256: str = Field(pattern=SHA256)
+    archive_size: int = Field(ge=0)
+
+    def cache_keys(self) -> list[str]:
+        keys = [self.cache_key]
+        for handle in self.handles()[1:]:
+            key = cache_key(handle)
+            if key not in keys:
+                keys.append(key)
+        return keys
+
+    def derived_problems(self, root: Path, settings: Settings) -> list[str]:
+        problems = super().derived_problems(root, settings)
+        if problems:
+            return problems
+        want_key = cache_key(self.handle)
+        if self.cache_key != want_key:
+            problems.append(f"cache_key is {self.cache_key}, the handle makes it {want_key}")
+        if self.expected_sha256 and self.archive_sha256 != self.expected_sha256:
+            problems.append(
+                f"archive_sha256 is {self.archive_sha256}, the manifest's sha256 is "
+                f"{self.expected_sha256}"
+            )
+        return problems
+
+    def describe(self) -> str:
+        return f"{self.url} sha256:{self.archive_sha256[:12]}"
+
+
+class KagglePin(ArchivePin):
+    """A Kaggle model version: an archive, fetched as exactly ``kaggle_version``."""
+
+    kaggle_version: int = Field(ge=1)
+    versioned_handle: str  # its model URL at that version, as hub.load is given it
+
+    def handles(self) -> list[str]:
+        """As an archive's, plus the versioned model URL; one download fills each key."""
+        found = super().handles()
+        if self.versioned_handle not in found:
+            found.append(self.versioned_handle)
+        return found
+
+    def derived_problems(self, root: Path, settings: Settings) -> list[str]:
+        problems = super().derived_problems(root, settings)
+        if problems:
+            return problems
+        handle = configured(self.handle, settings.kaggle_endpoint)
+        assert handle is not None  # expected_kind made this a KagglePin
+        if handle.version is not None and handle.version != self.kaggle_version:
+            problems.append(
+                f"kaggle_version is {self.kaggle_version}, the handle names version {handle.version}"
+            )
+        want = handle.with_version(self.kaggle_version).model_url
+        if self.versioned_handle != want:
+            problems.append(f"versioned_handle is {self.versioned_handle!r}, expected {want!r}")
+        return problems
+
+    def source(self, settings: Settings) -> str:
+        """Exactly the pinned version (``kaggle:o/m/f/v/N``), never "latest"."""
+        return str(pinned(self.handle, self.kaggle_version, settings.kaggle_endpoint))
+
+
+class GcsPin(PinBase):
+    """A gs:// folder read in place (UNCOMPRESSED), pinned per object."""
+
+    kind: Literal[Kind.GCS]
+    location: str
+    objects: list[GcsObject]
+
+    def derived_problems(self, root: Path, settings: Settings) -> list[str]:
+        problems = super().derived_problems(root, settings)
+        if problems:
+            return problems
+        if scheme_of(self.handle) == "gs" and self.location != self.handle:
+            problems.append(f"location is {self.location!r}, the handle makes it {self.handle!r}")
+        elif not self.location.startswith("gs://"):
+            problems.append(f"location is {self.location!r}, expected a gs:// folder")
+        return problems
+
+    def describe(self) -> str:
+        return self.location
+
+
+class FolderPin(PinBase):
+    """A local folder read in place, pinned by tree digest."""
+
+    kind: Literal[Kind.FOLDER]
+    location: str  # relative to the lock's folder when below it
+
+    def folder(self, root: Path) -> Path:
+        return (root / self.location).resolve()
+
+    def derived_problems(self, root: Path, settings: Settings) -> list[str]:
+        problems = super().derived_problems(root, settings)
+        if problems:
+            return problems
+        named = local_path(self.handle, root)
+        assert named is not None  # expected_kind made this a FolderPin
+        if self.folder(root) != named.resolve():
+            problems.append(
+                f"location is {self.location!r} ({self.folder(root)}), the handle names {named.resolve()}"
+            )
+        return problems
+
+    def describe(self) -> str:
+        return self.location
+
+
+def _tag(value: Any) -> str | None:
+    """Which member of :data:`Pin` a lock table (or a pin) is."""
+    if isinstance(value, PinBase):
+        return _kind_name(type(value))
+    if not isinstance(value, dict):
+        return None
+    kind = value.get("kind", Kind.ARCHIVE.value)  # missing: reported by the model, in order
+    if kind == Kind.ARCHIVE.value and "kaggle_version" in value:
+        return "kaggle"
+    return kind if isinstance(kind, str) else None
+
+
+Pin = Annotated[
+    Annotated[KagglePin, Tag("kaggle")]
+    | Annotated[ArchivePin, Tag(Kind.ARCHIVE.value)]
+    | Annotated[GcsPin, Tag(Kind.GCS.value)]
+    | Annotated[FolderPin, Tag(Kind.FOLDER.value)],
+    Discriminator(
+        _tag,
+        custom_error_type="pin_kind",
+        custom_error_message="kind must be 'archive', 'gcs' or 'folder'",
+    ),
+]
+"""One alias, resolved: whichever kind of pin it is."""
+
+_KINDS: dict[type[PinBase], str] = {
+    KagglePin: "kaggle",
+    ArchivePin: Kind.ARCHIVE.value,
+    GcsPin: Kind.GCS.value,
+    FolderPin: Kind.FOLDER.value,
+}
+
+
+TAGS = frozenset(_KINDS.values())
+"""The names of :data:`Pin`'s members, as pydantic puts them into an error's key path."""
+
+
+def _kind_name(cls: type[PinBase]) -> str:
+    """The kind as the lock writes it (a Kaggle archive says ``archive``)."""
+    return Kind.ARCHIVE.value if cls is KagglePin else _KINDS[cls]
+
+
+def expected_kind(handle: str, fmt: Format, root: Path, settings: Settings) -> type[PinBase]:
+    """The kind of pin ``hubpin lock`` makes of ``handle`` under ``fmt``, offline."""
+    if configured(handle, settings.kaggle_endpoint) is not None:
+        return KagglePin
+    return {Kind.ARCHIVE: ArchivePin, Kind.GCS: GcsPin, Kind.FOLDER: FolderPin}[
+        source_for(handle, fmt, root).kind
+    ]
