@@ -1,0 +1,130 @@
+"""``hubpin lock`` (and the locking a plain ``hubpin sync`` does first)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from hubpin import stamp
+from hubpin.cli.common import (
+    _count,
+    _json_needs_dry_run,
+    _known,
+    _project,
+    _say,
+    _size,
+    _sources,
+)
+from hubpin.cli.stamps import _stamp_after_lock
+from hubpin.errors import (
+    InputError,
+    StaleLockError,
+)
+from hubpin.lockfile import Lock, Pin, differences
+from hubpin.locking import lock_plan, lock_project
+from hubpin.project import Project
+from hubpin.sources import Sources
+
+
+def cmd_lock(args: argparse.Namespace) -> int:
+    project = _project(args)
+    manifest = project.manifest
+    _known(args.aliases, manifest.models, project.manifest_path)
+    _json_needs_dry_run(args)
+    if args.dry_run:
+        return _print_lock_plan(args, project, lock_plan(project, set(args.aliases)))
+    if args.check:
+        lock = project.read_lock()
+        problems = differences(lock, manifest, project.settings)
+        if problems:
+            raise StaleLockError(
+                f"{project.lock_path.name} is stale: {'; '.join(problems)}; run: hubpin lock"
+            )
+        _say(args, f"{project.lock_path.name} is up to date ({_count(len(lock.models), 'model')})")
+        return 0
+    fill = project.settings.lock_fills_cache if args.fill is None else args.fill
+    at_start = stamp.sources_state(project)
+    with _sources(project) as sources:
+        lock, changed = _lock(
+            args,
+            project,
+            sources,
+            set(args.aliases),
+            fill=fill,
+            must_fill=False,
+            upgrade=args.upgrade,
+        )
+    if lock is not None and fill:
+        _stamp_after_lock(project, args.argv, lock, at_start)
+    return 0 if changed is not None else 1
+
+
+def _lock(
+    args: argparse.Namespace,
+    project: Project,
+    sources: Sources,
+    force: set[str],
+    *,
+    fill: bool,
+    must_fill: bool,
+    upgrade: bool = False,
+) -> tuple[Lock | None, bool | None]:
+    """Run :func:`hubpin.locking.lock_project`, saying what it pins; (lock, changed) or (None, None)."""
+    done = lock_project(
+        project,
+        sources,
+        force,
+        fill_cache=fill,
+        must_fill=must_fill,
+        upgrade=upgrade,
+        on_pinned=lambda alias, pin: _say(args, f"pinned {alias} → {_describe(pin)}"),
+        on_failed=lambda exc: print(f"hubpin: error: {exc}", file=sys.stderr),
+    )
+    name = project.lock_path.name
+    if done.failures:
+        _say(args, f"{name} not written: {len(done.failures)} of {done.pinned} models failed")
+        if max(f.exit_code for f in done.failures) == 2:
+            raise InputError(
+                f"{len(done.failures)} model(s) could not be pinned; fix the manifest and run: hubpin lock"
+            )
+        return None, None
+    assert done.lock is not None
+    _say(
+        args,
+        f"{'wrote' if done.changed else 'unchanged'} {name}: {_count(len(done.lock.models), 'model')} "
+        f"({done.pinned} pinned, {done.kept} kept)",
+    )
+    return done.lock, done.changed
+
+
+_LOCK_ACTIONS = ("pin", "keep", "drop")
+
+
+def _print_lock_plan(args: argparse.Namespace, project: Project, rows: list[dict[str, Any]]) -> int:
+    totals = {action: sum(r["action"] == action for r in rows) for action in _LOCK_ACTIONS}
+    if args.json:
+        doc = {
+            "command": "lock",
+            "dry_run": True,
+            "lock": str(project.lock_path),
+            "models": rows,
+            "totals": totals,
+        }
+        print(json.dumps(doc, indent=2))
+        return 0
+    _say(args, f"{'ALIAS':<20} {'ACTION':<8} {'SIZE':>10}  REASON")
+    for r in rows:
+        size = "?" if r["size"] is None else _size(r["size"])
+        _say(args, f"{r['alias']:<20} {r['action']:<8} {size:>10}  {r['reason']}")
+    _say(
+        args,
+        f"dry run: {totals['pin']} to pin, {totals['keep']} kept, {totals['drop']} dropped; "
+        f"{project.lock_path.name} not written",
+    )
+    return 0
+
+
+def _describe(pin: Pin) -> str:
+    return f"{pin.describe()} ({pin.file_count} files, {_size(pin.unpacked_size)})"

@@ -1,0 +1,245 @@
+"""The command line: every command, its flags and help (read by the README check)."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from hubpin.cli.lock import cmd_lock
+from hubpin.cli.manage import cmd_add, cmd_bundle, cmd_env, cmd_prune, cmd_remove
+from hubpin.cli.report import (
+    cmd_outdated,
+    cmd_resolve,
+    cmd_status,
+    cmd_verify,
+)
+from hubpin.cli.sync import cmd_sync
+from hubpin.handles import Format
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("project options")
+    g.add_argument(
+        "-m", "--manifest", type=Path, default=argparse.SUPPRESS, help="models.toml to use"
+    )
+    g.add_argument(
+        "--lock",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="lock file (default: <manifest stem>.lock)",
+    )
+    g.add_argument(
+        "--cache-dir",
+        "--tfhub_cache_dir",
+        dest="cache_dir",
+        default=argparse.SUPPRESS,
+        help="cache folder (default: TFHUB_CACHE_DIR, hubpin.toml, $TMPDIR/tfhub_modules)",
+    )
+    g.add_argument(
+        "--tfhub_model_load_format",
+        "--format-default",
+        dest="load_format",
+        type=_format,
+        default=argparse.SUPPRESS,
+        help="default format for models that set none (COMPRESSED, UNCOMPRESSED, AUTO)",
+    )
+    g.add_argument(
+        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="errors only"
+    )
+    g.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="more detail"
+    )
+    g.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=argparse.SUPPRESS,
+        help="progress bars (default: when stderr is a terminal)",
+    )
+
+    parser = _Parser(
+        prog="hubpin",
+        parents=[common],
+        description="Pin TensorFlow Hub models in a lock and sync them into tensorflow_hub's cache.",
+    )
+    parser.add_argument(
+        "--version",
+        action="store_true",
+        help="print hubpin's version (with -v, also those of the packages that decide its behaviour)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(
+        name: str, func: Callable[[argparse.Namespace], int], help: str
+    ) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    p = command("lock", cmd_lock, "pin every model of the manifest into the lock")
+    check = p.add_mutually_exclusive_group()
+    check.add_argument(
+        "--check", action="store_true", help="exit 1 if the lock is missing or stale (no network)"
+    )
+    _dry_run_flags(p, check, "what would be pinned, kept or dropped (no network, writes nothing)")
+    check.add_argument(
+        "--upgrade",
+        action="store_true",
+        help="move unversioned Kaggle handles to their current version (ALIAS…: only these)",
+    )
+    p.add_argument(
+        "--fill",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also unpack what is downloaded into the cache, so a later sync has nothing to fetch "
+        "(default: the lock_fills_cache setting, true); --no-fill only hashes",
+    )
+    p.add_argument(
+        "aliases", nargs="*", metavar="ALIAS", help="re-pin only these (default: new or changed)"
+    )
+
+    p = command("sync", cmd_sync, "make the cache match the lock (locking first if needed)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--locked", action="store_true", help="fail (exit 1) instead of updating a stale lock"
+    )
+    mode.add_argument(
+        "--frozen", action="store_true", help="use the lock as is, without reading the manifest"
+    )
+    p.add_argument("--offline", action="store_true", help="never open a network connection")
+    p.add_argument("--jobs", "-j", type=int, default=None, help="models synced at once")
+    p.add_argument(
+        "--verify", action="store_true", help="re-hash present entries instead of the size check"
+    )
+    p.add_argument(
+        "--from",
+        dest="bundle",
+        default=None,
+        metavar="BUNDLE",
+        help="take archives only from what `hubpin bundle` wrote (a folder or gs://bucket/prefix), "
+        "verified against the lock; never from upstream",
+    )
+    _dry_run_flags(
+        p,
+        p,
+        "what would be downloaded, adopted, replaced or left (no network if locked; writes nothing)",
+    )
+    p.add_argument("aliases", nargs="*", metavar="ALIAS")
+
+    p = command("verify", cmd_verify, "re-hash cached models against the lock")
+    p.add_argument("--repair", action="store_true", help="re-fetch whatever is damaged")
+    p.add_argument("--json", action="store_true", help="machine-readable report on stdout")
+    p.add_argument("aliases", nargs="*", metavar="ALIAS")
+
+    p = command("status", cmd_status, "one row per alias: format, size, cache state")
+    p.add_argument("--json", action="store_true", help="machine-readable report on stdout")
+
+    p = command(
+        "resolve", cmd_resolve, "print the local path (COMPRESSED) or gs:// location of an alias"
+    )
+    p.add_argument("alias", metavar="ALIAS")
+
+    p = command("prune", cmd_prune, "remove cache entries and leftovers the lock does not name")
+    p.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+
+    p = command("add", cmd_add, "add a model to the manifest")
+    p.add_argument("alias", metavar="ALIAS")
+    p.add_argument("handle", metavar="HANDLE")
+    p.add_argument("--format", type=_format, default=None, dest="model_format")
+
+    p = command("remove", cmd_remove, "remove models from the manifest and the lock")
+    p.add_argument("aliases", nargs="+", metavar="ALIAS")
+
+    p = command(
+        "bundle",
+        cmd_bundle,
+        "write the locked archives and the lock to a folder, a .tar or gs://bucket/prefix, "
+        "for `hubpin sync --from OUT` (air-gapped machines, fleets)",
+    )
+    p.add_argument(
+        "out",
+        metavar="OUT",
+        help="a folder, a .tar file or gs://bucket/prefix; rerunning finishes an interrupted "
+        "bundle and writes only what is missing",
+    )
+    p.add_argument("aliases", nargs="*", metavar="ALIAS")
+
+    p = command(
+        "outdated",
+        cmd_outdated,
+        "locked vs current version of each Kaggle-hosted model; exit 1 if any is behind",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable report on stdout")
+
+    command("env", cmd_env, "print shell exports that point tensorflow_hub at this cache")
+    return parser
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a one-line suggestion for a mistyped command (``synk`` → sync)."""
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if isinstance(action, argparse._SubParsersAction) and value not in action.choices:
+            names = list(action.choices)
+            close = difflib.get_close_matches(value, names, n=3)
+            hint = (
+                f"did you mean: {', '.join(close)}?" if close else f"commands: {', '.join(names)}"
+            )
+            self.exit(2, f"{self.prog}: error: unknown command {value!r}; {hint}\n")
+        super()._check_value(action, value)
+
+
+def _dry_run_flags(
+    p: argparse.ArgumentParser, group: argparse._ActionsContainer, help: str
+) -> None:
+    group.add_argument("--dry-run", action="store_true", help=help)
+    p.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON on stdout")
+
+
+_VERSIONED = (
+    "tensorflow",
+    "tensorflow-hub",
+    "kagglehub",
+    "isal",
+    "gcsfs",
+    "urllib3",
+    "pydantic",
+    "google-crc32c",
+)
+
+
+def _versions(verbose: bool) -> list[str]:
+    import importlib.metadata
+    import platform
+
+    def version(name: str) -> str | None:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    from hubpin import __version__
+
+    lines = [f"hubpin {version('hubpin') or __version__}"]
+    if verbose:
+        python = (
+            f"{platform.python_version()} ({platform.python_implementation()}, {sys.executable})"
+        )
+        lines.append(f"  {'python':<15} {python}")
+        lines.append(f"  {'platform':<15} {platform.platform()}")
+        for name in _VERSIONED:
+            lines.append(f"  {name:<15} {version(name) or 'not installed'}")
+    return lines
+
+
+def _format(value: str) -> Format:
+    try:
+        return Format(value.upper())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a format (expected COMPRESSED, UNCOMPRESSED or AUTO)"
+        ) from None
