@@ -51,14 +51,19 @@ def crc32c_available() -> bool:
 
 @dataclass(frozen=True)
 class Declared:
-    """What a response says about its body: total size and base64 CRC32C / MD5 (None: not said)."""
+    """What a host says about a body: total size and base64 CRC32C / MD5 / SHA-256 (None: not
+    said). S3 declares an object's SHA-256 (``x-amz-checksum-sha256``) when it was uploaded
+    with one; it costs nothing to check, since every archive's SHA-256 is computed anyway.
+    ``by`` names where the values came from, for the message when they do not match."""
 
     length: int | None = None
     crc32c: str | None = None
     md5: str | None = None
+    sha256: str | None = None
+    by: str = "Content-Length/X-Goog-Hash"
 
     def __bool__(self) -> bool:
-        return self.length is not None or self.crc32c is not None or self.md5 is not None
+        return any(v is not None for v in (self.length, self.crc32c, self.md5, self.sha256))
 
 
 def _header_values(headers: Any, name: str) -> list[str]:
@@ -156,6 +161,7 @@ class Checker:
                 ("length", self.declared.length is not None),
                 ("crc32c", self._crc is not None),
                 ("md5", self._md5 is not None),
+                ("sha256", self.declared.sha256 is not None),
             )
             if on
         ]
@@ -169,30 +175,36 @@ class Checker:
         if self._md5 is not None:
             self._md5.update(chunk)
 
-    def computed(self) -> Declared:
-        """What the bytes seen so far have: size, and the checksums being computed."""
+    def computed(self, sha256: bytes | None = None) -> Declared:
+        """What the bytes seen so far have: size, and the checksums being computed (SHA-256 is
+        the caller's, who computes it anyway)."""
         crc = (
             base64.b64encode(self._crc.to_bytes(4, "big")).decode()
             if self._crc is not None
             else None
         )
         md5 = base64.b64encode(self._md5.digest()).decode() if self._md5 is not None else None
-        return Declared(self.size, crc, md5)
+        sha = base64.b64encode(sha256).decode() if sha256 is not None else None
+        return Declared(self.size, crc, md5, sha)
 
-    def check(self, where: str) -> None:
-        """Raise unless every declared value that was computed matches; ``where`` names the download.
+    def check(self, where: str, sha256: bytes | None = None) -> None:
+        """Raise unless every declared value that was computed matches; ``where`` names the download,
+        ``sha256`` is the digest of the bytes (compared when the host declared one).
 
         A body shorter than its declared length is a :class:`TruncatedError`
         (the transfer stopped); any other difference is a "corrupt download"
         :class:`IntegrityError` naming the declared and the computed checksums.
         """
-        declared, got = self.declared, self.computed()
+        declared, got = (
+            self.declared,
+            self.computed(sha256 if self.declared.sha256 is not None else None),
+        )
         if declared.length is not None and got.length is not None and got.length < declared.length:
             raise TruncatedError(
                 f"{where}: download truncated: got {got.length} of the {declared.length} bytes "
                 "the server declared"
             )
-        names = [n for n in ("crc32c", "md5") if getattr(got, n) is not None]
+        names = [n for n in ("crc32c", "md5", "sha256") if getattr(got, n) is not None]
         bad_length = declared.length is not None and got.length != declared.length
         bad_hash = any(getattr(got, n) != getattr(declared, n) for n in names)
         if not (bad_length or bad_hash):
@@ -204,6 +216,6 @@ class Checker:
             seen.insert(0, f"{got.length} bytes")
         raise IntegrityError(
             f"{where}: corrupt download: the server declared {', '.join(said)} "
-            f"(Content-Length/X-Goog-Hash) but the bytes received have {', '.join(seen)}; "
+            f"({declared.by}) but the bytes received have {', '.join(seen)}; "
             "nothing was pinned or published, run the command again"
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -49,6 +49,11 @@ class Settings(BaseModel):
     max_members: int = Field(default=100_000, ge=1)
     gcs_project: str | None = None
     gcs_token: str | None = None
+    s3_endpoint: str | None = None
+    s3_region: str | None = None
+    s3_profile: str | None = None
+    s3_anonymous: bool = False
+    s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
     kaggle_endpoint: str | None = None
     mirrors: list[Mirror] = Field(default_factory=list)
 

@@ -201,7 +201,7 @@ class HashingReader(io.RawIOBase):
         self.catch_up()
         if self._exhausted and self._checker is not None:
             checker, self._checker = self._checker, None
-            checker.check(self._where)
+            checker.check(self._where, self._sha256.digest())
         return self._sha256.hexdigest()
 
     def short_or(self, error: HubpinError) -> HubpinError:

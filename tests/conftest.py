@@ -14,6 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from gcs_emulator import Emulator, GcsServer
 from hubserver import HubServer
+from moto_s3 import KEY_ID, SECRET, MotoS3
 from savedmodels import build_affine, pack
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -79,6 +80,33 @@ def fake_gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsSer
     server = FakeGcsServer().start(tmp_path_factory.mktemp("fake-gcs") / "fake-gcs-server.log")
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoS3]:
+    """moto's S3 server, one for the session (it enforces If-None-Match and If-Match)."""
+    pytest.importorskip("botocore")
+    pytest.importorskip("moto.server")
+    server = MotoS3().start(tmp_path_factory.mktemp("moto") / "moto.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(moto_server: MotoS3, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> MotoS3:
+    """moto's server reached as AWS tools reach a store: endpoint and keys in the environment,
+    and no shared config or credentials file of the user's (nor instance metadata) in the way."""
+    for var in list(os.environ):
+        if var.startswith("AWS_"):
+            monkeypatch.delenv(var)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", moto_server.url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    return moto_server
 
 
 EMULATORS = ("gcp-storage-emulator", "fake-gcs-server")

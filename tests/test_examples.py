@@ -159,11 +159,11 @@ def test_settings_example_documents_every_setting_and_its_values_are_valid(tmp_p
     from hubpin.settings import Settings, load_settings
 
     text = (EXAMPLES.parent / "hubpin.toml.example").read_text(encoding="utf-8")
-    shown = set(re.findall(r"^# ([a-z_]+) = ", text, re.M)) | set(
+    shown = set(re.findall(r"^# ([a-z0-9_]+) = ", text, re.M)) | set(
         re.findall(r"^# \[\[([a-z_]+)\]\]", text, re.M)
     )
     assert shown - {"prefix", "replace"} == set(Settings.model_fields)  # those two: [[mirrors]]
-    live = re.sub(r"^# (?=[a-z_]+ = |\[\[)", "", text, flags=re.M)
+    live = re.sub(r"^# (?=[a-z0-9_]+ = |\[\[)", "", text, flags=re.M)
     live = "\n".join(
         line for line in live.splitlines() if not line.startswith("#") or line.startswith("#!")
     )
