@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,10 +36,58 @@ class Model:
         return [x * self.scale + self.bias for x in xs]
 
 
+# Variables that name a cache, a credential or an endpoint on this machine: the suite never
+# inherits them, so what a developer has set cannot change a result or receive a write.
+_MACHINE_PREFIXES = ("HUBPIN_", "TFHUB_", "KAGGLE", "HF_", "HUGGINGFACE_")
+_MACHINE_NAMES = ("STORAGE_EMULATOR_HOST", "KERAS_HOME")
+
+
+def machine_env(root: Path) -> dict[str, str]:
+    """Every default cache a test could write, moved under ``root``.
+
+    ``TMPDIR`` matters because tensorflow_hub's and hubpin's default cache is
+    ``$TMPDIR/tfhub_modules``; the others are where hubpin's stamps, kagglehub, Hugging Face
+    and Keras keep theirs (``~/.cache/...``, ``~/.keras``) and where Kaggle credentials are read.
+    """
+    (root / "tmp").mkdir(parents=True, exist_ok=True)  # tempfile skips a TMPDIR that is missing
+    return {
+        "TMPDIR": str(root / "tmp"),
+        "XDG_CACHE_HOME": str(root / "xdg-cache"),
+        "KAGGLEHUB_CACHE": str(root / "kagglehub"),
+        "KAGGLE_CONFIG_DIR": str(root / "kaggle-config"),
+        "HF_HOME": str(root / "huggingface"),
+        "KERAS_HOME": str(root / "keras"),
+    }
+
+
+def _isolate(
+    set_var: Callable[[str, str], None], del_var: Callable[[str], None], root: Path
+) -> None:
+    for var in list(os.environ):
+        if var.startswith(_MACHINE_PREFIXES) or var in _MACHINE_NAMES:
+            del_var(var)
+    for var, value in machine_env(root).items():
+        set_var(var, value)
+
+
+# Before any test module is imported (huggingface_hub and keras read their folders at import)
+# and before session fixtures run; pytest's own tmp_path stays under the real temp folder.
+os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", tempfile.gettempdir())
+SUITE_MACHINE = Path(tempfile.mkdtemp(prefix="hubpin-suite-"))
+_isolate(os.environ.__setitem__, os.environ.__delitem__, SUITE_MACHINE)
+tempfile.tempdir = os.environ["TMPDIR"]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(SUITE_MACHINE, ignore_errors=True)
+
+
 @pytest.fixture(autouse=True)
-def own_stamps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No-op stamps (hubpin.stamp) go to this test's folder, never the user's ~/.cache."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+def isolated_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test (and every process it starts) has its own default caches, credentials and
+    temp folder, so the suite never reads or writes the machine's (.ci/run checks that)."""
+    _isolate(monkeypatch.setenv, monkeypatch.delenv, tmp_path / "machine")
+    monkeypatch.setattr(tempfile, "tempdir", os.environ["TMPDIR"])
 
 
 @pytest.fixture(scope="session")
