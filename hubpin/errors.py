@@ -86,6 +86,13 @@ class Interrupted(HubpinError):
     exit_code = 130
 
 
+class MissingDependencyError(HubpinError, ModuleNotFoundError):
+    """The runtime API needs TensorFlow (the ``tf`` extra), which this environment lacks.
+
+    Still a ``ModuleNotFoundError``, so code that already catches the import failure keeps working.
+    """
+
+
 class CacheError(HubpinError):
     """The cache cannot be read or written (permissions, disk full, lock held)."""
 

@@ -9,15 +9,19 @@ TensorFlow and tensorflow_hub are imported only when a model is actually loaded.
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
 import threading
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from hubpin.errors import (
     DamagedEntryError,
     HubpinError,
     LockMissingError,
+    MissingDependencyError,
     NotSyncedError,
     StaleLockError,
     unknown_alias,
@@ -118,10 +122,9 @@ class Lock:
         verify: bool = False,
     ) -> Any:
         """``hub.load`` on the pinned entry, with the pinned tags and io_device."""
+        tf = _needs("tensorflow", "hubpin.load")
         pin = self.pin(alias)
         path = self.resolve(alias, verify=verify)
-        import tensorflow as tf
-
         options = options or _load_options(pin)
         if tags is None:
             tags = pin.tags
@@ -141,9 +144,9 @@ class Lock:
 
     def KerasLayer(self, alias: str, **kwargs: Any) -> Any:
         """A ``tensorflow_hub.KerasLayer`` on the pinned entry."""
+        hub = _needs("tensorflow_hub", "hubpin.KerasLayer")
         pin = self.pin(alias)
         path = self.resolve(alias)
-        import tensorflow_hub as hub
 
         if pin.tags is not None:
             kwargs.setdefault("tags", pin.tags)
@@ -153,8 +156,7 @@ class Lock:
 
     def install(self, strict: bool = True) -> None:
         """Make tensorflow_hub resolve pinned handles through this lock (and, strictly, only those)."""
-        from tensorflow_hub import registry
-
+        registry = _needs("tensorflow_hub.registry", "hubpin.install")
         registry.resolver.add_implementation(_PinnedResolver(self, strict))
 
 
@@ -190,9 +192,31 @@ class _PinnedResolver:
 def _load_options(pin: Pin) -> tf.saved_model.LoadOptions | None:
     if not pin.io_device:
         return None
-    import tensorflow as tf
-
+    tf = _needs("tensorflow", "hubpin.load")
     return tf.saved_model.LoadOptions(experimental_io_device=pin.io_device)
+
+
+_TF_PACKAGES = {"tensorflow", "tensorflow_hub", "tf_keras"}
+
+
+def _needs(module: str, what: str) -> ModuleType:
+    """Import a TensorFlow module for the runtime API, or say in one line what to install.
+
+    The CLI and ``import hubpin`` work without TensorFlow, so a slim environment reaches this
+    point; a bare ModuleNotFoundError would not say that hubpin's ``tf`` extra is the fix.
+    """
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").split(".")[0]
+        if missing not in _TF_PACKAGES:
+            raise
+        raise MissingDependencyError(
+            f"{what} needs {missing}, which is not installed in {sys.executable}; install "
+            "hubpin's tf extra from its checkout (no release is published yet): "
+            "pip install '/path/to/hubpin[tf]' (or: pip install tensorflow tensorflow-hub tf-keras)",
+            name=missing,
+        ) from None
 
 
 def _find_lock(path: str | os.PathLike[str] | None) -> Path:

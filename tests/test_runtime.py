@@ -196,3 +196,39 @@ def test_uncompressed_alias_loads_its_pinned_gs_location_with_its_options(
         env={"TFHUB_MODEL_LOAD_FORMAT": "UNCOMPRESSED"},
     )
     assert out.strip().splitlines()[-1] == location
+
+
+# A Python without TensorFlow, as a slim image that has only the CLI's dependencies: the
+# modules are hidden by a meta-path finder that answers as a missing install does.
+WITHOUT_TF = """
+import sys
+class _NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("tensorflow", "tensorflow_hub", "tf_keras"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, _NotInstalled())
+"""
+
+
+def test_without_tensorflow_the_api_says_what_to_install(synced: Project) -> None:
+    out = run_python(
+        WITHOUT_TF
+        + "import hubpin\n"
+        + "print(hubpin.resolve('double'))\n"
+        + "for call in (lambda: hubpin.load('double'), lambda: hubpin.KerasLayer('double'),\n"
+        + "             hubpin.install):\n"
+        + "    try:\n"
+        + "        call()\n"
+        + "    except ModuleNotFoundError as e:\n"
+        + "        print(type(e).__name__, isinstance(e, hubpin.HubpinError), e.name, '|', e)\n",
+        cwd=synced.root,
+    )
+    resolved, *errors = out.splitlines()
+    assert Path(resolved).is_dir()  # resolve needs no TensorFlow
+    assert len(errors) == 3, out
+    for api, line in zip(("load", "KerasLayer", "install"), errors, strict=True):
+        said, _, message = line.partition(" | ")
+        missing = "tensorflow" if api == "load" else "tensorflow_hub"
+        assert said == f"MissingDependencyError True {missing}", line
+        assert message.startswith(f"hubpin.{api} needs {missing}, which is not installed"), line
+        assert "pip install '/path/to/hubpin[tf]'" in message, line
