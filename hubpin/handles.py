@@ -74,12 +74,12 @@ def check_handle(handle: str) -> str | None:
     elif scheme == "file":
         if not urllib.parse.urlsplit(handle).path:
             return "a file:// handle needs a path"
-    elif scheme == "kaggle":
+    elif scheme in ("kaggle", "keras-hub"):
         pass  # checked by hubpin.kaggle.parse_handle, which knows Kaggle's handle form
     elif scheme:
         return (
             f"unsupported scheme {scheme!r} (expected https://, http://, gs://, kaggle:, "
-            "file:// or a path)"
+            "keras-hub:, file:// or a path)"
         )
     return None
 
@@ -113,7 +113,7 @@ def source_for(handle: str, fmt: Format, base: Path) -> Source:
         return Source(Kind.ARCHIVE, append_query(handle, "compressed"))
     if scheme == "gs":
         return Source(Kind.ARCHIVE if is_archive_name(handle) else Kind.GCS, handle)
-    if scheme == "kaggle":  # a kagglehub handle: an archive from Kaggle's API
+    if scheme in ("kaggle", "keras-hub"):  # a kagglehub handle: an archive from Kaggle's API
         return Source(Kind.ARCHIVE, handle)
     path = local_path(handle, base)
     assert path is not None

@@ -32,6 +32,7 @@ from typing import Protocol
 
 from hubpin.errors import FetchError, InputError
 from hubpin.handles import strip_query
+from hubpin.kerashub import is_preset_handle, preset_kaggle_handle
 
 # -- Handles ---------------------------------------------------------------------------
 
@@ -149,7 +150,8 @@ class KaggleHandle:
 def parse_handle(handle: str, endpoint: str | None = None) -> KaggleHandle | None:
     """The Kaggle model ``handle`` names, or None when it is not a Kaggle handle.
 
-    Accepted: ``kaggle:o/m/f/v[/N]``; ``https://www.kaggle.com/models/o/m/f/v[/N]``
+    Accepted: ``kaggle:o/m/f/v[/N]``; ``keras-hub:<preset>`` (:mod:`hubpin.kerashub`);
+    ``https://www.kaggle.com/models/o/m/f/v[/N]``
     (also ``kaggle.com``, and the long form ``.../o/m/frameworks/f/variations/v/versions/N``
     that Kaggle's pages show); the same paths on ``endpoint``'s host (a test
     server or a company proxy). Query and fragment are ignored (tfhub.dev adds
@@ -158,6 +160,9 @@ def parse_handle(handle: str, endpoint: str | None = None) -> KaggleHandle | Non
     """
     if handle.startswith("kaggle:"):
         return _from_parts(handle[len("kaggle:") :].split("/"), handle, handle)
+    if is_preset_handle(handle):  # keras-hub:<preset>: the version keras_hub maps it to
+        mapped = preset_kaggle_handle(handle)
+        return _from_parts(mapped[len("kaggle:") :].split("/"), mapped, f"{handle} ({mapped})")
     parts = urllib.parse.urlsplit(handle)
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
@@ -584,8 +589,16 @@ def configured(handle: str, kaggle_endpoint: str | None) -> KaggleHandle | None:
     return parse_handle(handle, endpoint(kaggle_endpoint))
 
 
-def pinned(handle: str, version: int, kaggle_endpoint: str | None) -> KaggleHandle:
-    """The exact version a lock pins for a Kaggle handle (the lock never says "latest")."""
+def pinned(
+    handle: str, version: int, kaggle_endpoint: str | None, versioned_handle: str | None = None
+) -> KaggleHandle:
+    """The exact version a lock pins for a Kaggle handle (the lock never says "latest").
+
+    A ``keras-hub:<preset>`` handle is read from the lock's ``versioned_handle``, so
+    sync needs no keras_hub installed (only lock, which maps the name, does).
+    """
+    if is_preset_handle(handle) and versioned_handle:
+        handle = versioned_handle
     found = configured(handle, kaggle_endpoint)
     if found is None:
         raise InputError(

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from hubpin.handles import Format, Kind, cache_key, local_path, scheme_of, source_for
 from hubpin.kaggle import configured, pinned
+from hubpin.kerashub import is_preset_handle, keras_hub_root
 from hubpin.settings import Settings
 
 SHA256 = r"^[0-9a-f]{64}$"
@@ -149,6 +150,17 @@ class KagglePin(ArchivePin):
         problems = super().derived_problems(root, settings)
         if problems:
             return problems
+        if is_preset_handle(self.handle) and keras_hub_root() is None:
+            return problems  # mapped by keras_hub at lock time; nothing to recompute without it
+        if is_preset_handle(self.handle):
+            handle = configured(self.handle, settings.kaggle_endpoint)
+            assert handle is not None and handle.version is not None
+            if handle.model_url != self.versioned_handle:
+                problems.append(
+                    f"versioned_handle is {self.versioned_handle!r}, the installed keras_hub "
+                    f"maps the preset to {handle.model_url!r}"
+                )
+            return problems
         handle = configured(self.handle, settings.kaggle_endpoint)
         assert handle is not None  # expected_kind made this a KagglePin
         if handle.version is not None and handle.version != self.kaggle_version:
@@ -162,7 +174,11 @@ class KagglePin(ArchivePin):
 
     def source(self, settings: Settings) -> str:
         """Exactly the pinned version (``kaggle:o/m/f/v/N``), never "latest"."""
-        return str(pinned(self.handle, self.kaggle_version, settings.kaggle_endpoint))
+        return str(
+            pinned(
+                self.handle, self.kaggle_version, settings.kaggle_endpoint, self.versioned_handle
+            )
+        )
 
 
 class GcsPin(PinBase):
@@ -255,7 +271,7 @@ def _kind_name(cls: type[PinBase]) -> str:
 
 def expected_kind(handle: str, fmt: Format, root: Path, settings: Settings) -> type[PinBase]:
     """The kind of pin ``hubpin lock`` makes of ``handle`` under ``fmt``, offline."""
-    if configured(handle, settings.kaggle_endpoint) is not None:
+    if is_preset_handle(handle) or configured(handle, settings.kaggle_endpoint) is not None:
         return KagglePin
     return {Kind.ARCHIVE: ArchivePin, Kind.GCS: GcsPin, Kind.FOLDER: FolderPin}[
         source_for(handle, fmt, root).kind

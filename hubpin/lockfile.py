@@ -17,6 +17,8 @@ import tomli_w
 from pydantic import BaseModel, ConfigDict, Field
 
 from hubpin.errors import LockfileError, LockMissingError
+from hubpin.kaggle import parse_handle
+from hubpin.kerashub import is_preset_handle, keras_hub_root, keras_hub_version
 from hubpin.kinds import TAGS as PIN_TAGS
 from hubpin.kinds import (
     ArchivePin,
@@ -82,11 +84,33 @@ def manifest_digest(manifest: Manifest, settings: Settings) -> str:
 def input_changes(spec: ModelSpec, pin: PinBase, settings: Settings) -> list[str]:
     """How a manifest entry differs from what its pin was made from, one phrase per field."""
     want, have = spec_inputs(spec, settings), pin.inputs()
-    return [
+    changes = [
         f"{key} is {want[key]!r} in the manifest, {have[key]!r} in the lock"
         for key in want
         if want[key] != have[key]
     ]
+    moved = preset_moved(spec, pin)
+    return [*changes, moved] if moved else changes
+
+
+def preset_moved(spec: ModelSpec, pin: PinBase) -> str | None:
+    """For ``keras-hub:<preset>``: how the installed keras_hub's mapping differs from the lock.
+
+    The mapping is an input the manifest does not hold: upgrading keras_hub can
+    move a preset to a new Kaggle version, which unmodified ``from_preset`` would
+    then ask for. Without keras_hub installed (a slim sync image) there is nothing
+    to compare, and the lock stands.
+    """
+    if not is_preset_handle(spec.handle) or keras_hub_root() is None:
+        return None
+    mapped = parse_handle(spec.handle)
+    locked = pin.versioned_handle if isinstance(pin, KagglePin) else None
+    if mapped is None or pin.handle != spec.handle or mapped.model_url == locked:
+        return None
+    return (
+        f"the installed keras_hub {keras_hub_version()} maps {spec.handle} to {mapped}, "
+        f"the lock pins {locked}"
+    )
 
 
 def differences(lock: Lock, manifest: Manifest, settings: Settings) -> list[str]:

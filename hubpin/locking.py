@@ -17,7 +17,15 @@ from typing import Any
 from hubpin.errors import CacheError, HubpinError, InputError
 from hubpin.kaggle import configured
 from hubpin.kinds import KagglePin
-from hubpin.lockfile import Lock, Pin, input_changes, manifest_digest, spec_inputs, write_lock
+from hubpin.lockfile import (
+    Lock,
+    Pin,
+    input_changes,
+    manifest_digest,
+    preset_moved,
+    spec_inputs,
+    write_lock,
+)
 from hubpin.manifest import ModelSpec
 from hubpin.pin import pin_into_cache
 from hubpin.project import Project
@@ -155,6 +163,7 @@ def partition(
             pin is not None
             and alias not in force
             and pin.inputs() == spec_inputs(spec, project.settings)
+            and not preset_moved(spec, pin)
         ):
             kept[alias] = pin
         else:

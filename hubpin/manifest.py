@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from hubpin.errors import InputError, ManifestError
 from hubpin.handles import Format, check_handle
 from hubpin.kaggle import parse_handle
+from hubpin.kerashub import PREFIX as PRESET
+from hubpin.kerashub import is_preset_handle, keras_hub_root
 from hubpin.settings import Settings
 from hubpin.tomlfile import read_toml, tomllib, validate
 
@@ -58,6 +60,9 @@ class ModelSpec(BaseModel):
 def _problem(handle: str) -> str | None:
     """Why ``handle`` cannot be a handle (Kaggle's form included), or None."""
     problem = check_handle(handle)
+    if is_preset_handle(handle) and keras_hub_root() is None:
+        # mapped at lock time; sync and lock --check work from the lock without keras_hub
+        return problem or (None if handle[len(PRESET) :] else "a keras-hub: handle names a preset")
     if problem is None:
         try:
             parse_handle(handle)

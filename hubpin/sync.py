@@ -273,7 +273,9 @@ class Syncer:
             self.cache.publish(key, work, Record(handle, pin.tree_digest, record.tree))
 
     def _kaggle_handle(self, pin: KagglePin) -> KaggleHandle:
-        return pinned(pin.handle, pin.kaggle_version, self.settings.kaggle_endpoint)
+        return pinned(
+            pin.handle, pin.kaggle_version, self.settings.kaggle_endpoint, pin.versioned_handle
+        )
 
     def _in_kagglehub(self, pin: KagglePin) -> bool:
         return in_kagglehub_cache(kagglehub_cache_root(), self._kaggle_handle(pin))

@@ -49,6 +49,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import google_crc32c
@@ -273,6 +274,8 @@ class KaggleServer:
 
     def _dispatch(self, req: BaseHTTPRequestHandler, role: str) -> None:
         parts = urllib.parse.urlsplit(req.path)
+        if parts.netloc and parts.netloc == urllib.parse.urlsplit(self.storage_url).netloc:
+            role = "storage"  # used as a proxy (an absolute URI): storage's request, passed on
         length = int(req.headers.get("Content-Length") or 0)
         body = req.rfile.read(length) if length else b""
         entry = Logged(
@@ -571,3 +574,18 @@ def _reply(
     req.end_headers()
     if req.command != "HEAD":
         req.wfile.write(body)
+
+
+def start_isolated(tmp_path: Path, monkeypatch: Any) -> KaggleServer:
+    """A started stand-in reached through HUBPIN_KAGGLE_ENDPOINT, with no KAGGLE_* variable
+    of the machine's, and HOME and kagglehub's cache in ``tmp_path`` (``monkeypatch`` undoes it)."""
+    import os
+
+    for var in list(os.environ):
+        if var.startswith("KAGGLE"):
+            monkeypatch.delenv(var)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kagglehub"))
+    server = KaggleServer().start()
+    monkeypatch.setenv("HUBPIN_KAGGLE_ENDPOINT", server.url)
+    return server

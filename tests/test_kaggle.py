@@ -842,7 +842,12 @@ def test_synced_folder_is_what_kagglehub_returns_offline(
     assert marker.read_bytes() == b"" and in_kagglehub_cache(root, pinned)
     pb = "saved_model.pb"
     assert (entry / pb).stat().st_ino == (verified / pb).stat().st_ino  # hard-linked, one copy
-    assert sorted(p.name for p in entry.parent.iterdir()) == ["2", "2.complete"]  # no leftovers
+    assert sorted(p.name for p in entry.parent.iterdir()) == [".complete", "2", "2.complete"]
+    files = sorted(p.relative_to(entry).as_posix() for p in entry.rglob("*") if p.is_file())
+    markers = entry.parent / ".complete" / "2"
+    assert sorted(p.relative_to(markers).as_posix() for p in markers.rglob("*.complete")) == [
+        f"{f}.complete" for f in files
+    ]  # one per file, as kagglehub's model_download(handle, path) looks for
     kaggle.stop()
 
     wire = Tripwire()
@@ -857,6 +862,9 @@ def test_synced_folder_is_what_kagglehub_returns_offline(
         path = kagglehub.model_download(pinned.kagglehub_handle)
         assert Path(path) == entry
         assert wire.connections == 0  # a cached versioned handle: no request at all
+        for name in files:  # file by file, as KerasHub's from_preset asks: no request either
+            assert Path(kagglehub.model_download(pinned.kagglehub_handle, name)) == entry / name
+        assert wire.connections == 0
         assert compute(path, [1.0, 2.0]) == models["triple"].expected([1.0, 2.0])
         with pytest.raises(requests.exceptions.ConnectionError):
             kagglehub.model_download(pinned.slug)  # unversioned: kagglehub asks the API first
@@ -882,7 +890,13 @@ def test_publish_replaces_atomically_and_is_idempotent(tmp_path: Path, models) -
     assert not (entry / "stray.txt").exists()
     digest = hashlib.sha256((second / "saved_model.pb").read_bytes()).hexdigest()
     assert hashlib.sha256((entry / "saved_model.pb").read_bytes()).hexdigest() == digest
-    assert sorted(p.name for p in entry.parent.iterdir()) == ["4", "4.complete"]
+    assert sorted(p.name for p in entry.parent.iterdir()) == [".complete", "4", "4.complete"]
+    assert sorted(p.name for p in (entry.parent / ".complete").iterdir()) == ["4"]
+    assert not (entry.parent / ".complete" / "4" / "stray.txt.complete").exists()
+    (entry.parent / ".complete" / "4" / "saved_model.pb.complete").unlink()
+    assert not in_kagglehub_cache(root, handle)  # a missing per-file marker counts
+    publish_to_kagglehub(second, root, handle)
+    assert in_kagglehub_cache(root, handle)
 
     (second / "link").symlink_to("saved_model.pb")
     with pytest.raises(Exception, match="symlink"):

@@ -11,13 +11,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import Model, Project, run_python
-from kaggleserver import KaggleServer
+from kaggleserver import KaggleServer, start_isolated
 
 SLUG = "google/affine/tensorFlow2/double"
 URL = f"https://www.kaggle.com/models/{SLUG}"
@@ -30,16 +29,10 @@ def kaggle(
     models: dict[str, Model], project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[KaggleServer]:
     """The stand-in, reached through HUBPIN_KAGGLE_ENDPOINT; kagglehub's cache in tmp_path."""
-    for var in list(os.environ):
-        if var.startswith("KAGGLE"):
-            monkeypatch.delenv(var)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path / "kagglehub"))
-    server = KaggleServer().start()
+    server = start_isolated(tmp_path, monkeypatch)
     server.add(SLUG, models["double"].archive)
     server.tokens[TOKEN] = USER
     server.users[USER] = KEY
-    monkeypatch.setenv("HUBPIN_KAGGLE_ENDPOINT", server.url)
     yield server
     server.stop()
 

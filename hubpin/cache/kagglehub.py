@@ -3,7 +3,11 @@
 Layout as the installed kagglehub (1.0.3) reads it (kagglehub/cache.py:190-266):
 ``$KAGGLEHUB_CACHE/models/<owner>/<model>/<framework>/<variation>/<version>/``
 with an empty ``<version>.complete`` beside it; kagglehub returns a cached folder
-only when both exist. A versioned handle is then answered with no network at all.
+only when both exist. One file of it, ``model_download(handle, path)`` as KerasHub
+asks for every preset file, is returned from the cache only when its own marker,
+``<variation>/.complete/<version>/<path>.complete``, exists too (cache.py:236-248),
+so hubpin writes one per file. A versioned handle is then answered with no
+network at all, whole or file by file.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import errno
 import os
 import shutil
 import stat
+import threading
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
@@ -20,6 +25,7 @@ from hubpin.errors import CacheError, write_error
 from hubpin.kaggle import KaggleHandle
 
 KAGGLEHUB_MARKER_CONTENTS = b""  # kagglehub touches an empty file (cache.py:51-54)
+FILE_MARKERS = ".complete"  # kagglehub's FILE_COMPLETION_MARKER_FOLDER (cache.py:12)
 
 
 def kagglehub_cache_root(environ: Mapping[str, str] | None = None) -> Path:
@@ -60,22 +66,89 @@ def kagglehub_marker(root: Path, handle: KaggleHandle) -> Path:
     return entry.with_name(f"{entry.name}.complete")
 
 
+def kagglehub_file_markers(root: Path, handle: KaggleHandle) -> Path:
+    """The folder of per-file markers, ``<variation>/.complete/<version>/`` (cache.py:236-248).
+
+    ``model_download(handle, "a/b.json")`` returns ``<entry>/a/b.json`` from the cache
+    only when ``<this folder>/a/b.json.complete`` exists (cache.py:45-49).
+    """
+    entry = kagglehub_entry(root, handle)
+    return entry.parent / FILE_MARKERS / entry.name
+
+
 def in_kagglehub_cache(root: Path, handle: KaggleHandle) -> bool:
-    """Whether kagglehub would take ``handle`` from its cache (both entry and marker exist)."""
-    return kagglehub_marker(root, handle).exists() and kagglehub_entry(root, handle).exists()
+    """Whether kagglehub would take ``handle`` from its cache, whole and file by file."""
+    entry = kagglehub_entry(root, handle)
+    if not (kagglehub_marker(root, handle).exists() and entry.exists()):
+        return False
+    try:
+        return _file_markers_present(entry, kagglehub_file_markers(root, handle))
+    except (OSError, CacheError):
+        return False
+
+
+def _file_markers_present(entry: Path, markers: Path) -> bool:
+    return all(
+        (markers / f"{rel}.complete").is_file()
+        for rel, st in _walk(entry).items()
+        if stat.S_ISREG(st.st_mode)
+    )
+
+
+def _write_file_markers(entry: Path, markers: Path, tag: str) -> None:
+    """One empty ``<path>.complete`` per file of ``entry``, built aside and renamed in."""
+    tmp = markers.parent / f".{markers.name}.hubpin-{tag}.tmp"
+    try:
+        tmp.mkdir(parents=True)
+        for rel, st in sorted(_walk(entry).items()):
+            if stat.S_ISREG(st.st_mode):
+                marker = tmp / f"{rel}.complete"
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.write_bytes(KAGGLEHUB_MARKER_CONTENTS)
+        try:
+            os.rename(tmp, markers)
+        except OSError as exc:  # another process published the same version meanwhile
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not _file_markers_present(
+                entry, markers
+            ):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove(path: Path, tag: str) -> None:
+    """Take ``path`` out of kagglehub's sight at once (a rename), then delete it."""
+    if not (path.exists() or path.is_symlink()):
+        return
+    gone = path.with_name(f".{path.name}.hubpin-{tag}.old")
+    os.rename(path, gone)
+    if gone.is_dir() and not gone.is_symlink():
+        shutil.rmtree(gone, ignore_errors=True)
+    else:
+        gone.unlink(missing_ok=True)
+
+
+_PUBLISHING = threading.Lock()  # two aliases of one version, synced by parallel jobs
 
 
 def publish_to_kagglehub(folder: Path, root: Path, handle: KaggleHandle) -> Path:
+    """:func:`_publish`, one at a time in this process (it swaps shared folders)."""
+    with _PUBLISHING:
+        return _publish(folder, root, handle)
+
+
+def _publish(folder: Path, root: Path, handle: KaggleHandle) -> Path:
     """Make kagglehub's cache hold ``folder`` (already verified) for ``handle``; its entry path.
 
     Files are hard-linked (one copy on disk for tensorflow_hub's and kagglehub's
     caches), copied where links are impossible (another file system). The tree
-    is built in a hidden sibling (``.<N>.hubpin-<uuid>.tmp``), the marker is
-    removed, the folder renamed into place, and the marker written last, so
-    kagglehub never sees a marker beside a partial folder; a crash leaves at
-    worst no marker, and kagglehub then downloads for itself. An entry that
-    already holds these very files (same inodes, or same sizes and mtimes) is
-    left alone.
+    is built in a hidden sibling (``.<N>.hubpin-<uuid>.tmp``), the markers (the
+    version's and every file's) are removed, the folder renamed into place, then
+    the per-file markers (built aside, renamed in) and the version's marker are
+    written last, so kagglehub never sees a marker beside a partial folder; a
+    crash leaves at worst missing markers, and kagglehub then downloads for
+    itself. An entry that already holds these very files (same inodes, or same
+    sizes and mtimes) is left alone, its missing per-file markers written.
 
     kagglehub then answers ``model_download("o/m/f/v/N")`` from the cache with
     no network at all and no flag needed (http_resolver.py:208-215: a versioned
@@ -87,21 +160,23 @@ def publish_to_kagglehub(folder: Path, root: Path, handle: KaggleHandle) -> Path
     """
     entry = kagglehub_entry(root, handle)
     marker = kagglehub_marker(root, handle)
+    markers = kagglehub_file_markers(root, handle)
     parent = entry.parent
     tag = uuid.uuid4().hex
     tmp = parent / f".{entry.name}.hubpin-{tag}.tmp"
-    old = parent / f".{entry.name}.hubpin-{tag}.old"
     try:
         if marker.exists() and entry.is_dir() and _same_tree(folder, entry):
+            if not _file_markers_present(entry, markers):
+                _remove(markers, tag)
+                _write_file_markers(entry, markers, tag)
             return entry
         parent.mkdir(parents=True, exist_ok=True)
         link_tree(folder, tmp)
         marker.unlink(missing_ok=True)
-        moved = False
-        if entry.exists() or entry.is_symlink():
-            os.rename(entry, old)
-            moved = True
+        _remove(markers, tag)
+        _remove(entry, tag)
         os.rename(tmp, entry)
+        _write_file_markers(entry, markers, tag)
         marker_tmp = parent / f".{marker.name}.hubpin-{tag}.tmp"
         marker_tmp.write_bytes(KAGGLEHUB_MARKER_CONTENTS)
         os.rename(marker_tmp, marker)
@@ -111,11 +186,6 @@ def publish_to_kagglehub(folder: Path, root: Path, handle: KaggleHandle) -> Path
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if moved:
-        if old.is_dir() and not old.is_symlink():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
     return entry
 
 
