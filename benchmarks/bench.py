@@ -25,6 +25,9 @@ them alike:
   processes against gcp-storage-emulator, each into its own cache, each through a
   loopback TCP relay of its own that counts the bytes it read from the bucket, with
   the upstream server counting what it sent (nothing, if the bundle serves all);
+- the same fleet from an OCI registry: ``hubpin bundle oci://…`` once, then 8 concurrent
+  ``hubpin sync --from oci://…`` against the CNCF Distribution registry (Debian's
+  ``docker-registry``) on loopback, each through its own counting relay;
 - a no-op ``hubpin sync --frozen`` over 50 pinned, cached models;
 - peak RSS of a sync of one big archive;
 - ``hubpin.load(alias)`` against ``tf.saved_model.load(path)``.
@@ -51,6 +54,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hubserver import HubServer
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
@@ -429,72 +436,120 @@ class FleetRun:
     archives: int  # the bundle's archive bytes: what each worker needs once
 
 
-def fleet(
-    root: Path, fixtures: list[Fixture], workers: int, scratch: Path
-) -> tuple[float, FleetRun, FleetRun]:
-    """``bundle gs://…`` once (as CI would), then one worker alone and ``workers`` at once."""
-
+@contextlib.contextmanager
+def bucket_store(scratch: Path) -> Iterator[tuple[str, str, Callable[[int], dict[str, str]]]]:
+    """gcp-storage-emulator: (bundle URL, host:port to relay, each worker's (URL, env) by port)."""
     from gcs_emulator import Emulator
+
+    emulator = Emulator().start(scratch / "emulator.log")
+    os.environ["STORAGE_EMULATOR_HOST"] = emulator.url
+    url = f"gs://{emulator.bucket()}/models/v1"
+    try:
+        yield (
+            url,
+            emulator.url.removeprefix("http://"),
+            lambda port: {"url": url, "STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}"},
+        )
+    finally:
+        emulator.stop()
+        del os.environ["STORAGE_EMULATOR_HOST"]
+
+
+@contextlib.contextmanager
+def registry_store(scratch: Path) -> Iterator[tuple[str, str, Callable[[int], dict[str, str]]]]:
+    """The CNCF Distribution registry (Debian's docker-registry), plain http on loopback."""
+    from oci_registry import Registry
+
+    registry = Registry(scratch / "registry", None, {}, auth="none").start()
+    try:
+        yield (
+            f"oci://{registry.host}/fleet/models:v1",
+            registry.host,
+            lambda port: {"url": f"oci://127.0.0.1:{port}/fleet/models:v1"},
+        )
+    finally:
+        registry.stop()
+
+
+def fleet(
+    root: Path, fixtures: list[Fixture], workers: int, scratch: Path, scheme: str = "gs"
+) -> tuple[float, FleetRun, FleetRun]:
+    """``bundle gs://…`` (or ``oci://…``) once, as CI would; then one worker alone and
+    ``workers`` at once, each through its own relay that counts what it read."""
     from hubserver import HubServer
 
     archives = {f.path: f.archive(root).read_bytes() for f in fixtures}
     hub = HubServer(models=archives).start()  # in-process: the workers must never reach it
-    emulator = Emulator().start(scratch / "emulator.log")
-    os.environ["STORAGE_EMULATOR_HOST"] = emulator.url
-    gcs = {"STORAGE_EMULATOR_HOST": emulator.url}
-    try:
-        project = scratch / "fleet"
-        project.mkdir()
-        (project / "models.toml").write_text(
-            "".join(f'[models.{f.name}]\nhandle = "{hub.url}/{f.path}"\n\n' for f in fixtures)
-        )
-        run_hubpin(project, scratch / "ci-cache", "lock", "--no-fill")
-        url = f"gs://{emulator.bucket()}/models/v1"
-        bundle_seconds = run_hubpin(project, scratch / "ci-cache", "bundle", url, **gcs)[0]
+    store = bucket_store if scheme == "gs" else registry_store
+    with store(scratch) as (url, relayed, worker_env):
+        try:
+            return _fleet_runs(hub, archives, fixtures, workers, scratch, url, relayed, worker_env)
+        finally:
+            hub.stop()
 
-        def run(count: int) -> FleetRun:
-            cmd = [sys.executable, __file__, "--relay", emulator.url.removeprefix("http://")]
-            relays = [
-                subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-                for _ in range(count)
-            ]
-            ports = [int(r.stdout.readline()) for r in relays if r.stdout is not None]
-            sent = hub.sent
-            args = ("sync", "--locked", "--from", url)
-            start = time.perf_counter()
-            procs = [
-                start_hubpin(
-                    project,
-                    scratch / f"worker-{count}-{i}",
-                    *args,
-                    STORAGE_EMULATOR_HOST=f"http://127.0.0.1:{port}",
-                    XDG_CACHE_HOME=str(scratch / "xdg"),
-                )
-                for i, port in enumerate(ports)
-            ]
-            for proc in procs:
-                finish_hubpin(proc, args)
-            wall = time.perf_counter() - start
-            received = []
-            for r in relays:
-                assert r.stdin is not None and r.stdout is not None
-                r.stdin.close()
-                received.append(int(r.stdout.readline()))
-                r.wait(timeout=30)
-            for i in range(count):
-                shutil.rmtree(scratch / f"worker-{count}-{i}", ignore_errors=True)
-            total = sum(len(a) for a in archives.values())
-            return FleetRun(count, wall, received, hub.sent - sent, total)
 
-        alone = run(1)
-        print(f"  1 worker: {alone.wall:.2f}s", file=sys.stderr, flush=True)
-        many = run(workers)
-        print(f"  {workers} workers: {many.wall:.2f}s", file=sys.stderr, flush=True)
-        return bundle_seconds, alone, many
-    finally:
-        emulator.stop()
-        hub.stop()
-        del os.environ["STORAGE_EMULATOR_HOST"]
+def _fleet_runs(
+    hub: HubServer,
+    archives: dict[str, bytes],
+    fixtures: list[Fixture],
+    workers: int,
+    scratch: Path,
+    url: str,
+    relayed: str,
+    worker_env: Callable[[int], dict[str, str]],
+) -> tuple[float, FleetRun, FleetRun]:
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+    gcs = {"STORAGE_EMULATOR_HOST": emulator} if emulator else {}
+    project = scratch / "fleet"
+    project.mkdir()
+    (project / "models.toml").write_text(
+        "".join(f'[models.{f.name}]\nhandle = "{hub.url}/{f.path}"\n\n' for f in fixtures)
+    )
+    run_hubpin(project, scratch / "ci-cache", "lock", "--no-fill")
+    bundle_seconds = run_hubpin(project, scratch / "ci-cache", "bundle", url, **gcs)[0]
+
+    def run(count: int) -> FleetRun:
+        cmd = [sys.executable, __file__, "--relay", relayed]
+        relays = [
+            subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            for _ in range(count)
+        ]
+        ports = [int(r.stdout.readline()) for r in relays if r.stdout is not None]
+        sent = hub.sent
+        envs = [worker_env(port) for port in ports]
+        start = time.perf_counter()
+        procs = [
+            start_hubpin(
+                project,
+                scratch / f"worker-{count}-{i}",
+                "sync",
+                "--locked",
+                "--from",
+                env.pop("url"),
+                XDG_CACHE_HOME=str(scratch / "xdg"),
+                **env,
+            )
+            for i, env in enumerate(envs)
+        ]
+        for proc in procs:
+            finish_hubpin(proc, ("sync", "--locked", "--from"))
+        wall = time.perf_counter() - start
+        received = []
+        for r in relays:
+            assert r.stdin is not None and r.stdout is not None
+            r.stdin.close()
+            received.append(int(r.stdout.readline()))
+            r.wait(timeout=30)
+        for i in range(count):
+            shutil.rmtree(scratch / f"worker-{count}-{i}", ignore_errors=True)
+        total = sum(len(a) for a in archives.values())
+        return FleetRun(count, wall, received, hub.sent - sent, total)
+
+    alone = run(1)
+    print(f"  1 worker: {alone.wall:.2f}s", file=sys.stderr, flush=True)
+    many = run(workers)
+    print(f"  {workers} workers: {many.wall:.2f}s", file=sys.stderr, flush=True)
+    return bundle_seconds, alone, many
 
 
 def peak_rss(url: str, fixture: Fixture, scratch: Path) -> int:
@@ -595,7 +650,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=None, help="runs per measurement")
     parser.add_argument("--fixtures", type=Path, default=Path.home() / ".cache" / "hubpin-bench")
     parser.add_argument(
-        "--only", default="", help="comma list: big,eight,slow,crc,lockfill,fleet,noop,rss,load"
+        "--only",
+        default="",
+        help="comma list: big,eight,slow,crc,lockfill,fleet,fleet-oci,noop,rss,load",
     )
     parser.add_argument("--goog-hash", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve", default=None, help=argparse.SUPPRESS)
@@ -617,6 +674,7 @@ def main() -> None:
         "crc",
         "lockfill",
         "fleet",
+        "fleet-oci",
         "noop",
         "rss",
         "load",
@@ -703,6 +761,25 @@ def main() -> None:
                 f"archives ({max(per) / many.archives:.4f}×: each archive once, plus HTTP); from "
                 f"the upstream server: {many.from_upstream + alone.from_upstream} B. "
                 f"gcp-storage-emulator (serves one request at a time); `bundle` once: "
+                f"{secs(bundle_seconds)} |"
+            )
+        if "fleet-oci" in only:
+            mb = sum(f.mb for f in FLEET)
+            print(
+                f"fleet: {FLEET_WORKERS} × sync --from oci://, {len(FLEET)}×50 MB", file=sys.stderr
+            )
+            bundle_seconds, alone, many = fleet(
+                args.fixtures, FLEET, FLEET_WORKERS, fresh("fleet-oci"), "oci"
+            )
+            per = many.from_bucket
+            rows.append(
+                f"| fleet: {many.workers} × `sync --from oci://…` at once, {len(FLEET)}×{mb // len(FLEET)} MB "
+                f"| {secs(many.wall)} | — | — | — | — | — "
+                f"| wall time, each worker its own cache; one worker alone {secs(alone.wall)}. Read from "
+                f"the registry per worker: {min(per):,}–{max(per):,} B for {many.archives:,} B of "
+                f"archives ({max(per) / many.archives:.4f}×: each blob once, plus manifest, lock and "
+                f"HTTP); from the upstream server: {many.from_upstream + alone.from_upstream} B. "
+                f"CNCF Distribution (docker-registry) on loopback, plain http; `bundle` once: "
                 f"{secs(bundle_seconds)} |"
             )
         if "noop" in only:

@@ -53,6 +53,7 @@ class Written:
 
     archives: list[str] = field(default_factory=list)  # every archive the bundle now holds
     kept: list[str] = field(default_factory=list)  # of those, already there before this run
+    reference: str | None = None  # an OCI artifact's ``oci://…@sha256:<manifest digest>``
 
 
 class _Target(Protocol):
@@ -62,13 +63,13 @@ class _Target(Protocol):
 
     def put(self, pin: ArchivePin, sources: Sources) -> bool: ...  # False: found there after all
 
-    def finish(self, lock_text: str) -> None: ...  # the lock, last
+    def finish(self, lock_text: str) -> str | None: ...  # the lock, last; an OCI digest
 
 
 def write_bundle(lock: Lock, aliases: list[str], out: str, sources: Sources) -> Written:
     """Put each pinned archive of ``aliases`` into ``out``, verified, then the lock."""
     written = Written()
-    with _target(out, sources.transport.settings) as target:
+    with _target(out, sources, lock) as target:
         for alias in aliases:
             pin = lock.models[alias]
             if not isinstance(pin, ArchivePin):
@@ -82,14 +83,23 @@ def write_bundle(lock: Lock, aliases: list[str], out: str, sources: Sources) -> 
                     f"{alias} ({pin.handle}): {exc}; the bundle's {BUNDLE_LOCK} was not written"
                 ) from None
             written.archives.append(alias)
-        target.finish(dumps(lock))
+        written.reference = target.finish(dumps(lock))
     return written
 
 
 @contextlib.contextmanager
-def _target(out: str, settings: Settings) -> Iterator[_Target]:
+def _target(out: str, sources: Sources, lock: Lock) -> Iterator[_Target]:
+    settings = sources.transport.settings
     if scheme_of(out) == "gs":
         yield _GcsBundle(out, settings)
+        return
+    if scheme_of(out) == "oci":
+        from hubpin.oci.artifact import OciTarget
+        from hubpin.oci.reference import parse
+
+        ref = parse(out, need_tag=True)
+        registry = sources.transport.registry(out, "pull,push")
+        yield OciTarget(ref, registry, lock, lambda pin, fh: _copy_verified(sources, pin, fh))
         return
     path = Path(out)
     try:

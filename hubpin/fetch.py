@@ -25,7 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from hubpin.checksums import from_headers
 from hubpin.download import Download
@@ -257,8 +257,9 @@ class Fetcher:
                 response, _ = self._with_retries(functools.partial(self._follow, url, offset), url)
                 skip = offset if response.status == 200 else 0
 
-    def _with_retries(self, attempt: Callable[[], T], url: str) -> T:
+    def _with_retries(self, attempt: Callable[[], T], url: str, retries: int | None = None) -> T:
         failures = 0
+        retries = self.settings.retries if retries is None else retries
         while True:
             try:
                 return attempt()
@@ -269,7 +270,7 @@ class Fetcher:
                         "host, set ca_bundle in hubpin.toml"
                     ) from None
                 failures += 1
-                if failures > self.settings.retries:
+                if failures > retries:
                     raise FetchError(
                         f"{strip_query(url)}: {_reason(exc)} (gave up after {failures} tries)"
                     ) from None
@@ -317,7 +318,11 @@ class Fetcher:
                 f"{strip_query(came_from)}: refused redirect from https to plain http "
                 f"({strip_query(url)})"
             )
-        if scheme == "http" and not (self.settings.allow_http or is_loopback(url)):
+        if scheme == "http" and not (
+            self.settings.allow_http
+            or is_loopback(url)
+            or urllib.parse.urlsplit(url).netloc in self.settings.insecure_registries
+        ):
             raise InputError(
                 f"{strip_query(url)}: plain http is refused for non-loopback hosts; "
                 "use https, or set allow_http = true in hubpin.toml"
@@ -372,19 +377,24 @@ class Fetcher:
         self,
         method: str,
         url: str,
-        body: bytes | None = None,
+        body: bytes | IO[bytes] | None = None,
         headers: Mapping[str, str] | None = None,
+        retries: int | None = None,
     ) -> tuple[int, Mapping[str, str], bytes]:
         """One API request: (status, headers, body), redirects *not* followed.
 
         Retried like downloads (resets, timeouts, 5xx; 429/503 after Retry-After),
-        counted against ``retries``; any other status is returned for the caller
-        to explain. Headers from :meth:`add_host_headers` are added for this
-        URL's origin. Meant for small JSON answers (the Kaggle API), read whole.
+        counted against ``retries`` (the setting unless given); any other status is
+        returned for the caller to explain. Headers from :meth:`add_host_headers`
+        are added for this URL's origin. Meant for small JSON answers (the Kaggle
+        API, a registry's), read whole. A file ``body`` is streamed, from its start
+        on every try (a registry blob upload).
         """
         self._check_url(url, None)
 
         def attempt() -> tuple[int, Mapping[str, str], bytes]:
+            if body is not None and not isinstance(body, bytes):
+                body.seek(0)
             self._wait_for_host(url)
             pool = self._pool(url)
             merged = {**pool.headers, **self._headers_for(url), **(headers or {})}
@@ -398,7 +408,7 @@ class Fetcher:
                 response.release_conn()
             return response.status, response.headers, data
 
-        return self._with_retries(attempt, url)
+        return self._with_retries(attempt, url, retries)
 
 
 @dataclass

@@ -56,6 +56,8 @@ class Settings(BaseModel):
     s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
     kaggle_endpoint: str | None = None
     mirrors: list[Mirror] = Field(default_factory=list)
+    insecure_registries: list[str] = Field(default_factory=list)
+    oci_mount_from: list[str] = Field(default_factory=list)
 
     @property
     def cache_root(self) -> str:
@@ -64,6 +66,7 @@ class Settings(BaseModel):
 
 
 # Environment variables that tensorflow_hub reads, mapped to our settings.
+_LISTS = ("mirrors", "insecure_registries", "oci_mount_from")  # set in hubpin.toml only
 _TFHUB_ENV = {"cache_dir": "TFHUB_CACHE_DIR", "format": "TFHUB_MODEL_LOAD_FORMAT"}
 
 
@@ -78,7 +81,7 @@ def load_settings(project_dir: Path, overrides: dict[str, Any] | None = None) ->
     origin: dict[str, str] = {}
     for name in Settings.model_fields:
         for var in (_TFHUB_ENV.get(name), f"HUBPIN_{name.upper()}"):
-            if var and os.environ.get(var) and name != "mirrors":
+            if var and os.environ.get(var) and name not in _LISTS:
                 data[name], origin[name] = os.environ[var], f"environment variable {var}"
                 break
     for name, value in (overrides or {}).items():

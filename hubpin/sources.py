@@ -25,6 +25,7 @@ from hubpin.errors import FetchError, InputError, MissingError
 from hubpin.handles import local_path, scheme_of, source_for, strip_query
 from hubpin.kaggle import KaggleApi
 from hubpin.kinds import ArchivePin, KagglePin
+from hubpin.lockfile import Lock
 from hubpin.settings import Mirror, Settings
 from hubpin.transport import Transport
 
@@ -56,10 +57,13 @@ class Bundle:
 
     def check(self, transport: Transport) -> None:
         """Refuse what is not a complete bundle: no lock means no bundle, or an interrupted one."""
+        if scheme_of(self.base) == "oci":  # a tag names a manifest, written last
+            transport.artifact(self.base)
+            return
         if scheme_of(self.base) not in ("", "file", "gs"):
             raise InputError(
-                f"--from {self.base}: a bundle is a folder or a gs://bucket/prefix that "
-                "`hubpin bundle` wrote"
+                f"--from {self.base}: a bundle is a folder, a gs://bucket/prefix or an "
+                "oci://registry/repository:tag that `hubpin bundle` wrote"
             )
         local = local_path(self.base, Path.cwd())
         if local is not None and local.is_file():
@@ -72,6 +76,15 @@ class Bundle:
                 f"{self.base}: not a hubpin bundle (no {BUNDLE_LOCK}, which `hubpin bundle` writes "
                 f"last, so an interrupted run leaves none); make it with: hubpin bundle {self.base}"
             )
+
+    def check_lock(self, transport: Transport, lock: Lock, aliases: list[str], name: str) -> None:
+        """Refuse a bundle whose lock pins other archives than ``lock`` for ``aliases``.
+
+        An OCI artifact is checked (its lock is read with its manifest anyway); a folder
+        or gs:// bundle is not, as before: each archive is still verified against ``lock``.
+        """
+        if scheme_of(self.base) == "oci":
+            transport.artifact(self.base).refuse_unless_matches(lock, aliases, name)
 
     def candidates(self, location: str, sha256: str | None) -> list[Candidate]:
         if not sha256:
@@ -110,7 +123,11 @@ class Host:
 
 
 def bundle_archive(base: str, sha256: str) -> str:
-    """Where a bundle keeps the archive with this sha256 (a path or gs:// URL)."""
+    """Where a bundle keeps the archive with this sha256 (a path, gs:// URL or OCI blob)."""
+    if scheme_of(base) == "oci":
+        from hubpin.oci.reference import parse
+
+        return parse(base).blob(f"sha256:{sha256}")
     return f"{base.rstrip('/')}/{ARCHIVES}/{sha256}"
 
 

@@ -7,13 +7,19 @@ to try for a pinned archive, and in what order, is :mod:`hubpin.sources`.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hubpin.download import Download
 from hubpin.fetch import Fetcher, open_file
 from hubpin.handles import local_path, scheme_of
 from hubpin.kaggle import KaggleApi, endpoint, load_credentials, parse_handle
 from hubpin.settings import Settings
+
+if TYPE_CHECKING:
+    from hubpin.oci.artifact import Artifact
+    from hubpin.oci.client import RegistryClient
 
 
 class Transport:
@@ -23,6 +29,9 @@ class Transport:
         self.settings = settings
         self.http = Fetcher(settings)
         self._kaggle: KaggleApi | None = None
+        self._registries: dict[tuple[str, str, str], RegistryClient] = {}
+        self._artifacts: dict[str, Artifact] = {}
+        self._oci_lock = threading.Lock()
 
     @property
     def kaggle(self) -> KaggleApi:
@@ -44,6 +53,8 @@ class Transport:
             from hubpin.gcs.client import open_object
 
             return open_object(location.partition("?")[0], self.settings)
+        if scheme == "oci":  # ``oci://registry/repository@sha256:…``: one blob
+            return self.registry(location).open_blob(_blob_digest(location))
         path = local_path(location, Path.cwd())
         assert path is not None
         return open_file(path)
@@ -55,9 +66,32 @@ class Transport:
 
             with errors(location):
                 return stat(filesystem(self.settings), *split_url(location)) is not None
+        if scheme_of(location) == "oci":
+            return self.registry(location).blob_size(_blob_digest(location)) is not None
         path = local_path(location, Path.cwd())
         assert path is not None, location
         return path.is_file()
+
+    def registry(self, location: str, actions: str = "pull") -> RegistryClient:
+        """A connected client for the repository of an ``oci://`` location, one per command."""
+        from hubpin.oci.client import client
+        from hubpin.oci.reference import parse
+
+        ref = parse(location)
+        key = (ref.registry, ref.repository, actions)
+        with self._oci_lock:  # sync's jobs share one login
+            if key not in self._registries:
+                self._registries[key] = client(ref, self.http, actions)
+            return self._registries[key]
+
+    def artifact(self, location: str) -> Artifact:
+        """The hubpin bundle artifact an ``oci://…:tag`` or ``…@sha256:…`` names, read once."""
+        from hubpin.oci.artifact import read_artifact
+        from hubpin.oci.reference import parse
+
+        if location not in self._artifacts:
+            self._artifacts[location] = read_artifact(parse(location), self.registry(location))
+        return self._artifacts[location]
 
     def ask_location(self, url: str) -> str:
         """tfhub.dev's answer for an UNCOMPRESSED model: the gs:// folder it lives in."""
@@ -65,3 +99,11 @@ class Transport:
 
     def close(self) -> None:
         self.http.close()
+
+
+def _blob_digest(location: str) -> str:
+    from hubpin.oci.reference import parse
+
+    digest = parse(location).digest
+    assert digest is not None, location
+    return digest

@@ -10,6 +10,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -18,6 +19,9 @@ from gcs_emulator import Emulator, GcsServer
 from hubserver import HubServer
 from moto_s3 import KEY_ID, SECRET, MotoS3
 from savedmodels import build_affine, pack
+
+if TYPE_CHECKING:
+    from oci_registry import OciLogin, Registry
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 WORKTREE = str(Path(__file__).resolve().parent.parent)  # subprocesses import this tree's hubpin
@@ -159,6 +163,70 @@ def s3(moto_server: MotoS3, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
     return moto_server
 
 
+@pytest.fixture(scope="session")
+def oci_tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """The test CA and a certificate for 127.0.0.1 signed by it: (ca, cert, key)."""
+    from tlscerts import make_certificates
+
+    return make_certificates(tmp_path_factory.mktemp("oci-tls"))
+
+
+def _registry(folder: Path, tls: tuple[Path, Path, Path], auth: str) -> Iterator[Registry]:
+    from oci_registry import PASSWORD, USER, Registry
+
+    if not shutil.which("docker-registry"):
+        pytest.skip("needs docker-registry (apt-get install -y docker-registry skopeo umoci)")
+    server = Registry(folder, tls[1:], {USER: PASSWORD}, auth).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def registry(
+    tmp_path_factory: pytest.TempPathFactory, oci_tls: tuple[Path, Path, Path]
+) -> Iterator[Registry]:
+    """The CNCF Distribution registry over TLS with htpasswd (basic) auth, one per session."""
+    yield from _registry(tmp_path_factory.mktemp("registry"), oci_tls, "htpasswd")
+
+
+@pytest.fixture(scope="session")
+def token_registry(
+    tmp_path_factory: pytest.TempPathFactory, oci_tls: tuple[Path, Path, Path]
+) -> Iterator[Registry]:
+    """The same registry behind a bearer-token challenge (as Docker Hub, GHCR, Harbor)."""
+    yield from _registry(tmp_path_factory.mktemp("token-registry"), oci_tls, "token")
+
+
+@pytest.fixture
+def oci_login(
+    project: Project,
+    oci_tls: tuple[Path, Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> OciLogin:
+    """Credentials only in a containers auth file (REGISTRY_AUTH_FILE); the CA in hubpin.toml."""
+    from oci_registry import OciLogin
+
+    if not shutil.which("skopeo"):
+        pytest.skip("needs skopeo (apt-get install -y docker-registry skopeo umoci)")
+    login = OciLogin(tmp_path / "auth.json", oci_tls[0])
+    login.auth.write_text('{"auths": {}}')
+    monkeypatch.setenv("REGISTRY_AUTH_FILE", str(login.auth))
+    for var, name in (("DOCKER_CONFIG", "d"), ("XDG_RUNTIME_DIR", "r"), ("XDG_CONFIG_HOME", "c")):
+        monkeypatch.setenv(var, str(tmp_path / f"no-{name}"))
+    project.write(f'ca_bundle = "{oci_tls[0]}"\n', "hubpin.toml")
+    return login
+
+
+@pytest.fixture
+def locked_for_registry(
+    project: Project, hub: HubServer, registry: Registry, oci_login: OciLogin
+) -> tuple[str, str]:
+    """``double`` and ``triple`` locked hash-only, and a login for ``registry``: the handles."""
+    oci_login.allow(registry)
+    return lock_two_models(project, hub)
+
+
 EMULATORS = ("gcp-storage-emulator", "fake-gcs-server")
 on_both_emulators = pytest.mark.parametrize("gcs", EMULATORS, indirect=True)
 
@@ -226,6 +294,26 @@ def project(
     monkeypatch.setenv("TFHUB_CACHE_DIR", str(cache))
     monkeypatch.chdir(root)
     return Project(root, cache, capsys)
+
+
+def lock_two_models(project: Project, hub: HubServer) -> tuple[str, str]:
+    """A manifest of ``double`` and ``triple`` from ``hub``, locked hash-only: their handles."""
+    double, triple = hub.handle("google/double/1"), hub.handle("google/triple/1")
+    project.models(double=double, triple=triple)
+    code, _, err = project.run("lock", "--no-fill")
+    assert code == 0, err
+    return double, triple
+
+
+def assert_holds(cache: Path, models: dict[str, Model], handles: dict[str, str]) -> None:
+    """``cache`` holds each model (by name) under tensorflow_hub's key for its handle."""
+    import hashlib
+
+    for name, handle in handles.items():
+        entry = cache / hashlib.sha1(handle.encode()).hexdigest()
+        assert (entry / "saved_model.pb").read_bytes() == (
+            models[name].folder / "saved_model.pb"
+        ).read_bytes()
 
 
 def run_python(code: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> str:

@@ -9,7 +9,7 @@ import signal
 import time
 
 import pytest
-from conftest import Model, Project
+from conftest import Model, Project, assert_holds, lock_two_models
 from faultkit import heavy_archive, leftovers, spawn_hubpin
 from gcs_emulator import Emulator
 from hubserver import HubServer
@@ -28,14 +28,6 @@ def _writes(gcs: Emulator, bucket: str, since: int) -> list[str]:
     return [line for line in gcs.requests(f"/b/{bucket}/")[since:] if line.startswith(WRITES)]
 
 
-def _two_models(project: Project, hub: HubServer) -> tuple[str, str]:
-    double, triple = hub.handle("google/double/1"), hub.handle("google/triple/1")
-    project.models(double=double, triple=triple)
-    code, _, err = project.run("lock", "--no-fill")
-    assert code == 0, err
-    return double, triple
-
-
 def test_bundle_to_gs_once_then_sync_from_it_with_the_upstream_server_stopped(
     project: Project,
     hub: HubServer,
@@ -44,7 +36,7 @@ def test_bundle_to_gs_once_then_sync_from_it_with_the_upstream_server_stopped(
     monkeypatch: pytest.MonkeyPatch,
     tmp_path,
 ) -> None:
-    double, triple = _two_models(project, hub)
+    double, triple = lock_two_models(project, hub)
     bucket = gcs.bucket()
     url = f"gs://{bucket}/release/7"
     code, _, err = project.run("bundle", url)
@@ -87,11 +79,7 @@ def test_bundle_to_gs_once_then_sync_from_it_with_the_upstream_server_stopped(
         assert code == 0, err
         assert "2 fetched" in err
         assert _writes(gcs, bucket, since) == [], "sync wrote to the bundle"
-        for handle, name in ((double, "double"), (triple, "triple")):
-            entry = cache / hashlib.sha1(handle.encode()).hexdigest()
-            assert (entry / "saved_model.pb").read_bytes() == (
-                models[name].folder / "saved_model.pb"
-            ).read_bytes()
+        assert_holds(cache, models, {"double": double, "triple": triple})
         assert project.run("verify")[0] == 0
         assert leftovers(cache) == []
 
@@ -114,7 +102,7 @@ def test_a_damaged_bundle_object_publishes_nothing_and_names_alias_and_object(
     tmp_path,
     damage: str,
 ) -> None:
-    double, triple = _two_models(project, hub)
+    double, triple = lock_two_models(project, hub)
     url = f"gs://{gcs.bucket()}/bundle"
     assert project.run("bundle", url)[0] == 0
     obj = f"{url}/archives/{_sha(models['double'].archive)}"
@@ -143,7 +131,7 @@ def test_an_object_put_there_by_hand_is_checked_by_size_and_crc32c(
 ) -> None:
     """Without hubpin's note, an object is compared with the verified download: kept when its
     size and crc32c match, replaced when they differ."""
-    _two_models(project, hub)
+    lock_two_models(project, hub)
     url = f"gs://{gcs.bucket()}/by-hand"
     good = f"{url}/archives/{_sha(models['double'].archive)}"
     bad = f"{url}/archives/{_sha(models['triple'].archive)}"
@@ -265,7 +253,7 @@ def test_dry_run_from_a_gs_bundle_names_the_archive_it_lacks(
 ) -> None:
     import json
 
-    _two_models(project, hub)
+    lock_two_models(project, hub)
     url = f"gs://{gcs.bucket()}/partial"
     assert project.run("bundle", url, "double")[0] == 0  # triple's archive is not in it
     code, out, err = project.run("sync", "--from", url, "--dry-run", "--json")

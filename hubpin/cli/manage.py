@@ -102,10 +102,31 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     with _sources(project) as sources:
         written = write_bundle(lock, aliases, args.out, sources)
     kept = f" ({len(written.kept)} already there)" if written.kept else ""
+    if written.reference:  # an OCI artifact: its manifest digest, the result
+        print(written.reference.rpartition("@")[2])
     _say(
         args,
         f"wrote {args.out}: {_count(len(written.archives), 'archive')}{kept} and models.lock; "
-        f"on each machine that syncs from it run: hubpin sync --from {args.out}",
+        f"on each machine that syncs from it run: hubpin sync --from "
+        f"{written.reference or args.out}",
+    )
+    return 0
+
+
+def cmd_image(args: argparse.Namespace) -> int:
+    from hubpin.oci.image import TFHUB, build_image
+
+    project = _project(args, need_manifest=False)
+    lock = project.read_lock()
+    aliases = list(_select(lock, args.aliases, project.lock_path))
+    with _sources(project) as sources:
+        pushed = build_image(lock, aliases, args.out, project.cache, sources.transport)
+    print(pushed.digest)
+    _say(
+        args,
+        f"wrote {args.out}: {_count(len(pushed.aliases), 'model')} in one layer "
+        f"({_size(pushed.layer_size)}, {pushed.layer}); mounted or copied at /models, "
+        f"TFHUB_CACHE_DIR=/{TFHUB} (the image sets it)",
     )
     return 0
 

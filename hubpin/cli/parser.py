@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from hubpin.cli.lock import cmd_lock
-from hubpin.cli.manage import cmd_add, cmd_bundle, cmd_env, cmd_prune, cmd_remove
+from hubpin.cli.manage import cmd_add, cmd_bundle, cmd_env, cmd_image, cmd_prune, cmd_remove
 from hubpin.cli.report import (
     cmd_outdated,
     cmd_resolve,
@@ -120,8 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
         dest="bundle",
         default=None,
         metavar="BUNDLE",
-        help="take archives only from what `hubpin bundle` wrote (a folder or gs://bucket/prefix), "
-        "verified against the lock; never from upstream",
+        help="take archives only from what `hubpin bundle` wrote (a folder, gs://bucket/prefix or "
+        "oci://registry/repository:tag or @sha256:digest), verified against the lock; never from "
+        "upstream",
     )
     _dry_run_flags(
         p,
@@ -157,15 +158,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "bundle",
         cmd_bundle,
-        "write the locked archives and the lock to a folder, a .tar or gs://bucket/prefix, "
-        "for `hubpin sync --from OUT` (air-gapped machines, fleets)",
+        "write the locked archives and the lock to a folder, a .tar, gs://bucket/prefix or "
+        "oci://registry/repository:tag, for `hubpin sync --from OUT` (air-gapped machines, fleets)",
     )
     p.add_argument(
         "out",
         metavar="OUT",
-        help="a folder, a .tar file or gs://bucket/prefix; rerunning finishes an interrupted "
-        "bundle and writes only what is missing",
+        help="a folder, a .tar file, gs://bucket/prefix or oci://registry/repository:tag (prints "
+        "the manifest digest); rerunning finishes an interrupted bundle and writes only what is "
+        "missing",
     )
+    p.add_argument("aliases", nargs="*", metavar="ALIAS")
+
+    p = command(
+        "image",
+        cmd_image,
+        "push an OCI image whose filesystem is the ready cache under /models, reproducible byte "
+        "for byte (Kubernetes image volumes, KServe modelcars, COPY --from)",
+    )
+    p.add_argument("out", metavar="OUT", help="oci://registry/repository:tag")
     p.add_argument("aliases", nargs="*", metavar="ALIAS")
 
     p = command(

@@ -71,6 +71,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
                 if lock is None:
                     return 1
         pins = _select(lock, args.aliases, project.lock_path) if relock is None else {}
+        if bundle is not None and lock is not None:
+            Bundle(bundle).check_lock(sources.transport, lock, list(pins), project.lock_path.name)
         syncer = _syncer(project, sources, offline=args.offline, full_verify=args.verify)
         syncer.bundle = bundle
         if args.dry_run:

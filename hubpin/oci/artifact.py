@@ -1,0 +1,218 @@
+"""A hubpin bundle as an OCI artifact: the locked archives as blobs, the lock, one manifest.
+
+``hubpin bundle oci://registry/repository:tag`` pushes::
+
+    manifest   artifactType application/vnd.hubpin.bundle.v1, config the empty
+               descriptor (OCI 1.1), annotations naming every alias bundled
+    layers     one per locked archive: digest sha256:<archive_sha256> (the lock's
+               digest *is* the blob digest, so nothing is hashed again and the
+               registry itself refuses bytes that do not match), title
+               archives/<sha256>, dev.hubpin.aliases naming who uses it;
+               last, models.lock (application/vnd.hubpin.lock.v1+toml)
+
+Titles make ``oras pull`` of the artifact a folder bundle (``archives/<sha256>``
+and ``models.lock``). Blobs the repository already holds are not sent again, and
+where the registry allows, they are mounted from another repository of it
+(``oci_mount_from``). The manifest is written last, so a tag that names one
+names a complete bundle.
+
+``hubpin sync --from oci://…:tag`` (or ``@sha256:<digest>``) reads the manifest
+once, refuses an artifact whose lock differs from the worker's own for the
+aliases being synced (naming each difference), and then reads each archive
+blob by digest, verified against the worker's lock exactly as any download.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from hubpin.errors import FetchError, InputError, IntegrityError, LockfileError, StaleLockError
+from hubpin.kinds import ArchivePin
+from hubpin.lockfile import Lock
+from hubpin.oci.client import OCI_MANIFEST, RegistryClient
+from hubpin.oci.reference import Reference
+
+log = logging.getLogger("hubpin")
+ARTIFACT_TYPE = "application/vnd.hubpin.bundle.v1"
+ARCHIVE_TYPE = "application/vnd.hubpin.archive.v1"
+LOCK_TYPE = "application/vnd.hubpin.lock.v1+toml"
+TITLE = "org.opencontainers.image.title"
+ALIASES = "dev.hubpin.aliases"
+EMPTY_CONFIG = {
+    "mediaType": "application/vnd.oci.empty.v1+json",
+    "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a",
+    "size": 2,
+    "data": "e30=",
+}
+
+
+def bundle_manifest(lock: Lock, lock_text: str, archives: list[str]) -> bytes:
+    """The artifact's manifest: byte-for-byte the same for the same lock and archives."""
+    users: dict[str, list[str]] = {}
+    sizes: dict[str, int] = {}
+    for alias, pin in sorted(lock.models.items()):
+        if isinstance(pin, ArchivePin) and pin.archive_sha256 in archives:
+            users.setdefault(pin.archive_sha256, []).append(alias)
+            sizes[pin.archive_sha256] = pin.archive_size
+    layers = [
+        {
+            "mediaType": ARCHIVE_TYPE,
+            "digest": f"sha256:{sha}",
+            "size": sizes[sha],
+            "annotations": {TITLE: f"archives/{sha}", ALIASES: ",".join(users[sha])},
+        }
+        for sha in sorted(users)
+    ]
+    data = lock_text.encode("utf-8")
+    layers.append(
+        {
+            "mediaType": LOCK_TYPE,
+            "digest": f"sha256:{hashlib.sha256(data).hexdigest()}",
+            "size": len(data),
+            "annotations": {TITLE: "models.lock"},
+        }
+    )
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "artifactType": ARTIFACT_TYPE,
+        "config": EMPTY_CONFIG,
+        "layers": layers,
+        "annotations": {ALIASES: ",".join(a for sha in sorted(users) for a in users[sha])},
+    }
+    return json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8")
+
+
+class OciTarget:
+    """``hubpin bundle oci://…:tag``, as the bundle writer's target (see :mod:`hubpin.bundle`).
+
+    ``copy(pin, fh)`` writes the pinned archive into ``fh``, verified against the lock.
+    """
+
+    def __init__(
+        self,
+        ref: Reference,
+        registry: RegistryClient,
+        lock: Lock,
+        copy: Callable[[ArchivePin, IO[bytes]], None],
+    ) -> None:
+        self.ref = ref
+        self.registry = registry
+        self.lock = lock
+        self.copy = copy
+        self.archives: list[str] = []
+
+    def where(self, pin: ArchivePin) -> str:
+        return self.ref.blob(f"sha256:{pin.archive_sha256}")
+
+    def has(self, pin: ArchivePin) -> bool:
+        digest = f"sha256:{pin.archive_sha256}"
+        there = self.registry.blob_size(digest) == pin.archive_size or self.registry.mount(digest)
+        if there:
+            self.archives.append(pin.archive_sha256)
+        return there
+
+    def put(self, pin: ArchivePin, sources: object) -> bool:
+        """Upload the verified archive from a temp file (a retry sends it again from its start)."""
+        with tempfile.NamedTemporaryFile(prefix="hubpin-bundle-") as fh:
+            self.copy(pin, fh)
+            fh.flush()
+            how = self.registry.upload(f"sha256:{pin.archive_sha256}", pin.archive_size, fh)
+        log.info("%s: %s (%d bytes)", self.where(pin), how, pin.archive_size)
+        self.archives.append(pin.archive_sha256)
+        return how == "uploaded"
+
+    def finish(self, lock_text: str) -> str:
+        """Upload the lock and the empty config, then tag the manifest: ``oci://…@sha256:…``."""
+        data = lock_text.encode("utf-8")
+        self.registry.upload(f"sha256:{hashlib.sha256(data).hexdigest()}", len(data), data)
+        self.registry.upload(str(EMPTY_CONFIG["digest"]), 2, b"{}")
+        body = bundle_manifest(self.lock, lock_text, self.archives)
+        assert self.ref.tag
+        digest = self.registry.put_manifest(self.ref.tag, body)
+        return str(Reference(self.ref.registry, self.ref.repository, None, digest))
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """What ``sync --from oci://…`` found: the manifest's digest, its archives and lock."""
+
+    ref: Reference  # pinned to the manifest's digest
+    archives: dict[str, int]  # sha256 -> size
+    lock: Lock
+
+    def refuse_unless_matches(self, mine: Lock, aliases: list[str], lock_name: str) -> None:
+        """Refuse (exit 1) when, for an alias being synced, the artifact's lock pins another
+        archive than this machine's lock, or the artifact lacks the archive."""
+        problems = []
+        for alias in aliases:
+            pin, theirs = mine.models[alias], self.lock.models.get(alias)
+            if not isinstance(pin, ArchivePin):
+                continue  # read in place at load time: nothing of it is in a bundle
+            if theirs is None:
+                problems.append(f"{alias} is not in the artifact's lock")
+                continue
+            ours, other = pin.model_dump(mode="json"), theirs.model_dump(mode="json")
+            differ = [
+                f"{alias}: {key} is {other.get(key)!r} in the artifact, {ours.get(key)!r} in "
+                f"{lock_name}"
+                for key in sorted(set(ours) | set(other))
+                if ours.get(key) != other.get(key)
+            ]
+            if not differ and self.archives.get(pin.archive_sha256) != pin.archive_size:
+                differ.append(f"{alias}: the artifact has no archive sha256:{pin.archive_sha256}")
+            problems += differ
+        if problems:
+            raise StaleLockError(
+                f"{self.ref}: its lock differs from {lock_name}: {'; '.join(problems)}; "
+                f"bundle this lock (hubpin bundle oci://{self.ref.registry}/"
+                f"{self.ref.repository}:<tag>) or sync with the lock the artifact was made from"
+            )
+
+
+def read_artifact(ref: Reference, registry: RegistryClient) -> Artifact:
+    """The bundle artifact ``ref`` names, its manifest and lock checked; InputError if it is
+    not one (exit 2: the --from argument is wrong)."""
+    from hubpin.tomlfile import tomllib, validate
+
+    body, digest = registry.get_manifest()
+    try:
+        manifest = json.loads(body)
+        layers = manifest["layers"]
+        kind = manifest.get("artifactType") or manifest.get("config", {}).get("mediaType")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise InputError(
+            f"{ref}: not a hubpin bundle (its manifest is not an OCI image manifest)"
+        ) from None
+    if kind != ARTIFACT_TYPE:
+        raise InputError(
+            f"{ref}: not a hubpin bundle (artifactType {kind!r}, expected {ARTIFACT_TYPE}); "
+            f"make one with: hubpin bundle {ref}"
+        )
+    archives, lock_digest = {}, None
+    for layer in layers:
+        if layer.get("mediaType") == LOCK_TYPE:
+            lock_digest = layer["digest"]
+        elif layer.get("mediaType") == ARCHIVE_TYPE:
+            archives[str(layer["digest"]).removeprefix("sha256:")] = int(layer["size"])
+    pinned = Reference(ref.registry, ref.repository, ref.tag, digest)
+    if lock_digest is None:
+        raise InputError(f"{pinned}: the artifact holds no models.lock")
+    text = registry.read_blob(lock_digest).decode("utf-8", "replace")
+    name = Path(f"{pinned}#models.lock")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise IntegrityError(f"{name}: invalid TOML: {exc}") from None
+    try:
+        lock = validate(Lock, data, name, text, LockfileError)
+    except LockfileError as exc:
+        raise FetchError(f"the artifact's lock is not one this hubpin reads: {exc}") from None
+    return Artifact(pinned, archives, lock)

@@ -1,0 +1,198 @@
+"""OCI registries as the distribution engine, against the real CNCF Distribution registry on
+loopback (TLS with a test CA; htpasswd basic auth, and the bearer-token challenge): `hubpin
+bundle oci://…` once, `hubpin sync --from oci://…` everywhere with no upstream traffic; every
+artifact read back by skopeo, an independent client."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from conftest import Model, Project, assert_holds, lock_two_models
+from hubserver import HubServer
+from oci_registry import PASSWORD, USER, OciLogin, Registry
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def test_bundle_to_a_registry_then_sync_fleet_from_it_with_upstream_stopped(
+    project: Project,
+    hub: HubServer,
+    locked_for_registry: tuple[str, str],
+    registry: Registry,
+    models: dict[str, Model],
+    oci_login: OciLogin,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    double, triple = locked_for_registry
+    target = f"oci://{registry.host}/team/models:v1"
+    code, out, err = project.run("bundle", target)
+    assert code == 0, err
+    digest = out.strip()
+    assert digest.startswith("sha256:") and len(digest) == 71
+    assert f"hubpin sync --from oci://{registry.host}/team/models@{digest}" in err
+    assert PASSWORD not in out + err
+
+    # An independent client sees an OCI artifact whose blobs are the locked archives.
+    raw = oci_login.skopeo("inspect", "--raw", f"docker://{registry.host}/team/models:v1")
+    assert _sha(raw.encode()) == digest.removeprefix("sha256:")
+    manifest = json.loads(raw)
+    assert manifest["artifactType"] == "application/vnd.hubpin.bundle.v1"
+    assert manifest["annotations"]["dev.hubpin.aliases"] == ",".join(
+        sorted(("double", "triple"), key=lambda n: _sha(models[n].archive))
+    )
+    archives = {layer["digest"]: layer for layer in manifest["layers"][:-1]}
+    for name in ("double", "triple"):
+        layer = archives[f"sha256:{_sha(models[name].archive)}"]
+        assert layer["size"] == len(models[name].archive)
+        assert layer["annotations"]["dev.hubpin.aliases"] == name
+    copied = tmp_path / "copied"
+    oci_login.skopeo("copy", f"docker://{registry.host}/team/models:v1", f"dir:{copied}")
+    assert (copied / _sha(models["double"].archive)).read_bytes() == models["double"].archive
+    lock_layer = manifest["layers"][-1]
+    assert lock_layer["annotations"]["org.opencontainers.image.title"] == "models.lock"
+    assert (copied / lock_layer["digest"].removeprefix("sha256:")).read_bytes() == (
+        project.lock.read_bytes()
+    )
+
+    # Idempotent: nothing read upstream, no blob uploaded again, the same digest.
+    downloads, uploads = len(hub.requests), registry.requests("PUT", "/blobs/uploads/")
+    code, out, err = project.run("bundle", target)
+    assert code == 0, err
+    assert out.strip() == digest and "2 archives (2 already there)" in err
+    assert len(hub.requests) == downloads
+    assert registry.requests("PUT", "/blobs/uploads/") == uploads
+
+    hub.stop()  # from here on, any upstream request would fail the sync
+    for worker, source in (("a", target), ("b", f"oci://{registry.host}/team/models@{digest}")):
+        cache = tmp_path / f"worker-{worker}"
+        monkeypatch.setenv("TFHUB_CACHE_DIR", str(cache))
+        code, _, err = project.run("sync", "--locked", "--from", source)
+        assert code == 0, err
+        assert "2 fetched" in err
+        assert_holds(cache, models, {"double": double, "triple": triple})
+        assert project.run("verify")[0] == 0
+
+
+def test_an_artifact_whose_lock_differs_is_refused_naming_what_differs(
+    project: Project,
+    locked_for_registry: tuple[str, str],
+    registry: Registry,
+    models: dict[str, Model],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    target = f"oci://{registry.host}/team/other:v1"
+    assert project.run("bundle", target)[0] == 0
+    text = project.lock.read_text()
+    project.lock.write_text(
+        text.replace(_sha(models["double"].archive), _sha(models["quint"].archive))
+    )
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "worker"))
+    code, _, err = project.run("sync", "--frozen", "--from", target)
+    assert code == 1
+    assert f"oci://{registry.host}/team/other:v1@sha256:" in err
+    assert "its lock differs from models.lock: double: archive_sha256 is " in err
+    assert f"{_sha(models['double'].archive)!r} in the artifact" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "worker").exists() or not any((tmp_path / "worker").iterdir())
+
+
+def test_without_credentials_a_one_line_error_says_how_to_log_in(
+    project: Project,
+    hub: HubServer,
+    registry: Registry,
+    oci_login: OciLogin,
+) -> None:
+    lock_two_models(project, hub)
+    code, _, err = project.run("bundle", f"oci://{registry.host}/team/models:v1")
+    assert code == 1
+    assert "the registry asks for credentials and none were found" in err
+    assert f"log in with: skopeo login {registry.host}" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_bearer_token_registry_and_a_mount_from_another_repository(
+    project: Project,
+    hub: HubServer,
+    token_registry: Registry,
+    oci_login: OciLogin,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    oci_login.allow(token_registry)
+    lock_two_models(project, hub)
+    host = token_registry.host
+    code, out, err = project.run("bundle", f"oci://{host}/base/models:v1")
+    assert code == 0, err
+    assert PASSWORD not in out + err
+    assert token_registry.token_server is not None
+    assert "repository:base/models:pull,push" in token_registry.token_server.requests
+
+    # Another repository of the same registry: the archives are mounted, not uploaded.
+    project.write(
+        project.root.joinpath("hubpin.toml").read_text() + 'oci_mount_from = ["base/models"]\n',
+        "hubpin.toml",
+    )
+    uploads = token_registry.requests("PUT", "/blobs/uploads/")
+    code, out, err = project.run("bundle", f"oci://{host}/app/models:v1")
+    assert code == 0, err
+    assert token_registry.requests("PUT", "/blobs/uploads/") == uploads + 2  # lock and config
+    assert token_registry.requests("POST", "mount=sha256") >= 2
+    raw = oci_login.skopeo("inspect", "--raw", f"docker://{host}/app/models:v1")
+    assert _sha(raw.encode()) == out.strip().removeprefix("sha256:")
+
+    hub.stop()
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "worker"))
+    code, _, err = project.run("sync", "--locked", "--from", f"oci://{host}/app/models:v1")
+    assert code == 0, err
+    assert "2 fetched" in err
+
+
+def test_docker_config_is_read_and_a_refused_password_is_never_shown(
+    project: Project,
+    hub: HubServer,
+    registry: Registry,
+    oci_login: OciLogin,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lock_two_models(project, hub)
+    target = f"oci://{registry.host}/team/docker:v1"
+    oci_login.allow(registry, password="wrong-Pa55word")  # REGISTRY_AUTH_FILE comes first
+    code, out, err = project.run("bundle", target)
+    assert code == 1
+    assert f"the registry refused the credentials from {oci_login.auth}" in err
+    assert "wrong-Pa55word" not in out + err and "Traceback" not in err
+
+    docker = tmp_path / "docker"
+    docker.mkdir()
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    (docker / "config.json").write_text(
+        json.dumps({"auths": {f"https://{registry.host}": {"auth": token}}})
+    )
+    monkeypatch.setenv("DOCKER_CONFIG", str(docker))
+    monkeypatch.delenv("REGISTRY_AUTH_FILE")
+    code, out, err = project.run("bundle", target)
+    assert code == 0, err
+    assert PASSWORD not in out + err
+
+
+def test_plain_http_only_after_https_fails_and_only_on_loopback(
+    project: Project, hub: HubServer, oci_login: OciLogin, tmp_path: Path
+) -> None:
+    plain = Registry(tmp_path / "plain", None, {}, auth="none").start()
+    try:
+        lock_two_models(project, hub)
+        code, _, err = project.run("-v", "bundle", f"oci://{plain.host}/team/plain:v1")
+        assert code == 0, err
+        assert "https failed" in err and "trying plain http" in err
+        assert plain.requests("PUT", "/manifests/v1") == 1
+    finally:
+        plain.stop()
