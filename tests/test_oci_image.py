@@ -167,11 +167,12 @@ def test_a_kaggle_model_is_in_kagglehubs_layout_in_the_image(
     entry = rootfs / "models" / "kagglehub" / "models" / SLUG / "1"
     assert (entry.parent / "1.complete").read_bytes() == b""
     out = run_python(
-        f"import kagglehub\nprint(kagglehub.model_download({SLUG + '/1'!r}))\n",
+        f"import kagglehub\nprint(kagglehub.model_download({SLUG + '/1'!r}, 'saved_model.pb'))\n"
+        f"print(kagglehub.model_download({SLUG + '/1'!r}))\n",
         env={"KAGGLEHUB_CACHE": str(rootfs / "models" / "kagglehub")},
     )
-    found = Path(out.strip().splitlines()[-1])
-    assert found == entry
+    one_file, found = (Path(line) for line in out.strip().splitlines()[-2:])
+    assert one_file == entry / "saved_model.pb" and found == entry
     assert (found / "saved_model.pb").read_bytes() == (
         models["double"].folder / "saved_model.pb"
     ).read_bytes()

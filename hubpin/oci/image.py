@@ -6,7 +6,8 @@ One layer holds, under ``/models``::
     tfhub_modules/<key>.descriptor.txt        ``Module: <handle>`` (no time, host or pid)
     tfhub_modules/<key>.hubpin.json           hubpin's record of the verified tree
     kagglehub/models/<o>/<m>/<f>/<v>/<n>/…    a Kaggle model, as kagglehub reads it, with
-    kagglehub/models/…/<n>.complete           its completion marker (hard links, no copy)
+    kagglehub/models/…/<n>.complete           its completion markers, whole and per file
+    kagglehub/models/…/.complete/<n>/…        (the model's files are hard links, not copies)
     models.lock                               the lock it was made from
 
 and the image's environment points the tools there (``TFHUB_CACHE_DIR``,
@@ -34,7 +35,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO, TYPE_CHECKING
 
 from hubpin.cache import Cache, Record
-from hubpin.cache.kagglehub import kagglehub_entry, kagglehub_marker
+from hubpin.cache.kagglehub import kagglehub_entry, kagglehub_file_markers, kagglehub_marker
 from hubpin.errors import FetchError, HubpinError, IntegrityError, NotSyncedError
 from hubpin.fetch import open_file
 from hubpin.kaggle import pinned
@@ -110,6 +111,9 @@ def plan_image(
             kaggle = pinned(pin.handle, pin.kaggle_version, endpoint)
             places.append((kagglehub_entry(Path(KAGGLEHUB), kaggle).as_posix(), ""))
             plan.add(Member(kagglehub_marker(Path(KAGGLEHUB), kaggle).as_posix(), data=b""))
+            markers = kagglehub_file_markers(Path(KAGGLEHUB), kaggle).as_posix()
+            for rel in record.tree.files:  # model_download(handle, path) takes a file by these
+                plan.add(Member(f"{markers}/{rel}.complete", data=b""))
         # The files once, where they sort first (a hard link must follow its target).
         first = min((where for where, _ in places), key=lambda p: p.encode("utf-8"))
         for where, handle in places:
