@@ -1,6 +1,7 @@
 """Replacing an entry leaves no gap: readers in other processes, one looking at the folder as
 fast as it can and one running tf.saved_model.load, while ``verify --repair`` and ``sync``
-replace a damaged entry again and again, must always find the complete model."""
+replace a damaged entry again and again, must always find the complete model; and
+``hubpin.resolve`` / ``hubpin.load`` in a loop must always find it with its record."""
 
 from __future__ import annotations
 
@@ -69,8 +70,9 @@ print(json.dumps({"looks": looks, "full": full, "absent": absent, "straddled": s
 LOADER = r"""
 import json, os, sys
 import tensorflow as tf
-entry, stop, scale, bias = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
-loads, failures = 0, []
+import hubpin
+entry, stop, scale, bias, alias = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
+loads, failures, hubpin_loads, hubpin_failures, damaged = 0, [], 0, [], 0
 while not os.path.exists(stop):
     try:
         model = tf.saved_model.load(entry)
@@ -80,16 +82,50 @@ while not os.path.exists(stop):
     except Exception as exc:  # what hub.load would raise to the user
         failures.append(f"{type(exc).__name__}: {str(exc)[:200]}")
     loads += 1
+    try:  # the same, by alias: hubpin checks the entry against its record first
+        got = hubpin.load(alias)(tf.constant([1.0, 2.0])).numpy().tolist()
+        if got != [scale + bias, 2 * scale + bias]:
+            hubpin_failures.append(f"computed {got}")
+    except hubpin.DamagedEntryError as exc:  # the test's own damage (a byte appended), named
+        if "assets/blob-0.bin is" not in str(exc):
+            hubpin_failures.append(f"DamagedEntryError: {exc}")
+        damaged += 1
+    except Exception as exc:
+        hubpin_failures.append(f"{type(exc).__name__}: {str(exc)[:300]}")
+    hubpin_loads += 1
     if loads == 1:
         open(stop + ".ready", "w").close()
-print(json.dumps({"loads": loads, "failures": failures[:5]}))
+print(json.dumps({"loads": loads, "failures": failures[:5], "hubpin_loads": hubpin_loads,
+                  "damaged": damaged, "hubpin_failures": hubpin_failures[:5]}))
+"""
+
+HUBPIN_READER = r"""
+import json, os, sys
+import hubpin
+stop, alias = sys.argv[1], sys.argv[2]
+reads, failures, damaged = 0, [], 0
+while not os.path.exists(stop):
+    try:
+        hubpin.resolve(alias)
+    except hubpin.DamagedEntryError as exc:  # the test's own damage (a byte appended), named
+        if "assets/blob-0.bin is" not in str(exc):
+            failures.append(f"DamagedEntryError: {exc}")
+        damaged += 1
+    except Exception as exc:
+        failures.append(f"{type(exc).__name__}: {str(exc)[:300]}")
+    reads += 1
+    if reads == 1:
+        open(stop + ".ready", "w").close()
+print(json.dumps({"reads": reads, "damaged": damaged, "failures": failures[:5],
+                  "failed": len(failures)}))
 """
 
 
-def _start(script: str, cache: Path, *args: str) -> subprocess.Popen[str]:
+def _start(script: str, cache: Path, *args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-c", script, *args],
         env=hubpin_env(cache),
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -149,16 +185,25 @@ def test_replacing_a_damaged_entry_never_hides_it_from_readers(
         json.dumps(files),
         str(source / "saved_model.pb"),
     )
+    resolver_stop = stops / "resolver"
+    resolver = _start(HUBPIN_READER, project.cache, str(resolver_stop), "heavy", cwd=project.root)
     try:
         _wait_ready(looker, stop, "the looking reader")
+        _wait_ready(resolver, resolver_stop, "hubpin.resolve")
         replace(60)
     finally:
         stop.touch()
+        resolver_stop.touch()
         looked, err = looker.communicate(timeout=120)
+        resolved, resolve_err = resolver.communicate(timeout=120)
     assert looker.returncode == 0, err[-2000:]
+    assert resolver.returncode == 0, resolve_err[-2000:]
     looks = json.loads(looked)
+    resolves = json.loads(resolved)
     with project.capsys.disabled():  # the figures, shown with -s
-        print(f"\n{replaced} replacements; looker: {looks}")
+        print(f"\n{replaced} replacements; looker: {looks}; hubpin.resolve: {resolves}")
+    # Before: the record was unlinked before the swap and written after; 1,831 resolves failed.
+    assert resolves["failures"] == [] and resolves["reads"] > replaced, resolves
     assert looks["absent"] == 0 and looks["wrong"] == [], (
         f"{looks['absent']} of {looks['looks']} looks found no saved_model.pb, "
         f"{len(looks['wrong'])} whole looks a partial entry, over {replaced} replacements"
@@ -174,6 +219,8 @@ def test_replacing_a_damaged_entry_never_hides_it_from_readers(
         str(stop),
         str(models["double"].scale),
         str(models["double"].bias),
+        "heavy",
+        cwd=project.root,
     )
     try:
         _wait_ready(loader, stop, "the loading reader")
@@ -188,6 +235,8 @@ def test_replacing_a_damaged_entry_never_hides_it_from_readers(
         print(f"{replaced} replacements; loader: {loads}")
     assert loads["failures"] == [], loads
     assert loads["loads"] > 5, loads
+    # Before: 205 of 2,345 hubpin.load calls raised NotSyncedError ("no hubpin record").
+    assert loads["hubpin_failures"] == [], loads
     assert project.run("verify")[0] == 0
     assert leftovers(project.cache) == []
 

@@ -186,13 +186,19 @@ class LocalCache(Cache):
         (:func:`hubpin.atomic.exchange`), so a reader sees the old or the new
         complete folder, never none; elsewhere it is first moved aside (never
         deleted in place), so the entry folder is at every moment absent or complete.
+
+        A record of the same tree stays in place through the swap (a repair puts
+        back the bytes it vouches for), so a reader finds the old entry or the new
+        one with their record, never neither. A record of another tree is removed
+        before the swap: a crash between the two must not leave a record that
+        describes a tree the entry does not hold (without one, the next sync re-hashes).
         """
         entry = self.root / key
         try:
-            # A crash between the renames below must not leave a record that
-            # describes another tree: without one, the next sync re-hashes.
-            with contextlib.suppress(FileNotFoundError):
-                self._record(key).unlink()
+            old_record = self.read_record(key)
+            if old_record is None or old_record.tree_digest != record.tree_digest:
+                with contextlib.suppress(FileNotFoundError):
+                    self._record(key).unlink()
             _atomic_write(self.root / f"{key}.descriptor.txt", descriptor_text(record.handle))
             old = None
             if entry.exists() and exchange(work, entry):
