@@ -90,10 +90,14 @@ class Project:
     def cache(self) -> Cache:
         """The cache the settings name: a folder, or a gs:// prefix shared by a fleet."""
         root = self.settings.cache_root
+        cache: Cache
         if root.startswith("gs://"):
             from hubpin.cache.gcs import GcsCache
 
-            return GcsCache(root, self.settings)
-        from hubpin.cache.local import LocalCache
+            cache = GcsCache(root, self.settings)
+        else:
+            from hubpin.cache.local import LocalCache
 
-        return LocalCache(Path(root).expanduser())
+            cache = LocalCache(Path(root).expanduser())
+        cache.owner = str(self.lock_path)  # the creator its records name (hubpin.owners)
+        return cache

@@ -172,6 +172,7 @@ def test_prune_removes_what_crashes_leave_but_not_work_in_progress(
             f"{key}.hubpin.json",
             f"{other}.lock",
             f"{other}.{live_task}.tmp",
+            "hubpin-projects",
         ]
     )
     assert snapshot(project.entry(keep)) == keep_before

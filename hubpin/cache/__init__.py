@@ -18,6 +18,7 @@ never which kind it is.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -79,10 +80,19 @@ class Record:
     handle: str
     tree_digest: str
     tree: Tree
+    # Who made the entry, for ``prune``: the absolute path of the lock whose command
+    # wrote its files; "" when unknown (a record older than this field). ``adopted``:
+    # hubpin only hashed and recorded files someone else (tensorflow_hub) wrote.
+    created_by: str = ""
+    adopted: bool = False
 
     def to_json(self) -> str:
+        provenance: dict[str, object] = {"created_by": self.created_by} if self.created_by else {}
+        if self.adopted:
+            provenance["adopted"] = True
         return json.dumps(
             {"version": RECORD_VERSION, "handle": self.handle, "tree_digest": self.tree_digest}
+            | provenance
             | self.tree.to_json(),
             indent=1,
             sort_keys=True,
@@ -92,7 +102,9 @@ class Record:
     def from_json(cls, text: str) -> Record:
         """Parse ``to_json``'s output; ValueError, KeyError, TypeError or AssertionError if bad."""
         data = json.loads(text)
-        return cls(data["handle"], data["tree_digest"], Tree.from_json(data))
+        created_by, adopted = data.get("created_by", ""), data.get("adopted", False)
+        assert isinstance(created_by, str) and isinstance(adopted, bool)
+        return cls(data["handle"], data["tree_digest"], Tree.from_json(data), created_by, adopted)
 
 
 class Cache(ABC):
@@ -106,6 +118,20 @@ class Cache(ABC):
 
     location: str
     local_root: Path | None
+    # The lock (absolute path) of the project whose commands write through this cache:
+    # the ``created_by`` of the entries they publish (see :mod:`hubpin.cache.owners`).
+    owner: str = ""
+
+    def provenance(self, record: Record, previous: Record | None, *, adopted: bool) -> Record:
+        """``record`` with who made the entry: kept from a record of the same tree (a
+        repair puts the same bytes back), else this project's lock (or adopted)."""
+        if previous is not None and previous.tree_digest == record.tree_digest:
+            return dataclasses.replace(
+                record, created_by=previous.created_by, adopted=previous.adopted
+            )
+        if adopted:
+            return dataclasses.replace(record, created_by="", adopted=True)
+        return dataclasses.replace(record, created_by=self.owner, adopted=False)
 
     @abstractmethod
     def entry(self, key: str) -> str:
@@ -174,6 +200,33 @@ class Cache(ABC):
     @abstractmethod
     def leftovers(self) -> list[str]:
         """What crashed syncs left behind (dead locks, their work folders, temp files)."""
+
+    @abstractmethod
+    def keys(self) -> set[str]:
+        """Every cache key with anything of its entry here (folder, descriptor or record)."""
+
+    # Notes: small files hubpin keeps beside the entries, under ``hubpin-projects/``
+    # (which projects use this cache; see :mod:`hubpin.cache.owners`).
+
+    @abstractmethod
+    def read_note(self, name: str) -> bytes | None:
+        """A note's bytes (at most ``MAX_NOTE`` of them); None when absent."""
+
+    @abstractmethod
+    def write_note(self, name: str, data: bytes) -> None:
+        """Write a note whole (a reader sees the old or the new bytes)."""
+
+    @abstractmethod
+    def notes(self) -> list[str]:
+        """The names of every note."""
+
+    @abstractmethod
+    def remove_note(self, name: str) -> None:
+        """Remove a note; already gone is fine."""
+
+
+NOTES = "hubpin-projects"
+MAX_NOTE = 1 << 20
 
 
 def descriptor_text(handle: str) -> str:

@@ -23,6 +23,8 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from hubpin.cache import (
+    MAX_NOTE,
+    NOTES,
     Cache,
     Record,
     describe_holder,
@@ -399,6 +401,7 @@ class GcsCache(Cache):
     def publish(self, key: str, work: Path, record: Record) -> None:
         """Upload a verified work folder into ``<key>/`` and commit it with the record (see class)."""
         self._still_held(key)
+        record = self.provenance(record, self.read_record(key), adopted=False)
         self._revoke_other(key, record)
         tmp = work.name  # <key>.<uuid>.tmp, as named by locked()
         files = sorted(record.tree.files, key=lambda p: (p in _ENTRY_LAST, p))
@@ -464,6 +467,7 @@ class GcsCache(Cache):
     def publish_record(self, key: str, record: Record) -> None:
         """Commit an entry someone else wrote (tensorflow_hub), once it was hashed and matched."""
         self._still_held(key)
+        record = self.provenance(record, self.read_record(key), adopted=True)
         self._revoke_other(key, record)
         listing = self._listing(key)
         self._commit(
@@ -520,6 +524,41 @@ class GcsCache(Cache):
             ):
                 found.append((self._url(relative), int(item.get("size", 0))))
         return found
+
+    def keys(self) -> set[str]:
+        items, prefixes = self._list("", delimiter="/")
+        found = {name[len(self.prefix) :].rstrip("/") for name in prefixes}
+        for item in items:
+            key, _, rest = item["name"][len(self.prefix) :].partition(".")
+            if rest in ("descriptor.txt", "hubpin.json"):
+                found.add(key)
+        return {key for key in found if _KEY_RE.fullmatch(key)}
+
+    def read_note(self, name: str) -> bytes | None:
+        relative = f"{NOTES}/{name}"
+        with self._errors(relative):
+            meta = stat(self.fs, self.bucket, self._name(relative))
+            if meta is None or int(meta.get("size", 0)) > MAX_NOTE:
+                return None if meta is None else b"\0" * (MAX_NOTE + 1)
+            try:
+                return download(self.fs, self.bucket, self._name(relative), str(meta["generation"]))
+            except FileNotFoundError:
+                return None
+
+    def write_note(self, name: str, data: bytes) -> None:
+        relative = f"{NOTES}/{name}"
+        with self._errors(relative):
+            upload(self.fs, self.bucket, self._name(relative), data)
+
+    def notes(self) -> list[str]:
+        items, _ = self._list(f"{NOTES}/")
+        start = len(self._name(f"{NOTES}/"))
+        return sorted(item["name"][start:] for item in items)
+
+    def remove_note(self, name: str) -> None:
+        relative = f"{NOTES}/{name}"
+        with self._errors(relative):
+            delete(self.fs, self.bucket, self._name(relative))
 
     def _size_of(self, url: str) -> int:
         bucket, name = split_url(url)

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from hubpin.atomic import exchange
 from hubpin.cache import (
+    MAX_NOTE,
+    NOTES,
     Cache,
     Record,
     describe_holder,
@@ -145,7 +147,7 @@ class LocalCache(Cache):
                 raise write_error(exc, work) from None
             yield work
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            remove_tree(work, quiet=True)
             if _read(lock) == contents:
                 with contextlib.suppress(FileNotFoundError):
                     lock.unlink()
@@ -177,7 +179,7 @@ class LocalCache(Cache):
         aside.unlink()
         work = self._work_of(key, holder)
         if work is not None and not taken:
-            shutil.rmtree(work, ignore_errors=True)
+            remove_tree(work, quiet=True)
 
     def publish(self, key: str, work: Path, record: Record) -> None:
         """Make ``work`` the entry ``<key>/`` by rename, then write the record beside it.
@@ -196,6 +198,7 @@ class LocalCache(Cache):
         entry = self.root / key
         try:
             old_record = self.read_record(key)
+            record = self.provenance(record, old_record, adopted=False)
             if old_record is None or old_record.tree_digest != record.tree_digest:
                 with contextlib.suppress(FileNotFoundError):
                     self._record(key).unlink()
@@ -210,11 +213,14 @@ class LocalCache(Cache):
                 os.rename(work, entry)
         except OSError as exc:
             raise write_error(exc, entry) from None
-        self.publish_record(key, record)
+        self._write_record(key, record)
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_tree(old, quiet=True)
 
     def publish_record(self, key: str, record: Record) -> None:
+        self._write_record(key, self.provenance(record, self.read_record(key), adopted=True))
+
+    def _write_record(self, key: str, record: Record) -> None:
         try:
             _atomic_write(self._record(key), record.to_json())
         except OSError as exc:
@@ -233,20 +239,56 @@ class LocalCache(Cache):
         sized = []
         for path in found:
             with contextlib.suppress(FileNotFoundError):  # gone meanwhile
-                sized.append(
-                    (str(path), entry_size(path) if path.is_dir() else path.stat().st_size)
-                )
+                is_folder = path.is_dir() and not path.is_symlink()  # a link's target is not ours
+                sized.append((str(path), entry_size(path) if is_folder else path.lstat().st_size))
         return sized
 
+    def keys(self) -> set[str]:
+        if not self.root.is_dir():
+            return set()
+        return {
+            path.name.split(".")[0]
+            for path in self.root.iterdir()
+            if _KEY_RE.fullmatch(path.name.split(".")[0])
+            and path.name.partition(".")[2] in ("", "descriptor.txt", "hubpin.json")
+        }
+
     def remove(self, name: str) -> None:
-        """Remove one path that :meth:`prunable` named."""
+        """Remove one path that :meth:`prunable` named (a symlink itself, never its target)."""
         path = Path(name)
         try:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        except FileNotFoundError:  # removed meanwhile (by its owner or another prune)
-            pass
+            remove_tree(path)
         except OSError as exc:
             raise write_error(exc, path) from None
+
+    def read_note(self, name: str) -> bytes | None:
+        try:
+            with open(self.root / NOTES / name, "rb") as fh:
+                return fh.read(MAX_NOTE + 1)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def write_note(self, name: str, data: bytes) -> None:
+        folder = self.root / NOTES
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            _atomic_write(folder / name, data.decode("utf-8"))
+        except OSError as exc:
+            raise write_error(exc, folder / name) from None
+
+    def notes(self) -> list[str]:
+        try:
+            return sorted(
+                p.name for p in (self.root / NOTES).iterdir() if not p.name.startswith(".")
+            )
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def remove_note(self, name: str) -> None:
+        try:
+            (self.root / NOTES / name).unlink(missing_ok=True)
+        except OSError as exc:
+            raise write_error(exc, self.root / NOTES / name) from None
 
     def leftovers(self) -> list[str]:
         """What crashes leave behind: dead locks and their work folders, moved-aside
@@ -335,6 +377,41 @@ def _atomic_write(path: Path, text: str) -> None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+
+
+def remove_tree(path: Path, *, quiet: bool = False) -> None:
+    """Remove a file, a symlink (never what it points to) or a folder, whatever its modes.
+
+    A folder without write or search permission is opened up and retried, so a
+    damaged entry that was swapped out leaves no ``.tmp`` or ``.old`` behind.
+    Already gone is fine; any other failure raises OSError unless ``quiet``.
+    """
+
+    def opened_up(function: object, failed: str, exc_info: object) -> None:
+        if not os.path.lexists(failed):  # removed by an earlier retry
+            return
+        parent = os.path.dirname(failed)
+        for folder in (parent, failed):
+            with contextlib.suppress(OSError):
+                if os.path.isdir(folder) and not os.path.islink(folder):
+                    os.chmod(folder, 0o700)
+        if os.path.isdir(failed) and not os.path.islink(failed):
+            shutil.rmtree(failed)
+        else:
+            os.unlink(failed)
+
+    try:
+        if path.is_symlink() or not path.is_dir():
+            path.unlink()
+            return
+        with contextlib.suppress(OSError):
+            os.chmod(path, 0o700)
+        shutil.rmtree(path, onerror=opened_up)
+    except FileNotFoundError:  # removed meanwhile (by its owner or another prune)
+        return
+    except OSError:
+        if not quiet:
+            raise
 
 
 def entry_size(path: Path) -> int:

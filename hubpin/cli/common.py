@@ -14,9 +14,10 @@ from hubpin.errors import (
     unknown_alias,
 )
 from hubpin.lockfile import Lock, Pin
+from hubpin.owners import register
 from hubpin.project import Project
 from hubpin.sources import Sources
-from hubpin.sync import Syncer
+from hubpin.sync import Outcome, Syncer
 from hubpin.transport import Transport
 
 
@@ -26,6 +27,16 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         "format": getattr(args, "load_format", None),
         "jobs": getattr(args, "jobs", None),
     }
+
+
+def _register(project: Project, lock: Lock, outcomes: list[Outcome] | None = None) -> None:
+    """Note in the cache that this lock uses it, so other projects' prune keeps its entries
+    (once something of it is there: a sync that failed throughout leaves the cache as it was)."""
+    if outcomes is not None and all(o.status == "failed" for o in outcomes):
+        return
+    keys = {k for p in lock.models.values() for k in p.cache_keys()}
+    if keys:
+        register(project.cache, project.lock_path, keys)
 
 
 def _project(args: argparse.Namespace, need_manifest: bool = True) -> Project:

@@ -13,6 +13,7 @@ from hubpin.cli.common import (
     _json_needs_dry_run,
     _known,
     _project,
+    _register,
     _say,
     _size,
     _sources,
@@ -57,6 +58,7 @@ def cmd_lock(args: argparse.Namespace) -> int:
             upgrade=args.upgrade,
         )
     if lock is not None and fill:
+        _register(project, lock)
         _stamp_after_lock(project, args.argv, lock, at_start)
     return 0 if changed is not None else 1
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import shlex
+import sys
 from pathlib import Path
 
 from hubpin.bundle import write_bundle
@@ -20,25 +23,91 @@ from hubpin.cli.common import (
 from hubpin.errors import (
     HubpinError,
     ManifestError,
+    StaleLockError,
 )
 from hubpin.lockfile import Lock, differences, manifest_digest, write_lock
 from hubpin.manifest import add_model, remove_models
+from hubpin.owners import prune_plan
 from hubpin.paths import SETTINGS_FILE, find_upwards
 from hubpin.project import Project
+
+log = logging.getLogger("hubpin")
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
     project = _project(args, need_manifest=False)
     lock = project.read_lock()
+    if project.manifest_path.exists():
+        problems = differences(lock, project.manifest, project.settings)
+        if problems:  # it would prune by pins the manifest no longer asks for
+            raise StaleLockError(
+                f"{project.lock_path.name} does not match {project.manifest_path.name}: "
+                f"{'; '.join(problems)}; prune keeps what the lock pins, so run: hubpin lock, "
+                "then hubpin prune"
+            )
     cache = project.cache
-    doomed = cache.prunable({key for p in lock.models.values() for key in p.cache_keys()})
-    for name, size in doomed:
-        _say(args, f"{'would remove' if args.dry_run else 'removed'} {name} ({_size(size)})")
-        if not args.dry_run:
+    plan = prune_plan(
+        cache,
+        project.lock_path,
+        {key for p in lock.models.values() for key in p.cache_keys()},
+        all_unpinned=args.all_unpinned,
+        foreign=args.foreign,
+    )
+    failed = []
+    freed = 0
+    for name, size in plan.remove:
+        if args.dry_run:
+            _say(args, f"would remove {name} ({_size(size)})")
+            continue
+        try:
             cache.remove(name)
+        except HubpinError as exc:
+            failed.append(name)
+            print(f"hubpin: error: could not remove {name}: {exc}", file=sys.stderr)
+            continue
+        freed += size
+        _say(args, f"removed {name} ({_size(size)})")
+    for user in plan.forget:
+        _say(
+            args,
+            f"{'would forget' if args.dry_run else 'forgot'} {user.where}: that lock no longer "
+            "exists, so it pins nothing here (a moved project notes itself again at its next sync)",
+        )
+        if not args.dry_run:
+            with contextlib.suppress(HubpinError, OSError):
+                cache.remove_note(user.note)
+    for key, why in plan.kept.items():
+        log.info("kept %s: %s", cache.entry(key), why)
+    if plan.kept:
+        _say(args, _kept_summary(plan.kept))
+    if args.dry_run:
+        freed = sum(size for _, size in plan.remove)
     verb = "would free" if args.dry_run else "freed"
-    _say(args, f"{_count(len(doomed), 'path')}, {verb} {_size(sum(size for _, size in doomed))}")
+    summary = f"{_count(len(plan.remove) - len(failed), 'path')}, {verb} {_size(freed)}"
+    if failed:
+        _say(
+            args,
+            f"{summary}; {_count(len(failed), 'path')} could not be removed: {', '.join(failed)}",
+        )
+        return 1
+    _say(args, summary)
     return 0
+
+
+def _kept_summary(kept: dict[str, str]) -> str:
+    """One line on the entries prune left because they are not this project's (-v lists them)."""
+    pinned = sum(why.startswith("pinned by") for why in kept.values())
+    foreign = sum(why == "not created by hubpin" for why in kept.values())
+    other = len(kept) - pinned - foreign
+    parts = []
+    if pinned:
+        parts.append(f"{pinned} pinned by other projects' locks")
+    if other:
+        parts.append(f"{other} created by other projects (--all-unpinned removes them)")
+    if foreign:
+        parts.append(f"{foreign} not created by hubpin (--foreign removes them)")
+    noun = "entry" if len(kept) == 1 else "entries"
+    return f"kept {len(kept)} {noun} this lock does not pin: {', '.join(parts)}"
 
 
 def cmd_add(args: argparse.Namespace) -> int:
@@ -81,17 +150,18 @@ def cmd_remove(args: argparse.Namespace) -> int:
 
 
 def _prune_hint(project: Project) -> str:
-    """What ``hubpin prune`` would free now, from the cache's own prunable listing."""
+    """What ``hubpin prune`` would free now, from the same plan prune makes."""
     try:
         lock = project.read_lock()
-        doomed = project.cache.prunable({k for p in lock.models.values() for k in p.cache_keys()})
+        keys = {k for p in lock.models.values() for k in p.cache_keys()}
+        doomed = prune_plan(project.cache, project.lock_path, keys).remove
     except (HubpinError, OSError) as exc:
         return f"could not list what hubpin prune would free: {exc}"
     if not doomed:
-        return f"nothing in {project.cache.root} for hubpin prune to free"
+        return f"nothing in {project.cache.location} for hubpin prune to free"
     return (
         f"hubpin prune would now free {_size(sum(size for _, size in doomed))} "
-        f"({_count(len(doomed), 'path')} in {project.cache.root})"
+        f"({_count(len(doomed), 'path')} in {project.cache.location})"
     )
 
 

@@ -144,8 +144,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("alias", metavar="ALIAS")
 
-    p = command("prune", cmd_prune, "remove cache entries and leftovers the lock does not name")
+    p = command(
+        "prune",
+        cmd_prune,
+        "remove leftovers, and the entries this project created that no lock pins",
+    )
+    p.description = (
+        "Remove what crashed syncs left, and the cache entries this project's lock created "
+        "that no lock pins now. The cache is shared (the default $TMPDIR/tfhub_modules by "
+        "everything on the machine), so prune tells its own entries by hubpin's record "
+        "beside each one (<key>.hubpin.json names the lock that created it) and never "
+        "removes an entry that a lock noted in the cache's hubpin-projects/ folder pins "
+        "(each sync notes its lock and keys there; a lock that no longer exists is forgotten)."
+    )
     p.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    p.add_argument(
+        "--all-unpinned",
+        action="store_true",
+        help="also entries other projects created that no lock pins now (their lock was "
+        "deleted or moved, or dropped the model)",
+    )
+    p.add_argument(
+        "--foreign",
+        action="store_true",
+        help="also entries hubpin did not create (tensorflow_hub's own downloads) that no lock pins",
+    )
 
     p = command("add", cmd_add, "add a model to the manifest")
     p.add_argument("alias", metavar="ALIAS")

@@ -12,6 +12,7 @@ from typing import Any
 from hubpin.cli.common import (
     _count,
     _project,
+    _register,
     _say,
     _select,
     _size,
@@ -49,6 +50,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             syncer.offline = False
             outcomes = syncer.run({a: pins[a] for a in damaged}, project.settings.jobs)
             repaired = {o.alias: o for o in outcomes}
+            _register(project, lock, outcomes)
     if args.json:
         models = {}
         for alias, problems in sorted(report.items()):

@@ -15,6 +15,7 @@ from hubpin.cli.common import (
     _json_needs_dry_run,
     _known,
     _project,
+    _register,
     _say,
     _select,
     _size,
@@ -84,6 +85,7 @@ def cmd_sync(args: argparse.Namespace) -> int:
                     f"{outcome.alias} {outcome.status}", refresh=True
                 )
             outcomes = syncer.run(pins, args.jobs or project.settings.jobs)
+        _register(project, lock, outcomes)
     code = _report(args, outcomes, project)
     if code == 0:
         _stamp(args.argv, project, pins, outcomes, at_start)

@@ -1,0 +1,161 @@
+"""Which projects use a cache, and so what ``hubpin prune`` may remove from it.
+
+tensorflow_hub's default cache (``$TMPDIR/tfhub_modules``) is shared by every
+project and tool on the machine, so "not in my lock" does not mean "nobody's".
+Two facts decide what is a project's own:
+
+- every record hubpin writes names the lock whose command created the entry
+  (``created_by``; an entry hubpin only adopted, or one without a record, was made
+  by someone else: tensorflow_hub, or a copy);
+- every ``sync``, filling ``lock`` and ``verify --repair`` notes in the cache, under
+  ``hubpin-projects/``, which lock uses it (path, host) and the cache keys it pins.
+
+``prune`` removes, by default, leftovers of crashed syncs and the entries its own
+lock created that no registered lock pins now. A registered lock on this host is
+read again (so a project that dropped a model no longer protects it); one that no
+longer exists (deleted, or moved: it registers again at its next sync) protects
+nothing and is forgotten; one on another host (a gs:// cache shared by a fleet)
+protects the keys it registered. Entries other projects created that no lock pins
+now are removed only with ``--all-unpinned``; entries hubpin did not create only
+with ``--foreign``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hubpin.cache import MAX_NOTE, Cache
+from hubpin.errors import HubpinError
+
+log = logging.getLogger("hubpin")
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class User:
+    """A project that noted it uses the cache: its lock, host, the keys it pins now."""
+
+    lock: str
+    host: str
+    keys: frozenset[str]
+    note: str
+    state: str  # "read" (lock read now) | "registered" (keys as noted) | "gone"
+
+    @property
+    def where(self) -> str:
+        return self.lock if self.host == socket.gethostname() else f"{self.lock} on {self.host}"
+
+
+@dataclass
+class PrunePlan:
+    """What ``prune`` removes, what it keeps and why, which registrations it forgets."""
+
+    remove: list[tuple[str, int]]
+    kept: dict[str, str] = field(default_factory=dict)  # cache key → why it stays
+    forget: list[User] = field(default_factory=list)
+
+
+def note_name(lock_path: Path, host: str | None = None) -> str:
+    ident = f"{host or socket.gethostname()}\0{lock_path}"
+    return hashlib.sha1(ident.encode("utf-8")).hexdigest() + ".json"
+
+
+def register(cache: Cache, lock_path: Path, keys: Iterable[str]) -> None:
+    """Note that ``lock_path`` uses ``cache`` for ``keys``; written only when it changed.
+
+    A cache that cannot be written (read-only, say) is not an error: nothing can be
+    pruned from it either.
+    """
+    host = socket.gethostname()
+    data = json.dumps(
+        {"version": VERSION, "host": host, "lock": str(lock_path), "keys": sorted(set(keys))},
+        indent=1,
+        sort_keys=True,
+    ).encode("utf-8")
+    name = note_name(lock_path, host)
+    try:
+        if cache.read_note(name) != data:
+            cache.write_note(name, data)
+    except (HubpinError, OSError) as exc:
+        log.info("%s: could not note that %s uses this cache: %s", cache.location, lock_path, exc)
+
+
+def users(cache: Cache) -> list[User]:
+    """Every project noted in the cache; a lock on this host is read again for its keys."""
+    from hubpin.lockfile import read_lock
+
+    found = []
+    here = socket.gethostname()
+    for name in cache.notes():
+        raw = cache.read_note(name)
+        try:
+            if raw is None or len(raw) > MAX_NOTE:
+                raise ValueError("missing or too large")
+            data = json.loads(raw)
+            lock, host, keys = data["lock"], data["host"], data["keys"]
+            if not (isinstance(lock, str) and isinstance(host, str) and isinstance(keys, list)):
+                raise ValueError("not a registration")
+            noted = frozenset(str(k) for k in keys)
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            log.warning("%s: ignoring unreadable note %s (%s)", cache.location, name, exc)
+            continue
+        if host != here:
+            found.append(User(lock, host, noted, name, "registered"))
+            continue
+        path = Path(lock)
+        if not path.is_file():
+            found.append(User(lock, host, noted, name, "gone"))
+            continue
+        try:
+            pins = read_lock(path).models.values()
+            keys_now = frozenset(k for pin in pins for k in pin.cache_keys())
+            found.append(User(lock, host, keys_now, name, "read"))
+        except HubpinError as exc:  # unreadable now: what it pinned when it synced still counts
+            log.warning("%s: %s; keeping what it pinned when it last synced", lock, exc)
+            found.append(User(lock, host, noted, name, "registered"))
+    return found
+
+
+def prune_plan(
+    cache: Cache,
+    lock_path: Path,
+    own_keys: set[str],
+    *,
+    all_unpinned: bool = False,
+    foreign: bool = False,
+) -> PrunePlan:
+    """What ``hubpin prune`` for the project of ``lock_path`` removes (see the module)."""
+    own = str(lock_path)
+    here = socket.gethostname()
+    protected: dict[str, str] = {}
+    forget = []
+    for user in users(cache):
+        if user.lock == own and user.host == here:
+            continue
+        if user.state == "gone":
+            forget.append(user)
+            continue
+        for key in user.keys:
+            protected.setdefault(key, f"pinned by {user.where}")
+    kept: dict[str, str] = {}
+    for key in sorted(cache.keys() - own_keys):
+        if key in protected:
+            kept[key] = protected[key]
+            continue
+        record = cache.read_record(key)
+        if record is None or record.adopted:
+            if not foreign:
+                kept[key] = "not created by hubpin"
+        elif record.created_by != own and not all_unpinned:
+            kept[key] = (
+                f"created by {record.created_by}"
+                if record.created_by
+                else "created by a hubpin that did not note its project"
+            )
+    return PrunePlan(cache.prunable(own_keys | set(kept)), kept, forget)
