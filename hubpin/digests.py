@@ -73,13 +73,6 @@ class Tree:
             "dirs": sorted(self.dirs),
         }
 
-    @classmethod
-    def from_json(cls, data: dict[str, object]) -> Tree:
-        files = data["files"]
-        dirs = data["dirs"]
-        assert isinstance(files, dict) and isinstance(dirs, list)
-        return cls({p: (int(s), str(h)) for p, (s, h) in files.items()}, set(dirs))
-
 
 def sha256_file(path: Path) -> tuple[int, str]:
     """Size and sha256 of one file, read in large chunks."""

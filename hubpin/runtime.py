@@ -92,6 +92,8 @@ class Lock:
             folder = pin.folder(self._project.root)
             if not folder.is_dir():
                 raise NotSyncedError(f"{alias}: pinned folder {folder} does not exist")
+            if verify:  # read in place, so verify means re-hash it, as for a cache entry
+                _check_folder(alias, folder, pin.tree_digest)
             return str(folder)
         assert isinstance(pin, ArchivePin)  # the kinds that are neither are read in place
         cache = self._project.cache
@@ -187,6 +189,22 @@ class _PinnedResolver:
                 f"refuses to download it; run: hubpin add ALIAS {handle} && hubpin sync"
             )
         return self.lock.resolve(alias)
+
+
+def _check_folder(alias: str, folder: Path, tree_digest: str) -> None:
+    from hubpin.digests import hash_tree
+
+    try:
+        found = hash_tree(folder).digest()
+    except OSError as exc:
+        raise DamagedEntryError(
+            f"{alias}: pinned folder {folder} cannot be read: {exc}; fix it, or run: hubpin lock"
+        ) from None
+    if found != tree_digest:
+        raise DamagedEntryError(
+            f"{alias}: pinned folder {folder} holds {found}, the lock pins {tree_digest}; "
+            "put the pinned files back, or if the change is intended run: hubpin lock"
+        )
 
 
 def _load_options(pin: Pin) -> tf.saved_model.LoadOptions | None:

@@ -22,11 +22,15 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import tomllib
+
 from hubpin import __version__
+from hubpin.handles import cache_key
 from hubpin.project import Project
 
 VERSION = 1
@@ -112,13 +116,24 @@ def replay(argv: Sequence[str]) -> int | None:
     try:
         from hubpin.cache.local import LocalCache
 
-        path = folder() / _key(argv, _project(argv))
+        project = _project(argv)
+        path = folder() / _key(argv, project)
         stamp = json.loads(path.read_text("utf-8"))
         output = stamp["output"]
         if stamp["version"] != VERSION or not isinstance(output, str):
             return None
-        cache = LocalCache(Path(stamp["cache"]))
-        if any(cache.quick_check(key, digest) for key, digest in stamp["entries"]):
+        # What the stamp claims is checked against what it proves, never taken from it: it
+        # was written under this name, for the cache these settings name, and it lists every
+        # entry of this lock (else a stamp edited to list none, or copied from another
+        # project, would answer a sync whose entry was deleted).
+        root = _cache_root(project)
+        entries = _lock_entries(project.lock_path)
+        if stamp.get("key") != path.name or root is None or stamp["cache"] != str(root):
+            return None
+        if entries is None or sorted(map(tuple, stamp["entries"])) != entries:
+            return None
+        cache = LocalCache(root)
+        if any(cache.quick_check(key, digest) for key, digest in entries):
             return None
         with contextlib.suppress(OSError):
             os.utime(path)  # in use: not one to forget
@@ -126,6 +141,42 @@ def replay(argv: Sequence[str]) -> int | None:
         return None
     sys.stderr.write(output)
     return 0
+
+
+def _cache_root(project: Project) -> Path | None:
+    """The local cache the settings name, found without pydantic; None when it cannot be
+    told for sure here (a relative or ``~`` path, a gs:// one, an unreadable hubpin.toml):
+    then the full path decides, as it always may."""
+    value = os.environ.get("TFHUB_CACHE_DIR") or os.environ.get("HUBPIN_CACHE_DIR")
+    if not value and project.settings_path.is_file():
+        try:
+            value = tomllib.loads(project.settings_path.read_text("utf-8")).get("cache_dir")
+        except (OSError, ValueError):
+            return None
+        if value is not None and not isinstance(value, str):
+            return None
+    if not value:
+        value = os.path.join(tempfile.gettempdir(), "tfhub_modules")
+    root = Path(value)
+    return root if root.is_absolute() and "://" not in value else None
+
+
+def _lock_entries(lock_path: Path) -> list[tuple[str, str]] | None:
+    """Every (cache key, tree digest) the lock's archive pins fill, as a sync stamps them
+    (one key per handle, ``also`` handle and versioned handle); None if it cannot tell."""
+    try:
+        models = tomllib.loads(lock_path.read_text("utf-8"))["models"]
+        found = set()
+        for pin in models.values():
+            if pin.get("kind") != "archive" or not pin.get("cache_key") or "kaggle_version" in pin:
+                return None  # such a sync leaves no stamp (see cli._stamp)
+            handles = [pin["handle"], *pin.get("also", [])]
+            if pin.get("versioned_handle"):
+                handles.append(pin["versioned_handle"])
+            found |= {(cache_key(handle), pin["tree_digest"]) for handle in handles}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return sorted(found)
 
 
 def inputs(argv: Sequence[str], project: Project) -> str | None:
@@ -161,6 +212,7 @@ def write(
                 old.unlink(missing_ok=True)
         data = {
             "version": VERSION,
+            "key": at_start,
             "cache": project.cache.location,
             "entries": entries,
             "output": output,

@@ -99,12 +99,71 @@ class Record:
         )
 
     @classmethod
-    def from_json(cls, text: str) -> Record:
-        """Parse ``to_json``'s output; ValueError, KeyError, TypeError or AssertionError if bad."""
-        data = json.loads(text)
-        created_by, adopted = data.get("created_by", ""), data.get("adopted", False)
-        assert isinstance(created_by, str) and isinstance(adopted, bool)
-        return cls(data["handle"], data["tree_digest"], Tree.from_json(data), created_by, adopted)
+    def from_json(cls, text: str | bytes) -> Record:
+        """Parse ``to_json``'s output; ValueError for anything else (see :func:`parse_record`)."""
+        return parse_record(text)[0]
+
+
+# A record lists every file of a model; 100,000 files (max_members) take about 15 MB.
+MAX_RECORD = 64 << 20
+_SHA256_HEX = frozenset("0123456789abcdef")
+
+
+def parse_record(text: str | bytes) -> tuple[Record, dict[str, str | None]]:
+    """A record and the per-file crc32c it may hold (gs:// caches), or ValueError.
+
+    A record is input like any file on disk: bounded before it is parsed, no
+    ``NaN``/``Infinity``, no nesting beyond its own, every field of its type, and
+    its file list must add up to its own tree digest (so a record edited to drop
+    a file is not trusted). Whatever fails is a record that is absent: the entry
+    is re-hashed or re-fetched, never trusted and never a traceback.
+    """
+    if len(text) > MAX_RECORD:
+        raise ValueError(f"larger than {MAX_RECORD} bytes")
+
+    def no_constant(name: str) -> object:
+        raise ValueError(f"{name} is not a number")
+
+    try:
+        data = json.loads(text, parse_constant=no_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    handle, digest, files, dirs = (data.get(k) for k in ("handle", "tree_digest", "files", "dirs"))
+    created_by, adopted = data.get("created_by", ""), data.get("adopted", False)
+    crcs = data.get("crc32c", {})
+    if not (
+        isinstance(handle, str)
+        and isinstance(digest, str)
+        and isinstance(files, dict)
+        and isinstance(dirs, list)
+        and isinstance(created_by, str)
+        and isinstance(adopted, bool)
+        and isinstance(crcs, dict)
+    ):
+        raise ValueError("a field is missing or of the wrong type")
+    tree = Tree()
+    for path, entry in files.items():
+        if not (
+            isinstance(entry, list)
+            and len(entry) == 2
+            and type(entry[0]) is int
+            and entry[0] >= 0
+            and isinstance(entry[1], str)
+            and len(entry[1]) == 64
+            and set(entry[1]) <= _SHA256_HEX
+        ):
+            raise ValueError(f"file {path!r}: expected [size, sha256], found {str(entry)[:80]}")
+        tree.files[path] = (entry[0], entry[1])
+    if not all(isinstance(d, str) for d in dirs):
+        raise ValueError("dirs: expected a list of paths")
+    tree.dirs = set(dirs)
+    if tree.digest() != digest:
+        raise ValueError(f"its files add up to {tree.digest()}, not to its tree digest {digest}")
+    if not all(isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in crcs.items()):
+        raise ValueError("crc32c: expected path → checksum")
+    return Record(handle, digest, tree, created_by, adopted), crcs
 
 
 class Cache(ABC):

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from hubpin.cache import (
     MAX_NOTE,
+    MAX_RECORD,
     NOTES,
     Cache,
     Record,
@@ -35,6 +36,7 @@ from hubpin.cache import (
     not_synced,
     on_this_host,
     other_tree,
+    parse_record,
 )
 from hubpin.digests import Tree
 from hubpin.errors import CacheError, HubpinError, some
@@ -143,17 +145,21 @@ class GcsCache(Cache):
             meta = stat(self.fs, self.bucket, name)
             if meta is None:
                 return None
-            try:
-                text = download(self.fs, self.bucket, name, str(meta["generation"]))
-            except FileNotFoundError:  # replaced between the two requests
-                return self._read_record(key)
+            if int(meta.get("size", 0)) > MAX_RECORD:  # not one of ours: never downloaded
+                text = b"\0" * (MAX_RECORD + 1)
+            else:
+                try:
+                    text = download(self.fs, self.bucket, name, str(meta["generation"]))
+                except FileNotFoundError:  # replaced between the two requests
+                    return self._read_record(key)
         try:
-            record = Record.from_json(text.decode("utf-8"))
-            crcs = json.loads(text)["crc32c"]
-        except (ValueError, KeyError, TypeError, AssertionError):
-            log.warning("%s: unreadable hubpin record; the entry is treated as absent", name)
+            record, crcs = parse_record(text)
+        except ValueError as exc:
+            log.warning(
+                "%s: unreadable hubpin record (%s); the entry is treated as absent", name, exc
+            )
             return None, {}, str(meta["generation"])
-        return record, dict(crcs), str(meta["generation"])
+        return record, {path: crc for path, crc in crcs.items() if crc}, str(meta["generation"])
 
     def read_record(self, key: str) -> Record | None:
         found = self._read_record(key)

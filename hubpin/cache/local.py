@@ -19,6 +19,7 @@ from pathlib import Path
 from hubpin.atomic import exchange
 from hubpin.cache import (
     MAX_NOTE,
+    MAX_RECORD,
     NOTES,
     Cache,
     Record,
@@ -54,14 +55,22 @@ class LocalCache(Cache):
         return self.root / f"{key}.hubpin.json"
 
     def read_record(self, key: str) -> Record | None:
+        path = self._record(key)
         try:
-            return Record.from_json(self._record(key).read_text(encoding="utf-8"))
-        except (OSError, ValueError, KeyError, TypeError, AssertionError):
+            with open(path, "rb") as fh:
+                return Record.from_json(fh.read(MAX_RECORD + 1))
+        except OSError:
+            return None
+        except ValueError as exc:
+            log.info("%s: unreadable hubpin record (%s); the entry counts as unrecorded", path, exc)
             return None
 
     def quick_check(self, key: str, tree_digest: str) -> list[str]:
-        """Problems found by stat alone (record present and matching, every file at its size)."""
+        """Problems found by stat alone (record present and matching, every file at its size
+        and readable); the entry must be a folder of the cache, not a link to one elsewhere."""
         entry = self.root / key
+        if entry.is_symlink():
+            return [_symlinked(entry)]
         if not entry.is_dir():
             return [not_synced()]
         record = self.read_record(key)
@@ -72,20 +81,31 @@ class LocalCache(Cache):
         problems = []
         for path, (size, _) in record.tree.files.items():
             try:
-                found = os.stat(entry / path).st_size
+                found = os.stat(entry / path)
             except OSError:
                 problems.append(f"missing file {path}")
                 continue
-            if found != size:
-                problems.append(f"{path} is {found} bytes, expected {size}")
+            if found.st_size != size:
+                problems.append(f"{path} is {found.st_size} bytes, expected {size}")
+            elif _unreadable(entry / path, found):
+                problems.append(f"{path} is not readable (mode {found.st_mode & 0o777:03o})")
         return problems
 
     def has_entry(self, key: str) -> bool:
         return (self.root / key).is_dir()
 
     def hash_entry(self, key: str) -> Tree:
-        """The entry's files as they are now; OSError when it cannot be read."""
-        return hash_tree(self.root / key)
+        """The entry's files as they are now; OSError when it is a link or a file is unreadable
+        (to TensorFlow: root reads a file of mode 000, no other user does)."""
+        entry = self.root / key
+        if entry.is_symlink():
+            raise OSError(_symlinked(entry))
+        tree = hash_tree(entry)
+        for path in sorted(tree.files):
+            found = os.stat(entry / path)
+            if _unreadable(entry / path, found):
+                raise OSError(f"{path} is not readable (mode {found.st_mode & 0o777:03o})")
+        return tree
 
     def ensure_root(self) -> None:
         try:
@@ -332,6 +352,18 @@ _KEY_RE = re.compile(r"[0-9a-f]{40}")
 # ``<key>.lock.tmp<hex>`` (both tools) and hubpin's ``<key>.lock.<hex>.stale``.
 _TEMP_FILE_RE = re.compile(r"^\..+\.[0-9a-f]{32}$|\.tmp[0-9a-f]{32}$")
 _LOCK_TEMP_RE = re.compile(r"\.lock\.tmp[0-9a-f]{32}$|\.lock\.[0-9a-f]{32}\.stale$")
+
+
+def _symlinked(entry: Path) -> str:
+    return f"{entry.name} is a symlink to {os.readlink(entry)}, not a folder hubpin published"
+
+
+def _unreadable(path: Path, found: os.stat_result) -> bool:
+    """A file TensorFlow could not open: no read permission for anyone (root still reads
+    it, no other user does), or, for another user, none for this one."""
+    if not found.st_mode & 0o444:
+        return True
+    return os.geteuid() != 0 and not os.access(path, os.R_OK)
 
 
 def _age(path: Path, now: float) -> float:
