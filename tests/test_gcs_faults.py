@@ -57,11 +57,13 @@ def _cache_objects(gcs: GcsServer, root: str) -> list[str]:
 
 
 def _only_entries(names: list[str], keys: list[str]) -> list[str]:
-    """Names that are not an entry's file, descriptor or record (locks, upload folders...)."""
+    """Names that are not an entry's file, descriptor or record (locks, upload folders...);
+    the projects' notes (``hubpin-projects/``, what prune reads) are not leftovers either."""
     return [
         n
         for n in names
-        if not any(
+        if not n.startswith("hubpin-projects/")
+        and not any(
             n.startswith(f"{k}/") or n in (f"{k}.descriptor.txt", f"{k}.hubpin.json") for k in keys
         )
     ]
