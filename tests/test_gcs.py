@@ -11,6 +11,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 
 import pytest
 import tomllib
@@ -236,8 +237,26 @@ def test_gs_cache_dir_holds_entry_descriptor_and_record_and_status_verify_work(
     assert json.loads(out)["models"][0]["state"].startswith(f"{index} changed (crc32c ")
     code, _, err = project.run("verify")
     assert code == 1 and "double               DAMAGED" in err and f"  changed {index}" in err
-    code, _, err = project.run("verify", "--repair")
+    # A reader during the repair finds the entry with its record throughout (the record of
+    # the same tree stays while the files are put back), never without one.
+    from hubpin.cache.gcs import GcsCache
+    from hubpin.settings import Settings
+
+    reader, looks, done = GcsCache(root, Settings()), [], threading.Event()
+
+    def look() -> None:
+        while not done.is_set():
+            looks.append(reader.read_record(key) is not None)
+
+    watcher = threading.Thread(target=look)
+    watcher.start()
+    try:
+        code, _, err = project.run("verify", "--repair")
+    finally:
+        done.set()
+        watcher.join()
     assert code == 0 and "repaired" in err, err
+    assert looks and all(looks), f"{looks.count(False)} of {len(looks)} looks found no record"
     assert gcs.read(f"{root}/{key}/{index}") == local[index]
     assert project.run("verify")[0] == 0
 

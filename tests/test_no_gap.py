@@ -67,58 +67,71 @@ print(json.dumps({"looks": looks, "full": full, "absent": absent, "straddled": s
                   "wrong": wrong[:5]}))
 """
 
-LOADER = r"""
+# Run by both hubpin readers: a call that must find the entry with its record. The only
+# failure allowed is DamagedEntryError naming the test's own damage (a byte appended).
+BY_ALIAS = r"""
+import hubpin
+counts = {"calls": 0, "damaged": 0}
+failures = []
+
+
+def by_alias(call):
+    counts["calls"] += 1
+    try:
+        call()
+    except hubpin.DamagedEntryError as exc:
+        if "assets/blob-0.bin is" not in str(exc):
+            failures.append(f"DamagedEntryError: {exc}")
+        counts["damaged"] += 1
+    except Exception as exc:
+        failures.append(f"{type(exc).__name__}: {str(exc)[:300]}")
+"""
+
+LOADER = (
+    BY_ALIAS
+    + r"""
 import json, os, sys
 import tensorflow as tf
-import hubpin
 entry, stop, scale, bias, alias = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4]), sys.argv[5]
-loads, failures, hubpin_loads, hubpin_failures, damaged = 0, [], 0, [], 0
+loads, tf_failures = 0, []
+
+
+def hubpin_load():  # the same, by alias: hubpin checks the entry against its record first
+    got = hubpin.load(alias)(tf.constant([1.0, 2.0])).numpy().tolist()
+    if got != [scale + bias, 2 * scale + bias]:
+        failures.append(f"computed {got}")
+
+
 while not os.path.exists(stop):
     try:
         model = tf.saved_model.load(entry)
         got = model(tf.constant([1.0, 2.0])).numpy().tolist()
         if got != [scale + bias, 2 * scale + bias]:
-            failures.append(f"computed {got}")
+            tf_failures.append(f"computed {got}")
     except Exception as exc:  # what hub.load would raise to the user
-        failures.append(f"{type(exc).__name__}: {str(exc)[:200]}")
+        tf_failures.append(f"{type(exc).__name__}: {str(exc)[:200]}")
     loads += 1
-    try:  # the same, by alias: hubpin checks the entry against its record first
-        got = hubpin.load(alias)(tf.constant([1.0, 2.0])).numpy().tolist()
-        if got != [scale + bias, 2 * scale + bias]:
-            hubpin_failures.append(f"computed {got}")
-    except hubpin.DamagedEntryError as exc:  # the test's own damage (a byte appended), named
-        if "assets/blob-0.bin is" not in str(exc):
-            hubpin_failures.append(f"DamagedEntryError: {exc}")
-        damaged += 1
-    except Exception as exc:
-        hubpin_failures.append(f"{type(exc).__name__}: {str(exc)[:300]}")
-    hubpin_loads += 1
+    by_alias(hubpin_load)
     if loads == 1:
         open(stop + ".ready", "w").close()
-print(json.dumps({"loads": loads, "failures": failures[:5], "hubpin_loads": hubpin_loads,
-                  "damaged": damaged, "hubpin_failures": hubpin_failures[:5]}))
+print(json.dumps({"loads": loads, "failures": tf_failures[:5], "hubpin_loads": counts["calls"],
+                  "damaged": counts["damaged"], "hubpin_failures": failures[:5]}))
 """
+)
 
-HUBPIN_READER = r"""
+HUBPIN_READER = (
+    BY_ALIAS
+    + r"""
 import json, os, sys
-import hubpin
 stop, alias = sys.argv[1], sys.argv[2]
-reads, failures, damaged = 0, [], 0
 while not os.path.exists(stop):
-    try:
-        hubpin.resolve(alias)
-    except hubpin.DamagedEntryError as exc:  # the test's own damage (a byte appended), named
-        if "assets/blob-0.bin is" not in str(exc):
-            failures.append(f"DamagedEntryError: {exc}")
-        damaged += 1
-    except Exception as exc:
-        failures.append(f"{type(exc).__name__}: {str(exc)[:300]}")
-    reads += 1
-    if reads == 1:
+    by_alias(lambda: hubpin.resolve(alias))
+    if counts["calls"] == 1:
         open(stop + ".ready", "w").close()
-print(json.dumps({"reads": reads, "damaged": damaged, "failures": failures[:5],
+print(json.dumps({"reads": counts["calls"], "damaged": counts["damaged"], "failures": failures[:5],
                   "failed": len(failures)}))
 """
+)
 
 
 def _start(script: str, cache: Path, *args: str, cwd: Path | None = None) -> subprocess.Popen[str]:

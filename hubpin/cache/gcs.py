@@ -23,9 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from hubpin.cache import (
-    MAX_NOTE,
     MAX_RECORD,
-    NOTES,
     Cache,
     Record,
     describe_holder,
@@ -38,6 +36,7 @@ from hubpin.cache import (
     other_tree,
     parse_record,
 )
+from hubpin.cache.gcs_notes import GcsNotes
 from hubpin.digests import Tree
 from hubpin.errors import CacheError, HubpinError, some
 from hubpin.gcs.client import (
@@ -66,7 +65,7 @@ _KEY_RE = re.compile(r"[0-9a-f]{40}")  # tensorflow_hub's cache keys: sha1 hex
 _TASK_RE = re.compile(r"[0-9a-f]{32}")  # the uuid a lock names, and its upload folder's
 
 
-class GcsCache(Cache):
+class GcsCache(GcsNotes, Cache):
     """tensorflow_hub's cache layout under ``gs://bucket/prefix``, shared by a fleet.
 
     GCS has no rename, so an entry cannot appear at once as a local one does. A
@@ -539,32 +538,6 @@ class GcsCache(Cache):
             if rest in ("descriptor.txt", "hubpin.json"):
                 found.add(key)
         return {key for key in found if _KEY_RE.fullmatch(key)}
-
-    def read_note(self, name: str) -> bytes | None:
-        relative = f"{NOTES}/{name}"
-        with self._errors(relative):
-            meta = stat(self.fs, self.bucket, self._name(relative))
-            if meta is None or int(meta.get("size", 0)) > MAX_NOTE:
-                return None if meta is None else b"\0" * (MAX_NOTE + 1)
-            try:
-                return download(self.fs, self.bucket, self._name(relative), str(meta["generation"]))
-            except FileNotFoundError:
-                return None
-
-    def write_note(self, name: str, data: bytes) -> None:
-        relative = f"{NOTES}/{name}"
-        with self._errors(relative):
-            upload(self.fs, self.bucket, self._name(relative), data)
-
-    def notes(self) -> list[str]:
-        items, _ = self._list(f"{NOTES}/")
-        start = len(self._name(f"{NOTES}/"))
-        return sorted(item["name"][start:] for item in items)
-
-    def remove_note(self, name: str) -> None:
-        relative = f"{NOTES}/{name}"
-        with self._errors(relative):
-            delete(self.fs, self.bucket, self._name(relative))
 
     def _size_of(self, url: str) -> int:
         bucket, name = split_url(url)
