@@ -79,6 +79,17 @@ def test_bundle_to_a_registry_then_sync_fleet_from_it_with_upstream_stopped(
         assert_holds(cache, models, {"double": double, "triple": triple})
         assert project.run("verify")[0] == 0
 
+    code, _, err = project.run("sync", "--from", f"oci://{registry.host}/team/models:v9")
+    assert code == 2
+    assert (
+        f"oci://{registry.host}/team/models:v9: not a hubpin bundle (the registry has no "
+        "manifest v9; `hubpin bundle` pushes it last, so an interrupted run leaves none); "
+        f"make it with: hubpin bundle oci://{registry.host}/team/models:v9"
+    ) in err
+    code, out, err = project.run("sync", "--dry-run", "--from", target)
+    assert code == 0, err
+    assert "Traceback" not in err
+
 
 def test_an_artifact_whose_lock_differs_is_refused_naming_what_differs(
     project: Project,

@@ -33,7 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from hubpin.errors import FetchError, InputError, IntegrityError, LockfileError, StaleLockError
+from hubpin.errors import (
+    FetchError,
+    InputError,
+    IntegrityError,
+    LockfileError,
+    MissingError,
+    StaleLockError,
+)
 from hubpin.kinds import ArchivePin
 from hubpin.lockfile import Lock
 from hubpin.oci.client import OCI_MANIFEST, RegistryClient
@@ -182,7 +189,13 @@ def read_artifact(ref: Reference, registry: RegistryClient) -> Artifact:
     not one (exit 2: the --from argument is wrong)."""
     from hubpin.tomlfile import tomllib, validate
 
-    body, digest = registry.get_manifest()
+    try:
+        body, digest = registry.get_manifest()
+    except MissingError:  # a bundle run that was stopped leaves no manifest: the tag is last
+        raise InputError(
+            f"{ref}: not a hubpin bundle (the registry has no manifest {ref.ref}; `hubpin bundle` "
+            f"pushes it last, so an interrupted run leaves none); make it with: hubpin bundle {ref}"
+        ) from None
     try:
         manifest = json.loads(body)
         layers = manifest["layers"]
