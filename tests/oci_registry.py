@@ -236,15 +236,17 @@ class OciLogin:
         auths = {registry.host: {"auth": token}} if user else {}
         self.auth.write_text(json.dumps({"auths": auths}))
 
-    def skopeo(self, *args: str) -> str:
-        """Run skopeo with this login and CA; its stdout (the test fails if skopeo does)."""
+    def skopeo(self, *args: str, arch: str | None = None) -> str:
+        """Run skopeo with this login and CA (as if on ``arch``); its stdout (the test fails if
+        skopeo does)."""
         certs = self.ca.parent / "skopeo-certs"
         certs.mkdir(exist_ok=True)
         shutil.copy(self.ca, certs / "ca.crt")
         tls = ["--src-cert-dir", str(certs), "--dest-cert-dir", str(certs)]
         if args[0] != "copy":
             tls = ["--cert-dir", str(certs)]
-        command = ["skopeo", args[0], "--authfile", str(self.auth), *tls, *args[1:]]
+        platform = ["--override-arch", arch] if arch else []
+        command = ["skopeo", *platform, args[0], "--authfile", str(self.auth), *tls, *args[1:]]
         done = subprocess.run(command, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         return done.stdout

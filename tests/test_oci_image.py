@@ -68,9 +68,23 @@ def test_image_of_the_cache_is_reproducible_and_loads_unmodified_from_its_filesy
     assert out.strip() == digest
 
     # skopeo reads it as an image; umoci unpacks it; the cache is in its filesystem.
-    inspect = json.loads(oci_login.skopeo("inspect", f"docker://{registry.host}/team/cache:v1"))
-    assert inspect["Digest"] == digest
-    assert "TFHUB_CACHE_DIR=/models/tfhub_modules" in inspect["Env"]
+    # An index over one layer for each platform (containerd refuses a foreign architecture).
+    image = f"docker://{registry.host}/team/cache:v1"
+    raw = oci_login.skopeo("inspect", "--raw", image)
+    assert f"sha256:{hashlib.sha256(raw.encode()).hexdigest()}" == digest
+    index = json.loads(raw)
+    assert {m["platform"]["architecture"] for m in index["manifests"]} >= {"amd64", "arm64"}
+    layers = {
+        json.loads(
+            oci_login.skopeo("inspect", "--raw", f"{image.rpartition(':')[0]}@{m['digest']}")
+        )["layers"][0]["digest"]
+        for m in index["manifests"]
+    }
+    assert len(layers) == 1
+    for arch in ("amd64", "arm64"):
+        inspect = json.loads(oci_login.skopeo("inspect", image, arch=arch))
+        assert inspect["Architecture"] == arch and inspect["Layers"] == sorted(layers)
+        assert "TFHUB_CACHE_DIR=/models/tfhub_modules" in inspect["Env"]
     unpacked = _unpack(oci_login, f"{registry.host}/team/cache:v1", tmp_path)
     root = unpacked / "rootfs" / "models"
     cache = root / "tfhub_modules"

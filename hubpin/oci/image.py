@@ -10,7 +10,8 @@ One layer holds, under ``/models``::
     kagglehub/models/…/.complete/<n>/…        (the model's files are hard links, not copies)
     models.lock                               the lock it was made from
 
-and the image's environment points the tools there (``TFHUB_CACHE_DIR``,
+an image index offers that one layer for each platform in :data:`PLATFORMS`, and
+the image's environment points the tools there (``TFHUB_CACHE_DIR``,
 ``KAGGLEHUB_CACHE``, ``HUBPIN_LOCK``). Reproducible: members in sorted order,
 every time 0 and owner 0:0, modes 0755/0644 (0755 for an executable file), the
 same handle's extra keys as hard links, descriptors and records written from the
@@ -55,6 +56,8 @@ ENV = [f"TFHUB_CACHE_DIR=/{TFHUB}", f"KAGGLEHUB_CACHE=/{KAGGLEHUB}", f"HUBPIN_LO
 LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
 CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
 ALIASES = "dev.hubpin.aliases"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+PLATFORMS = ("amd64", "arm64", "ppc64le", "s390x")  # linux; see push_image
 
 
 @dataclass(frozen=True)
@@ -211,10 +214,10 @@ class _Bytes:
         return chunk
 
 
-def image_config(diff_id: str, aliases: list[str]) -> bytes:
+def image_config(diff_id: str, aliases: list[str], architecture: str) -> bytes:
     """The image config: no creation time, the tools' variables pointing into ``/models``."""
     config = {
-        "architecture": "amd64",
+        "architecture": architecture,
         "os": "linux",
         "config": {"Env": ENV, "Labels": {ALIASES: ",".join(aliases)}, "WorkingDir": f"/{ROOT}"},
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
@@ -222,39 +225,64 @@ def image_config(diff_id: str, aliases: list[str]) -> bytes:
     return json.dumps(config, indent=2, sort_keys=True).encode("utf-8")
 
 
+def _json(data: object) -> bytes:
+    return json.dumps(data, indent=2, sort_keys=True).encode("utf-8")
+
+
+def _descriptor(media_type: str, body: bytes, **extra: object) -> dict[str, object]:
+    digest = f"sha256:{hashlib.sha256(body).hexdigest()}"
+    return {"mediaType": media_type, "digest": digest, "size": len(body), **extra}
+
+
 def image_manifest(config: bytes, layer: tuple[str, int], aliases: list[str]) -> bytes:
-    manifest = {
-        "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {
-            "mediaType": CONFIG_TYPE,
-            "digest": f"sha256:{hashlib.sha256(config).hexdigest()}",
-            "size": len(config),
-        },
-        "layers": [{"mediaType": LAYER_TYPE, "digest": layer[0], "size": layer[1]}],
-        "annotations": {ALIASES: ",".join(aliases)},
-    }
-    return json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8")
+    return _json(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": _descriptor(CONFIG_TYPE, config),
+            "layers": [{"mediaType": LAYER_TYPE, "digest": layer[0], "size": layer[1]}],
+            "annotations": {ALIASES: ",".join(aliases)},
+        }
+    )
 
 
 @dataclass(frozen=True)
 class Pushed:
-    digest: str  # the manifest's
+    digest: str  # the image index's: what a tag or an ``@sha256:`` reference names
     layer: str
     layer_size: int
     aliases: list[str]
 
 
 def push_image(plan: Plan, registry: RegistryClient, tag: str) -> Pushed:
-    """Write the layer to a temp file, then push layer, config and manifest (in that order)."""
+    """Write the layer to a temp file, push it, then a config and manifest per platform, and
+    the index naming them last (the tag).
+
+    The layer holds no executable for any machine, but containerd refuses an image whose
+    config names another architecture than the node's ("no match for platform in
+    manifest"), so one layer is offered for each platform in :data:`PLATFORMS`.
+    """
     with tempfile.NamedTemporaryFile(prefix="hubpin-image-") as fh:
         digest, diff_id, size = write_layer(plan, fh)  # type: ignore[arg-type]
         fh.flush()
         registry.upload(digest, size, fh)  # type: ignore[arg-type]
-    config = image_config(diff_id, plan.aliases)
-    registry.upload(f"sha256:{hashlib.sha256(config).hexdigest()}", len(config), config)
-    body = image_manifest(config, (digest, size), plan.aliases)
-    return Pushed(registry.put_manifest(tag, body), digest, size, plan.aliases)
+    manifests = []
+    for architecture in PLATFORMS:
+        config = image_config(diff_id, plan.aliases, architecture)
+        registry.upload(f"sha256:{hashlib.sha256(config).hexdigest()}", len(config), config)
+        body = image_manifest(config, (digest, size), plan.aliases)
+        registry.put_manifest(f"sha256:{hashlib.sha256(body).hexdigest()}", body)
+        platform = {"architecture": architecture, "os": "linux"}
+        manifests.append(_descriptor(OCI_MANIFEST, body, platform=platform))
+    index = _json(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_INDEX,
+            "manifests": manifests,
+            "annotations": {ALIASES: ",".join(plan.aliases)},
+        }
+    )
+    return Pushed(registry.put_manifest(tag, index, OCI_INDEX), digest, size, plan.aliases)
 
 
 def build_image(
