@@ -142,3 +142,14 @@ def spawn_hubpin(
         text=True,
         **popen,  # type: ignore[arg-type]
     )
+
+
+def without_root_overrides() -> None:
+    """``preexec_fn``: drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the bounding set, so a
+    root process after exec obeys file modes like any user (a mode-000 folder is unreadable)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")

@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 from conftest import Project
-from faultkit import snapshot
+from faultkit import snapshot, spawn_hubpin, without_root_overrides
 from hubserver import HubServer
 from test_disk import mount  # noqa: F401  (the fixture)
 
@@ -149,3 +149,26 @@ def test_prune_removes_the_rest_when_one_path_cannot_be_removed(
     assert not link.is_symlink() and (outside / "precious").read_text() == "not hubpin's"
     assert _names(cache, _key(triple)) == set()
     assert "Traceback" not in err
+
+
+def test_prune_removes_a_leftover_holding_an_unreadable_folder(
+    project: Project, hub: HubServer
+) -> None:
+    """As any user (file modes obeyed): a crashed sync's folder with a mode-000 folder inside."""
+    double = hub.handle("google/double/1")
+    project.models(double=double)
+    assert project.run("sync")[0] == 0
+    left = project.cache / f"{_key(double)}.{uuid.uuid4().hex}.old"
+    (left / "variables").mkdir(parents=True)
+    (left / "variables" / "variables.index").write_bytes(b"partial")
+    (left / "variables").chmod(0)
+    try:
+        proc = spawn_hubpin(project.root, project.cache, "prune", preexec_fn=without_root_overrides)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err  # before: exit 1 after printing "removed …"
+        *_, removed, summary = err.splitlines()
+        assert removed.startswith(f"removed {left} (") and summary.startswith("1 path, freed"), err
+        assert not left.exists()
+    finally:
+        if (left / "variables").exists():
+            (left / "variables").chmod(0o755)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Model, Project, hubpin_imports
-from faultkit import leftovers, snapshot
+from faultkit import leftovers, snapshot, spawn_hubpin, without_root_overrides
 from hubserver import HubServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -126,6 +126,25 @@ def test_a_model_file_nobody_may_read_is_not_synced(project: Project, hub: HubSe
         ]
         for path in with_mode:
             path.chmod(0o644)
+
+
+def test_repairing_an_entry_with_an_unreadable_folder_leaves_nothing_behind(
+    project: Project, hub: HubServer, models: dict[str, Model]
+) -> None:
+    """A folder inside the entry that its user may not read (mode 000, file modes obeyed as
+    for any user): the entry is replaced and the swapped-out one removed, no ``.tmp`` left."""
+    entry, _ = _synced(project, hub)
+    locked = entry / "variables"
+    locked.chmod(0)
+    try:
+        proc = spawn_hubpin(project.root, project.cache, "sync", preexec_fn=without_root_overrides)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0 and "fetched" in err, err
+        assert leftovers(project.cache) == [], "the old entry was left as a .tmp folder"
+        assert snapshot(entry) == snapshot(models["double"].folder)
+    finally:
+        for path in project.cache.glob("*/variables"):
+            path.chmod(0o755)
 
 
 def test_load_with_verify_re_hashes_a_pinned_folder(
