@@ -8,10 +8,13 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import signal
+import time
 from pathlib import Path
 
 import pytest
 from conftest import Model, Project, assert_holds, lock_two_models
+from faultkit import heavy_archive, spawn_hubpin
 from hubserver import HubServer
 from oci_registry import PASSWORD, USER, OciLogin, Registry
 
@@ -207,3 +210,48 @@ def test_plain_http_only_after_https_fails_and_only_on_loopback(
         assert plain.requests("PUT", "/manifests/v1") == 1
     finally:
         plain.stop()
+
+
+def test_a_killed_bundle_leaves_the_tag_as_it_was_and_a_rerun_uploads_only_the_rest(
+    project: Project,
+    hub: HubServer,
+    registry: Registry,
+    models: dict[str, Model],
+    oci_login: OciLogin,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    oci_login.allow(registry)
+    heavy = heavy_archive(
+        tmp_path_factory.getbasetemp(), models["double"].folder, files=16, size=1 << 20
+    )
+    hub.models["google/heavy/1"] = heavy
+    project.models(double=hub.handle("google/double/1"), heavy=hub.handle("google/heavy/1"))
+    assert project.run("lock", "--no-fill")[0] == 0
+    hub.rate = 2 << 20  # 16 MB take seconds to read upstream: time to kill the bundle
+    target = f"oci://{registry.host}/team/killed:v1"
+
+    proc = spawn_hubpin(project.root, project.cache, "bundle", target)
+    deadline = time.monotonic() + 120
+    small = f"sha256:{_sha(models['double'].archive)}"
+    while registry.requests("PUT", "/team/killed/blobs/uploads/") < 1:  # double is up
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline, "the first archive was never uploaded"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)  # while the heavy archive is read and uploaded
+    proc.wait(timeout=30)
+    hub.rate = None
+    assert registry.requests("PUT", "/team/killed/manifests/") == 0
+    code, _, err = project.run("sync", "--from", target)
+    assert code == 2 and "not a hubpin bundle (the registry has no manifest v1" in err
+
+    uploads = registry.requests("PUT", "/team/killed/blobs/uploads/")
+    code, _, err = project.run("bundle", target)
+    assert code == 0, err
+    assert "2 archives (1 already there)" in err
+    # heavy, the lock and the empty config went up; double, already there, did not
+    assert registry.requests("PUT", "/team/killed/blobs/uploads/") == uploads + 3
+    manifest = json.loads(oci_login.skopeo("inspect", "--raw", f"docker{target[3:]}"))
+    assert {layer["digest"] for layer in manifest["layers"][:-1]} == {
+        small,
+        f"sha256:{_sha(heavy)}",
+    }
