@@ -1,10 +1,12 @@
 """``hubpin sync``: make the cache match the lock, publishing only what was verified.
 
-For each pinned archive the plan is: already present (hubpin's record matches
-the lock and every file has its size) → nothing to do; present without a
+:meth:`Syncer.plan` decides, per pinned archive: already present (hubpin's
+record matches the lock and every file has its size) → keep; present without a
 record (tensorflow_hub put it there) → hash it and adopt it when it matches;
-otherwise download, unpack into a work folder under the lock protocol, compare
-archive sha256 and tree digest with the lock, and only then rename it into place.
+the same model as another pin's entry → hard-link it; otherwise download.
+:meth:`Syncer.execute` carries that plan out: it unpacks into a work folder under
+the lock protocol, compares archive sha256 and tree digest with the lock, and
+only then renames it into place (see :mod:`hubpin.plan`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from hubpin.cache.kagglehub import (
 from hubpin.digests import Tree, hash_tree
 from hubpin.errors import (
     CacheError,
+    FetchError,
     HubpinError,
     IntegrityError,
     LimitError,
@@ -38,32 +41,12 @@ from hubpin.errors import (
 from hubpin.handles import cache_key
 from hubpin.kaggle import KaggleHandle, pinned
 from hubpin.kinds import ArchivePin, FolderPin, GcsPin, KagglePin, Pin
+from hubpin.plan import Action, Outcome, Plan, Step, Target
 from hubpin.settings import Settings
 from hubpin.sources import Sources
 from hubpin.unpack import HashingReader, Unpacked, ensure_space, too_many_members, unpack
 
 log = logging.getLogger("hubpin")
-
-
-@dataclass
-class Outcome:
-    alias: str
-    status: str  # fetched | present | adopted | checked | failed
-    detail: str = ""
-    size: int = 0
-    seconds: float = 0.0
-    error: HubpinError | None = None
-
-
-@dataclass
-class Step:
-    """What a sync would do for one model, found without writing or downloading (``--dry-run``)."""
-
-    alias: str
-    action: str  # download | replace | adopt | link | keep | check | fail
-    size: int | None  # unpacked bytes of the model (None: not known before locking)
-    download: int | None = 0  # bytes the sync would download (None: not known)
-    reason: str = ""
 
 
 @dataclass
@@ -103,78 +86,233 @@ class Syncer:
             with self._guard:
                 self._unpacking -= 1
 
+    # ------------------------------------------------------------ plan
+
+    def plan(self, pins: dict[str, Pin]) -> Plan:
+        """What :meth:`execute` will do for each model, by the checks it makes, writing nothing.
+
+        No network and no cache writes: the stat check (a re-hash with
+        ``full_verify``), and for an entry without hubpin's record the hash that
+        adoption makes (reads only). Pins that share a model share its work: a
+        cache key or kagglehub version two pins name is filled by one step, and a
+        pin whose archive another step downloads (or whose entry holds it) is
+        hard-linked from that entry instead of downloaded again.
+        """
+        items = sorted(pins.items())
+        damage: dict[str, list[str] | HubpinError] = {}
+        holders: dict[tuple[str, str], str] = {}  # the model → an alias whose entry holds it
+        for alias, pin in items:
+            if isinstance(pin, ArchivePin):
+                try:
+                    damage[alias] = self._damage(pin)
+                except HubpinError as exc:
+                    damage[alias] = exc
+                if damage[alias] == []:
+                    holders.setdefault(_content(pin), alias)
+        claimed: dict[str, str] = {}  # cache key or kagglehub version → the step that fills it
+        steps = [self._plan_one(a, p, damage.get(a, []), holders, claimed) for a, p in items]
+        return Plan(steps)
+
+    def _plan_one(
+        self,
+        alias: str,
+        pin: Pin,
+        damage: list[str] | HubpinError,
+        holders: dict[tuple[str, str], str],
+        claimed: dict[str, str],
+    ) -> Step:
+        size = pin.unpacked_size
+        try:
+            if isinstance(pin, FolderPin):
+                folder = self.root / pin.location
+                if not folder.is_dir():
+                    error = NotSyncedError(
+                        f"{folder}: folder not found (the lock pins a local folder)"
+                    )
+                    return Step(
+                        alias, Action.FAIL, size, 0, f"{folder}: folder not found", pin, error=error
+                    )
+                how = "re-hashed in place" if self.full_verify else "read in place"
+                return Step(alias, Action.CHECK, size, 0, f"{folder}: local folder, {how}", pin)
+            if isinstance(pin, GcsPin):
+                how = "not checked (no network)" if self.offline or self.from_bundle else "checked"
+                return Step(
+                    alias, Action.CHECK, size, 0, f"{pin.location}: read from GCS, {how}", pin
+                )
+            assert isinstance(pin, ArchivePin)  # the kinds that are neither are read in place
+            if isinstance(damage, HubpinError):
+                raise damage
+            mine: dict[str, str] = {}  # claims made if this step does not fail
+            if pin.cache_key not in claimed:
+                mine[pin.cache_key] = alias
+            links = tuple(t for t in self._targets(pin) if t.claim not in claimed)
+            mine |= {t.claim: alias for t in links}
+            step = self._archive_step(alias, pin, damage, links, holders, claimed)
+            if step.action is not Action.FAIL:
+                claimed |= mine
+                if step.source is None and step.action is not Action.KEEP:
+                    holders.setdefault(_content(pin), alias)
+            return step
+        except HubpinError as exc:
+            return Step(alias, Action.FAIL, size, 0, str(exc), pin, error=exc)
+
+    def _archive_step(
+        self,
+        alias: str,
+        pin: ArchivePin,
+        damage: list[str],
+        links: tuple[Target, ...],
+        holders: dict[tuple[str, str], str],
+        claimed: dict[str, str],
+    ) -> Step:
+        size = pin.unpacked_size
+        if not damage:
+            if links:
+                missing = ", ".join(t.label for t in links)
+                return Step(
+                    alias, Action.LINK, size, 0, f"present; hard-linked for {missing}", pin, links
+                )
+            return Step(alias, Action.KEEP, size, 0, "already present", pin)
+        owner = claimed.get(pin.cache_key)
+        if owner is not None:  # another alias of the same handle fills this very entry
+            why = f"the same cache entry as {owner}, which fills it"
+            return Step(alias, Action.LINK, size, 0, why, pin, links, owner, shared=True)
+        source = holders.get(_content(pin)) if self.cache.local_root is not None else None
+        linked = f"not in the cache; hard-linked from {source}'s entry (the same archive)"
+        if self.offline and not self.from_bundle:  # as a sync: refused before adoption
+            if source is not None:  # no download: linking is allowed
+                return Step(alias, Action.LINK, size, 0, linked, pin, links, source)
+            refusal = _offline_refusal(damage)
+            error = NotSyncedError(f"{refusal}; run: hubpin sync")
+            return Step(alias, Action.FAIL, size, 0, refusal, pin, error=error)
+        if self._adoptable(pin) is not None:
+            why = "an entry without hubpin's record that matches the lock"
+            return Step(alias, Action.ADOPT, size, 0, why, pin, links, damage=tuple(damage))
+        if source is not None:
+            return Step(alias, Action.LINK, size, 0, linked, pin, links, source)
+        candidates = self.sources.candidates(self.sources.location_of(pin), pin.archive_sha256)
+        first = candidates[0]
+        if self.from_bundle and not self.sources.transport.exists(first.location):
+            error = FetchError(first.missing or f"{first.location}: not found")
+            return Step(alias, Action.FAIL, size, 0, str(error), pin, error=error)
+        source_text = "from " + ", else ".join(c.label for c in candidates)
+        download = pin.archive_size or 0
+        if damage == ["not synced"]:
+            why = f"not in the cache; {source_text}"
+            return Step(
+                alias, Action.DOWNLOAD, size, download, why, pin, links, damage=tuple(damage)
+            )
+        why = f"cache entry: {damage[0]}; {source_text}"
+        return Step(alias, Action.REPLACE, size, download, why, pin, links, damage=tuple(damage))
+
+    def _targets(self, pin: ArchivePin) -> list[Target]:
+        """The other places this pin's model belongs (its other handles' keys, kagglehub's
+        cache) that do not hold it yet."""
+        found = [
+            Target(h, cache_key(h))
+            for h in pin.handles()[1:]
+            if self.cache.quick_check(cache_key(h), pin.tree_digest)
+        ]
+        if (
+            isinstance(pin, KagglePin)
+            and self.cache.local_root is not None
+            and not self._in_kagglehub(pin)
+        ):
+            found.append(Target(str(self._kaggle_handle(pin))))
+        return found
+
+    # ------------------------------------------------------------ execute
+
     def run(self, pins: dict[str, Pin], jobs: int) -> list[Outcome]:
-        def one(item: tuple[str, Pin]) -> Outcome:
-            outcome = self.sync_one(*item)
+        """Plan, then execute: one outcome per pin, by alias."""
+        return self.execute(self.plan(pins), jobs)
+
+    def execute(self, plan: Plan, jobs: int) -> list[Outcome]:
+        """Carry out the plan's steps; one outcome per step, in the plan's order.
+
+        Steps with nothing to do (keep) or doomed (fail) end here, without a
+        thread, so a no-op sync stays instant; the rest run ``jobs`` at a time,
+        and the steps that link from another step's entry run after it.
+        """
+        assert not any(s.action is Action.LOCK for s in plan.steps), "a dry run's plan"
+        by_alias = {s.alias: s for s in plan.steps}
+        done: dict[str, Outcome] = {}
+
+        def one(step: Step) -> Outcome:
+            outcome = self._execute_step(step, by_alias, done)
             if self.on_done:
                 self.on_done(outcome)
             return outcome
 
-        # Entries already in place cost a few stats each: check them here, and start
-        # threads only for real work, so a no-op sync stays instant.
-        present = {
-            alias: Outcome(alias, "present", "", pin.unpacked_size)
-            for alias, pin in pins.items()
-            if isinstance(pin, ArchivePin)
-            and not isinstance(pin, KagglePin)
-            and not self.full_verify
-            and pin.handles() == [pin.handle]
-            and self._intact(pin)
-        }
-        for outcome in present.values():
-            if self.on_done:
-                self.on_done(outcome)
-        todo = sorted((a, p) for a, p in pins.items() if a not in present)
-        pool = ThreadPoolExecutor(max_workers=max(1, min(jobs, len(todo))))
-        try:
-            done = {o.alias: o for o in pool.map(one, todo)}
-        except BaseException:  # Ctrl-C: make the workers stop reading, not finish
-            self.stop.set()
-            raise
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-        return [present.get(alias) or done[alias] for alias in sorted(pins)]
+        waves: list[list[Step]] = [[], []]
+        for step in plan.steps:
+            if step.action in (Action.KEEP, Action.FAIL):
+                done[step.alias] = one(step)
+            else:
+                waves[step.source is not None].append(step)
+        for wave in waves:
+            if not wave:
+                continue
+            pool = ThreadPoolExecutor(max_workers=max(1, min(jobs, len(wave))))
+            try:
+                done |= {o.alias: o for o in pool.map(one, wave)}
+            except BaseException:  # Ctrl-C: make the workers stop reading, not finish
+                self.stop.set()
+                raise
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+        return [done[s.alias] for s in plan.steps]
 
-    def _intact(self, pin: ArchivePin) -> bool:
-        """The stat check alone; any trouble is left to :meth:`sync_one`, which reports it."""
-        try:
-            return not self._damage(pin)
-        except HubpinError:
-            return False
-
-    def sync_one(self, alias: str, pin: Pin) -> Outcome:
+    def _execute_step(
+        self, step: Step, steps: dict[str, Step], done: dict[str, Outcome]
+    ) -> Outcome:
+        pin = step.pin
+        assert pin is not None
         start = time.monotonic()
         try:
-            status, detail = self._sync(pin)
+            status, detail = self._do(step, pin, steps, done)
         except HubpinError as exc:
-            return Outcome(alias, "failed", str(exc), error=exc)
-        return Outcome(alias, status, detail, pin.unpacked_size, time.monotonic() - start)
+            return Outcome(step.alias, "failed", str(exc), error=exc)
+        return Outcome(step.alias, status, detail, pin.unpacked_size, time.monotonic() - start)
 
-    def _sync(self, pin: Pin) -> tuple[str, str]:
-        if isinstance(pin, FolderPin):
-            return self._check_folder(pin)
-        if isinstance(pin, GcsPin):
-            if self.offline or self.from_bundle:
-                why = "--from: no network" if self.from_bundle else "--offline"
-                return "checked", f"gs:// location not checked ({why})"
-            from hubpin.gcs.pins import check_folder
-
-            check_folder(pin, self.settings)
-            return "checked", f"{pin.location} unchanged ({pin.file_count} objects)"
-        assert isinstance(pin, ArchivePin)  # the kinds that are neither are read in place
-        status, detail = self._sync_archive(pin)
-        for handle in pin.handles()[1:]:
-            self._fill_also(pin, handle)
-        if isinstance(pin, KagglePin):
-            self._fill_kagglehub(pin)
+    def _do(
+        self, step: Step, pin: Pin, steps: dict[str, Step], done: dict[str, Outcome]
+    ) -> tuple[str, str]:
+        if step.action is Action.FAIL:
+            assert step.error is not None
+            raise step.error
+        if step.action is Action.KEEP:
+            return "present", ""
+        if step.action is Action.CHECK:
+            return self._check(pin)
+        assert isinstance(pin, ArchivePin)  # the kinds that are neither are checked above
+        if step.source is not None:
+            status, detail = self._from_step(step, pin, steps[step.source], done[step.source])
+        elif step.action is Action.LINK:
+            status, detail = "present", ""
+        else:
+            status, detail = self._sync_archive(pin, list(step.damage))
+        for target in step.links:
+            if target.key is not None:
+                self._link_entry(pin, pin.cache_key, target.handle, target.key)
+            elif isinstance(pin, KagglePin):
+                self._fill_kagglehub(pin)
         return status, detail
 
-    def _sync_archive(self, pin: ArchivePin) -> tuple[str, str]:
-        damage = self._damage(pin)
-        if not damage:
-            return "present", ""
-        if self.offline and not self.from_bundle:
-            raise NotSyncedError(f"{_offline_refusal(damage)}; run: hubpin sync")
+    def _check(self, pin: Pin) -> tuple[str, str]:
+        if isinstance(pin, FolderPin):
+            return self._check_folder(pin)
+        assert isinstance(pin, GcsPin)
+        if self.offline or self.from_bundle:
+            why = "--from: no network" if self.from_bundle else "--offline"
+            return "checked", f"gs:// location not checked ({why})"
+        from hubpin.gcs.pins import check_folder
+
+        check_folder(pin, self.settings)
+        return "checked", f"{pin.location} unchanged ({pin.file_count} objects)"
+
+    def _sync_archive(self, pin: ArchivePin, damage: list[str]) -> tuple[str, str]:
+        """Make the entry match the lock under its lock: adopted if it can be, else fetched."""
         with self.cache.locked(pin.cache_key, self.settings.lock_timeout) as work:
             if not self._damage(pin):  # another process finished while we waited
                 return "present", ""
@@ -189,71 +327,29 @@ class Syncer:
         more = f" and {len(damage) - 3} more" if len(damage) > 3 else ""
         return "fetched", f"replaced an entry that had: {'; '.join(damage[:3])}{more}"
 
-    def plan(self, alias: str, pin: Pin) -> Step:
-        """What :meth:`sync_one` would do, by the checks it makes, writing nothing.
-
-        No network and no cache writes: the stat check (a re-hash with
-        ``full_verify``), and for an entry without hubpin's record the hash that
-        adoption makes (reads only). A model whose sync would fail is ``fail``.
-        """
-        size = pin.unpacked_size
-        try:
-            if isinstance(pin, FolderPin):
-                folder = self.root / pin.location
-                if not folder.is_dir():
-                    return Step(alias, "fail", size, 0, f"{folder}: folder not found")
-                how = "re-hashed in place" if self.full_verify else "read in place"
-                return Step(alias, "check", size, 0, f"{folder}: local folder, {how}")
-            if isinstance(pin, GcsPin):
-                how = "not checked (no network)" if self.offline or self.from_bundle else "checked"
-                return Step(alias, "check", size, 0, f"{pin.location}: read from GCS, {how}")
-            assert isinstance(pin, ArchivePin)  # the kinds that are neither are read in place
-            damage = self._damage(pin)
-            if not damage:
-                missing = [
-                    h
-                    for h in pin.handles()[1:]
-                    if self.cache.quick_check(cache_key(h), pin.tree_digest)
-                ]
-                if isinstance(pin, KagglePin) and not self._in_kagglehub(pin):
-                    missing.append("kagglehub's cache")
-                if missing:
-                    return Step(
-                        alias, "link", size, 0, f"present; hard-linked for {', '.join(missing)}"
-                    )
-                return Step(alias, "keep", size, 0, "already present")
-            if self.offline and not self.from_bundle:  # as _sync_archive: before adoption
-                return Step(alias, "fail", size, 0, _offline_refusal(damage))
-            if self._adoptable(pin) is not None:
-                return Step(
-                    alias,
-                    "adopt",
-                    size,
-                    0,
-                    "an entry without hubpin's record that matches the lock",
-                )
-            candidates = self.sources.candidates(self.sources.location_of(pin), pin.archive_sha256)
-            first = candidates[0]
-            if self.from_bundle and not self.sources.transport.exists(first.location):
-                return Step(alias, "fail", size, 0, first.missing or f"{first.location}: not found")
-            source = "from " + ", else ".join(c.label for c in candidates)
-            if damage == ["not synced"]:
-                return Step(
-                    alias, "download", size, pin.archive_size, f"not in the cache; {source}"
-                )
-            return Step(
-                alias, "replace", size, pin.archive_size, f"cache entry: {damage[0]}; {source}"
+    def _from_step(
+        self, step: Step, pin: ArchivePin, source: Step, outcome: Outcome
+    ) -> tuple[str, str]:
+        """A pin whose model another step put in the cache: its entry, or links from it."""
+        assert isinstance(source.pin, ArchivePin)
+        if outcome.status == "failed":
+            raise NotSyncedError(
+                f"{pin.handle}: not synced: it shares its archive with {source.alias}, "
+                f"whose sync failed; run: hubpin sync"
             )
-        except HubpinError as exc:
-            return Step(alias, "fail", size, 0, str(exc))
+        if step.shared:
+            if self.cache.quick_check(pin.cache_key, pin.tree_digest):
+                raise NotSyncedError(
+                    f"{pin.handle}: {source.alias} did not fill the entry; run: hubpin sync"
+                )
+            return "linked", f"the same cache entry as {source.alias}"
+        self._link_entry(pin, source.pin.cache_key, pin.handle, pin.cache_key)
+        return "linked", f"hard-linked from {source.alias}'s entry (the same archive)"
 
-    def _fill_also(self, pin: ArchivePin, handle: str) -> None:
-        """Give another handle of the same model (its Kaggle URL, say) its own cache key.
-
-        Files are hard-linked from the verified entry (copied where links fail), so
-        one download serves every handle tensorflow_hub might be asked for.
-        """
-        key = cache_key(handle)
+    def _link_entry(self, pin: ArchivePin, source: str, handle: str, key: str) -> None:
+        """Give ``handle`` (another handle of the model, its Kaggle URL, say) the entry at
+        key ``source``, hard-linked (copied where links fail): one download serves every
+        handle tensorflow_hub might be asked for."""
         if not self.cache.quick_check(key, pin.tree_digest):
             return
         if self.cache.local_root is None:
@@ -261,13 +357,13 @@ class Syncer:
                 f"also = [{handle!r}] is not supported with a gs:// cache yet; "
                 "list that handle as its own model instead"
             )
-        record = self.cache.read_record(pin.cache_key)
+        record = self.cache.read_record(source)
         assert record is not None
         with self.cache.locked(key, self.settings.lock_timeout) as work:
             if not self.cache.quick_check(key, pin.tree_digest):
                 return
             try:
-                link_tree(self.cache.local_root / pin.cache_key, work)
+                link_tree(self.cache.local_root / source, work)
             except OSError as exc:
                 raise write_error(exc, work) from None
             self.cache.publish(key, work, Record(handle, pin.tree_digest, record.tree))
@@ -381,6 +477,11 @@ class Syncer:
                 "run: hubpin lock"
             )
         return "checked", f"{folder} matches the lock"
+
+
+def _content(pin: ArchivePin) -> tuple[str, str]:
+    """What makes two pins one model: the archive and the tree it unpacks to."""
+    return pin.archive_sha256, pin.tree_digest
 
 
 def _offline_refusal(damage: list[str]) -> str:

@@ -522,14 +522,12 @@ def test_lock_dry_run(project: Project, hub: HubServer) -> None:
     ]
 
 
-def test_json_goes_with_dry_run(project: Project, hub: HubServer) -> None:
+def test_lock_json_goes_with_dry_run(project: Project, hub: HubServer) -> None:
+    """(``sync --json`` is a real sync that prints its outcomes: tests/test_plan.py.)"""
     _locked(project, hub, "double")
-    for command in ("sync", "lock"):
-        code, out, err = project.run(command, "--json")
-        assert (code, out) == (2, "")
-        assert err == (
-            f"hubpin: error: --json goes with --dry-run; run: hubpin {command} --dry-run --json\n"
-        )
+    code, out, err = project.run("lock", "--json")
+    assert (code, out) == (2, "")
+    assert err == "hubpin: error: --json goes with --dry-run; run: hubpin lock --dry-run --json\n"
 
 
 # ---------------------------------------------------------------- README ↔ parser

@@ -270,3 +270,32 @@ def test_a_lost_kagglehub_copy_is_planned_and_put_back_without_a_download(
     assert not marker.exists(), "a dry run writes nothing"
     assert project.run("sync")[0] == 0
     assert marker.exists() and len(_downloads(kaggle)) == downloads
+
+
+def test_two_aliases_of_one_kaggle_version_share_one_download_without_waiting(
+    project: Project, kaggle: KaggleServer, tmp_path: Path
+) -> None:
+    """The plan sees that both pins are one model: the first downloads it, the second is
+    hard-linked from its entry, and neither waits on a lock its own process holds."""
+    project.write(
+        f'[models.affine]\nhandle = "{URL}/1"\n\n[models.short]\nhandle = "kaggle:{SLUG}/1"\n'
+    )
+    assert project.run("lock", "--no-fill")[0] == 0
+    code, out, err = project.run("sync", "--dry-run", "--json")
+    assert code == 0, err
+    planned = {m["alias"]: (m["action"], m["download_size"] > 0) for m in json.loads(out)["models"]}
+    assert planned == {"affine": ("download", True), "short": ("link", False)}
+    before = len(_downloads(kaggle))
+    code, out, err = project.run("sync", "--json")
+    assert code == 0, err
+    assert "waiting" not in err and err == ""
+    assert len(_downloads(kaggle)) == before + 1, "one download for both aliases"
+    done = {m["alias"]: m["outcome"]["status"] for m in json.loads(out)["models"]}
+    assert done == {"affine": "fetched", "short": "linked"}
+    inodes = {
+        (project.entry(handle) / "saved_model.pb").stat().st_ino
+        for handle in (f"{URL}/1", f"kaggle:{SLUG}/1")
+    }
+    assert len(inodes) == 1, "the second alias's entry is hard-linked from the first's"
+    assert (tmp_path / "kagglehub" / "models" / SLUG / "1.complete").exists()
+    assert project.run("verify")[0] == 0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
@@ -18,6 +17,7 @@ from hubpin.cli.common import (
     _size,
     _sources,
 )
+from hubpin.cli.render import print_json, print_table
 from hubpin.cli.stamps import _stamp_after_lock
 from hubpin.errors import (
     InputError,
@@ -114,18 +114,22 @@ def _print_lock_plan(args: argparse.Namespace, project: Project, rows: list[dict
             "models": rows,
             "totals": totals,
         }
-        print(json.dumps(doc, indent=2))
+        print_json(doc)
         return 0
-    _say(args, f"{'ALIAS':<20} {'ACTION':<8} {'SIZE':>10}  REASON")
-    for r in rows:
-        size = "?" if r["size"] is None else _size(r["size"])
-        _say(args, f"{r['alias']:<20} {r['action']:<8} {size:>10}  {r['reason']}")
+    cells = [
+        (r["alias"], r["action"], "?" if r["size"] is None else _size(r["size"]), r["reason"])
+        for r in rows
+    ]
+    print_table(_LOCK_PLAN, cells, lambda line: _say(args, line))
     _say(
         args,
         f"dry run: {totals['pin']} to pin, {totals['keep']} kept, {totals['drop']} dropped; "
         f"{project.lock_path.name} not written",
     )
     return 0
+
+
+_LOCK_PLAN = (("ALIAS", "<20"), ("ACTION", "<8"), ("SIZE", ">10"), ("REASON", ""))
 
 
 def _describe(pin: Pin) -> str:

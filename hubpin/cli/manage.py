@@ -12,7 +12,6 @@ from pathlib import Path
 from hubpin.bundle import write_bundle
 from hubpin.cli.common import (
     _count,
-    _known,
     _overrides,
     _project,
     _say,
@@ -25,8 +24,9 @@ from hubpin.errors import (
     ManifestError,
     StaleLockError,
 )
-from hubpin.lockfile import Lock, differences, manifest_digest, write_lock
-from hubpin.manifest import add_model, remove_models
+from hubpin.lockfile import differences
+from hubpin.manifest import add_model
+from hubpin.ops.remove import remove
 from hubpin.owners import prune_plan
 from hubpin.paths import SETTINGS_FILE, find_upwards
 from hubpin.project import Project
@@ -119,32 +119,12 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 def cmd_remove(args: argparse.Namespace) -> int:
     project = _project(args)
-    manifest, settings = project.manifest, project.settings
-    lock = project.lock_or_none()
-    _known(
-        args.aliases, set(manifest.models) | set(lock.models if lock else ()), project.manifest_path
-    )
-    doomed = set(args.aliases)
-    in_manifest = sorted(doomed & set(manifest.models))
-    if in_manifest:
-        remove_models(project.manifest_path, in_manifest)
-    files = [project.manifest_path.name] if in_manifest else []
-    stale: list[str] = []
-    if lock is not None and doomed & set(lock.models):
-        from hubpin.manifest import load_manifest
-
-        after = load_manifest(project.manifest_path)
-        kept = {alias: pin for alias, pin in lock.models.items() if alias not in doomed}
-        new = Lock(manifest_digest=manifest_digest(after, settings), models=kept)
-        stale = differences(new, after, settings)
-        if stale:  # stale before the removal, for other reasons: it must still say so
-            new = Lock(manifest_digest=lock.manifest_digest, models=kept)
-        write_lock(project.lock_path, new)
-        files.append(project.lock_path.name)
-    _say(args, f"removed {', '.join(sorted(doomed))} from {' and '.join(files)}")
-    if stale:
-        _say(args, f"{project.lock_path.name} is still stale: {'; '.join(stale)}; run: hubpin lock")
-    if lock is not None:
+    done = remove(project, args.aliases)
+    _say(args, f"removed {', '.join(done.aliases)} from {' and '.join(done.files)}")
+    if done.still_stale:
+        stale = "; ".join(done.still_stale)
+        _say(args, f"{project.lock_path.name} is still stale: {stale}; run: hubpin lock")
+    if done.had_lock:
         _say(args, _prune_hint(project))
     return 0
 

@@ -85,7 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--check", action="store_true", help="exit 1 if the lock is missing or stale (no network)"
     )
-    _dry_run_flags(p, check, "what would be pinned, kept or dropped (no network, writes nothing)")
+    _dry_run_flags(
+        p,
+        check,
+        "what would be pinned, kept or dropped (no network, writes nothing)",
+        "with --dry-run: the plan as JSON on stdout",
+    )
     check.add_argument(
         "--upgrade",
         action="store_true",
@@ -128,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
         p,
         p,
         "what would be downloaded, adopted, replaced or left (no network if locked; writes nothing)",
+        "the plan as JSON on stdout, with each step's outcome unless --dry-run",
     )
     p.add_argument("aliases", nargs="*", metavar="ALIAS")
 
@@ -228,10 +234,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _dry_run_flags(
-    p: argparse.ArgumentParser, group: argparse._ActionsContainer, help: str
+    p: argparse.ArgumentParser, group: argparse._ActionsContainer, help: str, json_help: str
 ) -> None:
     group.add_argument("--dry-run", action="store_true", help=help)
-    p.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON on stdout")
+    p.add_argument("--json", action="store_true", help=json_help)
 
 
 _VERSIONED = (

@@ -1,0 +1,59 @@
+"""What the operations share: choosing aliases, and the objects one command holds open."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+from hubpin.errors import unknown_alias
+from hubpin.lockfile import Lock, Pin
+from hubpin.owners import register
+from hubpin.plan import Outcome
+from hubpin.project import Project
+from hubpin.sources import Sources
+from hubpin.sync import Syncer
+from hubpin.transport import Transport
+
+
+@contextlib.contextmanager
+def open_sources(project: Project, bundle: str | None = None) -> Iterator[Sources]:
+    """Where this command reads archives from (a bundle, else mirrors and hosts)."""
+    transport = Transport(project.settings)
+    try:
+        yield Sources(project.settings, transport, project.root, bundle)
+    finally:
+        transport.close()
+
+
+def register_use(project: Project, lock: Lock, outcomes: list[Outcome] | None = None) -> None:
+    """Note in the cache that this lock uses it, so other projects' prune keeps its entries
+    (once something of it is there: a sync that failed throughout leaves the cache as it was)."""
+    if outcomes is not None and all(o.status == "failed" for o in outcomes):
+        return
+    keys = {k for p in lock.models.values() for k in p.cache_keys()}
+    if keys:
+        register(project.cache, project.lock_path, keys)
+
+
+def syncer(project: Project, sources: Sources, offline: bool, full_verify: bool) -> Syncer:
+    return Syncer(project.cache, project.settings, sources, project.root, offline, full_verify)
+
+
+def select(lock: Lock, aliases: Sequence[str], lock_path: Path) -> dict[str, Pin]:
+    """The pins of ``aliases`` (all when empty); an unknown alias is bad usage (exit 2)."""
+    known(aliases, lock.models, lock_path)
+    return {a: lock.models[a] for a in aliases} if aliases else dict(lock.models)
+
+
+def known(aliases: Sequence[str], models: Iterable[str], where: Path) -> None:
+    for alias in aliases:
+        if alias not in models:
+            error = unknown_alias(
+                f"{where}: no model with alias {alias!r}",
+                alias,
+                models,
+                f"known: {', '.join(sorted(models)) or 'none'}",
+            )
+            error.exit_code = 2  # on the command line, an unknown alias is bad usage
+            raise error

@@ -1,0 +1,160 @@
+"""A sync plan: what ``hubpin sync`` does per model, decided once, before anything is written.
+
+:meth:`hubpin.sync.Syncer.plan` builds a :class:`Plan` from the lock and the
+cache; ``sync --dry-run`` prints it; :meth:`hubpin.sync.Syncer.execute` carries
+out exactly its steps and returns one :class:`Outcome` per step, which
+``sync --json`` prints beside the plan. The no-op stamp (:mod:`hubpin.stamp`)
+replays the stat checks of :func:`stat_checks`, the same ones that make a step
+``keep``. No other code decides what a sync does.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from hubpin.errors import HubpinError
+from hubpin.kinds import ArchivePin, KagglePin
+
+if TYPE_CHECKING:
+    from hubpin.kinds import Pin
+
+
+class Action(str, enum.Enum):
+    """What a step does; the order is the dry run's order of totals."""
+
+    DOWNLOAD = "download"  # not in the cache: fetch, verify, publish
+    REPLACE = "replace"  # a damaged entry: fetch, verify, swap in
+    ADOPT = "adopt"  # an entry without hubpin's record that matches the lock: record it
+    LINK = "link"  # present (or another step's entry): hard-link into the keys that lack it
+    LOCK = "lock"  # (dry run with a stale lock) pinned and downloaded while locking
+    KEEP = "keep"  # nothing to do
+    CHECK = "check"  # a folder or gs:// model, read in place: checked
+    FAIL = "fail"  # would fail: the step carries the error the sync reports
+
+
+WORDS = {  # the dry run's summary, per action
+    Action.DOWNLOAD: "to download",
+    Action.REPLACE: "to replace",
+    Action.ADOPT: "to adopt",
+    Action.LINK: "to hard-link",
+    Action.LOCK: "to pin and download while locking",
+    Action.KEEP: "left as they are",
+    Action.CHECK: "checked in place",
+    Action.FAIL: "that would fail",
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    """A place a step fills besides its pin's own entry, by hard links from that entry.
+
+    ``key`` is a tensorflow_hub cache key (another handle of the same model), or
+    None for kagglehub's cache (the pinned Kaggle version).
+    """
+
+    handle: str
+    key: str | None = None
+
+    @property
+    def claim(self) -> str:
+        """What two steps must not both fill: a cache key, or one kagglehub version."""
+        return self.key if self.key is not None else f"kagglehub:{self.handle}"
+
+    @property
+    def label(self) -> str:
+        return self.handle if self.key is not None else "kagglehub's cache"
+
+
+@dataclass(frozen=True)
+class Step:
+    """What a sync does for one model, found without writing or downloading."""
+
+    alias: str
+    action: Action
+    size: int | None  # unpacked bytes of the model (None: not known before locking)
+    download: int | None = 0  # bytes the step downloads (None: not known)
+    reason: str = ""
+    pin: Pin | None = field(default=None, repr=False, compare=False)
+    links: tuple[Target, ...] = ()  # filled from the entry once it is in place
+    source: str | None = None  # LINK of a missing entry: the alias whose entry it links from
+    shared: bool = False  # ...and that entry is this one's own key (same handle)
+    damage: tuple[str, ...] = ()  # why the entry is not usable (REPLACE)
+    error: HubpinError | None = field(default=None, repr=False, compare=False)  # FAIL
+
+    def row(self) -> dict[str, Any]:
+        """The step as ``sync --dry-run --json`` prints it."""
+        return {
+            "alias": self.alias,
+            "action": self.action.value,
+            "size": self.size,
+            "download_size": self.download,
+            "reason": self.reason,
+        }
+
+
+@dataclass
+class Outcome:
+    """What executing one step did."""
+
+    alias: str
+    status: str  # fetched | present | adopted | linked | checked | failed
+    detail: str = ""
+    size: int = 0
+    seconds: float = 0.0
+    error: HubpinError | None = None
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "detail": self.detail,
+            "seconds": round(self.seconds, 3),
+            "exit_code": self.error.exit_code if self.error else 0,
+        }
+
+
+@dataclass(frozen=True)
+class LockFirst:
+    """A stale lock (dry run): why, and what locking would pin and drop before the sync."""
+
+    reasons: list[str]
+    pin: list[str]
+    drop: list[str]
+    why: dict[str, str] = field(default_factory=dict, compare=False)  # alias → why it is pinned
+
+    def row(self) -> dict[str, Any]:
+        return {"reasons": self.reasons, "pin": self.pin, "drop": self.drop}
+
+
+@dataclass
+class Plan:
+    """Every step of one sync, by alias, in the order they are reported."""
+
+    steps: list[Step]
+    lock_first: LockFirst | None = None
+
+    def totals(self) -> dict[str, int]:
+        totals: dict[str, int] = {"models": len(self.steps)}
+        totals |= {a.value: sum(s.action is a for s in self.steps) for a in Action}
+        totals["download_size"] = sum(s.download or 0 for s in self.steps)
+        totals["write_size"] = sum(
+            s.size or 0 for s in self.steps if s.action in (Action.DOWNLOAD, Action.REPLACE)
+        )
+        return totals
+
+    @property
+    def to_download(self) -> int:
+        return sum(s.download or 0 for s in self.steps)
+
+
+def stat_checks(pins: dict[str, Pin]) -> list[tuple[str, str]] | None:
+    """The (cache key, tree digest) pairs whose stat checks alone make every step ``keep``.
+
+    That is what the no-op stamp replays without pydantic; None when some step
+    needs more than a stat check of tensorflow_hub's entries (a folder, a gs://
+    model, kagglehub's cache).
+    """
+    if any(not isinstance(p, ArchivePin) or isinstance(p, KagglePin) for p in pins.values()):
+        return None
+    return [(key, pin.tree_digest) for pin in pins.values() for key in pin.cache_keys()]

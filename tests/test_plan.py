@@ -1,0 +1,79 @@
+"""One plan per sync: ``sync --dry-run`` prints it, ``sync`` executes exactly it, and
+``sync --json`` prints it with each step's outcome (against the loopback hub)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from conftest import Project
+from hubserver import HubServer
+from test_cli import _four_states
+
+
+def _doc(project: Project, *argv: str, code: int = 0) -> dict[str, Any]:
+    got, out, err = project.run("sync", *argv)
+    assert got == code, err
+    return json.loads(out)
+
+
+def test_sync_json_prints_the_plan_with_each_steps_outcome(
+    project: Project, hub: HubServer
+) -> None:
+    _four_states(project, hub)
+    got, out, err = project.run("sync", "--json")
+    assert got == 0, err
+    assert err == "", "results go to stdout; nothing failed, so nothing on stderr"
+    doc = json.loads(out)
+    assert (doc["command"], doc["dry_run"], doc["cache_dir"]) == ("sync", False, str(project.cache))
+    steps = {m["alias"]: (m["action"], m["outcome"]["status"]) for m in doc["models"]}
+    assert steps == {
+        "adopted": ("adopt", "adopted"),
+        "double": ("keep", "present"),
+        "quint": ("download", "fetched"),
+        "triple": ("replace", "fetched"),
+    }
+    triple = next(m for m in doc["models"] if m["alias"] == "triple")
+    assert triple["outcome"]["detail"].startswith("replaced an entry that had: saved_model.pb is")
+    assert all(m["outcome"]["exit_code"] == 0 for m in doc["models"])
+    assert doc["totals"]["outcomes"] == {
+        "fetched": 2,
+        "present": 1,
+        "adopted": 1,
+        "linked": 0,
+        "checked": 0,
+        "failed": 0,
+    }
+    assert project.run("verify")[0] == 0, "what the outcomes claim is in the cache"
+    again = _doc(project, "--json")
+    assert {(m["action"], m["outcome"]["status"]) for m in again["models"]} == {("keep", "present")}
+
+
+def test_a_failed_step_is_in_the_json_with_its_exit_code(project: Project, hub: HubServer) -> None:
+    project.models(double=hub.handle("google/double/1"), triple=hub.handle("google/triple/1"))
+    assert project.run("lock", "--no-fill")[0] == 0
+    assert project.run("sync", "double")[0] == 0
+    got, out, err = project.run("sync", "--offline", "--json")
+    assert got == 1
+    doc = json.loads(out)
+    (double, triple) = doc["models"]
+    assert (double["action"], double["outcome"]["status"]) == ("keep", "present")
+    assert (triple["action"], triple["outcome"]["status"], triple["outcome"]["exit_code"]) == (
+        "fail",
+        "failed",
+        1,
+    )
+    message = "not in the cache, and --offline forbids downloading; run: hubpin sync"
+    assert triple["outcome"]["detail"] == message
+    assert err == f"{'triple':<20} FAILED: {message}\n"
+
+
+def test_the_sync_does_what_its_dry_run_planned(project: Project, hub: HubServer) -> None:
+    _four_states(project, hub)
+    planned = _doc(project, "--dry-run", "--json")
+    done = _doc(project, "--json")
+    for model in done["models"]:
+        assert model.pop("outcome")["status"] != "failed"
+    assert done["models"] == planned["models"], "the same steps, sizes and reasons"
+    assert {k: v for k, v in done["totals"].items() if k != "outcomes"} == planned["totals"]
+    assert [m["action"] for m in planned["models"]] == ["adopt", "keep", "download", "replace"]
