@@ -299,3 +299,25 @@ def test_two_aliases_of_one_kaggle_version_share_one_download_without_waiting(
     assert len(inodes) == 1, "the second alias's entry is hard-linked from the first's"
     assert (tmp_path / "kagglehub" / "models" / SLUG / "1.complete").exists()
     assert project.run("verify")[0] == 0
+
+
+def test_two_aliases_of_one_kaggle_model_are_downloaded_once_by_lock_and_sync(
+    project: Project, kaggle: KaggleServer, models: dict[str, Model]
+) -> None:
+    """Locking pins the second alias from the first one's download (same version, archive
+    and tree), and the sync hard-links its entry: one download in all."""
+    kaggle.bump(SLUG, models["triple"].archive)  # version 2 is current
+    project.write(
+        f'[models.affine]\nhandle = "{URL}"\n\n[models.short]\nhandle = "kaggle:{SLUG}"\n'
+    )
+    code, _, err = project.run("sync")
+    assert code == 0, err
+    assert len(_downloads(kaggle)) == 1, _downloads(kaggle)
+    pins = _lock(project)
+    assert pins["affine"]["kaggle_version"] == pins["short"]["kaggle_version"] == 2
+    assert pins["short"]["cache_key"] == hashlib.sha1(f"kaggle:{SLUG}".encode()).hexdigest()
+    assert {k: v for k, v in pins["short"].items() if k not in ("handle", "cache_key")} == {
+        k: v for k, v in pins["affine"].items() if k not in ("handle", "cache_key")
+    }
+    assert project.run("lock", "--check")[0] == 0
+    assert project.run("verify")[0] == 0
