@@ -116,7 +116,7 @@ class Outcome:
 
 @dataclass(frozen=True)
 class LockFirst:
-    """A stale lock (dry run): why, and what locking would pin and drop before the sync."""
+    """A stale lock: why, and what locking pins and drops before the sync (a dry run: would)."""
 
     reasons: list[str]
     pin: list[str]

@@ -78,3 +78,16 @@ def test_the_sync_does_what_its_dry_run_planned(project: Project, hub: HubServer
     assert done["models"] == planned["models"], "the same steps, sizes and reasons"
     assert {k: v for k, v in done["totals"].items() if k != "outcomes"} == planned["totals"]
     assert [m["action"] for m in planned["models"]] == ["adopt", "keep", "download", "replace"]
+
+
+def test_sync_json_says_what_locking_did_first(project: Project, hub: HubServer) -> None:
+    project.models(double=hub.handle("google/double/1"))
+    doc = _doc(project, "--json")
+    assert doc["lock_first"] == {
+        "reasons": ["models.lock does not exist"],
+        "pin": ["double"],
+        "drop": [],
+    }
+    (model,) = doc["models"]  # locking filled the cache, so the sync keeps what it wrote
+    assert (model["action"], model["outcome"]["status"]) == ("keep", "present")
+    assert _doc(project, "--json")["lock_first"] is None

@@ -97,12 +97,13 @@ def sync(
         if problems and request.dry_run:
             lock_first = _lock_first(project, problems)
         elif problems:
-            lock = relock(sources)
+            old, lock = lock, relock(sources)
             if lock is None:
                 return SyncResult(Plan([]), lock_failed=True)
+            lock_first = _what_locking_did(problems, old, lock)
     runner = syncer(project, sources, offline=offline, full_verify=request.verify)
     runner.bundle = request.bundle
-    if lock_first is not None:
+    if lock_first is not None and request.dry_run:
         return SyncResult(_plan_after_lock(project, runner, lock, lock_first, request.aliases))
     assert lock is not None
     pins = select(lock, request.aliases, project.lock_path)
@@ -111,6 +112,7 @@ def sync(
             sources.transport, lock, list(pins), project.lock_path.name
         )
     plan = runner.plan(pins)
+    plan.lock_first = lock_first
     if request.dry_run:
         return SyncResult(plan, pins)
     with watch(runner, plan) if watch else contextlib.nullcontext():
@@ -134,6 +136,13 @@ def _lock_first(project: Project, problems: list[str]) -> LockFirst:
         sorted(r["alias"] for r in rows if r["action"] == "drop"),
         {r["alias"]: r["reason"] for r in rows if r["action"] == "pin"},
     )
+
+
+def _what_locking_did(problems: list[str], old: Lock | None, new: Lock) -> LockFirst:
+    """A sync that locked first: why, and the aliases whose pins that changed or dropped."""
+    before = old.models if old is not None else {}
+    pinned = sorted(a for a, pin in new.models.items() if before.get(a) != pin)
+    return LockFirst(problems, pinned, sorted(set(before) - set(new.models)))
 
 
 def _plan_after_lock(
