@@ -88,7 +88,7 @@ class Syncer:
 
     # ------------------------------------------------------------ plan
 
-    def plan(self, pins: dict[str, Pin]) -> Plan:
+    def plan(self, pins: dict[str, Pin], jobs: int | None = None) -> Plan:
         """What :meth:`execute` will do for each model, by the checks it makes, writing nothing.
 
         No network and no cache writes: the stat check (a re-hash with
@@ -96,19 +96,29 @@ class Syncer:
         adoption makes (reads only). Pins that share a model share its work: a
         cache key or kagglehub version two pins name is filled by one step, and a
         pin whose archive another step downloads (or whose entry holds it) is
-        hard-linked from that entry instead of downloaded again.
+        hard-linked from that entry instead of downloaded again. The re-hashes of
+        ``full_verify`` run ``jobs`` at a time; stat checks are too cheap for threads.
         """
         items = sorted(pins.items())
-        damage: dict[str, list[str] | HubpinError] = {}
+        archives = [(a, p) for a, p in items if isinstance(p, ArchivePin)]
+
+        def damage_of(pin: ArchivePin) -> list[str] | HubpinError:
+            try:
+                return self._damage(pin)
+            except HubpinError as exc:
+                return exc
+
+        workers = min(jobs or self.settings.jobs, len(archives)) if self.full_verify else 1
+        if workers > 1:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                found = list(pool.map(damage_of, [p for _, p in archives]))
+        else:
+            found = [damage_of(p) for _, p in archives]
+        damage = {alias: d for (alias, _), d in zip(archives, found, strict=True)}
         holders: dict[tuple[str, str], str] = {}  # the model → an alias whose entry holds it
-        for alias, pin in items:
-            if isinstance(pin, ArchivePin):
-                try:
-                    damage[alias] = self._damage(pin)
-                except HubpinError as exc:
-                    damage[alias] = exc
-                if damage[alias] == []:
-                    holders.setdefault(_content(pin), alias)
+        for alias, pin in archives:
+            if damage[alias] == []:
+                holders.setdefault(_content(pin), alias)
         claimed: dict[str, str] = {}  # cache key or kagglehub version → the step that fills it
         steps = [self._plan_one(a, p, damage.get(a, []), holders, claimed) for a, p in items]
         return Plan(steps)
@@ -225,7 +235,7 @@ class Syncer:
 
     def run(self, pins: dict[str, Pin], jobs: int) -> list[Outcome]:
         """Plan, then execute: one outcome per pin, by alias."""
-        return self.execute(self.plan(pins), jobs)
+        return self.execute(self.plan(pins, jobs), jobs)
 
     def execute(self, plan: Plan, jobs: int) -> list[Outcome]:
         """Carry out the plan's steps; one outcome per step, in the plan's order.

@@ -111,7 +111,7 @@ def sync(
         Bundle(request.bundle).check_lock(
             sources.transport, lock, list(pins), project.lock_path.name
         )
-    plan = runner.plan(pins)
+    plan = runner.plan(pins, request.jobs)
     plan.lock_first = lock_first
     if request.dry_run:
         return SyncResult(plan, pins)
