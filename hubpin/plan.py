@@ -3,9 +3,9 @@
 :meth:`hubpin.sync.Syncer.plan` builds a :class:`Plan` from the lock and the
 cache; ``sync --dry-run`` prints it; :meth:`hubpin.sync.Syncer.execute` carries
 out exactly its steps and returns one :class:`Outcome` per step, which
-``sync --json`` prints beside the plan. The no-op stamp (:mod:`hubpin.stamp`)
-replays the stat checks of :func:`stat_checks`, the same ones that make a step
-``keep``. No other code decides what a sync does.
+``sync --json`` prints beside the plan. No other code decides what a sync does:
+the no-op stamp (:mod:`hubpin.stamp`) only replays a clean sync whose every
+entry still passes the stat check that makes a step ``keep``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from hubpin.errors import HubpinError
-from hubpin.kinds import ArchivePin, KagglePin
 
 if TYPE_CHECKING:
     from hubpin.kinds import Pin
@@ -146,15 +145,3 @@ class Plan:
     @property
     def to_download(self) -> int:
         return sum(s.download or 0 for s in self.steps)
-
-
-def stat_checks(pins: dict[str, Pin]) -> list[tuple[str, str]] | None:
-    """The (cache key, tree digest) pairs whose stat checks alone make every step ``keep``.
-
-    That is what the no-op stamp replays without pydantic; None when some step
-    needs more than a stat check of tensorflow_hub's entries (a folder, a gs://
-    model, kagglehub's cache).
-    """
-    if any(not isinstance(p, ArchivePin) or isinstance(p, KagglePin) for p in pins.values()):
-        return None
-    return [(key, pin.tree_digest) for pin in pins.values() for key in pin.cache_keys()]

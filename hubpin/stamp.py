@@ -127,7 +127,7 @@ def replay(argv: Sequence[str]) -> int | None:
         # entry of this lock (else a stamp edited to list none, or copied from another
         # project, would answer a sync whose entry was deleted).
         root = _cache_root(project)
-        entries = _lock_entries(project.lock_path)
+        entries = lock_entries(project.lock_path)
         if stamp.get("key") != path.name or root is None or stamp["cache"] != str(root):
             return None
         if entries is None or sorted(map(tuple, stamp["entries"])) != entries:
@@ -161,15 +161,18 @@ def _cache_root(project: Project) -> Path | None:
     return root if root.is_absolute() and "://" not in value else None
 
 
-def _lock_entries(lock_path: Path) -> list[tuple[str, str]] | None:
-    """Every (cache key, tree digest) the lock's archive pins fill, as a sync stamps them
-    (one key per handle, ``also`` handle and versioned handle); None if it cannot tell."""
+def lock_entries(lock_path: Path) -> list[tuple[str, str]] | None:
+    """Every (cache key, tree digest) the lock's archive pins fill (one key per handle,
+    ``also`` handle and versioned handle); None if it cannot tell, or if a sync of this
+    lock needs more than stat checks of tensorflow_hub's entries (a folder, a gs:// model,
+    kagglehub's cache). A clean sync stamps exactly these (:func:`hubpin.ops.sync.
+    stamp_entries`) and the replay checks exactly these, read without pydantic."""
     try:
         models = tomllib.loads(lock_path.read_text("utf-8"))["models"]
         found = set()
         for pin in models.values():
             if pin.get("kind") != "archive" or not pin.get("cache_key") or "kaggle_version" in pin:
-                return None  # such a sync leaves no stamp (see cli._stamp)
+                return None  # such a sync leaves no stamp
             handles = [pin["handle"], *pin.get("also", [])]
             if pin.get("versioned_handle"):
                 handles.append(pin["versioned_handle"])

@@ -17,9 +17,10 @@ from hubpin.errors import StaleLockError
 from hubpin.lockfile import Lock, Pin, differences
 from hubpin.locking import lock_plan
 from hubpin.ops.common import known, register_use, select, syncer
-from hubpin.plan import Action, LockFirst, Outcome, Plan, Step, stat_checks
+from hubpin.plan import Action, LockFirst, Outcome, Plan, Step
 from hubpin.project import Project
 from hubpin.sources import Bundle, Sources
+from hubpin.stamp import lock_entries
 from hubpin.sync import Syncer
 
 
@@ -178,4 +179,4 @@ def stamp_entries(project: Project, result: SyncResult) -> list[tuple[str, str]]
     (the stamp stat-checks local tensorflow_hub entries only, not kagglehub's cache)."""
     if not result.clean or project.cache.local_root is None:
         return None
-    return stat_checks(result.pins)
+    return lock_entries(project.lock_path)
