@@ -255,3 +255,38 @@ def test_a_killed_bundle_leaves_the_tag_as_it_was_and_a_rerun_uploads_only_the_r
         small,
         f"sha256:{_sha(heavy)}",
     }
+
+
+def test_a_blob_the_registry_serves_wrong_publishes_nothing_and_names_alias_and_blob(
+    project: Project,
+    hub: HubServer,
+    locked_for_registry: tuple[str, str],
+    registry: Registry,
+    models: dict[str, Model],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """The registry's storage altered behind its back (it does not re-hash what it serves):
+    each blob is verified against the worker's lock exactly as a download."""
+    double, triple = locked_for_registry
+    target = f"oci://{registry.host}/team/tampered:v1"
+    assert project.run("bundle", target)[0] == 0
+    sha = _sha(models["double"].archive)
+    stored = registry.folder / "data/docker/registry/v2/blobs/sha256" / sha[:2] / sha / "data"
+    damaged = bytearray(stored.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    stored.write_bytes(bytes(damaged))
+    hub.stop()
+    cache = tmp_path / "worker"
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(cache))
+    try:
+        code, _, err = project.run("sync", "--from", target)
+    finally:  # blobs are shared by every repository of the session's registry
+        stored.write_bytes(models["double"].archive)
+    assert code == 1
+    (line,) = [line for line in err.splitlines() if "FAILED" in line]
+    assert line.startswith("double               FAILED: ")
+    assert f"oci://{registry.host}/team/tampered@sha256:{sha} does not match the lock" in line
+    assert "nothing was published" in line and "Traceback" not in err
+    assert not (cache / hashlib.sha1(double.encode()).hexdigest()).exists()
+    assert (cache / hashlib.sha1(triple.encode()).hexdigest() / "saved_model.pb").is_file()
