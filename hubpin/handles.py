@@ -51,6 +51,20 @@ def cache_key(handle: str) -> str:
     return hashlib.sha1(handle.encode("utf8")).hexdigest()
 
 
+def archive_key(handle: str, sha256: str) -> str:
+    """The cache folder of an archive pinned under ``handle`` with this sha256.
+
+    tensorflow_hub's ``sha1(handle)`` for a handle it looks up in its cache. A path
+    or ``file://`` URL it never looks up there (its PathResolver hands the path to
+    TensorFlow), and the same relative path means different files in different
+    projects: those are keyed by the archive's sha256, so two projects' own
+    ``model.tar.gz`` never claim one folder, and the same archive shares one.
+    """
+    if scheme_of(handle) in ("", "file"):
+        return cache_key(f"hubpin:archive-sha256:{sha256}")
+    return cache_key(handle)
+
+
 def is_archive_name(name: str) -> bool:
     return urllib.parse.urlsplit(name).path.lower().endswith(ARCHIVE_SUFFIXES)
 

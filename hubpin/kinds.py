@@ -18,7 +18,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from hubpin.handles import Format, Kind, cache_key, local_path, scheme_of, source_for
+from hubpin.handles import Format, Kind, archive_key, cache_key, local_path, scheme_of, source_for
 from hubpin.kaggle import configured, pinned
 from hubpin.kerashub import is_preset_handle, keras_hub_root
 from hubpin.settings import Settings
@@ -107,21 +107,30 @@ class ArchivePin(PinBase):
     archive_sha256: str = Field(pattern=SHA256)
     archive_size: int = Field(ge=0)
 
+    def keyed(self) -> list[tuple[str, str]]:
+        """Each handle of :meth:`handles` with the cache key it fills, the pinned one first."""
+        first = [(self.handle, self.cache_key)]
+        return first + [(h, archive_key(h, self.archive_sha256)) for h in self.handles()[1:]]
+
     def cache_keys(self) -> list[str]:
-        keys = [self.cache_key]
-        for handle in self.handles()[1:]:
-            key = cache_key(handle)
-            if key not in keys:
-                keys.append(key)
-        return keys
+        return list(dict.fromkeys(key for _, key in self.keyed()))
 
     def derived_problems(self, root: Path, settings: Settings) -> list[str]:
         problems = super().derived_problems(root, settings)
         if problems:
             return problems
-        want_key = cache_key(self.handle)
+        want_key = archive_key(self.handle, self.archive_sha256)
         if self.cache_key != want_key:
-            problems.append(f"cache_key is {self.cache_key}, the handle makes it {want_key}")
+            why = (
+                " (an older hubpin keyed a local archive by its path, which two projects "
+                "could share; it is keyed by its sha256 now)"
+                if self.cache_key == cache_key(self.handle)
+                else ""
+            )
+            problems.append(
+                f"cache_key is {self.cache_key}, the handle and archive_sha256 make it "
+                f"{want_key}{why}"
+            )
         if self.expected_sha256 and self.archive_sha256 != self.expected_sha256:
             problems.append(
                 f"archive_sha256 is {self.archive_sha256}, the manifest's sha256 is "

@@ -131,6 +131,52 @@ def differences(lock: Lock, manifest: Manifest, settings: Settings) -> list[str]
     return found
 
 
+def key_conflicts(models: dict[str, Pin]) -> list[str]:
+    """Cache keys that two aliases fill with different models, one phrase per clash.
+
+    One key is one folder that ``hub.load`` reads for its handle: with two trees
+    claiming it, whichever sync ran last would decide which model that is.
+    """
+    claims: dict[str, tuple[str, str, str]] = {}  # key → (alias, handle, tree digest)
+    found = []
+    for alias in sorted(models):
+        pin = models[alias]
+        if not isinstance(pin, ArchivePin):
+            continue
+        for handle, key in pin.keyed():
+            first = claims.setdefault(key, (alias, handle, pin.tree_digest))
+            if first[0] != alias and first[2] != pin.tree_digest:
+                same = handle if handle == first[1] else f"{first[1]} and {handle}"
+                found.append(
+                    f"{first[0]} and {alias} both claim cache key {key} (handle {same}) with "
+                    f"different models ({first[2]} and {pin.tree_digest}); a handle names one "
+                    f"model: remove it from one of them (also = [...])"
+                )
+    return found
+
+
+def lock_problems(lock: Lock, root: Path, settings: Settings) -> list[str]:
+    """Why hubpin could not have written this lock, one phrase per alias and field; offline.
+
+    Every field the handle and format determine is recomputed (kind, cache keys,
+    location, versioned handle, an expected sha256) and no two aliases may fill
+    one cache key with different models. It needs no manifest: a pin repeats the
+    manifest fields it was made from, which :func:`differences` compares.
+    """
+    found = [
+        f"{alias}: {problem}"
+        for alias, pin in sorted(lock.models.items())
+        for problem in pin.derived_problems(root, settings)
+    ]
+    return found + key_conflicts(lock.models)
+
+
+def mismatches(lock: Lock, manifest: Manifest, root: Path, settings: Settings) -> list[str]:
+    """Everything that keeps this lock from being what ``hubpin lock`` makes of the manifest:
+    fields that do not hold (:func:`lock_problems`), then staleness (:func:`differences`)."""
+    return lock_problems(lock, root, settings) + differences(lock, manifest, settings)
+
+
 def read_lock(path: Path) -> Lock:
     if not path.exists():
         raise LockMissingError(f"{path}: no lock file; run: hubpin lock")

@@ -22,6 +22,7 @@ from hubpin.lockfile import (
     Lock,
     Pin,
     input_changes,
+    key_conflicts,
     manifest_digest,
     preset_moved,
     spec_inputs,
@@ -50,7 +51,7 @@ class Locked:
 def previous_lock(project: Project) -> Lock | None:
     """The lock as it is, to keep what is still current; an unreadable one is pinned anew."""
     try:
-        return project.lock_or_none()
+        return project.lock_or_none(checked=False)  # partition re-pins what does not hold
     except InputError as exc:
         log.warning("ignoring unreadable lock: %s", exc)
         return None
@@ -89,6 +90,7 @@ def lock_project(
             alias not in versions
             and isinstance(pin, KagglePin)
             and pin.handle == todo[alias].handle
+            and not pin.derived_problems(project.root, settings)
         ):
             versions[alias] = pin.kaggle_version
 
@@ -136,6 +138,9 @@ def lock_project(
             except HubpinError as exc:
                 failures.append(exc)
                 on_failed(exc)
+    for clash in key_conflicts(pinned) if not failures else []:
+        failures.append(InputError(clash))
+        on_failed(failures[-1])
     if failures:
         return Locked(None, None, len(todo), len(kept), failures)
     lock = Lock(manifest_digest=manifest_digest(manifest, settings), models=pinned)
@@ -218,11 +223,21 @@ def partition(
             and alias not in force
             and pin.inputs() == spec_inputs(spec, project.settings)
             and not preset_moved(spec, pin)
+            and not untrusted(project, alias, pin)
         ):
             kept[alias] = pin
         else:
             todo[alias] = spec
     return kept, todo
+
+
+def untrusted(project: Project, alias: str, pin: Pin) -> list[str]:
+    """Why a pin of the old lock is not one hubpin could have made (then it is pinned anew,
+    never carried forward); empty when it holds."""
+    problems = pin.derived_problems(project.root, project.settings)
+    if problems:
+        log.warning("%s: re-pinning, the lock's pin does not hold: %s", alias, "; ".join(problems))
+    return problems
 
 
 def lock_plan(project: Project, force: set[str]) -> list[dict[str, Any]]:
@@ -246,6 +261,7 @@ def lock_plan(project: Project, force: set[str]) -> list[dict[str, Any]]:
             reason = f"not in {project.lock_path.name}"
         else:
             changed = input_changes(todo[alias], pin, project.settings)
+            changed = changed or pin.derived_problems(project.root, project.settings)
             reason = "; ".join(changed) or "re-pin requested"
         rows.append(
             {"alias": alias, "action": "pin", "size": None, "reason": f"{reason} (network)"}

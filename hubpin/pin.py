@@ -8,6 +8,7 @@ first does not download twice.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,7 @@ from hubpin.handles import (
     Format,
     Kind,
     Source,
+    archive_key,
     cache_key,
     local_path,
     relative_posix,
@@ -66,11 +68,18 @@ def pin_into_cache(
     fmt = spec.effective_format(settings)
     if cache is None or source_for(spec.handle, fmt, root).kind is not Kind.ARCHIVE:
         return pin_model(spec, settings, sources, root, version=version)[0]
-    key = cache_key(spec.handle)
+    key = _key_before_reading(spec.handle, root)
+    if key is None:  # a local archive that cannot be read: pin_model says why
+        return pin_model(spec, settings, sources, root, version=version)[0]
     pin: Pin | None = None
     try:
         with cache.locked(key, settings.lock_timeout) as work:
             pin, tree = pin_model(spec, settings, sources, root, work=work, version=version)
+            if not isinstance(pin, ArchivePin) or pin.cache_key != key:
+                raise FetchError(
+                    f"{spec.handle} changed while it was read (its sha256 is not the one it "
+                    "had a moment before); nothing was published. Run again: hubpin lock"
+                )
             record = cache.read_record(key)
             if tree is not None and (record is None or record.tree_digest != pin.tree_digest):
                 cache.publish(key, work, Record(spec.handle, pin.tree_digest, tree))
@@ -91,6 +100,25 @@ def pin_into_cache(
         )
     assert pin is not None
     return pin
+
+
+def _key_before_reading(handle: str, root: Path) -> str | None:
+    """The cache key to lock and fill for an archive handle, before it is read.
+
+    A local archive is keyed by its sha256 (:func:`hubpin.handles.archive_key`),
+    so its file is hashed first: one extra read of a local file, where the
+    unpacking it saves (``lock`` then ``sync``) costs far more. None when that
+    file cannot be read.
+    """
+    local = local_path(handle, root)
+    if local is None:
+        return cache_key(handle)
+    try:
+        with open(local, "rb") as fh:
+            sha256 = hashlib.file_digest(fh, "sha256").hexdigest()
+    except OSError:
+        return None
+    return archive_key(handle, sha256)
 
 
 def pin_model(
@@ -143,7 +171,7 @@ def pin_model(
         pin = kind(
             **common,
             kind=Kind.ARCHIVE,
-            cache_key=cache_key(spec.handle),
+            cache_key=archive_key(spec.handle, result.archive_sha256),
             url=url,
             archive_sha256=result.archive_sha256,
             archive_size=result.archive_size,

@@ -12,7 +12,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hubpin.errors import LockMissingError, ManifestError
+from hubpin.errors import LockfileError, LockMissingError, ManifestError
 from hubpin.paths import MANIFEST_FILE, find_lock, find_upwards, settings_path
 
 if TYPE_CHECKING:  # imported where used: finding files must not cost pydantic's import
@@ -75,14 +75,27 @@ class Project:
 
         return load_manifest(self.manifest_path)
 
-    def read_lock(self) -> Lock:
-        from hubpin.lockfile import read_lock
+    def read_lock(self, checked: bool = True) -> Lock:
+        """The lock, refused (exit 2) unless hubpin could have written it: a hand-edited pin
+        must not reach the cache or ``hub.load`` (:func:`hubpin.lockfile.lock_problems`).
 
-        return read_lock(self.lock_path)
+        ``checked=False`` is for ``hubpin lock``, which re-pins what does not hold.
+        """
+        from hubpin.lockfile import lock_problems, read_lock
 
-    def lock_or_none(self) -> Lock | None:
+        lock = read_lock(self.lock_path)
+        if checked:
+            problems = lock_problems(lock, self.root, self.settings)
+            if problems:
+                raise LockfileError(
+                    f"{self.lock_path}: {'; '.join(problems)}; this is not a lock hubpin wrote "
+                    "(edited by hand, or by an older hubpin); run: hubpin lock"
+                )
+        return lock
+
+    def lock_or_none(self, checked: bool = True) -> Lock | None:
         try:
-            return self.read_lock()
+            return self.read_lock(checked)
         except LockMissingError:
             return None
 

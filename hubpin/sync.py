@@ -38,7 +38,6 @@ from hubpin.errors import (
     TruncatedError,
     write_error,
 )
-from hubpin.handles import cache_key
 from hubpin.kaggle import KaggleHandle, pinned
 from hubpin.kinds import ArchivePin, FolderPin, GcsPin, KagglePin, Pin
 from hubpin.plan import Action, Outcome, Plan, Step, Target
@@ -219,9 +218,9 @@ class Syncer:
         """The other places this pin's model belongs (its other handles' keys, kagglehub's
         cache) that do not hold it yet."""
         found = [
-            Target(h, cache_key(h))
-            for h in pin.handles()[1:]
-            if self.cache.quick_check(cache_key(h), pin.tree_digest)
+            Target(h, key)
+            for h, key in pin.keyed()[1:]
+            if key != pin.cache_key and self.cache.quick_check(key, pin.tree_digest)
         ]
         if (
             isinstance(pin, KagglePin)

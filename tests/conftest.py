@@ -276,8 +276,14 @@ class Project:
         return code, out, err
 
     def entry(self, handle: str) -> Path:
+        """The cache folder of a handle: sha1(handle), or for a local archive its content key."""
         import hashlib
 
+        from hubpin.handles import archive_key, local_path
+
+        local = local_path(handle, self.root)
+        if local is not None and local.is_file():
+            return self.cache / archive_key(handle, hashlib.sha256(local.read_bytes()).hexdigest())
         return self.cache / hashlib.sha1(handle.encode()).hexdigest()
 
 

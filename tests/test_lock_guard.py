@@ -7,11 +7,14 @@ recomputed by ``lock --check`` and by every command that trusts the lock.
 
 from __future__ import annotations
 
+import hashlib
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 from conftest import Model, Project
+from hubserver import HubServer
 
 
 def _one_error_line(err: str) -> str:
@@ -78,3 +81,141 @@ def test_lock_bytes_of_every_kind_survive_a_read_and_write(local: Project) -> No
     assert dumps(read_lock(local.lock)) == local.lock.read_text()
     demo = Path(__file__).resolve().parent.parent / "examples" / "demo" / "models.lock"
     assert dumps(read_lock(demo)) == demo.read_text()
+
+
+# ------------------------------------------------------------ item 1: one key, one tree
+
+
+def test_two_aliases_claiming_one_handle_with_different_models_are_refused(
+    project: Project, hub: HubServer
+) -> None:
+    tiny, tiny2 = hub.handle("google/double/1"), hub.handle("google/triple/1")
+    project.write(
+        f'[models.tiny]\nhandle = "{tiny}"\nalso = ["{tiny2}"]\n\n[models.tiny2]\nhandle = "{tiny2}"\n'
+    )
+    code, _, err = project.run("lock", "--no-fill")
+    assert code == 2, err
+    clash = [line for line in err.splitlines() if "both claim cache key" in line]
+    assert len(clash) == 1 and "tiny and tiny2" in clash[0] and tiny2 in clash[0], err
+    assert "Traceback" not in err and not project.lock.exists()
+
+
+def test_lock_check_refuses_a_lock_whose_aliases_share_a_key(
+    project: Project, hub: HubServer
+) -> None:
+    """A lock made before this check (or assembled by hand) fails CI's ``lock --check``."""
+    from hubpin.lockfile import manifest_digest, read_lock, write_lock
+    from hubpin.manifest import load_manifest
+    from hubpin.settings import load_settings
+
+    tiny, tiny2 = hub.handle("google/double/1"), hub.handle("google/triple/1")
+    project.models(tiny=tiny, tiny2=tiny2)
+    assert project.run("lock", "--no-fill")[0] == 0
+    project.write(
+        f'[models.tiny]\nhandle = "{tiny}"\nalso = ["{tiny2}"]\n\n[models.tiny2]\nhandle = "{tiny2}"\n'
+    )
+    lock = read_lock(project.lock)
+    lock.models["tiny"].also = [tiny2]
+    settings = load_settings(project.root)
+    lock.manifest_digest = manifest_digest(load_manifest(project.manifest), settings)
+    write_lock(project.lock, lock)
+    code, _, err = project.run("lock", "--check")
+    line = _one_error_line(err)
+    assert code == 1 and "tiny and tiny2 both claim cache key" in line and tiny2 in line, line
+    code, _, err = project.run("sync", "--frozen")
+    assert code == 2 and "both claim cache key" in _one_error_line(err)
+
+
+def test_two_projects_own_model_tar_gz_never_share_an_entry(
+    tmp_path: Path, project: Project, models: dict[str, Model]
+) -> None:
+    """The same relative archive path in two projects sharing a cache: each keeps its model."""
+    other = tmp_path / "other"
+    other.mkdir()
+    (project.root / "model.tar.gz").write_bytes(models["double"].archive)
+    (other / "model.tar.gz").write_bytes(models["triple"].archive)
+    for root in (project.root, other):
+        (root / "models.toml").write_text('[models.m]\nhandle = "model.tar.gz"\n')
+    for _ in range(2):
+        for root in (project.root, other):
+            code, _, err = project.run("-m", str(root / "models.toml"), "sync")
+            assert code == 0, err
+    mine = project.run("resolve", "m")[1].strip()
+    theirs = project.run("-m", str(other / "models.toml"), "resolve", "m")[1].strip()
+    assert mine != theirs
+    for entry, name in ((mine, "double"), (theirs, "triple")):
+        pb = (Path(entry) / "saved_model.pb").read_bytes()
+        assert pb == (models[name].folder / "saved_model.pb").read_bytes()
+    code, _, err = project.run("sync")
+    assert code == 0 and "1 already present" in err, err
+
+
+def test_a_lock_keying_a_local_archive_by_path_says_run_hubpin_lock(local: Project) -> None:
+    """Locks of older hubpins keyed a local archive by sha1(path): refused by name, re-pinned."""
+    old_key = hashlib.sha1(b"double.tar.gz").hexdigest()
+    _edit_lock(local, "double", cache_key=f'"{old_key}"')
+    code, _, err = local.run("sync", "--frozen")
+    line = _one_error_line(err)
+    assert (
+        code == 2 and "double: cache_key is" in line and "keyed a local archive by its path" in line
+    )
+    assert line.endswith("run: hubpin lock"), line
+    code, _, err = local.run("lock", "--no-fill")
+    assert code == 0 and "re-pinning" in err, err
+    assert old_key not in local.lock.read_text()
+    assert local.run("lock", "--check")[0] == 0
+
+
+# ------------------------------------------------------------ item 2: lock --check recomputes
+
+
+def test_a_folder_pin_pointed_elsewhere_fails_every_check_and_lock_repins_it(
+    local: Project,
+) -> None:
+    """The issue's attack: ``location`` (with that folder's tree digest) edited to another folder."""
+    from hubpin.digests import hash_tree
+
+    honest = local.lock.read_text()
+    other = hash_tree(local.root / "quint")
+    _edit_lock(local, "folder", location='"quint"', tree_digest=f'"{other.digest()}"')
+    code, _, err = local.run("lock", "--check")
+    line = _one_error_line(err)
+    assert code == 1 and "folder: location is 'quint'" in line and "triple" in line, line
+    for argv in (("sync", "--locked"),):
+        code, _, err = local.run(*argv)
+        assert code == 1 and "folder: location is 'quint'" in _one_error_line(err)
+    for argv in (("sync", "--frozen"), ("status",), ("verify",), ("resolve", "folder")):
+        code, _, err = local.run(*argv)
+        assert code == 2 and "folder: location is 'quint'" in _one_error_line(err), argv
+    import hubpin
+    from hubpin.errors import LockfileError
+
+    with pytest.raises(LockfileError, match="folder: location is 'quint'"):
+        hubpin.Lock(local.lock).resolve("folder")
+    code, _, err = local.run("lock", "--no-fill")
+    assert code == 0, err
+    assert local.lock.read_text() == honest
+
+
+def test_a_kind_edited_to_folder_and_an_expected_sha256_edited_fail_lock_check(
+    local: Project, models: dict[str, Model]
+) -> None:
+    _edit_lock(local, "double", kind='"folder"', location='"quint"')
+    text = local.lock.read_text()
+    for key in ("archive_sha256", "archive_size", "cache_key", "url"):
+        text = re.sub(rf"(\[models\.double\][^\[]*?)\n{key} = [^\n]*", r"\1", text)
+    local.lock.write_text(text)
+    code, _, err = local.run("lock", "--check")
+    line = _one_error_line(err)
+    assert code == 1 and "double: kind is 'folder', the handle makes it 'archive'" in line, line
+
+    sha = hashlib.sha256(models["double"].archive).hexdigest()
+    local.write(
+        f'[models.double]\nhandle = "double.tar.gz"\nsha256 = "{sha}"\n\n'
+        '[models.folder]\nhandle = "triple"\n'
+    )
+    assert local.run("lock", "--no-fill")[0] == 0
+    _edit_lock(local, "double", archive_sha256=f'"{"0" * 64}"')
+    code, _, err = local.run("lock", "--check")
+    line = _one_error_line(err)
+    assert code == 1 and "double: archive_sha256 is 000" in line and sha in line, line

@@ -23,7 +23,7 @@ from hubpin.errors import (
     InputError,
     StaleLockError,
 )
-from hubpin.lockfile import Lock, Pin, differences
+from hubpin.lockfile import Lock, Pin, mismatches
 from hubpin.locking import lock_plan, lock_project
 from hubpin.project import Project
 from hubpin.sources import Sources
@@ -37,8 +37,8 @@ def cmd_lock(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _print_lock_plan(args, project, lock_plan(project, set(args.aliases)))
     if args.check:
-        lock = project.read_lock()
-        problems = differences(lock, manifest, project.settings)
+        lock = project.read_lock(checked=False)
+        problems = mismatches(lock, manifest, project.root, project.settings)
         if problems:
             raise StaleLockError(
                 f"{project.lock_path.name} is stale: {'; '.join(problems)}; run: hubpin lock"

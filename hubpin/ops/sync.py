@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from hubpin.errors import StaleLockError
-from hubpin.lockfile import Lock, Pin, differences
+from hubpin.lockfile import Lock, Pin, mismatches
 from hubpin.locking import lock_plan
 from hubpin.ops.common import known, register_use, select, syncer
 from hubpin.plan import Action, LockFirst, Outcome, Plan, Step
@@ -82,7 +82,7 @@ def sync(
     if request.frozen:
         lock = project.read_lock()
     else:
-        lock = project.lock_or_none()
+        lock = project.lock_or_none(checked=False)  # one that does not hold is stale
         known(request.aliases, project.manifest.models, project.manifest_path)
         problems = stale(project, lock)
         if problems and request.locked:
@@ -123,10 +123,10 @@ def sync(
 
 
 def stale(project: Project, lock: Lock | None) -> list[str]:
-    """Why the lock does not match the manifest (empty: it does)."""
+    """Why the lock is not what ``hubpin lock`` makes of the manifest (empty: it is)."""
     if lock is None:
         return [f"{project.lock_path.name} does not exist"]
-    return differences(lock, project.manifest, project.settings)
+    return mismatches(lock, project.manifest, project.root, project.settings)
 
 
 def _lock_first(project: Project, problems: list[str]) -> LockFirst:
