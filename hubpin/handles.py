@@ -69,6 +69,11 @@ def is_archive_name(name: str) -> bool:
     return urllib.parse.urlsplit(name).path.lower().endswith(ARCHIVE_SUFFIXES)
 
 
+def _tf_hub_archive_name(handle: str) -> bool:
+    """tensorflow_hub's own test for a gs:// archive: the handle's suffix, case and all."""
+    return handle.endswith(ARCHIVE_SUFFIXES)
+
+
 def check_handle(handle: str) -> str | None:
     """Return why ``handle`` cannot be a handle, or None when it can."""
     if not handle or handle != handle.strip():
@@ -76,8 +81,24 @@ def check_handle(handle: str) -> str | None:
     if any(ord(c) < 32 for c in handle):
         return "a handle must not contain control characters"
     scheme = urllib.parse.urlsplit(handle).scheme.lower()
+    written = handle[: len(scheme)]  # urlsplit lower-cases it; tensorflow_hub does not
     if re.fullmatch(r"[a-z]", scheme):  # a Windows drive letter, not a scheme
         scheme = ""
+    if scheme and written != scheme:
+        return (
+            f"write the scheme in lower case ({scheme}:): tensorflow_hub does not take "
+            f"{written}: for a URL and would look for a file of that name"
+        )
+    if handle.startswith("~"):
+        return (
+            "tensorflow_hub does not expand '~' (it would look for a file named '~'); "
+            "write the path out, or relative to the manifest"
+        )
+    if scheme == "gs" and is_archive_name(handle) and not _tf_hub_archive_name(handle):
+        return (
+            "write the archive's suffix in lower case (.tar.gz, .tgz or .tar): "
+            "tensorflow_hub reads any other gs:// name as a model folder"
+        )
     if scheme in ("http", "https"):
         if not urllib.parse.urlsplit(handle).hostname:
             return "an http(s) handle needs a host"
@@ -112,7 +133,7 @@ def local_path(handle: str, base: Path) -> Path | None:
         return Path(url2pathname(urllib.parse.urlsplit(handle).path))
     if scheme:
         return None
-    path = Path(handle).expanduser()
+    path = Path(handle).expanduser()  # a handle never starts with '~' (check_handle)
     return path if path.is_absolute() else base / path
 
 

@@ -61,9 +61,17 @@ class Settings(BaseModel):
 
     @property
     def cache_root(self) -> str:
-        """The cache folder (or gs:// prefix); tensorflow_hub's default when unset."""
-        return self.cache_dir or os.path.join(tempfile.gettempdir(), "tfhub_modules")
+        """The cache folder (or gs:// prefix); tensorflow_hub's default when unset.
 
+        A folder is absolute, so ``hubpin env`` hands tensorflow_hub the folder
+        hubpin means, wherever the process that reads it runs.
+        """
+        root = self.cache_dir or os.path.join(tempfile.gettempdir(), "tfhub_modules")
+        return root if "://" in root else os.path.abspath(os.path.expanduser(root))
+
+
+# Settings that name a file or folder: relative to hubpin.toml when written there.
+_FILE_PATHS = ("cache_dir", "ca_bundle")
 
 # Environment variables that tensorflow_hub reads, mapped to our settings.
 _LISTS = ("mirrors", "insecure_registries", "oci_mount_from")  # set in hubpin.toml only
@@ -78,12 +86,23 @@ def load_settings(project_dir: Path, overrides: dict[str, Any] | None = None) ->
     if os.environ.get("HUBPIN_CONFIG") or path.is_file():
         data, text = read_toml(path, SettingsError, "set HUBPIN_CONFIG to an existing file")
     validate(Settings, data, path, text, SettingsError)
+    for name in _FILE_PATHS:  # relative to hubpin.toml, not to wherever hubpin runs
+        if isinstance(data.get(name), str) and "://" not in data[name]:
+            data[name] = str(path.parent / Path(data[name]).expanduser())
     origin: dict[str, str] = {}
     for name in Settings.model_fields:
         for var in (_TFHUB_ENV.get(name), f"HUBPIN_{name.upper()}"):
             if var and os.environ.get(var) and name not in _LISTS:
                 data[name], origin[name] = os.environ[var], f"environment variable {var}"
                 break
+    if origin.get("cache_dir") == "environment variable TFHUB_CACHE_DIR" and data[
+        "cache_dir"
+    ].startswith("~"):
+        raise SettingsError(
+            f"environment variable TFHUB_CACHE_DIR: {data['cache_dir']!r}: tensorflow_hub does "
+            "not expand '~' (it would cache into a folder named '~' in the working folder); "
+            'set it to an absolute path, e.g. export TFHUB_CACHE_DIR="$HOME/..."'
+        )
     for name, value in (overrides or {}).items():
         if value is not None:
             data[name], origin[name] = value, f"option --{name.replace('_', '-')}"

@@ -219,3 +219,58 @@ def test_a_kind_edited_to_folder_and_an_expected_sha256_edited_fail_lock_check(
     code, _, err = local.run("lock", "--check")
     line = _one_error_line(err)
     assert code == 1 and "double: archive_sha256 is 000" in line and sha in line, line
+
+
+# ------------------------------------------------------------ item 8: as tensorflow_hub means it
+
+
+@pytest.mark.parametrize(
+    ("handle", "why"),
+    [
+        ("HTTP://127.0.0.1:1/google/double/1", "write the scheme in lower case (http:)"),
+        ("Https://127.0.0.1:1/google/double/1", "write the scheme in lower case (https:)"),
+        ("GS://bucket/model.tar.gz", "write the scheme in lower case (gs:)"),
+        ("~/models/double", "tensorflow_hub does not expand '~'"),
+        ("gs://bucket/model.TAR.GZ", "tensorflow_hub reads any other gs:// name as a model folder"),
+    ],
+)
+def test_handles_tensorflow_hub_reads_otherwise_are_refused_with_the_reason(
+    project: Project, handle: str, why: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:1")  # nothing leaves the host
+    monkeypatch.setenv("HUBPIN_RETRIES", "0")
+    (tmp_path / "models" / "double").mkdir(parents=True)
+    project.models(m=handle)
+    code, _, err = project.run("lock", "--no-fill")
+    line = _one_error_line(err)
+    assert code == 2 and "models.m.handle" in line and why in line, line
+
+
+def test_tfhub_cache_dir_with_a_tilde_is_refused_as_tensorflow_hub_would_not_expand_it(
+    local: Project, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # where a failing hubpin would write
+    monkeypatch.setenv("TFHUB_CACHE_DIR", "~/tfhub")
+    code, _, err = local.run("sync", "--frozen")
+    line = _one_error_line(err)
+    assert code == 2 and "TFHUB_CACHE_DIR" in line and "does not expand '~'" in line, line
+
+
+def test_a_relative_cache_dir_in_hubpin_toml_is_relative_to_the_file(
+    local: Project, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("TFHUB_CACHE_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    local.write('cache_dir = "models-cache"\n', "hubpin.toml")
+    elsewhere = local.root / "src"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, out, err = local.run("-m", str(local.manifest), "env")
+    assert code == 0 and f"TFHUB_CACHE_DIR={local.root / 'models-cache'}\n" in out, out
+    code, _, err = local.run("-m", str(local.manifest), "sync", "--frozen")
+    assert code == 0, err
+    assert (local.root / "models-cache").is_dir() and not (elsewhere / "models-cache").exists()
+    local.write('cache_dir = "~/c"\n', "hubpin.toml")
+    code, out, err = local.run("-m", str(local.manifest), "env")
+    assert f"TFHUB_CACHE_DIR={tmp_path / 'home' / 'c'}\n" in out, out
