@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shlex
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from conftest import Model
 from hubserver import HubServer
 
 DEMO = Path(__file__).parent.parent / "examples" / "demo"
@@ -50,92 +51,192 @@ def test_demo_syncs_locked_and_predicts(tmp_path: Path) -> None:
 EXAMPLES = DEMO.parent
 
 
-def _hubpin_env(extra: dict[str, str]) -> dict[str, str]:
-    """The environment a build step sees: this Python's scripts first on PATH."""
-    scripts = str(Path(sys.executable).parent)
+CHECKOUT_IGNORE = shutil.ignore_patterns(".git", "__pycache__", "build", "dist", "*.egg-info")
+
+
+@pytest.fixture(scope="session")
+def image_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh venv's bin folder standing in for an image's or runner's Python: the steps' own
+    ``pip install`` runs there for real, while TensorFlow and the other dependencies come from
+    this environment (``--system-site-packages``) instead of hundreds of MB of downloads."""
+    venv = tmp_path_factory.mktemp("image-python") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    return venv / "bin"
+
+
+def _step_env(bin_dir: Path, **extra: str) -> dict[str, str]:
+    """What a build step sees: the image's Python first on PATH, and nothing of this checkout."""
     keep = {k: v for k, v in os.environ.items() if not k.startswith(("TFHUB_", "HUBPIN_"))}
-    return {**keep, "PATH": f"{scripts}:{os.environ.get('PATH', '')}", **extra}
+    keep.pop("PYTHONPATH", None)
+    return {**keep, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}", **extra}
 
 
-def test_dockerfile_build_steps_run_against_a_loopback_hub(tmp_path: Path, hub: HubServer) -> None:
-    """The Dockerfile's ENV, WORKDIR, COPY and hubpin RUN steps, run as a script in a fake image root."""
-    image = tmp_path / "image"
-    env: dict[str, str] = {}
-    workdir = image
-    steps = []
-    for line in (EXAMPLES / "docker" / "Dockerfile").read_text().splitlines():
-        instruction, _, rest = line.partition(" ")
-        if instruction == "ENV":
-            key, _, value = rest.partition("=")
-            env[key] = str(image / value.lstrip("/"))
-        elif instruction == "WORKDIR":
-            workdir = image / rest.lstrip("/")
-        elif instruction == "RUN" and "hubpin" in rest and "pip install" not in rest:
-            steps.append(rest)
-    assert env == {"TFHUB_CACHE_DIR": str(image / "opt/tfhub_modules")}
-    assert steps == ["hubpin sync --locked && hubpin verify"]
-
-    workdir.mkdir(parents=True)
-    handle = hub.handle("google/double/1")
-    (workdir / "models.toml").write_text(f'[models.encoder]\nhandle = "{handle}"\n')
-    lock = subprocess.run(
-        [sys.executable, "-m", "hubpin", "lock"],
-        cwd=workdir,
-        env=_hubpin_env(env),
+def _run(command: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", command],
+        cwd=cwd,
+        env=env,
         capture_output=True,
         text=True,
+        timeout=600,
     )
-    assert lock.returncode == 0, lock.stderr
 
-    for step in steps:
-        build = subprocess.run(
-            ["bash", "-c", step], cwd=workdir, env=_hubpin_env(env), capture_output=True, text=True
+
+def _mirror_settings(folder: Path, hub: HubServer) -> Path:
+    """tfhub.dev served by the loopback hub, the way a company mirror is configured."""
+    path = folder / "hubpin.toml"
+    path.write_text(f'[[mirrors]]\nprefix = "https://tfhub.dev/"\nreplace = "{hub.url}/"\n')
+    return path
+
+
+def test_dockerfile_builds_and_serves_as_shipped(
+    tmp_path: Path, models: dict[str, Model], image_python: Path
+) -> None:
+    """Every instruction of examples/docker/Dockerfile, in order, from a clone's root as its
+    first lines say: COPY into a scratch image root, RUN as scripts (its pip install included),
+    then CMD. Only the host differs: tfhub.dev is mirrored to loopback through HUBPIN_CONFIG."""
+    import json
+
+    handle = "https://tfhub.dev/google/universal-sentence-encoder/4"
+    hub = HubServer(models={"google/universal-sentence-encoder/4": models["double"].archive})
+    hub.start()
+    context, image = tmp_path / "clone", tmp_path / "image"
+    shutil.copytree(EXAMPLES.parent, context, ignore=CHECKOUT_IGNORE)
+    image.mkdir()
+    lines = (EXAMPLES / "docker" / "Dockerfile").read_text().splitlines()
+    assert "docker build -f examples/docker/Dockerfile" in "\n".join(lines[:8])
+    assert "ships no models.lock, so the build pins first" in " ".join(lines[:8])
+
+    def rooted(text: str) -> str:  # an absolute path in the image, under the scratch root
+        return re.sub(r"(?<![\w.:/])/(src|opt|app)\b", f"{image}/\\1", text)
+
+    env = _step_env(image_python, HUBPIN_CONFIG=str(_mirror_settings(tmp_path, hub)))
+    workdir, ran, cmd = image, [], None
+    try:
+        for line in lines:
+            instruction, _, rest = line.partition(" ")
+            if instruction == "COPY":
+                *sources, dest = rest.split()
+                target = Path(rooted(dest)) if dest.startswith("/") else workdir / dest
+                for source in sources:
+                    origin = context / source
+                    into = target / origin.name if dest.endswith("/") else target
+                    into.parent.mkdir(parents=True, exist_ok=True)
+                    copy = shutil.copytree if origin.is_dir() else shutil.copy
+                    copy(origin, into)
+            elif instruction == "RUN":
+                result = _run(rooted(rest), workdir, env)
+                assert result.returncode == 0, (rest, result.stdout[-2000:], result.stderr[-3000:])
+                ran.append(rest)
+            elif instruction == "ENV":
+                key, _, value = rest.partition("=")
+                env[key] = rooted(value)
+            elif instruction == "WORKDIR":
+                workdir = Path(rooted(rest))
+                workdir.mkdir(parents=True, exist_ok=True)
+            elif instruction == "CMD":
+                cmd = json.loads(rest)
+    finally:
+        hub.stop()
+    assert ran == [
+        'pip install --no-cache-dir "/src/hubpin[tf]"',
+        "hubpin lock && hubpin sync --locked && hubpin verify",
+    ]
+    assert (workdir / "models.lock").is_file()
+    entry = image / "opt/tfhub_modules" / hashlib.sha1(handle.encode()).hexdigest()
+    assert (entry / "saved_model.pb").is_file()
+
+    served = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    assert served.returncode == 0, served.stderr[-3000:]
+    assert served.stdout == f"loaded {entry}\n"  # with the hub stopped: nothing downloaded
+
+
+def _expression(text: str, context: dict[str, str], workspace: Path) -> str:
+    """The few GitHub expressions action.yml and the workflow use, evaluated as Actions would;
+    an unknown one fails the test, so a new one is evaluated here before it ships."""
+
+    def value(match: re.Match[str]) -> str:
+        expr = match.group(1).strip()
+        if expr in context:
+            return context[expr]
+        alternative = re.fullmatch(
+            r"(inputs\.[\w-]+) \|\| format\('\{0\}(.*)', github\.workspace\)", expr
         )
-        assert build.returncode == 0, build.stderr
-        assert "encoder              ok" in build.stderr
-    assert (
-        image / "opt/tfhub_modules" / hashlib.sha1(handle.encode()).hexdigest() / "saved_model.pb"
-    ).is_file()
+        if alternative:
+            return context[alternative.group(1)] or f"{workspace}{alternative.group(2)}"
+        files = re.fullmatch(r"hashFiles\(format\('\{0\}/(.*)', (inputs\.[\w-]+)\)\)", expr)
+        if files:
+            path = workspace / context[files.group(2)] / files.group(1)
+            return hashlib.sha256(path.read_bytes()).hexdigest()
+        raise AssertionError(f"an expression this test does not evaluate: {expr}")
 
-    (workdir / "models.toml").write_text(
-        f'[models.encoder]\nhandle = "{hub.handle("google/triple/1")}"\n'
-    )
-    stale = subprocess.run(
-        ["bash", "-c", steps[0]], cwd=workdir, env=_hubpin_env(env), capture_output=True, text=True
-    )
-    assert stale.returncode == 1, "a stale lock must fail the image build"
-    assert "--locked" in stale.stderr and "encoder: handle is" in stale.stderr
+    return re.sub(r"\$\{\{(.*?)\}\}", value, text)
 
 
-def test_github_workflow_commands_are_valid_and_run(tmp_path: Path, hub: HubServer) -> None:
+def test_github_workflow_and_action_run_as_shipped(
+    tmp_path: Path, hub: HubServer, image_python: Path
+) -> None:
+    """examples/github-actions/models.yml's steps, with `uses: ./.hubpin` expanded into
+    action.yml's steps: each `run` executed by bash in a scratch workspace holding a project
+    (the demo's manifest and lock), GITHUB_ENV honoured; the cache step checked by its key."""
     import yaml
 
-    from hubpin.cli import build_parser
-
     workflow = yaml.safe_load((EXAMPLES / "github-actions" / "models.yml").read_text())
-    job = workflow["jobs"]["models"]
-    runs = [step["run"] for step in job["steps"] if "run" in step]
-    commands = [run for run in runs if run.startswith("hubpin")]
-    assert commands == ["hubpin lock --check", "hubpin sync --locked", "hubpin verify"]
-    cache = next(step for step in job["steps"] if step.get("uses", "").startswith("actions/cache"))
-    assert "hashFiles('models.lock')" in cache["with"]["key"]
-    assert job["env"]["TFHUB_CACHE_DIR"].endswith(cache["with"]["path"])
-    for command in commands:
-        build_parser().parse_args(shlex.split(command)[1:])  # exits 2 on an unknown flag
+    steps = workflow["jobs"]["models"]["steps"]
+    action = yaml.safe_load((EXAMPLES.parent / "action.yml").read_text())
+    uses = [step.get("uses") for step in steps]
+    assert uses[:4] == [
+        "actions/checkout@v4",
+        "actions/setup-python@v5",
+        "actions/checkout@v4",
+        "./.hubpin",
+    ]
+    hubpin_checkout = steps[2]["with"]["path"]
+    assert uses[3] == f"./{hubpin_checkout}"
 
-    project = tmp_path / "repo"
-    project.mkdir()
-    (project / "models.toml").write_text(f'[models.m]\nhandle = "{hub.handle("google/quint/1")}"\n')
-    env = _hubpin_env({"TFHUB_CACHE_DIR": str(project / cache["with"]["path"])})
-    assert (
-        subprocess.run([sys.executable, "-m", "hubpin", "lock"], cwd=project, env=env).returncode
-        == 0
-    )
-    for command in commands:
-        result = subprocess.run(
-            ["bash", "-c", command], cwd=project, env=env, capture_output=True, text=True
-        )
-        assert result.returncode == 0, (command, result.stderr)
+    workspace = tmp_path / "workspace"
+    shutil.copytree(DEMO, workspace)  # the repository the workflow checks out: a locked project
+    shutil.copytree(EXAMPLES.parent, workspace / hubpin_checkout, ignore=CHECKOUT_IGNORE)
+    github_env = tmp_path / "github_env"
+    github_env.write_text("")
+    env = _step_env(image_python, GITHUB_ENV=str(github_env))
+    inputs = {f"inputs.{k}": str(v.get("default", "")) for k, v in action["inputs"].items()}
+    context = {
+        **inputs,
+        "github.action_path": str(workspace / hubpin_checkout),
+        "github.workspace": str(workspace),
+        "runner.os": "Linux",
+    }
+    expanded = [*action["runs"]["steps"], *steps[4:]]
+    assert action["runs"]["using"] == "composite"
+    ran, cached = [], None
+    for step in expanded:
+        if "uses" in step:
+            assert step["uses"] == "actions/cache@v4"
+            cached = {k: _expression(v, context, workspace) for k, v in step["with"].items()}
+            continue
+        cwd = workspace / _expression(step.get("working-directory", "."), context, workspace)
+        result = _run(_expression(step["run"], context, workspace), cwd, env)
+        assert result.returncode == 0, (step, result.stdout[-2000:], result.stderr[-3000:])
+        ran.append((step["run"].strip().splitlines()[0], result.stdout + result.stderr))
+        for line in github_env.read_text().splitlines():
+            key, _, val = line.partition("=")
+            env[key] = val
+
+    lock_digest = hashlib.sha256((workspace / "models.lock").read_bytes()).hexdigest()
+    assert cached == {"path": f"{workspace}/.tfhub_modules", "key": f"hubpin-Linux-{lock_digest}"}
+    assert env["TFHUB_CACHE_DIR"] == cached["path"]  # what later steps and the cache share
+    commands = [command for command, _ in ran]
+    assert commands[0].startswith("python -m pip install")
+    assert commands[2:] == [
+        "hubpin lock --check",
+        "hubpin sync --locked",
+        "hubpin verify",
+        "hubpin status",
+    ]
+    assert "fahrenheit" in ran[-1][1]  # `hubpin status` in a later step finds the synced model
+    key = (workspace / "models.lock").read_text().split('cache_key = "')[1].split('"')[0]
+    assert (workspace / ".tfhub_modules" / key / "saved_model.pb").is_file()
 
 
 @pytest.mark.parametrize("example", ["bert", "colab-tpu", "docker", "kaggle"])

@@ -1,4 +1,7 @@
-"""Sentence embeddings with BERT, loaded by alias from models.lock (run `hubpin sync` first)."""
+"""Sentence embeddings with BERT, loaded by alias from models.lock.
+
+First, in this folder: hubpin sync (no lock is shipped, so it pins both models, then fetches them).
+"""
 
 import tensorflow as tf
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hubpin.cli.completion import SHELLS, cmd_completion
 from hubpin.cli.lock import cmd_lock
 from hubpin.cli.manage import cmd_add, cmd_bundle, cmd_env, cmd_image, cmd_prune, cmd_remove
 from hubpin.cli.report import (
@@ -216,6 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable report on stdout")
 
     command("env", cmd_env, "print shell exports that point tensorflow_hub at this cache")
+
+    p = command(
+        "completion",
+        cmd_completion,
+        "print a shell completion script; bash: source <(hubpin completion bash)",
+    )
+    p.add_argument("shell", choices=SHELLS, metavar="SHELL", help=" | ".join(SHELLS))
+    p.set_defaults(parser=parser)
     return parser
 
 
