@@ -87,7 +87,7 @@ def test_mistyped_command_gets_one_line_suggestion(project: Project) -> None:
         (
             "xyzzy",
             "hubpin: error: unknown command 'xyzzy'; commands: lock, sync, verify, status, "
-            "resolve, prune, add, remove, bundle, image, outdated, env\n",
+            "resolve, prune, add, remove, bundle, image, outdated, env, completion\n",
         ),
     ]:
         with pytest.raises(SystemExit) as exc:
