@@ -107,6 +107,13 @@ def test_an_entry_that_is_a_symlink_out_of_the_cache_fails_verify(
     assert leftovers(project.cache) == [], "the swapped-out link left no .tmp behind"
     assert project.run("verify")[0] == 0
 
+    shutil.rmtree(outside)  # a link to nothing: replaced the same way
+    shutil.rmtree(entry)
+    entry.symlink_to(outside, target_is_directory=True)
+    code, _, err = project.run("sync")
+    assert code == 0 and "fetched" in err, err
+    assert entry.is_dir() and not entry.is_symlink() and leftovers(project.cache) == []
+
 
 def test_a_model_file_nobody_may_read_is_not_synced(project: Project, hub: HubServer) -> None:
     entry, _ = _synced(project, hub)

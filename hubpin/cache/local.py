@@ -224,10 +224,11 @@ class LocalCache(Cache):
                     self._record(key).unlink()
             _atomic_write(self.root / f"{key}.descriptor.txt", descriptor_text(record.handle))
             old = None
-            if entry.exists() and exchange(work, entry):
+            present = os.path.lexists(entry)  # a symlink, even a dangling one, is swapped out too
+            if present and exchange(work, entry):
                 old = work  # now holding the old entry, under the work folder's name
             else:
-                if entry.exists():
+                if present:
                     old = entry.with_name(f"{key}.{uuid.uuid4().hex}.old")
                     os.rename(entry, old)
                 os.rename(work, entry)
