@@ -178,7 +178,7 @@ class Cache(ABC):
     location: str
     local_root: Path | None
     # The lock (absolute path) of the project whose commands write through this cache:
-    # the ``created_by`` of the entries they publish (see :mod:`hubpin.cache.owners`).
+    # the ``created_by`` of the entries they publish (see :mod:`hubpin.owners`).
     owner: str = ""
 
     def provenance(self, record: Record, previous: Record | None, *, adopted: bool) -> Record:
@@ -265,7 +265,7 @@ class Cache(ABC):
         """Every cache key with anything of its entry here (folder, descriptor or record)."""
 
     # Notes: small files hubpin keeps beside the entries, under ``hubpin-projects/``
-    # (which projects use this cache; see :mod:`hubpin.cache.owners`).
+    # (which projects use this cache; see :mod:`hubpin.owners`).
 
     @abstractmethod
     def read_note(self, name: str) -> bytes | None:
