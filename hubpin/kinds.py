@@ -131,6 +131,13 @@ class ArchivePin(PinBase):
                 f"cache_key is {self.cache_key}, the handle and archive_sha256 make it "
                 f"{want_key}{why}"
             )
+        local = local_path(self.handle, root)
+        if local is not None:  # a path or file:// handle is read from there: url says so
+            named = self.handle if scheme_of(self.handle) == "file" else None
+            if named is not None and self.url != named:
+                problems.append(f"url is {self.url!r}, the handle makes it {named!r}")
+            elif named is None and (root / self.url).resolve() != local.resolve():
+                problems.append(f"url is {self.url!r}, the handle names {local.resolve()}")
         if self.expected_sha256 and self.archive_sha256 != self.expected_sha256:
             problems.append(
                 f"archive_sha256 is {self.archive_sha256}, the manifest's sha256 is "

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hubpin.cache import MAX_NOTE, Cache
-from hubpin.errors import HubpinError
+from hubpin.errors import CacheError, HubpinError
 
 log = logging.getLogger("hubpin")
 VERSION = 1
@@ -120,6 +120,36 @@ def users(cache: Cache) -> list[User]:
             log.warning("%s: %s; keeping what it pinned when it last synced", lock, exc)
             found.append(User(lock, host, noted, name, "registered"))
     return found
+
+
+def pinned_by_another(cache: Cache, key: str, tree_digest: str) -> str | None:
+    """Which other project pins the model ``<key>/`` holds now, when it is not ``tree_digest``.
+
+    A sync must not replace it: that project's unmodified ``hub.load(handle)`` would
+    get this project's model. Whose it is comes from the record (``created_by``) and
+    whether that lock still pins the key from :func:`users`; None when the entry is
+    this project's, nobody's (tensorflow_hub's, or no lock pins it now) or the same model.
+    """
+    record = cache.read_record(key)
+    if record is None or record.tree_digest == tree_digest:
+        return None
+    if record.adopted or not record.created_by or record.created_by == cache.owner:
+        return None
+    for user in users(cache):
+        if user.lock == record.created_by and user.state != "gone" and key in user.keys:
+            return user.where
+    return None
+
+
+def refuse_replacing(cache: Cache, key: str, tree_digest: str, handle: str) -> None:
+    """CacheError when ``<key>/`` holds another project's pinned model (:func:`pinned_by_another`)."""
+    other = pinned_by_another(cache, key, tree_digest)
+    if other is not None:
+        raise CacheError(
+            f"{cache.entry(key)} holds another model, which {other} pins for {handle}; "
+            "hubpin does not replace another project's entry. Give this project a cache of "
+            "its own (TFHUB_CACHE_DIR or cache_dir), or pin one model in both locks"
+        )
 
 
 def prune_plan(

@@ -38,6 +38,7 @@ from hubpin.handles import (
 from hubpin.kaggle import configured
 from hubpin.kinds import ArchivePin, FolderPin, GcsObject, GcsPin, KagglePin, Pin
 from hubpin.manifest import ModelSpec
+from hubpin.owners import refuse_replacing
 from hubpin.settings import Settings
 from hubpin.sources import Sources
 from hubpin.unpack import HashingReader, Unpacked, unpack
@@ -81,6 +82,7 @@ def pin_into_cache(
                     "had a moment before); nothing was published. Run again: hubpin lock"
                 )
             record = cache.read_record(key)
+            refuse_replacing(cache, key, pin.tree_digest, spec.handle)
             if tree is not None and (record is None or record.tree_digest != pin.tree_digest):
                 cache.publish(key, work, Record(spec.handle, pin.tree_digest, tree))
     except CacheError as exc:

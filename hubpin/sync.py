@@ -40,6 +40,7 @@ from hubpin.errors import (
 )
 from hubpin.kaggle import KaggleHandle, pinned
 from hubpin.kinds import ArchivePin, FolderPin, GcsPin, KagglePin, Pin
+from hubpin.owners import refuse_replacing
 from hubpin.plan import Action, Outcome, Plan, Step, Target
 from hubpin.settings import Settings
 from hubpin.sources import Sources
@@ -327,6 +328,7 @@ class Syncer:
                 return "present", ""
             if self._adopt(pin):
                 return "adopted", "verified the existing entry"
+            refuse_replacing(self.cache, pin.cache_key, pin.tree_digest, pin.handle)
             result = self.fetch_into(pin, work)
             self.cache.publish(
                 pin.cache_key, work, Record(pin.handle, pin.tree_digest, result.tree)

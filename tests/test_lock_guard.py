@@ -150,6 +150,30 @@ def test_two_projects_own_model_tar_gz_never_share_an_entry(
     assert code == 0 and "1 already present" in err, err
 
 
+def test_a_sync_never_replaces_a_model_another_projects_lock_pins(
+    tmp_path: Path, project: Project, hub: HubServer, models: dict[str, Model]
+) -> None:
+    """Two projects share a cache and pin one URL whose model changed upstream in between."""
+    handle = hub.handle("google/double/1")
+    other = tmp_path / "other"
+    other.mkdir()
+    for root in (project.root, other):
+        (root / "models.toml").write_text(f'[models.m]\nhandle = "{handle}"\n')
+    code, _, err = project.run("sync")
+    assert code == 0, err
+    hub.models["google/double/1"] = models["triple"].archive
+    theirs = ("-m", str(other / "models.toml"))
+    assert project.run(*theirs, "lock", "--no-fill")[0] == 0
+    code, _, err = project.run(*theirs, "sync")
+    assert code == 1, err
+    assert f"which {project.lock} pins for {handle}" in err, err
+    assert "does not replace another project's entry" in err, err
+    code, _, err = project.run("verify")
+    assert code == 0, err
+    pb = (project.entry(handle) / "saved_model.pb").read_bytes()
+    assert pb == (models["double"].folder / "saved_model.pb").read_bytes()
+
+
 def test_a_lock_keying_a_local_archive_by_path_says_run_hubpin_lock(local: Project) -> None:
     """Locks of older hubpins keyed a local archive by sha1(path): refused by name, re-pinned."""
     old_key = hashlib.sha1(b"double.tar.gz").hexdigest()
@@ -219,6 +243,11 @@ def test_a_kind_edited_to_folder_and_an_expected_sha256_edited_fail_lock_check(
     code, _, err = local.run("lock", "--check")
     line = _one_error_line(err)
     assert code == 1 and "double: archive_sha256 is 000" in line and sha in line, line
+    assert local.run("lock", "--no-fill")[0] == 0
+    _edit_lock(local, "double", url='"https://example.invalid/other.tar.gz"')
+    code, _, err = local.run("lock", "--check")
+    line = _one_error_line(err)
+    assert code == 1 and "double: url is 'https://example.invalid/other.tar.gz'" in line, line
 
 
 # ------------------------------------------------------------ item 8: as tensorflow_hub means it
