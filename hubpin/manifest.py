@@ -20,6 +20,8 @@ from hubpin.settings import Settings
 from hubpin.tomlfile import read_toml, tomllib, validate
 
 ALIAS_RE = re.compile(r"[A-Za-z0-9_.-]+")
+# "tfhub.dev/google/x/1": read as a relative path, it would fail much later as a missing folder.
+_HOST_WITHOUT_SCHEME = re.compile(r"(?:[a-z0-9-]+\.)+[a-z]{2,}/", re.IGNORECASE)
 
 
 class ModelSpec(BaseModel):
@@ -33,6 +35,13 @@ class ModelSpec(BaseModel):
     tags: list[str] | None = None
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     also: list[str] = Field(default_factory=list)
+
+    @field_validator("format", mode="before")
+    @classmethod
+    def _format(cls, value: object) -> object:
+        """``compressed`` is COMPRESSED, as ``hubpin add --format compressed`` and
+        ``TFHUB_MODEL_LOAD_FORMAT`` take it."""
+        return value.upper() if isinstance(value, str) else value
 
     @field_validator("handle")
     @classmethod
@@ -97,6 +106,11 @@ def add_model(path: Path, alias: str, handle: str, fmt: Format | None) -> None:
         raise ManifestError(
             f"{path}: alias {alias!r} is already defined (handle "
             f"{manifest.models[alias].handle}); edit the file to change it"
+        )
+    if _HOST_WITHOUT_SCHEME.match(handle) and not (path.parent / handle).exists():
+        raise ManifestError(
+            f"{path}: {alias}: handle {handle!r} starts with a host name but has no scheme, and "
+            f"no such file is beside the manifest; for a URL run: hubpin add {alias} https://{handle}"
         )
     table: dict[str, str] = {"handle": handle}
     if fmt is not None:

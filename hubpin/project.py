@@ -12,7 +12,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hubpin.errors import LockfileError, LockMissingError, ManifestError
+from hubpin.errors import LockfileError, LockMissingError, ManifestError, SettingsError
 from hubpin.paths import MANIFEST_FILE, find_lock, find_upwards, settings_path
 
 if TYPE_CHECKING:  # imported where used: finding files must not cost pydantic's import
@@ -111,6 +111,12 @@ class Project:
         else:
             from hubpin.cache.local import LocalCache
 
-            cache = LocalCache(Path(root).expanduser())
+            folder = Path(root).expanduser()
+            if folder.exists() and not folder.is_dir():
+                raise SettingsError(
+                    f"the cache folder {folder} is a file, not a folder; point TFHUB_CACHE_DIR "
+                    "(or --cache-dir, or cache_dir in hubpin.toml) at a folder"
+                )
+            cache = LocalCache(folder)
         cache.owner = str(self.lock_path)  # the creator its records name (hubpin.owners)
         return cache

@@ -106,8 +106,9 @@ class Lock:
         if problems:
             first = problems[0]
             if first == "not synced" or first.startswith(("no hubpin record", "entry holds")):
+                why = "" if first == "not synced" else f" ({first})"
                 raise NotSyncedError(
-                    f"{alias} ({pin.handle}) is not synced into {cache.location} ({first}); run: hubpin sync"
+                    f"{alias} ({pin.handle}) is not synced into {cache.location}{why}; run: hubpin sync"
                 )
             raise DamagedEntryError(
                 f"{alias}: cache entry {entry} is damaged: {'; '.join(problems[:5])}; "

@@ -82,10 +82,14 @@ def _lock(
         must_fill=must_fill,
         upgrade=upgrade,
         on_pinned=lambda alias, pin: _say(args, f"pinned {alias} → {_describe(pin)}"),
-        on_failed=lambda exc: print(f"hubpin: error: {exc}", file=sys.stderr),
+        on_failed=lambda exc: None,  # said below, once each
     )
     name = project.lock_path.name
+    if len(done.failures) == 1:  # one line: the model's own message and exit code
+        raise done.failures[0]
     if done.failures:
+        for failure in done.failures:
+            print(f"hubpin: error: {failure}", file=sys.stderr)
         _say(args, f"{name} not written: {len(done.failures)} of {done.pinned} models failed")
         if max(f.exit_code for f in done.failures) == 2:
             raise InputError(

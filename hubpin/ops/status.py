@@ -31,11 +31,15 @@ class StatusReport:
     lock_state: str  # "up to date", "stale: …", "missing manifest"
     cache_dir: str
     models: list[ModelStatus] = field(default_factory=list)
+    cache_chosen: bool = (
+        False  # set on purpose (flag, TFHUB_CACHE_DIR, hubpin.toml), not the default
+    )
 
     @property
     def cache_under_temp(self) -> bool:
-        """Whether the cache sits where temp cleaners may empty it."""
-        if "://" in self.cache_dir:
+        """Whether the default cache sits where temp cleaners may empty it (one chosen on
+        purpose, say a tmpfs for a throw-away job, is the user's call)."""
+        if self.cache_chosen or "://" in self.cache_dir:
             return False
         try:
             tmp = Path(tempfile.gettempdir()).resolve()
@@ -59,6 +63,7 @@ def status(project: Project) -> StatusReport:
         problems = differences(lock, project.manifest, project.settings)
         lock_state = "up to date" if not problems else "stale: " + "; ".join(problems)
     report = StatusReport(project.lock_path, lock_state, project.settings.cache_root)
+    report.cache_chosen = project.settings.cache_dir is not None
     for alias, pin in sorted(lock.models.items()):
         report.models.append(
             ModelStatus(

@@ -1,0 +1,89 @@
+"""The messages a newcomer meets first: one line each, naming what to change."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import pytest
+from conftest import Model, Project
+
+import hubpin
+
+
+def _archive(project: Project, models: dict[str, Model]) -> None:
+    (project.root / "double.tar.gz").write_bytes(models["double"].archive)
+
+
+def test_a_plain_http_handle_is_one_error_line(project: Project) -> None:
+    project.models(a="http://example.com/m.tar.gz")
+    code, out, err = project.run("lock")
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1, err
+    assert err.startswith("hubpin: error: a (http://example.com/m.tar.gz): ") and "https" in err
+
+
+def test_add_refuses_a_url_without_its_scheme_and_says_the_fix(project: Project) -> None:
+    project.models(a="double.tar.gz")
+    before = project.manifest.read_text()
+    code, _, err = project.run("add", "bert", "tfhub.dev/google/bert/1")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "no scheme" in err and "run: hubpin add bert https://tfhub.dev/google/bert/1" in err
+    assert project.manifest.read_text() == before
+    (project.root / "my.models").mkdir()
+    (project.root / "my.models" / "x").mkdir()  # an existing folder that looks like a host: a path
+    assert project.run("add", "local", "my.models/x")[0] == 0
+
+
+def test_a_lower_case_format_in_the_manifest_is_accepted(
+    project: Project, models: dict[str, Model]
+) -> None:
+    _archive(project, models)
+    project.write('[models.a]\nhandle = "double.tar.gz"\nformat = "compressed"\n')
+    code, _, err = project.run("lock")
+    assert code == 0, err
+    assert 'format = "COMPRESSED"' in project.lock.read_text()
+
+
+@pytest.mark.parametrize("command", ["lock", "sync", "verify", "status"])
+def test_a_cache_dir_that_is_a_file_says_so(
+    project: Project, models: dict[str, Model], monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    _archive(project, models)
+    project.models(a="double.tar.gz")
+    if command != "lock":
+        assert project.run("lock", "--no-fill")[0] == 0
+    a_file = project.root.parent / "not-a-folder"
+    a_file.write_text("")
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(a_file))
+    code, _, err = project.run(command)
+    assert code == 2, err
+    assert err.splitlines()[-1] == (
+        f"hubpin: error: the cache folder {a_file} is a file, not a folder; point TFHUB_CACHE_DIR "
+        "(or --cache-dir, or cache_dir in hubpin.toml) at a folder"
+    )
+
+
+def test_not_synced_is_said_once(project: Project, models: dict[str, Model]) -> None:
+    _archive(project, models)
+    project.models(a="double.tar.gz")
+    assert project.run("lock", "--no-fill")[0] == 0
+    with pytest.raises(hubpin.NotSyncedError) as raised:
+        hubpin.Lock(project.lock).resolve("a")
+    message = str(raised.value)
+    assert message.count("not synced") == 1 and message.endswith("; run: hubpin sync"), message
+
+
+def test_status_warns_of_a_temporary_cache_only_when_it_is_the_default(
+    project: Project, models: dict[str, Model], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _archive(project, models)
+    project.models(a="double.tar.gz")
+    assert project.run("lock", "--no-fill")[0] == 0
+    chosen = Path(tempfile.gettempdir()) / "ci-models"  # a tmpfs picked for a throw-away job
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(chosen))
+    code, out, _ = project.run("status")
+    assert code == 0 and "temporary folder" not in out, out
+    monkeypatch.delenv("TFHUB_CACHE_DIR")  # tensorflow_hub's default, $TMPDIR/tfhub_modules
+    code, out, _ = project.run("status")
+    assert code == 0 and "warning: the cache is under a temporary folder" in out, out
