@@ -35,6 +35,7 @@ class Kind(str, Enum):
     ARCHIVE = "archive"  # a tar(.gz) unpacked into <cache>/<sha1(handle)>/
     GCS = "gcs"  # a gs:// folder read in place (UNCOMPRESSED); pinned per object
     FOLDER = "folder"  # a local folder read in place; pinned by tree digest
+    HUGGINGFACE = "huggingface"  # a Hugging Face repository at a commit, in HF_HUB_CACHE
 
 
 @dataclass(frozen=True)
@@ -109,12 +110,12 @@ def check_handle(handle: str) -> str | None:
     elif scheme == "file":
         if not urllib.parse.urlsplit(handle).path:
             return "a file:// handle needs a path"
-    elif scheme in ("kaggle", "keras-hub"):
+    elif scheme in ("kaggle", "keras-hub", "hf"):
         pass  # checked by hubpin.kaggle.parse_handle, which knows Kaggle's handle form
     elif scheme:
         return (
             f"unsupported scheme {scheme!r} (expected https://, http://, gs://, kaggle:, "
-            "keras-hub:, file:// or a path)"
+            "keras-hub:, hf:, file:// or a path)"
         )
     return None
 
@@ -140,6 +141,8 @@ def local_path(handle: str, base: Path) -> Path | None:
 def source_for(handle: str, fmt: Format, base: Path) -> Source:
     """Decide how ``handle`` is fetched under ``fmt``, as tensorflow_hub's resolvers do."""
     scheme = scheme_of(handle)
+    if scheme == "hf" or is_hf_host(handle):  # files from the Hub into Hugging Face's cache
+        return Source(Kind.HUGGINGFACE, handle)
     if scheme in ("http", "https"):
         if fmt is Format.UNCOMPRESSED:
             return Source(Kind.GCS, append_query(handle, "uncompressed"), ask_location=True)
@@ -155,6 +158,13 @@ def source_for(handle: str, fmt: Format, base: Path) -> Source:
     if is_archive_name(str(path)):
         return Source(Kind.ARCHIVE, str(path))
     return Source(Kind.FOLDER, str(path))
+
+
+def is_hf_host(handle: str) -> bool:
+    """An https://huggingface.co/… handle: a repository page, not a tensorflow_hub model URL."""
+    parts = urllib.parse.urlsplit(handle)
+    host = (parts.hostname or "").lower()
+    return parts.scheme.lower() in ("http", "https") and host in ("huggingface.co", "hf.co")
 
 
 def append_query(handle: str, fmt: str) -> str:

@@ -45,31 +45,12 @@ EXPECTED_FORM = (
 # Kaggle slugs; the first character is never "." so no part can be "." or ".." in a path.
 _SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 # kagglesdk/models/types/model_enums.py:20-44 (ModelFramework), without "MODEL_FRAMEWORK_".
-_FRAMEWORKS = (
-    "TENSOR_FLOW_1",
-    "TENSOR_FLOW_2",
-    "TF_LITE",
-    "TF_JS",
-    "PY_TORCH",
-    "JAX",
-    "FLAX",
-    "PAX",
-    "MAX_TEXT",
-    "GEMMA_CPP",
-    "GGML",
-    "GGUF",
-    "CORAL",
-    "SCIKIT_LEARN",
-    "MXNET",
-    "ONNX",
-    "KERAS",
-    "TRANSFORMERS",
-    "API",
-    "OTHER",
-    "TENSOR_RT_LLM",
-    "TRITON",
-    "VLLM",
+_FRAMEWORK_NAMES = (
+    "TENSOR_FLOW_1 TENSOR_FLOW_2 TF_LITE TF_JS PY_TORCH JAX FLAX PAX "
+    "MAX_TEXT GEMMA_CPP GGML GGUF CORAL SCIKIT_LEARN MXNET ONNX "
+    "KERAS TRANSFORMERS API OTHER TENSOR_RT_LLM TRITON VLLM"
 )
+_FRAMEWORKS = tuple(_FRAMEWORK_NAMES.split())
 
 
 def framework_enum(framework: str) -> str | None:

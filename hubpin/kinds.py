@@ -19,6 +19,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from hubpin.handles import Format, Kind, archive_key, cache_key, local_path, scheme_of, source_for
+from hubpin.huggingface import HfPinned, parse_hf
 from hubpin.kaggle import configured, pinned
 from hubpin.kerashub import is_preset_handle, keras_hub_root
 from hubpin.settings import Settings
@@ -72,6 +73,8 @@ class PinBase(BaseModel):
             "tags": self.tags,
             "sha256": self.expected_sha256,
             "also": self.also or None,
+            "include": None,
+            "exclude": None,
         }
 
     def derived_problems(self, root: Path, settings: Settings) -> list[str]:
@@ -243,6 +246,44 @@ class FolderPin(PinBase):
         return self.location
 
 
+class HfPin(PinBase):
+    """A Hugging Face repository at one commit, its files in Hugging Face's cache
+    (:mod:`hubpin.huggingface`, :mod:`hubpin.cache.huggingface`)."""
+
+    kind: Literal[Kind.HUGGINGFACE]
+    location: str  # hf://<repo>@<commit>
+    include: list[str] | None = None  # the manifest's file patterns
+    exclude: list[str] | None = None
+    huggingface: HfPinned
+
+    def inputs(self) -> dict[str, Any]:
+        return super().inputs() | {"include": self.include, "exclude": self.exclude}
+
+    def derived_problems(self, root: Path, settings: Settings) -> list[str]:
+        problems = super().derived_problems(root, settings)
+        if problems:
+            return problems
+        hf, named = self.huggingface, parse_hf(self.handle)
+        assert named is not None  # expected_kind made this an HfPin
+        if (hf.repo, hf.revision) != (named.repo_id, named.revision):
+            problems.append(
+                f"huggingface.repo/revision are {hf.repo}@{hf.revision}, the handle names "
+                f"{named.repo_id}@{named.revision}"
+            )
+        if self.location != f"hf://{hf.repo}@{hf.commit}":
+            problems.append(f"location is {self.location!r}, expected 'hf://{hf.repo}@{hf.commit}'")
+        if self.tree_digest != hf.digest():
+            problems.append(
+                f"tree_digest is {self.tree_digest}, the pinned files make it {hf.digest()}"
+            )
+        if (self.file_count, self.unpacked_size) != (len(hf.files), sum(f.size for f in hf.files)):
+            problems.append("file_count or unpacked_size do not add up from the pinned files")
+        return problems
+
+    def describe(self) -> str:
+        return self.location
+
+
 def _tag(value: Any) -> str | None:
     """Which member of :data:`Pin` a lock table (or a pin) is."""
     if isinstance(value, PinBase):
@@ -259,11 +300,12 @@ Pin = Annotated[
     Annotated[KagglePin, Tag("kaggle")]
     | Annotated[ArchivePin, Tag(Kind.ARCHIVE.value)]
     | Annotated[GcsPin, Tag(Kind.GCS.value)]
-    | Annotated[FolderPin, Tag(Kind.FOLDER.value)],
+    | Annotated[FolderPin, Tag(Kind.FOLDER.value)]
+    | Annotated[HfPin, Tag(Kind.HUGGINGFACE.value)],
     Discriminator(
         _tag,
         custom_error_type="pin_kind",
-        custom_error_message="kind must be 'archive', 'gcs' or 'folder'",
+        custom_error_message="kind must be 'archive', 'gcs', 'folder' or 'huggingface'",
     ),
 ]
 """One alias, resolved: whichever kind of pin it is."""
@@ -273,6 +315,7 @@ _KINDS: dict[type[PinBase], str] = {
     ArchivePin: Kind.ARCHIVE.value,
     GcsPin: Kind.GCS.value,
     FolderPin: Kind.FOLDER.value,
+    HfPin: Kind.HUGGINGFACE.value,
 }
 
 
@@ -289,6 +332,9 @@ def expected_kind(handle: str, fmt: Format, root: Path, settings: Settings) -> t
     """The kind of pin ``hubpin lock`` makes of ``handle`` under ``fmt``, offline."""
     if is_preset_handle(handle) or configured(handle, settings.kaggle_endpoint) is not None:
         return KagglePin
-    return {Kind.ARCHIVE: ArchivePin, Kind.GCS: GcsPin, Kind.FOLDER: FolderPin}[
-        source_for(handle, fmt, root).kind
-    ]
+    return {
+        Kind.ARCHIVE: ArchivePin,
+        Kind.GCS: GcsPin,
+        Kind.FOLDER: FolderPin,
+        Kind.HUGGINGFACE: HfPin,
+    }[source_for(handle, fmt, root).kind]

@@ -25,6 +25,7 @@ from hubpin.kinds import (
     FolderPin,
     GcsObject,
     GcsPin,
+    HfPin,
     KagglePin,
     Pin,
     PinBase,
@@ -38,6 +39,7 @@ __all__ = [
     "FolderPin",
     "GcsObject",
     "GcsPin",
+    "HfPin",
     "KagglePin",
     "Lock",
     "Pin",
@@ -68,6 +70,8 @@ def spec_inputs(spec: ModelSpec, settings: Settings) -> dict[str, Any]:
         "tags": spec.tags,
         "sha256": spec.sha256,
         "also": spec.also or None,
+        "include": spec.include,
+        "exclude": spec.exclude,
     }
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from hubpin.errors import CacheError, HubpinError, InputError, IntegrityError
 from hubpin.handles import cache_key
 from hubpin.kaggle import configured
-from hubpin.kinds import KagglePin
+from hubpin.kinds import HfPin, KagglePin
 from hubpin.lockfile import (
     Lock,
     Pin,
@@ -84,15 +84,15 @@ def lock_project(
         versions = current_versions(project, old, force, sources)
         force = set(versions)
     kept, todo = partition(project, old, force)
+    commits: dict[str, str] = {}  # alias → the Hugging Face commit an earlier lock pinned
     for alias in todo:
         pin = old.models.get(alias) if old else None
-        if (
-            alias not in versions
-            and isinstance(pin, KagglePin)
-            and pin.handle == todo[alias].handle
-            and not pin.derived_problems(project.root, settings)
-        ):
+        if alias in versions or pin is None or pin.handle != todo[alias].handle:
+            continue
+        if isinstance(pin, KagglePin) and not pin.derived_problems(project.root, settings):
             versions[alias] = pin.kaggle_version
+        elif isinstance(pin, HfPin):
+            commits[alias] = pin.huggingface.commit
 
     cache = project.cache if fill_cache and todo else None
     if cache is not None and not must_fill:
@@ -114,6 +114,7 @@ def lock_project(
                 cache,
                 version=versions.get(alias),
                 required=must_fill,
+                commit=commits.get(alias),
             )
         except HubpinError as exc:
             raise type(exc)(f"{alias} ({spec.handle}): {exc}") from None
@@ -197,6 +198,18 @@ def current_versions(
     than the one locked (of ``aliases``, or all), with that version."""
     moving: dict[str, int | None] = {}
     for alias, spec in sorted(project.manifest.models.items()):
+        if aliases and alias not in aliases:
+            continue
+        pin = old.models.get(alias) if old else None
+        if isinstance(pin, HfPin):  # a branch that moved
+            from hubpin.hfsync import current_commit
+
+            try:
+                if current_commit(pin, sources) != pin.huggingface.commit:
+                    moving[alias] = None
+            except HubpinError as exc:
+                raise type(exc)(f"{alias} ({spec.handle}): {exc}") from None
+            continue
         handle = configured(spec.handle, project.settings.kaggle_endpoint)
         if handle is None or handle.version is not None or (aliases and alias not in aliases):
             continue

@@ -9,10 +9,11 @@ import shutil
 from pathlib import Path
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from hubpin.errors import InputError, ManifestError
 from hubpin.handles import Format, check_handle
+from hubpin.huggingface import is_hf_handle, parse_hf
 from hubpin.kaggle import parse_handle
 from hubpin.kerashub import PREFIX as PRESET
 from hubpin.kerashub import is_preset_handle, keras_hub_root
@@ -35,6 +36,8 @@ class ModelSpec(BaseModel):
     tags: list[str] | None = None
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     also: list[str] = Field(default_factory=list)
+    include: list[str] | None = None  # Hugging Face: the files to pin (default: all)
+    exclude: list[str] | None = None  # Hugging Face: files not to pin
 
     @field_validator("format", mode="before")
     @classmethod
@@ -60,6 +63,12 @@ class ModelSpec(BaseModel):
                 raise ValueError(f"{handle!r}: {problem}")
         return value
 
+    @model_validator(mode="after")
+    def _patterns(self) -> ModelSpec:
+        if (self.include is not None or self.exclude is not None) and not is_hf_handle(self.handle):
+            raise ValueError("include and exclude choose files of a Hugging Face repository only")
+        return self
+
     def effective_format(self, settings: Settings) -> Format:
         """The model's own format, else the project's, else COMPRESSED; AUTO is COMPRESSED."""
         fmt = self.format or settings.format or Format.COMPRESSED
@@ -74,6 +83,7 @@ def _problem(handle: str) -> str | None:
         return problem or (None if handle[len(PRESET) :] else "a keras-hub: handle names a preset")
     if problem is None:
         try:
+            parse_hf(handle)
             parse_handle(handle)
         except InputError as exc:
             return str(exc)

@@ -36,7 +36,7 @@ from hubpin.handles import (
     source_for,
 )
 from hubpin.kaggle import configured
-from hubpin.kinds import ArchivePin, FolderPin, GcsObject, GcsPin, KagglePin, Pin
+from hubpin.kinds import ArchivePin, FolderPin, GcsObject, GcsPin, HfPin, KagglePin, Pin
 from hubpin.manifest import ModelSpec
 from hubpin.owners import refuse_replacing
 from hubpin.settings import Settings
@@ -55,6 +55,7 @@ def pin_into_cache(
     cache: Cache | None,
     version: int | None = None,
     required: bool = True,
+    commit: str | None = None,
 ) -> Pin:
     """Pin one entry; with a cache, an archive is unpacked into it in the same pass.
 
@@ -68,10 +69,10 @@ def pin_into_cache(
     """
     fmt = spec.effective_format(settings)
     if cache is None or source_for(spec.handle, fmt, root).kind is not Kind.ARCHIVE:
-        return pin_model(spec, settings, sources, root, version=version)[0]
+        return pin_model(spec, settings, sources, root, version=version, commit=commit)[0]
     key = _key_before_reading(spec.handle, root)
     if key is None:  # a local archive that cannot be read: pin_model says why
-        return pin_model(spec, settings, sources, root, version=version)[0]
+        return pin_model(spec, settings, sources, root, version=version, commit=commit)[0]
     pin: Pin | None = None
     try:
         with cache.locked(key, settings.lock_timeout) as work:
@@ -131,10 +132,17 @@ def pin_model(
     work: Path | None = None,
     on_bytes: Callable[[int], None] | None = None,
     version: int | None = None,
+    commit: str | None = None,
 ) -> tuple[Pin, Tree | None]:
-    """Resolve one manifest entry into a pin, and the tree unpacked into ``work`` if any."""
+    """Resolve one manifest entry into a pin, and the tree unpacked into ``work`` if any.
+
+    ``commit`` is the one an earlier lock pinned for a Hugging Face handle (kept, as a
+    Kaggle version is; None resolves the revision anew).
+    """
     fmt = spec.effective_format(settings)
     source = source_for(spec.handle, fmt, root)
+    if source.kind is Kind.HUGGINGFACE:
+        return _huggingface_pin(spec, fmt, sources, commit), None
     kaggle = _kaggle_fields(spec, fmt, settings, sources, version)
     if kaggle:
         source = Source(Kind.ARCHIVE, kaggle.pop("location"))
@@ -216,6 +224,29 @@ def pin_model(
         objects=[GcsObject.model_validate(o.__dict__) for o in listing],
     )
     return pin, None
+
+
+def _huggingface_pin(spec: ModelSpec, fmt: Format, sources: Sources, commit: str | None) -> HfPin:
+    """The repository's commit and files, listed by the Hub's API; nothing is downloaded."""
+    from hubpin.hfsync import api
+    from hubpin.huggingface import pin_repo
+
+    pinned = pin_repo(spec.handle, spec.include, spec.exclude, api(sources), commit)
+    return HfPin(
+        handle=spec.handle,
+        format=fmt,
+        kind=Kind.HUGGINGFACE,
+        io_device=spec.io_device,
+        tags=spec.tags,
+        also=spec.also or None,
+        include=spec.include,
+        exclude=spec.exclude,
+        location=f"hf://{pinned.repo}@{pinned.commit}",
+        tree_digest=pinned.digest(),
+        unpacked_size=sum(f.size for f in pinned.files),
+        file_count=len(pinned.files),
+        huggingface=pinned,
+    )
 
 
 def _kaggle_fields(

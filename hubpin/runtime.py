@@ -27,7 +27,7 @@ from hubpin.errors import (
     unknown_alias,
 )
 from hubpin.handles import is_archive_name, scheme_of
-from hubpin.kinds import ArchivePin, FolderPin, GcsPin
+from hubpin.kinds import ArchivePin, FolderPin, GcsPin, HfPin
 from hubpin.lockfile import Lock as LockData
 from hubpin.lockfile import Pin, differences
 from hubpin.paths import LOCK_FILE, find_lock
@@ -88,6 +88,8 @@ class Lock:
         pin = self.pin(alias)
         if isinstance(pin, GcsPin):
             return pin.location
+        if isinstance(pin, HfPin):
+            return _hf_snapshot(alias, pin, verify)
         if isinstance(pin, FolderPin):
             folder = pin.folder(self._project.root)
             if not folder.is_dir():
@@ -280,6 +282,25 @@ def load(
 ) -> Any:
     """Load a pinned model by alias, like ``hub.load`` but strictly from the lock."""
     return default_lock().load(alias, tags=tags, options=options, verify=verify)
+
+
+def _hf_snapshot(alias: str, pin: HfPin, verify: bool) -> str:
+    """A Hugging Face pin's snapshot folder in HF_HUB_CACHE, checked as a cache entry is."""
+    from hubpin import hfsync
+
+    cache = hfsync.cache()
+    hf = pin.huggingface
+    problems = cache.verify(hf) if verify else cache.quick_check(hf, revision_ref=False)
+    if problems == ["not synced"]:
+        raise NotSyncedError(
+            f"{alias} ({pin.handle}) is not synced into {cache.root}; run: hubpin sync"
+        )
+    if problems:
+        raise DamagedEntryError(
+            f"{alias}: snapshot {cache.snapshot(hf)} is damaged: {'; '.join(problems[:5])}; "
+            "run: hubpin verify --repair"
+        )
+    return str(cache.snapshot(hf))
 
 
 def resolve(alias: str, *, verify: bool = False) -> str:

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hubpin import hfsync
 from hubpin.cache import Cache, Record
 from hubpin.cache.kagglehub import (
     in_kagglehub_cache,
@@ -39,7 +40,7 @@ from hubpin.errors import (
     write_error,
 )
 from hubpin.kaggle import KaggleHandle, pinned
-from hubpin.kinds import ArchivePin, FolderPin, GcsPin, KagglePin, Pin
+from hubpin.kinds import ArchivePin, FolderPin, GcsPin, HfPin, KagglePin, Pin
 from hubpin.owners import refuse_replacing
 from hubpin.plan import Action, Outcome, Plan, Step, Target
 from hubpin.settings import Settings
@@ -133,6 +134,9 @@ class Syncer:
     ) -> Step:
         size = pin.unpacked_size
         try:
+            if isinstance(pin, HfPin):  # into Hugging Face's cache, not tensorflow_hub's
+                offline = self.offline or self.from_bundle
+                return hfsync.plan(alias, pin, offline=offline, full_verify=self.full_verify)
             if isinstance(pin, FolderPin):
                 folder = self.root / pin.location
                 if not folder.is_dir():
@@ -295,6 +299,8 @@ class Syncer:
             return "present", ""
         if step.action is Action.CHECK:
             return self._check(pin)
+        if isinstance(pin, HfPin):
+            return hfsync.sync(pin, self.sources, on_bytes=self.on_bytes)
         assert isinstance(pin, ArchivePin)  # the kinds that are neither are checked above
         if step.source is not None:
             status, detail = self._from_step(step, pin, steps[step.source], done[step.source])

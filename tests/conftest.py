@@ -17,6 +17,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from gcs_emulator import Emulator, GcsServer
 from hubserver import HubServer
+from kerasmodels import build_bert_preset
 from moto_s3 import KEY_ID, SECRET, MotoS3
 from savedmodels import build_affine, pack
 
@@ -239,6 +240,14 @@ def gcs(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> GcsS
     server: GcsServer = request.getfixturevalue(name.replace("-", "_"))
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", server.url)
     return server
+
+
+@pytest.fixture(scope="session")
+def bert_presets(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
+    """Two tiny BERT presets with different weights: versions 1 and 3 of the Kaggle model."""
+    pytest.importorskip("keras_hub")
+    root = tmp_path_factory.mktemp("presets")
+    return {version: build_bert_preset(root / f"v{version}", seed=version) for version in (1, 3)}
 
 
 @dataclass

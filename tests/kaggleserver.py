@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any
 
 import google_crc32c
+from loopback import listener, serve, shut
 
 _SIGNING_KEY = b"kaggleserver-signing-key"
 # kagglesdk/models/types/model_enums.py:20-44
@@ -196,10 +197,7 @@ class KaggleServer:
         return f"http://{host}:{port}"
 
     def start(self) -> KaggleServer:
-        for httpd in (self._api, self._storage):
-            thread = threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        self._threads = serve((self._api, self._storage))
         return self
 
     def stop(self) -> None:
@@ -207,10 +205,7 @@ class KaggleServer:
         if getattr(self, "_stopped", False):
             return
         self._stopped = True
-        for httpd in (self._api, self._storage):
-            if self._threads:
-                httpd.shutdown()
-            httpd.server_close()
+        shut((self._api, self._storage), bool(self._threads))
 
     def add(
         self, slug: str, archive: bytes, *, private: bool = False, gated: bool = False
@@ -251,26 +246,7 @@ class KaggleServer:
         return owner.lower(), model.lower(), framework_enum(framework) or "?", variation.lower()
 
     def _server(self, host: str, port: int, role: str) -> ThreadingHTTPServer:
-        stand_in = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                stand_in._dispatch(self, role)
-
-            def do_POST(self) -> None:
-                stand_in._dispatch(self, role)
-
-            def do_HEAD(self) -> None:
-                stand_in._dispatch(self, role)
-
-        httpd = ThreadingHTTPServer((host, port), Handler)
-        httpd.daemon_threads = True
-        return httpd
+        return listener(host, port, lambda req: self._dispatch(req, role))
 
     def _dispatch(self, req: BaseHTTPRequestHandler, role: str) -> None:
         parts = urllib.parse.urlsplit(req.path)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import sys
 from pathlib import Path
 
 VOCABULARY = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "quick", "brown", "fox"]
@@ -47,3 +50,17 @@ for preset in sys.argv[1:]:
     out = backbone({"token_ids": token_ids, "segment_ids": 0 * ones, "padding_mask": ones})
     print("loaded", ids, [round(float(v), 5) for v in np.asarray(out["pooled_output"])[0]])
 """
+
+
+def outputs_in_process(*presets: str) -> list[str]:
+    """What unmodified keras_hub computes from each preset, in this process (kagglehub reads
+    KAGGLEHUB_CACHE and the endpoint at each call; kagglesdk's TEST environment is verbose)."""
+    out = io.StringIO()
+    argv = sys.argv
+    sys.argv = ["load", *presets]
+    try:
+        with contextlib.redirect_stdout(out):
+            exec(LOAD_SCRIPT, {"__name__": "__load__"})
+    finally:
+        sys.argv = argv
+    return [line for line in out.getvalue().splitlines() if line.startswith("loaded ")]

@@ -239,7 +239,7 @@ def test_github_workflow_and_action_run_as_shipped(
     assert (workspace / ".tfhub_modules" / key / "saved_model.pb").is_file()
 
 
-@pytest.mark.parametrize("example", ["bert", "colab-tpu", "docker", "kaggle"])
+@pytest.mark.parametrize("example", ["bert", "colab-tpu", "docker", "kaggle", "kerashub"])
 def test_example_manifests_and_settings_are_valid(example: str) -> None:
     from hubpin.manifest import load_manifest
     from hubpin.settings import load_settings

@@ -12,27 +12,18 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import tomllib
-from conftest import Project, hubpin_imports
+from conftest import WORKTREE, Project, hubpin_imports
 from kaggleserver import KaggleServer, start_isolated
-from kerasmodels import LOAD_SCRIPT, build_bert_preset
+from kerasmodels import outputs_in_process
 from savedmodels import pack
 
 PRESET = "bert_tiny_en_uncased"  # keras_hub maps it to kaggle://keras/bert/keras/<it>/3
 SLUG = f"keras/bert/keras/{PRESET}"
-
-
-@pytest.fixture(scope="session")
-def bert_presets(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
-    """Two tiny BERT presets with different weights: versions 1 and 3 of the Kaggle model."""
-    pytest.importorskip("keras_hub")
-    root = tmp_path_factory.mktemp("presets")
-    return {version: build_bert_preset(root / f"v{version}", seed=version) for version in (1, 3)}
 
 
 def _serve(server: KaggleServer, presets: dict[int, Path]) -> None:
@@ -48,23 +39,6 @@ def kaggle(
     server = start_isolated(tmp_path, monkeypatch)
     yield server
     server.stop()
-
-
-def _outputs(*presets: str) -> list[str]:
-    """What unmodified keras_hub computes from each preset, in this process (kagglehub reads
-    KAGGLEHUB_CACHE and the endpoint at each call; kagglesdk's TEST environment is verbose)."""
-    import contextlib
-    import io
-
-    out = io.StringIO()
-    argv = sys.argv
-    sys.argv = ["load", *presets]
-    try:
-        with contextlib.redirect_stdout(out):
-            exec(LOAD_SCRIPT, {"__name__": "__load__"})
-    finally:
-        sys.argv = argv
-    return [line for line in out.getvalue().splitlines() if line.startswith("loaded ")]
 
 
 def test_preset_name_resolves_to_keras_hubs_versioned_handle_without_importing_tensorflow(
@@ -101,6 +75,20 @@ def test_preset_name_resolves_to_keras_hubs_versioned_handle_without_importing_t
     code, out, _ = project.run("lock", "--check")
     assert code == 0, out
 
+    # a keras_hub that maps the preset to another version (as an upgrade would)
+    moved = tmp_path / "upgraded" / "keras_hub"
+    (moved / "src" / "models" / "bert").mkdir(parents=True)
+    (moved / "__init__.py").write_text("")
+    (moved / "src" / "models" / "bert" / "bert_presets.py").write_text(
+        f"backbone_presets = {{{PRESET!r}: {{'kaggle_handle': 'kaggle://{SLUG}/4'}}}}\n"
+    )
+    env |= {"PYTHONPATH": os.pathsep.join([str(moved.parent), WORKTREE])}
+    code, err, _ = hubpin_imports(project, "lock", "--check", env=env)
+    assert code == 1
+    assert f"maps keras-hub:{PRESET} to kaggle:{SLUG}/4, the lock pins" in err, err
+    assert hubpin_imports(project, "lock", env=env)[0] == 0  # re-pins it: version 4
+    assert tomllib.loads(project.lock.read_text())["models"]["bert"]["kaggle_version"] == 4
+
 
 @pytest.mark.tf
 def test_synced_preset_loads_offline_in_unmodified_keras_hub(
@@ -120,9 +108,9 @@ def test_synced_preset_loads_offline_in_unmodified_keras_hub(
     assert pin["versioned_handle"] == f"https://www.kaggle.com/models/{SLUG}/3"
     kaggle.stop()
 
-    want = _outputs(str(bert_presets[3]))
-    assert want != _outputs(str(bert_presets[1]))  # the two versions differ
-    got = _outputs(PRESET, f"kaggle://{SLUG}/3")
+    want = outputs_in_process(str(bert_presets[3]))
+    assert want != outputs_in_process(str(bert_presets[1]))  # the two versions differ
+    got = outputs_in_process(PRESET, f"kaggle://{SLUG}/3")
     assert got == want * 2
     version_folder = tmp_path / "kagglehub" / "models" / SLUG
     assert (version_folder / ".complete" / "3" / "config.json.complete").is_file()
@@ -171,7 +159,7 @@ def test_stand_in_serves_a_keras_preset_as_kaggle_does_to_the_real_clients(
     files = [r.body for r in kaggle.log("api") if r.path.endswith("DownloadModelInstanceVersion")]
     assert files and b'"path": "config.json"' in files[-1]
 
-    assert _outputs(f"kaggle://{SLUG}/3") == _outputs(str(bert_presets[3]))
+    assert outputs_in_process(f"kaggle://{SLUG}/3") == outputs_in_process(str(bert_presets[3]))
     whole = Path(kagglehub.model_download(f"{SLUG}/1"))
     assert (whole / "model.weights.h5").read_bytes() == (
         bert_presets[1] / "model.weights.h5"

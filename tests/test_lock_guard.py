@@ -72,7 +72,10 @@ def test_a_table_missing_its_kinds_field_names_it_and_an_unknown_kind_is_refused
     _edit_lock(local, "double", archive_size="4", kind='"zip"')
     code, _, err = local.run("status")
     line = _one_error_line(err)
-    assert code == 2 and "models.double: kind must be 'archive', 'gcs' or 'folder'" in line, line
+    assert (
+        code == 2
+        and "models.double: kind must be 'archive', 'gcs', 'folder' or 'huggingface'" in line
+    ), line
 
 
 def test_lock_bytes_of_every_kind_survive_a_read_and_write(local: Project) -> None:

@@ -63,7 +63,7 @@ def cmd_outdated(args: argparse.Namespace) -> int:
     return report.exit_code
 
 
-_OUTDATED = (("ALIAS", "<20"), ("LOCKED", ">7"), ("CURRENT", ">8"), ("STATE", ""))
+_OUTDATED = (("ALIAS", "<20"), ("LOCKED", ">12"), ("CURRENT", ">12"), ("STATE", ""))
 _STATUS = (("ALIAS", "<20"), ("FORMAT", "<13"), ("SIZE", ">10"), ("STATE", ""))
 
 

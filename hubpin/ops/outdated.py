@@ -1,24 +1,27 @@
 """``hubpin outdated`` as a function: each pin's locked version beside the one its host
-calls current (Kaggle); nothing is downloaded."""
+calls current (Kaggle), or the commit its revision names now (Hugging Face); nothing is
+downloaded."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from hubpin import hfsync
 from hubpin.errors import HubpinError
 from hubpin.kaggle import configured
-from hubpin.kinds import KagglePin
+from hubpin.kinds import HfPin, KagglePin
 from hubpin.ops.common import open_sources
 from hubpin.project import Project
+from hubpin.sources import Sources
 
 
 @dataclass
 class Version:
     alias: str
     handle: str
-    locked: int | None = None
-    current: int | None = None
+    locked: int | str | None = None  # a Kaggle version, or a Hugging Face commit (12 digits)
+    current: int | str | None = None
     state: str = "unknown"  # current | behind | failed | unknown
     note: str | None = None
 
@@ -58,6 +61,9 @@ def outdated(project: Project) -> OutdatedReport:
         for alias, pin in sorted(lock.models.items()):
             row = Version(alias, pin.handle)
             report.models.append(row)
+            if isinstance(pin, HfPin):
+                _hf_row(row, pin, sources)
+                continue
             if not isinstance(pin, KagglePin):
                 row.note = "not hosted on Kaggle: its host cannot tell"
                 continue
@@ -69,7 +75,7 @@ def outdated(project: Project) -> OutdatedReport:
             except HubpinError as exc:
                 row.state, row.note = "failed", str(exc)
                 continue
-            if row.current <= pin.kaggle_version:
+            if row.current <= pin.kaggle_version:  # type: ignore[operator]
                 row.state = "current"
             elif handle.version is None:
                 row.state, row.note = "behind", f"run: hubpin lock --upgrade {alias}"
@@ -77,3 +83,20 @@ def outdated(project: Project) -> OutdatedReport:
                 row.state = "behind"
                 row.note = f"the manifest pins version {handle.version}; edit its handle"
     return report
+
+
+def _hf_row(row: Version, pin: HfPin, sources: Sources) -> None:
+    """The commit the pinned revision (a branch that moves, or a tag) names now."""
+    locked = pin.huggingface.commit
+    row.locked = locked[:12]
+    try:
+        current = hfsync.current_commit(pin, sources)
+    except HubpinError as exc:
+        row.state, row.note = "failed", str(exc)
+        return
+    row.current = current[:12]
+    if current == locked:
+        row.state = "current"
+    else:
+        row.state = "behind"
+        row.note = f"{pin.huggingface.revision} moved; run: hubpin lock --upgrade {row.alias}"

@@ -8,8 +8,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hubpin import hfsync
 from hubpin.errors import NotSyncedError
-from hubpin.kinds import ArchivePin, FolderPin, GcsPin
+from hubpin.kinds import ArchivePin, FolderPin, GcsPin, HfPin
 from hubpin.lockfile import Pin, differences
 from hubpin.ops.common import select
 from hubpin.project import Project
@@ -81,6 +82,8 @@ def status(project: Project) -> StatusReport:
 def resolve(project: Project, alias: str) -> str:
     """The path (or gs:// location) of a pinned model; NotSyncedError when not synced."""
     pin = select(project.read_lock(), [alias], project.lock_path)[alias]
+    if isinstance(pin, HfPin) and hfsync.state(pin) != "synced":
+        raise NotSyncedError(f"{alias}: {hfsync.state(pin)}; run: hubpin sync")
     if isinstance(pin, ArchivePin):
         problems = project.cache.quick_check(pin.cache_key, pin.tree_digest)
         if problems:
@@ -91,6 +94,8 @@ def resolve(project: Project, alias: str) -> str:
 
 
 def state(project: Project, pin: Pin) -> str:
+    if isinstance(pin, HfPin):
+        return hfsync.state(pin)
     if isinstance(pin, GcsPin):
         return "remote (gs://, read in place)"
     if isinstance(pin, FolderPin):
@@ -106,5 +111,7 @@ def where(project: Project, pin: Pin) -> str:
         return project.cache.entry(pin.cache_key)
     if isinstance(pin, FolderPin):
         return str(pin.folder(project.root))
+    if isinstance(pin, HfPin):
+        return hfsync.where(pin)
     assert isinstance(pin, GcsPin)
     return pin.location

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from hubpin.kinds import ArchivePin
+from hubpin import hfsync
+from hubpin.kinds import ArchivePin, HfPin
 from hubpin.ops.common import open_sources, register_use, select, syncer
 from hubpin.plan import Outcome
 from hubpin.project import Project
@@ -50,6 +51,8 @@ def verify(project: Project, aliases: Sequence[str] = (), repair: bool = False) 
         for alias, pin in sorted(pins.items()):
             if isinstance(pin, ArchivePin):
                 problems = runner.verify_entry(pin)
+            elif isinstance(pin, HfPin):
+                problems = hfsync.verify(pin)
             else:
                 problems = [o.detail for o in runner.run({alias: pin}, 1) if o.status == "failed"]
             report.models.append(Verified(alias, problems))

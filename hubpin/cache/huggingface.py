@@ -1,0 +1,275 @@
+"""Hugging Face's own cache, filled with verified files so unmodified huggingface_hub finds them.
+
+Layout as huggingface_hub 2.x writes and reads it (file_download.py
+``_hf_hub_download_to_cache_dir``, ``_create_symlink``; _snapshot_download.py;
+_tree_cache.py), under ``HF_HUB_CACHE`` (default ``$HF_HOME/hub``):
+
+- ``models--<org>--<repo>/blobs/<etag>``: the bytes, named by the sha256 for LFS
+  files and by the git blob id for the others;
+- ``snapshots/<commit>/<path>``: relative symlinks to the blobs;
+- ``refs/<revision>``: the commit, without a trailing newline;
+- ``trees/<commit>.json``: the commit's file list; offline ``snapshot_download``
+  refuses a snapshot folder that misses a file of it, so it is written only when
+  every file was pinned (no include/exclude left one out).
+
+hubpin's record of a snapshot, ``hubpin/<commit>.json``, sits beside ``snapshots/``,
+not in it: huggingface_hub's ``scan_cache_dir`` calls a file in ``snapshots/`` a
+corrupted cache. Every file is checked (sha256, or the git blob sha1) before it is
+renamed into ``blobs/``; the snapshot is built aside and swapped in whole; the ref
+and the record are written last. So a killed sync leaves the previous snapshot,
+and a reader never follows a link to an unverified blob.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+
+from hubpin.atomic import exchange
+from hubpin.errors import IntegrityError, write_error
+from hubpin.huggingface import HfFile, HfPinned, hf_home
+
+RECORD_VERSION = 1
+TREE_FORMAT_VERSION = 1  # huggingface_hub/_tree_cache.py TREE_CACHE_FORMAT_VERSION
+_CHUNK = 1 << 20
+
+
+def hf_cache_root(environ: Mapping[str, str] | None = None) -> Path:
+    """``HF_HUB_CACHE``, else ``HUGGINGFACE_HUB_CACHE``, else ``$HF_HOME/hub`` (constants.py)."""
+    env = os.environ if environ is None else environ
+    for name in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if env.get(name):
+            return Path(os.path.expandvars(os.path.expanduser(env[name])))
+    return hf_home(env) / "hub"
+
+
+def repo_folder(root: Path, repo: str) -> Path:
+    """``models--<org>--<repo>`` (file_download.py ``repo_folder_name``)."""
+    return root / ("models--" + repo.replace("/", "--"))
+
+
+class HfCache:
+    """One ``HF_HUB_CACHE``; every method takes the pin's own fields (:class:`HfPinned`)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def snapshot(self, pin: HfPinned) -> Path:
+        return repo_folder(self.root, pin.repo) / "snapshots" / pin.commit
+
+    def record_path(self, pin: HfPinned) -> Path:
+        return repo_folder(self.root, pin.repo) / "hubpin" / f"{pin.commit}.json"
+
+    def blob(self, pin: HfPinned, f: HfFile) -> Path:
+        return repo_folder(self.root, pin.repo) / "blobs" / f.etag
+
+    # -- checks -----------------------------------------------------------------------
+
+    def quick_check(self, pin: HfPinned, revision_ref: bool = True) -> list[str]:
+        """What is missing or wrong, by stat only (sizes, links, the ref, hubpin's record)."""
+        problems: list[str] = []
+        record = self.read_record(pin)
+        if record is None:
+            return ["not synced"]
+        if record.get("tree_digest") != pin.digest():
+            return [f"{self.record_path(pin)}: records another file list than the lock"]
+        snapshot = self.snapshot(pin)
+        for f in pin.files:
+            link, blob = snapshot / f.path, self.blob(pin, f)
+            try:
+                size = blob.stat().st_size
+            except OSError:
+                problems.append(f"{f.path}: blob {f.etag[:12]} missing")
+                continue
+            if size != f.size:
+                problems.append(f"{f.path}: {size} bytes, the lock pins {f.size}")
+            elif not link.is_symlink() or link.resolve() != blob.resolve():
+                problems.append(f"{f.path}: not linked into snapshots/{pin.commit[:12]}")
+        if revision_ref and pin.revision != pin.commit and self.ref(pin) != pin.commit:
+            problems.append(f"refs/{pin.revision} does not name commit {pin.commit[:12]}")
+        return problems
+
+    def verify(self, pin: HfPinned) -> list[str]:
+        """Re-hash every pinned file against the lock; one phrase per damaged path."""
+        problems = self.quick_check(pin)
+        if problems:
+            return problems
+        for f in pin.files:
+            with open(self.blob(pin, f), "rb") as handle:
+                found = _check(f, iter(lambda h=handle: h.read(_CHUNK), b""))  # type: ignore[misc]
+            if found:
+                problems.append(f"{f.path}: {found}")
+        return problems
+
+    def ref(self, pin: HfPinned) -> str | None:
+        try:
+            return (repo_folder(self.root, pin.repo) / "refs" / pin.revision).read_text()
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    def read_record(self, pin: HfPinned) -> dict[str, object] | None:
+        try:
+            data = json.loads(self.record_path(pin).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) and data.get("commit") == pin.commit else None
+
+    # -- filling ----------------------------------------------------------------------
+
+    def fill(
+        self,
+        handle: str,
+        pin: HfPinned,
+        fetch: Callable[[HfFile], Iterable[bytes]],
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> int:
+        """Make the cache hold ``pin``; the number of files downloaded.
+
+        A blob already there with the pinned size is re-hashed, not downloaded; a
+        wrong one is replaced. Raises IntegrityError naming the file whose bytes
+        do not match the lock; nothing of that file is published.
+        """
+        folder = repo_folder(self.root, pin.repo)
+        work = folder / "hubpin" / f".{uuid.uuid4().hex}.tmp"
+        downloaded = 0
+        try:
+            work.mkdir(parents=True)
+            (folder / "blobs").mkdir(exist_ok=True)
+            for f in pin.files:
+                blob = self.blob(pin, f)
+                if _blob_ok(blob, f):
+                    continue
+                part = work / f"{f.etag}.part"
+                with open(part, "wb") as out:
+                    found = _check(f, _tee(fetch(f), out, on_bytes))
+                if found:
+                    raise IntegrityError(f"{f.path}: {found}; nothing of it was published")
+                os.replace(part, blob)
+                downloaded += 1
+            self._swap_snapshot(pin, work)
+            if pin.complete:
+                self._write_tree(pin, work)
+            if pin.revision != pin.commit:
+                _write_atomic(folder / "refs" / pin.revision, pin.commit.encode(), work)
+            record = {
+                "version": RECORD_VERSION,
+                "handle": handle,
+                "repo": pin.repo,
+                "revision": pin.revision,
+                "commit": pin.commit,
+                "tree_digest": pin.digest(),
+                "files": [f.model_dump(exclude_none=True) for f in pin.files],
+            }
+            text = json.dumps(record, indent=1, sort_keys=True).encode()
+            _write_atomic(self.record_path(pin), text, work)
+        except OSError as exc:
+            raise write_error(exc, folder) from None
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return downloaded
+
+    def _swap_snapshot(self, pin: HfPinned, work: Path) -> None:
+        """Build ``snapshots/<commit>`` aside (links relative to its final place) and swap it in."""
+        snapshot = self.snapshot(pin)
+        built = work / "snapshot"  # same depth below the repo folder as snapshots/<commit>
+        built.mkdir()
+        for f in pin.files:
+            link = built / f.path
+            link.parent.mkdir(parents=True, exist_ok=True)
+            depth = len(f.path.split("/")) + 1  # up from the file to the repo folder
+            link.symlink_to("/".join([".."] * depth + ["blobs", f.etag]))
+        extra = _extra_files(snapshot, {f.path for f in pin.files})
+        for rel in extra:  # files others put there (another hubpin project, hf_hub_download)
+            target = built / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(snapshot / rel, target)
+        snapshot.parent.mkdir(parents=True, exist_ok=True)
+        if snapshot.exists() and not exchange(built, snapshot):
+            os.rename(snapshot, work / "old")
+            os.rename(built, snapshot)
+        elif not snapshot.exists():
+            os.rename(built, snapshot)
+
+    def _write_tree(self, pin: HfPinned, work: Path) -> None:
+        files = {}
+        for f in sorted(pin.files, key=lambda f: f.path):
+            info: dict[str, object] = {"size": f.size, "blob_id": f.blob_id}
+            if f.sha256:
+                info |= {"lfs_sha256": f.sha256, "lfs_size": f.size}
+            files[f.path] = info
+        text = json.dumps({"format_version": TREE_FORMAT_VERSION, "files": files}, indent=1)
+        path = repo_folder(self.root, pin.repo) / "trees" / f"{pin.commit}.json"
+        _write_atomic(path, text.encode(), work)
+
+    def remove(self, pin: HfPinned) -> None:
+        """Forget a snapshot hubpin made (prune): its links, record, and blobs no other uses."""
+        folder = repo_folder(self.root, pin.repo)
+        shutil.rmtree(self.snapshot(pin), ignore_errors=True)
+        self.record_path(pin).unlink(missing_ok=True)
+        used = {
+            os.path.basename(os.readlink(p))
+            for p in (folder / "snapshots").rglob("*")
+            if p.is_symlink()
+        }
+        for f in pin.files:
+            if f.etag not in used:
+                self.blob(pin, f).unlink(missing_ok=True)
+
+
+def _extra_files(snapshot: Path, pinned: set[str]) -> list[str]:
+    if not snapshot.is_dir():
+        return []
+    found = []
+    for path in snapshot.rglob("*"):
+        rel = path.relative_to(snapshot).as_posix()
+        if rel not in pinned and (path.is_symlink() or path.is_file()):
+            found.append(rel)
+    return sorted(found)
+
+
+def _blob_ok(blob: Path, f: HfFile) -> bool:
+    try:
+        if blob.stat().st_size != f.size:
+            return False
+        with open(blob, "rb") as handle:
+            return not _check(f, iter(lambda: handle.read(_CHUNK), b""))
+    except OSError:
+        return False
+
+
+def _tee(
+    chunks: Iterable[bytes], out: object, on_bytes: Callable[[int], None] | None
+) -> Iterator[bytes]:
+    for chunk in chunks:
+        out.write(chunk)  # type: ignore[attr-defined]
+        if on_bytes:
+            on_bytes(len(chunk))
+        yield chunk
+
+
+def _check(f: HfFile, chunks: Iterable[bytes]) -> str:
+    """Why these bytes are not the pinned file ('' when they are): sha256 for LFS, else git sha1."""
+    size = 0
+    digest = hashlib.sha256() if f.sha256 else hashlib.sha1(b"blob %d\0" % f.size)
+    for chunk in chunks:
+        size += len(chunk)
+        digest.update(chunk)
+    if size != f.size:
+        return f"{size} bytes, the lock pins {f.size}"
+    want = f.sha256 or f.blob_id
+    if digest.hexdigest() != want:
+        kind = "sha256" if f.sha256 else "git blob sha1"
+        return f"{kind} is {digest.hexdigest()}, the lock pins {want}"
+    return ""
+
+
+def _write_atomic(path: Path, data: bytes, work: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = work / f"{path.name}.{uuid.uuid4().hex}.tmp"
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

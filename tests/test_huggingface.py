@@ -1,0 +1,343 @@
+"""Hugging Face repositories: pinned to a commit with every file's blob id and sha256, synced
+into Hugging Face's own cache, and found there by unmodified huggingface_hub with the Hub
+stopped and HF_HUB_OFFLINE=1.
+
+The Hub is the loopback stand-in (tests/hfserver.py), first checked against the real
+huggingface_hub; HF_ENDPOINT points every client at it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import tomllib
+import urllib3
+from conftest import WORKTREE, Project
+from hfserver import HfServer, git_blob_sha1
+from kerasmodels import outputs_in_process
+
+from hubpin.errors import InputError
+from hubpin.huggingface import HfHandle, parse_hf
+
+CONFIG = b'{"registered_name": "none", "n": 1}'
+WEIGHTS = bytes(range(256)) * 40  # an LFS file (by suffix), 10 KiB
+VOCAB = b"[PAD]\n[UNK]\nthe\nfox\n"
+FILES = {"config.json": CONFIG, "model.weights.h5": WEIGHTS, "assets/tokenizer/vocab.txt": VOCAB}
+TOKEN = "hf_n0body-sees-this-t0ken"
+
+
+@pytest.fixture
+def hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[HfServer]:
+    """The stand-in with ``org/bert`` on ``main``, reached through HF_ENDPOINT; caches in tmp_path."""
+    for var in list(os.environ):
+        if var.startswith(("HF_", "HUGGING")):
+            monkeypatch.delenv(var)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    server = HfServer().start()
+    server.add("org/bert", FILES)
+    server.tokens[TOKEN] = "alice"
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    yield server
+    server.stop()
+
+
+def client(code: str, **env: str) -> list[object]:
+    """Run ``code`` with the real huggingface_hub in a fresh interpreter (it reads HF_* at
+    import); each line it prints is JSON."""
+    result = subprocess.run(
+        [sys.executable, "-c", "import json, huggingface_hub as h\n" + code],
+        env={**os.environ, "PYTHONPATH": WORKTREE, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [
+        json.loads(line) for line in result.stdout.splitlines() if line.startswith(("[", "{", '"'))
+    ]
+
+
+def _lock(project: Project) -> dict[str, dict[str, object]]:
+    return tomllib.loads(project.lock.read_text())["models"]
+
+
+def _snapshot_root(tmp_path: Path) -> Path:
+    return tmp_path / "hf-cache" / "models--org--bert"
+
+
+# -- the stand-in, against the real client ----------------------------------------------
+
+
+def test_stand_in_answers_the_real_huggingface_hub(hub: HfServer, tmp_path: Path) -> None:
+    """hf_hub_download (small and LFS), snapshot_download, model_info, a gated repository,
+    the token kept off the CDN, a main that moves, Range."""
+    first = hub.repos["org/bert"].refs["main"]
+    hub.add("org/gated", {"config.json": b"{}"}, gated=True)
+    code = """
+print(json.dumps(open(h.hf_hub_download("org/bert", "config.json")).read()))
+print(json.dumps(h.hf_hub_download("org/bert", "model.weights.h5")))
+print(json.dumps(h.snapshot_download("org/bert")))
+info = h.model_info("org/bert")
+print(json.dumps([info.sha, sorted(s.rfilename for s in info.siblings)]))
+try:
+    h.hf_hub_download("org/gated", "config.json")
+except h.errors.GatedRepoError as e:
+    print(json.dumps(["gated", e.response.status_code]))
+"""
+    out = client(code, HF_TOKEN=TOKEN)
+    assert out[0] == CONFIG.decode()
+    assert Path(str(out[1])).read_bytes() == WEIGHTS
+    assert out[2] == str(_snapshot_root(tmp_path) / "snapshots" / first)
+    assert out[3] == [first, sorted(FILES)]
+    assert out[4] == ["gated", 403]  # a token, but alice has not accepted the terms
+    blob = _snapshot_root(tmp_path) / "blobs"
+    assert (blob / hashlib.sha256(WEIGHTS).hexdigest()).is_file()  # LFS: named by X-Linked-Etag
+    assert (blob / git_blob_sha1(CONFIG)).is_file()  # small: named by the git blob ETag
+    assert all(r.authorization == f"Bearer {TOKEN}" for r in hub.log("hub"))
+    cdn = hub.log("cdn")
+    assert cdn and all(r.authorization is None for r in cdn)  # the token stays on the Hub
+
+    second = hub.push("org/bert", {**FILES, "config.json": b'{"n": 2}'})
+    assert client('print(json.dumps(open(h.hf_hub_download("org/bert", "config.json")).read()))')
+    assert (_snapshot_root(tmp_path) / "refs" / "main").read_text() == second
+
+    http = urllib3.PoolManager()
+    answer = http.request(
+        "GET", f"{hub.url}/org/bert/resolve/{first}/config.json", headers={"Range": "bytes=2-5"}
+    )
+    assert (answer.status, answer.data) == (206, CONFIG[2:6])
+
+
+def test_handles_as_people_write_them() -> None:
+    assert parse_hf("hf:org/bert") == HfHandle("org/bert", "main")
+    assert parse_hf("hf:org/bert@v1.0") == HfHandle("org/bert", "v1.0")
+    assert parse_hf("hf://org/bert") == HfHandle("org/bert", "main")  # KerasHub's form
+    assert parse_hf("https://huggingface.co/org/bert") == HfHandle("org/bert", "main")
+    assert parse_hf("https://huggingface.co/org/bert/tree/refs%2Fpr%2F1") == HfHandle(
+        "org/bert", "refs/pr/1"
+    )
+    assert parse_hf("https://tfhub.dev/google/x/1") is None and parse_hf("kaggle:a/b/c/d") is None
+    for bad in ("hf:bert", "hf:org/bert@", "hf:org/b--ert", "https://huggingface.co/org"):
+        with pytest.raises(InputError, match=r"expected hf:<org>/<repo>|not allowed"):
+            parse_hf(bad)
+
+
+# -- lock and sync ------------------------------------------------------------------------
+
+
+def test_pinned_commit_is_what_unmodified_clients_load_offline(
+    project: Project, hub: HfServer, tmp_path: Path
+) -> None:
+    commit = hub.repos["org/bert"].refs["main"]
+    project.models(bert="hf:org/bert")
+    code, out, err = project.run("sync")
+    assert code == 0, err
+    pin = _lock(project)["bert"]
+    assert pin["kind"] == "huggingface" and pin["huggingface"]["commit"] == commit  # type: ignore[index]
+    files = {f["path"]: f for f in pin["huggingface"]["files"]}  # type: ignore[index]
+    assert files["config.json"] == {
+        "path": "config.json",
+        "size": len(CONFIG),
+        "blob_id": git_blob_sha1(CONFIG),
+    }
+    assert files["model.weights.h5"]["sha256"] == hashlib.sha256(WEIGHTS).hexdigest()
+    root = _snapshot_root(tmp_path)
+    assert (root / "refs" / "main").read_bytes() == commit.encode()  # no trailing newline
+    link = root / "snapshots" / commit / "assets" / "tokenizer" / "vocab.txt"
+    assert os.readlink(link) == f"../../../../blobs/{git_blob_sha1(VOCAB)}"  # relative
+    assert not list((root / "snapshots").glob("*.json"))  # hubpin's record is beside, not in it
+    code, resolved, _ = project.run("resolve", "bert")
+    assert resolved.strip() == str(root / "snapshots" / commit)
+    hub.stop()
+
+    code = """
+print(json.dumps(open(h.hf_hub_download("org/bert", "config.json")).read()))
+print(json.dumps(h.hf_hub_download("org/bert", "model.weights.h5")))
+print(json.dumps(h.snapshot_download("org/bert")))
+try:
+    h.hf_hub_download("org/bert", "preprocessor.json")
+except FileNotFoundError as e:
+    print(json.dumps(type(e).__name__))
+"""
+    out = client(code, HF_HUB_OFFLINE="1")
+    assert out[0] == CONFIG.decode() and Path(str(out[1])).read_bytes() == WEIGHTS
+    assert out[2] == str(root / "snapshots" / commit)
+    assert (
+        out[3] == "LocalEntryNotFoundError"
+    )  # an absent optional file is absent, as KerasHub needs
+
+
+def test_main_moves_lock_keeps_the_commit_outdated_tells_upgrade_moves(
+    project: Project, hub: HfServer, tmp_path: Path
+) -> None:
+    first = hub.repos["org/bert"].refs["main"]
+    project.models(bert="hf:org/bert")
+    assert project.run("sync")[0] == 0
+    second = hub.push("org/bert", {**FILES, "config.json": b'{"n": 2}'})
+    before = project.lock.read_bytes()
+    assert project.run("lock")[0] == 0 and project.run("lock", "bert")[0] == 0
+    assert project.lock.read_bytes() == before  # plain lock never moves a branch
+    assert project.run("sync", "--locked")[0] == 0
+    root = _snapshot_root(tmp_path)
+    assert (root / "refs" / "main").read_text() == first
+
+    code, out, _ = project.run("outdated")
+    assert code == 1
+    assert out.splitlines()[1].split()[:4] == ["bert", first[:12], second[:12], "behind"]
+    assert "run: hubpin lock --upgrade bert" in out
+    assert project.run("lock", "--upgrade")[0] == 0
+    assert _lock(project)["bert"]["huggingface"]["commit"] == second  # type: ignore[index]
+    code, _, err = project.run("sync")
+    assert code == 0, err
+    assert (root / "refs" / "main").read_text() == second
+    assert (root / "snapshots" / second / "config.json").read_bytes() == b'{"n": 2}'
+    assert project.run("outdated")[0] == 0
+
+
+def test_a_corrupt_file_publishes_nothing(project: Project, hub: HfServer, tmp_path: Path) -> None:
+    """Each file is checked before it is renamed into blobs/ (verified blobs may stay: they are
+    named by their hash); no snapshot, ref or record appears until every file is verified."""
+    project.models(bert="hf:org/bert")
+    assert project.run("lock")[0] == 0
+    root = _snapshot_root(tmp_path)
+    for path, check, blob in (
+        ("config.json", "git blob sha1", git_blob_sha1(CONFIG)),
+        ("model.weights.h5", "sha256", hashlib.sha256(WEIGHTS).hexdigest()),
+    ):
+        hub.corrupt = {path}
+        code, out, err = project.run("sync")
+        assert code == 1, out + err
+        assert f"{path}: {check} is " in err and "nothing of it was published" in err, err
+        assert not (root / "blobs" / blob).exists()
+        assert not (root / "snapshots").exists() and not (root / "refs").exists()
+        assert not list((root / "hubpin").glob("*.json"))
+    hub.corrupt = set()
+    assert project.run("sync")[0] == 0
+    assert project.run("verify")[0] == 0
+
+
+def test_verify_finds_a_damaged_blob_and_repair_fetches_it(
+    project: Project, hub: HfServer, tmp_path: Path
+) -> None:
+    project.models(bert="hf:org/bert")
+    assert project.run("sync")[0] == 0
+    blob = _snapshot_root(tmp_path) / "blobs" / hashlib.sha256(WEIGHTS).hexdigest()
+    blob.write_bytes(bytes(len(WEIGHTS)))  # same size: only a re-hash tells
+    assert project.run("status")[0] == 0
+    code, out, err = project.run("verify")
+    assert code == 1 and "model.weights.h5: sha256 is" in out + err
+    code, out, err = project.run("verify", "--repair")
+    assert code == 0, err
+    assert blob.read_bytes() == WEIGHTS
+    assert project.run("verify")[0] == 0
+
+
+def test_token_goes_to_the_hub_only_and_gated_repos_say_what_they_need(
+    project: Project, hub: HfServer, tmp_path: Path
+) -> None:
+    hub.add("org/gated", FILES, gated=True)
+    project.models(g="hf:org/gated")
+    code, _, err = project.run("lock")
+    assert code == 1
+    assert (
+        "g (hf:org/gated): Hugging Face repository org/gated is gated (HTTP 401): it needs a token"
+        in err
+    )
+    assert "https://huggingface.co/org/gated" in err
+
+    token_file = tmp_path / "hf-home" / "token"  # where `hf auth login` writes it
+    token_file.parent.mkdir(parents=True)
+    token_file.write_text(TOKEN + "\n")
+    since = len(hub.requests)
+    code, _, err = project.run("lock")
+    assert code == 1 and "has not accepted the terms; accept them on" in err
+    assert TOKEN not in err
+
+    hub.repos["org/gated"].accepted.add("alice")
+    code, out, err = project.run("sync")
+    assert code == 0, err
+    assert TOKEN not in out + err + project.lock.read_text()
+    asked = hub.requests[since:]
+    assert all(r.authorization == f"Bearer {TOKEN}" for r in asked if r.server == "hub")
+    cdn = [r for r in asked if r.server == "cdn"]
+    assert cdn and all(r.authorization is None for r in cdn)  # the LFS redirect's other host
+
+
+def test_include_and_exclude_choose_the_files(
+    project: Project, hub: HfServer, tmp_path: Path
+) -> None:
+    project.write(
+        '[models.bert]\nhandle = "hf:org/bert"\ninclude = ["*.json", "assets/"]\n'
+        'exclude = ["assets/tokenizer/vocab.txt"]\n'
+    )
+    code, _, err = project.run("sync")
+    assert code == 0, err
+    pin = _lock(project)["bert"]
+    assert [f["path"] for f in pin["huggingface"]["files"]] == ["config.json"]  # type: ignore[index]
+    assert pin["huggingface"]["complete"] is False  # type: ignore[index]
+    commit = pin["huggingface"]["commit"]  # type: ignore[index]
+    assert not (_snapshot_root(tmp_path) / "trees" / f"{commit}.json").exists()
+    assert project.run("lock", "--check")[0] == 0
+    project.write('[models.bert]\nhandle = "hf:org/bert"\ninclude = ["*.json"]\n')
+    code, out, _ = project.run("lock", "--check")
+    assert (code == 1 and "exclude" in out + project.capsys.readouterr().err) or code == 1
+
+    project.write('[models.x]\nhandle = "https://tfhub.dev/google/x/1"\ninclude = ["*"]\n')
+    code, _, err = project.run("lock")
+    assert code == 2 and "include and exclude choose files of a Hugging Face repository only" in err
+
+
+@pytest.mark.tf
+def test_keras_hub_preset_from_the_hub_loads_offline_as_pinned(
+    project: Project, hub: HfServer, tmp_path: Path, bert_presets: dict[int, Path]
+) -> None:
+    """A real preset pushed to the Hub; after sync, with the Hub stopped and HF_HUB_OFFLINE=1,
+    unmodified ``from_preset("hf://org/kbert")`` and ``from_preset(hubpin.resolve(...))``
+    compute what the preset computes, though main has moved on to another one."""
+
+    def files(folder: Path) -> dict[str, bytes]:
+        return {
+            p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in folder.rglob("*")
+            if p.is_file()
+        }
+
+    hub.add("org/kbert", files(bert_presets[3]))
+    project.models(kbert="hf://org/kbert")
+    code, _, err = project.run("sync")
+    assert code == 0, err
+    hub.push("org/kbert", files(bert_presets[1]))  # main moves after the lock
+    hub.stop()
+    want = outputs_in_process(str(bert_presets[3]))
+    script = (
+        "import runpy, sys, hubpin\n"
+        "sys.argv = ['load', 'hf://org/kbert', hubpin.resolve('kbert')]\n"
+        "from kerasmodels import LOAD_SCRIPT\nexec(LOAD_SCRIPT)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([WORKTREE, str(Path(__file__).parent)]),
+            "HF_HUB_OFFLINE": "1",
+            "KERAS_BACKEND": "tensorflow",
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+        },
+        cwd=project.root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = [line for line in result.stdout.splitlines() if line.startswith("loaded ")]
+    assert got == want * 2
