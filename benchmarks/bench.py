@@ -27,7 +27,8 @@ them alike:
   the upstream server counting what it sent (nothing, if the bundle serves all);
 - the same fleet from an OCI registry: ``hubpin bundle oci://…`` once, then 8 concurrent
   ``hubpin sync --from oci://…`` against the CNCF Distribution registry (Debian's
-  ``docker-registry``) on loopback, each through its own counting relay;
+  ``docker-registry``) on loopback, each through its own counting relay; and from S3
+  (``s3://…``) against moto's S3 server;
 - a no-op ``hubpin sync --frozen`` over 50 pinned, cached models;
 - peak RSS of a sync of one big archive;
 - ``hubpin.load(alias)`` against ``tf.saved_model.load(path)``.
@@ -471,16 +472,50 @@ def registry_store(scratch: Path) -> Iterator[tuple[str, str, Callable[[int], di
         registry.stop()
 
 
+@contextlib.contextmanager
+def s3_store(scratch: Path) -> Iterator[tuple[str, str, Callable[[int], dict[str, str]]]]:
+    """moto's S3 server, reached as AWS tools reach a store (endpoint and keys in the
+    environment; each worker's endpoint is its relay)."""
+    from moto_s3 import KEY_ID, SECRET, MotoS3
+
+    server = MotoS3().start(scratch / "moto.log")
+    env = {
+        "AWS_ENDPOINT_URL_S3": server.url,
+        "AWS_ACCESS_KEY_ID": KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": SECRET,
+        "AWS_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": str(scratch / "no-aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(scratch / "no-aws-credentials"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    url = f"s3://{server.bucket()}/models/v1"
+    try:
+        yield (
+            url,
+            server.url.removeprefix("http://"),
+            lambda port: {"url": url, "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{port}"},
+        )
+    finally:
+        server.stop()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def fleet(
     root: Path, fixtures: list[Fixture], workers: int, scratch: Path, scheme: str = "gs"
 ) -> tuple[float, FleetRun, FleetRun]:
-    """``bundle gs://…`` (or ``oci://…``) once, as CI would; then one worker alone and
-    ``workers`` at once, each through its own relay that counts what it read."""
+    """``bundle gs://…`` (or ``s3://…``, ``oci://…``) once, as CI would; then one worker
+    alone and ``workers`` at once, each through its own relay that counts what it read."""
     from hubserver import HubServer
 
     archives = {f.path: f.archive(root).read_bytes() for f in fixtures}
     hub = HubServer(models=archives).start()  # in-process: the workers must never reach it
-    store = bucket_store if scheme == "gs" else registry_store
+    store = {"gs": bucket_store, "s3": s3_store, "oci": registry_store}[scheme]
     with store(scratch) as (url, relayed, worker_env):
         try:
             return _fleet_runs(hub, archives, fixtures, workers, scratch, url, relayed, worker_env)
@@ -652,7 +687,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default="",
-        help="comma list: big,eight,slow,crc,lockfill,fleet,fleet-oci,noop,rss,load",
+        help="comma list: big,eight,slow,crc,lockfill,fleet,fleet-s3,fleet-oci,noop,rss,load",
     )
     parser.add_argument("--goog-hash", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve", default=None, help=argparse.SUPPRESS)
@@ -674,6 +709,7 @@ def main() -> None:
         "crc",
         "lockfill",
         "fleet",
+        "fleet-s3",
         "fleet-oci",
         "noop",
         "rss",
@@ -762,6 +798,24 @@ def main() -> None:
                 f"the upstream server: {many.from_upstream + alone.from_upstream} B. "
                 f"gcp-storage-emulator (serves one request at a time); `bundle` once: "
                 f"{secs(bundle_seconds)} |"
+            )
+        if "fleet-s3" in only:
+            mb = sum(f.mb for f in FLEET)
+            print(
+                f"fleet: {FLEET_WORKERS} × sync --from s3://, {len(FLEET)}×50 MB", file=sys.stderr
+            )
+            bundle_seconds, alone, many = fleet(
+                args.fixtures, FLEET, FLEET_WORKERS, fresh("fleet-s3"), "s3"
+            )
+            per = many.from_bucket
+            rows.append(
+                f"| fleet: {many.workers} × `sync --from s3://…` at once, {len(FLEET)}×{mb // len(FLEET)} MB "
+                f"| {secs(many.wall)} | — | — | — | — | — "
+                f"| wall time, each worker its own cache; one worker alone {secs(alone.wall)}. Read from "
+                f"the bucket per worker: {min(per):,}–{max(per):,} B for {many.archives:,} B of "
+                f"archives ({max(per) / many.archives:.4f}×: each archive once, plus HTTP); from "
+                f"the upstream server: {many.from_upstream + alone.from_upstream} B. "
+                f"moto's S3 server (threaded, in memory); `bundle` once: {secs(bundle_seconds)} |"
             )
         if "fleet-oci" in only:
             mb = sum(f.mb for f in FLEET)

@@ -36,6 +36,8 @@ from hubpin.project import Project
 if TYPE_CHECKING:
     import tensorflow as tf
 
+    from hubpin.cache import Cache
+
 
 class UnpinnedHandleError(HubpinError):
     """``install(strict=True)`` refused a handle the lock does not pin."""
@@ -99,6 +101,13 @@ class Lock:
             return str(folder)
         assert isinstance(pin, ArchivePin)  # the kinds that are neither are read in place
         cache = self._project.cache
+        if not cache.tensorflow_reads:  # s3://: a verified local copy, made once and reused
+            from hubpin.cache.staging import staging_cache
+
+            staged = staging_cache(cache, self._project.settings.stage_dir)
+            check = staged.verify if verify else staged.quick_check
+            if not check(pin.cache_key, pin.tree_digest):
+                return staged.entry(pin.cache_key)
         problems = (
             cache.verify(pin.cache_key, pin.tree_digest)
             if verify
@@ -116,7 +125,26 @@ class Lock:
                 f"{alias}: cache entry {entry} is damaged: {'; '.join(problems[:5])}; "
                 "run: hubpin verify --repair"
             )
+        if not cache.tensorflow_reads:
+            return self._stage(alias, pin, cache)
         return entry
+
+    def _stage(self, alias: str, pin: Pin, cache: Cache) -> str:
+        """Stage a committed entry of a cache TensorFlow cannot read (hubpin.cache.staging)."""
+        from hubpin.cache.staging import stage, staging_cache
+
+        assert pin.cache_key
+        record = cache.read_record(pin.cache_key)
+        if record is None:  # revoked since it was checked
+            raise NotSyncedError(
+                f"{alias} ({pin.handle}) is not synced into {cache.location}; run: hubpin sync"
+            )
+        settings = self._project.settings
+        local = staging_cache(cache, settings.stage_dir)
+        try:
+            return stage(cache, local, pin.cache_key, record, settings.lock_timeout)
+        except DamagedEntryError as exc:
+            raise DamagedEntryError(f"{alias}: {exc}") from None
 
     def load(
         self,

@@ -54,6 +54,7 @@ class Settings(BaseModel):
     s3_profile: str | None = None
     s3_anonymous: bool = False
     s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    stage_dir: str | None = None
     kaggle_endpoint: str | None = None
     mirrors: list[Mirror] = Field(default_factory=list)
     insecure_registries: list[str] = Field(default_factory=list)

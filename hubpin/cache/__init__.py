@@ -177,6 +177,9 @@ class Cache(ABC):
 
     location: str
     local_root: Path | None
+    # Whether TensorFlow reads entries where they are (a folder, gs://); hubpin.load stages
+    # the entries of a cache it cannot read (s3://) into a local folder (hubpin.cache.staging).
+    tensorflow_reads: bool = True
     # The lock (absolute path) of the project whose commands write through this cache:
     # the ``created_by`` of the entries they publish (see :mod:`hubpin.owners`).
     owner: str = ""
@@ -231,6 +234,11 @@ class Cache(ABC):
         if not problems and found.digest() != tree_digest:
             problems.append(f"tree digest is {found.digest()}, the lock pins {tree_digest}")
         return problems
+
+    def copy_entry(self, key: str, into: Path) -> None:
+        """Write the entry's files (and empty folders) below ``into``, for staging; only
+        caches TensorFlow cannot read need it."""
+        raise NotImplementedError(f"{type(self).__name__} entries are read in place")
 
     @abstractmethod
     def ensure_root(self) -> None:

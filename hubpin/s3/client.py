@@ -82,6 +82,14 @@ def sha256_b64(hex_digest: str) -> str:
     return base64.b64encode(bytes.fromhex(hex_digest)).decode("ascii")
 
 
+def hex_of(b64_digest: str) -> str:
+    """A base64 digest (as S3 carries it) in hex (as the lock holds it)."""
+    return base64.b64decode(b64_digest).hex()
+
+
+DECLARED_BY = "its S3 size and x-amz-checksum"  # names what a corrupt download contradicted
+
+
 @dataclass(frozen=True)
 class Head:
     """One object as S3 describes it without reading it."""
@@ -172,14 +180,34 @@ class S3:
                 raise FileNotFoundError(f"s3://{bucket}/{key}") from None
             raise
 
-    def stream(self, bucket: str, key: str, etag: str, size: int) -> Iterator[bytes]:
-        """The bytes of one version (its ETag), by ranges of ``BLOCK``: each range is retried,
-        and an overwrite during the read fails (412 on that ETag) instead of mixing versions."""
-        for start in range(0, size, BLOCK):
-            end = min(size, start + BLOCK) - 1
-            body = self.get(bucket, key, etag, f"bytes={start}-{end}")
-            if len(body) != end - start + 1:
-                raise ValueError(f"got {len(body)} bytes for range {start}-{end} of {size}")
+    def read(self, bucket: str, key: str) -> tuple[bytes, Head] | None:
+        """A small object's bytes and what its answer says of it, in one GET; None if absent."""
+
+        def attempt() -> tuple[bytes, Head]:
+            answer = self.client.get_object(Bucket=bucket, Key=key)
+            with contextlib.closing(answer["Body"]) as body:
+                data = body.read()
+            meta = dict(answer.get("Metadata") or {})
+            return data, Head(key, len(data), answer["ETag"], None, None, meta)
+
+        try:
+            return self.retried(attempt, "get_object")  # type: ignore[no-any-return]
+        except Exception as exc:
+            if _status(exc) == 404:
+                return None
+            raise
+
+    def stream(
+        self, bucket: str, key: str, etag: str, size: int, start: int = 0
+    ) -> Iterator[bytes]:
+        """Bytes ``[start, size)`` of one version (its ETag), by ranges of ``BLOCK``: each
+        range is retried, and an overwrite during the read fails (412 on that ETag) instead
+        of mixing versions."""
+        for first in range(start, size, BLOCK):
+            last = min(size, first + BLOCK) - 1
+            body = self.get(bucket, key, etag, f"bytes={first}-{last}")
+            if len(body) != last - first + 1:
+                raise ValueError(f"got {len(body)} bytes for range {first}-{last} of {size}")
             yield body
 
     def list(
@@ -264,6 +292,25 @@ class S3:
                 raise FileExistsError(f"s3://{bucket}/{key}") from None
             raise
         return Head(key, size, answer["ETag"], params["ChecksumSHA256"], None, metadata or {})
+
+    def copy(self, bucket: str, source: str, target: str) -> Head:
+        """Copy an object within the bucket, server-side (S3 allows up to 5 GiB in one
+        request), with S3 computing the copy's SHA-256; FileNotFoundError when the source
+        is gone."""
+        try:
+            answer = self.call(
+                "copy_object",
+                Bucket=bucket,
+                Key=target,
+                CopySource={"Bucket": bucket, "Key": source},
+                ChecksumAlgorithm="SHA256",
+            )
+        except Exception as exc:
+            if _status(exc) == 404:
+                raise FileNotFoundError(f"s3://{bucket}/{source}") from None
+            raise
+        result = answer.get("CopyObjectResult", {})
+        return Head(target, -1, result.get("ETag", ""), result.get("ChecksumSHA256"))
 
     def delete(self, bucket: str, key: str, if_match: str | None = None) -> bool:
         """Delete one object; with ``if_match``, only if it still has that ETag (FileExistsError
@@ -499,7 +546,5 @@ def open_object(url: str, settings: Settings) -> Download:
         with errors(url):
             yield from s3.stream(bucket, key, head.etag, head.size)
 
-    declared = Declared(
-        head.size, crc32c=head.crc32c, sha256=head.sha256, by="its S3 size and x-amz-checksum"
-    )
+    declared = Declared(head.size, crc32c=head.crc32c, sha256=head.sha256, by=DECLARED_BY)
     return Download(final_url=url, length=head.size, chunks=chunks(), declared=declared)
