@@ -7,6 +7,16 @@ import sys
 
 
 def main() -> int:
+    try:
+        return _main()
+    except KeyboardInterrupt:  # Ctrl-C while still importing: the same line as later on
+        from hubpin.errors import INTERRUPTED
+
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
+
+
+def _main() -> int:
     # The CLI uses no pydantic plugins; not scanning installed packages for them
     # saves about 8 ms of every run (a no-op sync must be instant in Docker builds).
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")

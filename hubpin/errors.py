@@ -13,6 +13,8 @@ import errno
 from collections.abc import Iterable
 from pathlib import Path
 
+INTERRUPTED = "hubpin: interrupted; nothing half-written was published"
+
 
 class HubpinError(Exception):
     """Base class of every error hubpin raises on purpose."""

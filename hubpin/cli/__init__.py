@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from hubpin.cli.parser import _versions, build_parser
-from hubpin.errors import HubpinError
+from hubpin.errors import INTERRUPTED, HubpinError
 
 log = logging.getLogger("hubpin")
 
@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hubpin: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("hubpin: interrupted; nothing half-written was published", file=sys.stderr)
+        print(INTERRUPTED, file=sys.stderr)
         return 130
 
 
