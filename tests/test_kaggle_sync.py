@@ -321,3 +321,23 @@ def test_two_aliases_of_one_kaggle_model_are_downloaded_once_by_lock_and_sync(
     }
     assert project.run("lock", "--check")[0] == 0
     assert project.run("verify")[0] == 0
+
+
+def test_a_hand_edited_kaggle_pin_fails_lock_check_and_lock_repins_it(
+    project: Project, kaggle: KaggleServer
+) -> None:
+    """kaggle_version and versioned_handle are recomputed from the handle, offline."""
+    project.write(f'[models.fixed]\nhandle = "kaggle:{SLUG}/1"\n')
+    assert project.run("lock", "--no-fill")[0] == 0
+    honest = project.lock.read_text()
+    project.lock.write_text(honest.replace("kaggle_version = 1", "kaggle_version = 2"))
+    code, _, err = project.run("lock", "--check")
+    assert code == 1 and "fixed: kaggle_version is 2, the handle names version 1" in err, err
+    edited = honest.replace(f'versioned_handle = "{URL}/1"', f'versioned_handle = "{URL}/2"')
+    project.lock.write_text(edited)
+    code, _, err = project.run("lock", "--check")
+    assert code == 1 and f"fixed: versioned_handle is '{URL}/2', expected '{URL}/1'" in err, err
+    code, _, err = project.run("sync", "--frozen")
+    assert code == 2 and "versioned_handle" in err and "run: hubpin lock" in err, err
+    assert project.run("lock", "--no-fill")[0] == 0
+    assert project.lock.read_text() == honest
