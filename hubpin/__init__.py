@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from hubpin.errors import (
     DamagedEntryError,
     HubpinError,
+    LockfileError,
     LockMissingError,
     NotSyncedError,
     StaleLockError,
@@ -24,6 +25,7 @@ __all__ = [
     "KerasLayer",
     "Lock",
     "LockMissingError",
+    "LockfileError",
     "NotSyncedError",
     "StaleLockError",
     "UnknownAliasError",

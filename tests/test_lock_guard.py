@@ -215,9 +215,8 @@ def test_a_folder_pin_pointed_elsewhere_fails_every_check_and_lock_repins_it(
         code, _, err = local.run(*argv)
         assert code == 2 and "folder: location is 'quint'" in _one_error_line(err), argv
     import hubpin
-    from hubpin.errors import LockfileError
 
-    with pytest.raises(LockfileError, match="folder: location is 'quint'"):
+    with pytest.raises(hubpin.LockfileError, match="folder: location is 'quint'"):
         hubpin.Lock(local.lock).resolve("folder")
     code, _, err = local.run("lock", "--no-fill")
     assert code == 0, err
