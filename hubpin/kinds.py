@@ -30,7 +30,7 @@ SHA256 = r"^[0-9a-f]{64}$"
 class GcsObject(BaseModel):
     """One object of a gs:// model folder, pinned by generation and checksums."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     path: str
     size: int = Field(ge=0)
     generation: str
@@ -41,7 +41,7 @@ class GcsObject(BaseModel):
 class PinBase(BaseModel):
     """What every kind of pin records: the manifest fields it was made from, and its tree."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     in_cache: ClassVar[bool] = False  # whether sync puts it into the cache (else read in place)
 

@@ -54,7 +54,7 @@ HEADER = (
 
 
 class Lock(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     version: int = LOCK_VERSION
     manifest_digest: str

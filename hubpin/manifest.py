@@ -28,7 +28,7 @@ _HOST_WITHOUT_SCHEME = re.compile(r"(?:[a-z0-9-]+\.)+[a-z]{2,}/", re.IGNORECASE)
 class ModelSpec(BaseModel):
     """One ``[models.<alias>]`` table."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     handle: str
     format: Format | None = None
@@ -91,7 +91,7 @@ def _problem(handle: str) -> str | None:
 
 
 class Manifest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     models: dict[str, ModelSpec] = Field(default_factory=dict)
 

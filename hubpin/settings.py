@@ -23,7 +23,7 @@ from hubpin.tomlfile import read_toml, validate
 class Mirror(BaseModel):
     """A URL prefix rewrite tried before the original location."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     prefix: str
     replace: str
 
@@ -31,7 +31,7 @@ class Mirror(BaseModel):
 class Settings(BaseModel):
     """Every setting with its default; hubpin.toml.example documents each one."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     cache_dir: str | None = None
     format: Format | None = None

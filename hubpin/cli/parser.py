@@ -4,22 +4,33 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import importlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from hubpin.cli.completion import SHELLS, cmd_completion
-from hubpin.cli.lock import cmd_lock
-from hubpin.cli.manage import cmd_add, cmd_bundle, cmd_env, cmd_image, cmd_prune, cmd_remove
-from hubpin.cli.report import (
-    cmd_outdated,
-    cmd_resolve,
-    cmd_status,
-    cmd_verify,
-)
-from hubpin.cli.sync import cmd_sync
+from hubpin.cli.completion import SHELLS
 from hubpin.handles import Format
+
+# Where each command's function lives, imported only when that command runs: parsing
+# arguments (and --help) then costs argparse alone, and `status` never imports what only
+# downloads need (kagglehub's client, the OCI and S3 stores, the unpacker).
+_COMMANDS = {
+    "lock": "lock",
+    "sync": "sync",
+    "verify": "report",
+    "status": "report",
+    "resolve": "report",
+    "outdated": "report",
+    "prune": "manage",
+    "add": "manage",
+    "remove": "manage",
+    "bundle": "manage",
+    "image": "manage",
+    "env": "manage",
+    "completion": "completion",
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,14 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def command(
-        name: str, func: Callable[[argparse.Namespace], int], help: str
-    ) -> argparse.ArgumentParser:
+    def command(name: str, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=help, description=help)
-        p.set_defaults(func=func)
+        p.set_defaults(func=_Command(name))
         return p
 
-    p = command("lock", cmd_lock, "pin every model of the manifest into the lock")
+    p = command("lock", "pin every model of the manifest into the lock")
     check = p.add_mutually_exclusive_group()
     check.add_argument(
         "--check", action="store_true", help="exit 1 if the lock is missing or stale (no network)"
@@ -108,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
         "aliases", nargs="*", metavar="ALIAS", help="re-pin only these (default: new or changed)"
     )
 
-    p = command("sync", cmd_sync, "make the cache match the lock (locking first if needed)")
+    p = command("sync", "make the cache match the lock (locking first if needed)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument(
         "--locked", action="store_true", help="fail (exit 1) instead of updating a stale lock"
@@ -138,22 +147,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("aliases", nargs="*", metavar="ALIAS")
 
-    p = command("verify", cmd_verify, "re-hash cached models against the lock")
+    p = command("verify", "re-hash cached models against the lock")
     p.add_argument("--repair", action="store_true", help="re-fetch whatever is damaged")
     p.add_argument("--json", action="store_true", help="machine-readable report on stdout")
     p.add_argument("aliases", nargs="*", metavar="ALIAS")
 
-    p = command("status", cmd_status, "one row per alias: format, size, cache state")
+    p = command("status", "one row per alias: format, size, cache state")
     p.add_argument("--json", action="store_true", help="machine-readable report on stdout")
 
-    p = command(
-        "resolve", cmd_resolve, "print the local path (COMPRESSED) or gs:// location of an alias"
-    )
+    p = command("resolve", "print the local path (COMPRESSED) or gs:// location of an alias")
     p.add_argument("alias", metavar="ALIAS")
 
     p = command(
         "prune",
-        cmd_prune,
         "remove leftovers, and the entries this project created that no lock pins",
     )
     p.description = (
@@ -177,17 +183,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="also entries hubpin did not create (tensorflow_hub's own downloads) that no lock pins",
     )
 
-    p = command("add", cmd_add, "add a model to the manifest")
+    p = command("add", "add a model to the manifest")
     p.add_argument("alias", metavar="ALIAS")
     p.add_argument("handle", metavar="HANDLE")
     p.add_argument("--format", type=_format, default=None, dest="model_format")
 
-    p = command("remove", cmd_remove, "remove models from the manifest and the lock")
+    p = command("remove", "remove models from the manifest and the lock")
     p.add_argument("aliases", nargs="+", metavar="ALIAS")
 
     p = command(
         "bundle",
-        cmd_bundle,
         "write the locked archives and the lock to a folder, a .tar, gs://bucket/prefix or "
         "oci://registry/repository:tag, for `hubpin sync --from OUT` (air-gapped machines, fleets)",
     )
@@ -202,7 +207,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command(
         "image",
-        cmd_image,
         "push an OCI image whose filesystem is the ready cache under /models, reproducible byte "
         "for byte (Kubernetes image volumes, KServe modelcars, COPY --from)",
     )
@@ -211,21 +215,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command(
         "outdated",
-        cmd_outdated,
         "locked vs current version of each Kaggle-hosted model; exit 1 if any is behind",
     )
     p.add_argument("--json", action="store_true", help="machine-readable report on stdout")
 
-    command("env", cmd_env, "print shell exports that point tensorflow_hub at this cache")
+    command("env", "print shell exports that point tensorflow_hub at this cache")
 
     p = command(
         "completion",
-        cmd_completion,
         "print a shell completion script; bash: source <(hubpin completion bash)",
     )
     p.add_argument("shell", choices=SHELLS, metavar="SHELL", help=" | ".join(SHELLS))
     p.set_defaults(parser=parser)
     return parser
+
+
+class _Command:
+    """A command's function, imported from its module when the command is run."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __call__(self, args: argparse.Namespace) -> int:
+        module = importlib.import_module(f"hubpin.cli.{_COMMANDS[self.name]}")
+        func: Callable[[argparse.Namespace], int] = getattr(module, f"cmd_{self.name}")
+        return func(args)
 
 
 class _Parser(argparse.ArgumentParser):
