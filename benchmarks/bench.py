@@ -29,7 +29,12 @@ them alike:
   ``hubpin sync --from oci://…`` against the CNCF Distribution registry (Debian's
   ``docker-registry``) on loopback, each through its own counting relay; and from S3
   (``s3://…``) against moto's S3 server;
-- a no-op ``hubpin sync --frozen`` over 50 pinned, cached models;
+- start-up (``import hubpin.cli``), a no-op ``hubpin sync --frozen``, ``status`` and
+  ``lock --check`` over 50 and 2,000 pinned, cached models, peak RSS, and the full-path
+  no-op (no stamp);
+- the limit of a cold 1×200 MB sync: a one-thread ISA-L inflate of the archive plus a
+  bare interpreter start, measured in the same runs;
+- unpacking 100,000 members against 20,000 (linear, or not);
 - peak RSS of a sync of one big archive;
 - ``hubpin.load(alias)`` against ``tf.saved_model.load(path)``.
 
@@ -63,9 +68,12 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
 sys.path.insert(0, str(TESTS))  # hubserver and savedmodels, shared with the test suite
+sys.path.insert(0, str(REPO / "benchmarks"))
+import scale  # noqa: E402 - the rows about scale, beside this file
 
 MB = 1 << 20
 NOOP_MODELS = 50
+MANY_MODELS = 2000
 
 
 @dataclass(frozen=True)
@@ -149,7 +157,7 @@ def serve(root: Path, names: list[str], rate: int | None, goog_hash: bool = Fals
     for name in names:
         data = fixtures[name].archive(root).read_bytes()
         if name == TINY.name:
-            models.update({f"bench/tiny{i}/1": data for i in range(NOOP_MODELS)})
+            models.update({f"bench/tiny{i}/1": data for i in range(MANY_MODELS)})
         models[fixtures[name].path] = data
     server = HubServer(models=models, rate=rate, goog_hash=goog_hash).start()
     print(server.url, flush=True)
@@ -298,7 +306,13 @@ def _fmt_last(timings: Timings) -> str:
 
 
 def cold_sync(
-    url: str, fixtures: list[Fixture], runs: int, scratch: Path, with_curl: bool = True, **env: str
+    url: str,
+    fixtures: list[Fixture],
+    runs: int,
+    scratch: Path,
+    with_curl: bool = True,
+    limit: Path | None = None,
+    **env: str,
 ) -> Timings:
     project = make_project(scratch / "project", url, fixtures, scratch / "lock-cache")
     handles = [f"{url}/{f.path}" for f in fixtures]
@@ -308,6 +322,8 @@ def cold_sync(
     }
     if with_curl:
         contenders["curl | tar xz"] = lambda cache: curl_tar(handles, cache)
+    if limit is not None:
+        contenders["limit"] = lambda cache: scale.inflate_limit(limit)
     try:
         return interleaved(contenders, runs, scratch)
     finally:
@@ -327,27 +343,6 @@ def checksum_cost(plain: str, hashed: str, runs: int, scratch: Path) -> Timings:
         runs,
         scratch,
     )
-
-
-def noop_sync(url: str, runs: int, scratch: Path) -> tuple[float, float]:
-    """Median wall time of a no-op sync over 50 cached models, and of a bare ``python -c pass``."""
-    project = scratch / "noop"
-    project.mkdir()
-    (project / "models.toml").write_text(
-        "".join(
-            f'[models.tiny{i}]\nhandle = "{url}/bench/tiny{i}/1"\n\n' for i in range(NOOP_MODELS)
-        )
-    )
-    cache = scratch / "noop-cache"
-    run_hubpin(project, cache, "sync")
-    run_hubpin(project, cache, "sync", "--frozen")  # warm the file system caches
-    sync = [run_hubpin(project, cache, "sync", "--frozen")[0] for _ in range(max(runs, 5) * 2)]
-    bare = []
-    for _ in range(max(runs, 5)):
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "pass"], check=True)
-        bare.append(time.perf_counter() - start)
-    return statistics.median(sync), statistics.median(bare)
 
 
 def lock_then_sync(url: str, fixtures: list[Fixture], runs: int, scratch: Path) -> Timings:
@@ -687,7 +682,7 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default="",
-        help="comma list: big,eight,slow,crc,lockfill,fleet,fleet-s3,fleet-oci,noop,rss,load",
+        help="comma list: big,eight,slow,crc,lockfill,fleet,fleet-s3,fleet-oci,noop,many,members,rss,load",
     )
     parser.add_argument("--goog-hash", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve", default=None, help=argparse.SUPPRESS)
@@ -712,6 +707,8 @@ def main() -> None:
         "fleet-s3",
         "fleet-oci",
         "noop",
+        "many",
+        "members",
         "rss",
         "load",
     }
@@ -736,8 +733,9 @@ def main() -> None:
 
         if "big" in only:
             print("cold sync, 1×200 MB", file=sys.stderr)
-            t = cold_sync(url, [BIG], runs, fresh("big"))
+            t = cold_sync(url, [BIG], runs, fresh("big"), limit=BIG.archive(args.fixtures))
             rows.append(ratio_row("cold sync, 1×200 MB", t, 0.45, f"median of {runs}"))
+            rows.append(limit_row(t, runs))
         if "eight" in only:
             print("cold sync, 8×50 MB", file=sys.stderr)
             t = cold_sync(url, EIGHT, runs, fresh("eight"))
@@ -837,13 +835,22 @@ def main() -> None:
                 f"{secs(bundle_seconds)} |"
             )
         if "noop" in only:
-            print("no-op sync", file=sys.stderr)
-            noop, bare = noop_sync(url, runs, fresh("noop"))
-            met = "yes" if noop < 0.150 else "**no**"
+            print(f"start-up and no-op, {NOOP_MODELS} models", file=sys.stderr)
+            few = many_models(url, NOOP_MODELS, max(runs, 5), fresh("noop"))
+            rows += startup_rows(few)
+        if "many" in only:
+            print(f"{MANY_MODELS} models", file=sys.stderr)
+            lots = many_models(url, MANY_MODELS, max(runs // 2, 3), fresh("many"))
+            rows += scale_rows(lots, few if "noop" in only else None)
+        if "members" in only:
+            print("members: 20,000 and 100,000", file=sys.stderr)
+            m = scale.members(args.fixtures, (20_000, 100_000), max(runs // 2, 3), fresh("members"))
+            r = m[100_000] / m[20_000]
             rows.append(
-                f"| no-op `sync --frozen`, {NOOP_MODELS} cached models | {noop * 1000:.0f} ms "
-                f"| — | — | — | < 150 ms | {met} | whole process; bare `python -c pass`: "
-                f"{bare * 1000:.0f} ms |"
+                f"| unpack, 100,000 members vs 20,000 | {secs(m[100_000])} | — | — "
+                f"| **{r:.2f}×** of 20,000 ({secs(m[20_000])}) | ≤ 5× | {'yes' if r <= 5 else '**no**'} "
+                "| in process (hubpin.unpack), tiny files in 100 folders, hashed and written; "
+                "max_compression_ratio raised (the archive inflates beyond 100:1) |"
             )
         if "rss" in only:
             print(f"peak RSS, {rss_fixture.mb} MB archive", file=sys.stderr)
@@ -889,6 +896,79 @@ def main() -> None:
         + "\n"
     )
     print(f"\nwritten to {results.relative_to(REPO)}", file=sys.stderr)
+
+
+def limit_row(t: Timings, runs: int) -> str:
+    """hubpin's whole-process cold sync against the inflate limit measured beside it."""
+    h, limit, tf = t.median("hubpin"), t.median("limit"), t.median("tensorflow_hub")
+    assert h and limit and tf
+    met = "yes" if h / limit <= 1.15 else "**no**"
+    return (
+        f"| limit: cold sync 1×200 MB vs one-thread ISA-L inflate + bare interpreter | {secs(h)} "
+        f"| {secs(tf)} | — | **{h / tf:.2f}×**; **{h / limit:.2f}×** of the limit ({secs(limit)}) "
+        f"| ≤ 1.15× of the limit | {met} | median of {runs}, same runs as the row above |"
+    )
+
+
+def many_models(url: str, count: int, runs: int, scratch: Path) -> dict[str, float]:
+    """A synced project of ``count`` tiny models, timed by :func:`scale.many_models`."""
+    project = scratch / f"p{count}"
+    project.mkdir()
+    (project / "models.toml").write_text(
+        "".join(f'[models.tiny{i}]\nhandle = "{url}/bench/tiny{i}/1"\n\n' for i in range(count))
+    )
+    cache = scratch / f"c{count}"
+    run_hubpin(project, cache, "sync")
+    return scale.many_models(run_hubpin, project, cache, runs, scratch)
+
+
+def startup_rows(few: dict[str, float]) -> list[str]:
+    def ms(v: float) -> str:
+        return f"{v * 1000:.0f} ms"
+
+    bare = few["bare"]
+    extra = few["import"] - bare
+    rows = [
+        f"| start-up: `import hubpin.cli` | {ms(few['import'])} | — | — | — "
+        f"| ≤ 80 ms above bare | {'yes' if extra <= 0.080 else '**no**'} "
+        f"| {ms(extra)} above a bare `python -c pass` ({ms(bare)}) |",
+        f"| no-op `sync --frozen`, {NOOP_MODELS} cached models | {ms(few['noop'])} | — | — | — "
+        f"| < 150 ms | {'yes' if few['noop'] < 0.150 else '**no**'} "
+        f"| whole process, from the stamp; bare `python -c pass`: {ms(bare)} |",
+    ]
+    for key, what in (("status", "`status`"), ("check", "`lock --check`")):
+        rows.append(
+            f"| {what}, {NOOP_MODELS} models | {ms(few[key])} | — | — | — | ≤ 150 ms "
+            f"| {'yes' if few[key] <= 0.150 else '**no**'} | whole process |"
+        )
+    return rows
+
+
+def scale_rows(lots: dict[str, float], few: dict[str, float] | None) -> list[str]:
+    def grow(key: str) -> str:
+        if few is None:
+            return ""
+        return f"; {NOOP_MODELS} models: {few[key]:.2f} s ({lots[key] / few[key]:.1f}× for 40× the models)"
+
+    targets = (
+        ("noop", "no-op `sync --frozen` (stamp)", 0.3),
+        ("full", "full-path no-op `sync --frozen`", 0.6),
+        ("status", "`status`", 0.5),
+    )
+    rows = [
+        f"| {what}, {MANY_MODELS} models | {secs(lots[key])} | — | — | — | ≤ {target} s "
+        f"| {'yes' if lots[key] <= target else '**no**'} | whole process{grow(key)} |"
+        for key, what, target in targets
+    ]
+    rows.append(
+        f"| `lock --check`, {MANY_MODELS} models | {secs(lots['check'])} | — | — | — | — | — "
+        f"| whole process{grow('check')} |"
+    )
+    rows.append(
+        f"| peak RSS, {MANY_MODELS} models (full-path no-op, status) | {lots['rss'] / MB:.0f} MiB "
+        f"| — | — | — | ≤ 150 MB | {'yes' if lots['rss'] <= 150 * MB else '**no**'} | getrusage |"
+    )
+    return rows
 
 
 def merge_rows(

@@ -20,7 +20,6 @@ import ast
 import difflib
 import functools
 import importlib.util
-from importlib import metadata
 from pathlib import Path
 
 from hubpin.errors import InputError
@@ -33,6 +32,8 @@ def is_preset_handle(handle: str) -> bool:
 
 
 def keras_hub_version() -> str | None:
+    from importlib import metadata  # 10 ms of imports (email.*) that lock --check rarely needs
+
     try:
         return metadata.version("keras-hub")
     except metadata.PackageNotFoundError:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hubpin import stamp
 from hubpin.cli.common import (
@@ -18,15 +18,17 @@ from hubpin.cli.common import (
     _sources,
 )
 from hubpin.cli.render import print_json, print_table
-from hubpin.cli.stamps import _stamp_after_lock
 from hubpin.errors import (
     InputError,
     StaleLockError,
 )
 from hubpin.lockfile import Lock, Pin, mismatches
-from hubpin.locking import lock_plan, lock_project
 from hubpin.project import Project
-from hubpin.sources import Sources
+
+# Locking fetches: its modules are imported when a lock is made, so `lock --check` (every
+# CI run, the pre-commit hook) pays for reading the lock and the manifest only.
+if TYPE_CHECKING:
+    from hubpin.sources import Sources
 
 
 def cmd_lock(args: argparse.Namespace) -> int:
@@ -35,6 +37,8 @@ def cmd_lock(args: argparse.Namespace) -> int:
     _known(args.aliases, manifest.models, project.manifest_path)
     _json_needs_dry_run(args)
     if args.dry_run:
+        from hubpin.locking import lock_plan
+
         return _print_lock_plan(args, project, lock_plan(project, set(args.aliases)))
     if args.check:
         lock = project.read_lock(checked=False)
@@ -58,6 +62,8 @@ def cmd_lock(args: argparse.Namespace) -> int:
             upgrade=args.upgrade,
         )
     if lock is not None and fill:
+        from hubpin.cli.stamps import _stamp_after_lock
+
         _register(project, lock)
         _stamp_after_lock(project, args.argv, lock, at_start)
     return 0 if changed is not None else 1
@@ -74,6 +80,8 @@ def _lock(
     upgrade: bool = False,
 ) -> tuple[Lock | None, bool | None]:
     """Run :func:`hubpin.locking.lock_project`, saying what it pins; (lock, changed) or (None, None)."""
+    from hubpin.locking import lock_project
+
     done = lock_project(
         project,
         sources,

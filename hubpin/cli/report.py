@@ -7,12 +7,12 @@ import sys
 
 from hubpin.cli.common import _count, _project, _say, _size
 from hubpin.cli.render import print_json, print_table
-from hubpin.ops.outdated import outdated
 from hubpin.ops.status import resolve, status
-from hubpin.ops.verify import verify
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from hubpin.ops.verify import verify  # it fetches (--repair): imported when run
+
     project = _project(args, need_manifest=False)
     report = verify(project, args.aliases, args.repair)
     if args.json:
@@ -44,6 +44,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_outdated(args: argparse.Namespace) -> int:
     """Ask Kaggle for each pinned model's current version; download nothing."""
+    from hubpin.ops.outdated import outdated  # it asks Kaggle: imported when run
+
     project = _project(args, need_manifest=False)
     report = outdated(project)
     if args.json:

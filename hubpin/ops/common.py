@@ -5,20 +5,27 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hubpin.errors import unknown_alias
-from hubpin.lockfile import Lock, Pin
-from hubpin.owners import register
-from hubpin.plan import Outcome
-from hubpin.project import Project
-from hubpin.sources import Sources
-from hubpin.sync import Syncer
-from hubpin.transport import Transport
+
+# What fetches (the transport, the sources, the syncer) is imported by the commands that
+# fetch, when they open it: `status`, `resolve` and `lock --check` never load urllib3,
+# the unpacker or the stores.
+if TYPE_CHECKING:
+    from hubpin.lockfile import Lock, Pin
+    from hubpin.plan import Outcome
+    from hubpin.project import Project
+    from hubpin.sources import Sources
+    from hubpin.sync import Syncer
 
 
 @contextlib.contextmanager
 def open_sources(project: Project, bundle: str | None = None) -> Iterator[Sources]:
     """Where this command reads archives from (a bundle, else mirrors and hosts)."""
+    from hubpin.sources import Sources
+    from hubpin.transport import Transport
+
     transport = Transport(project.settings)
     try:
         yield Sources(project.settings, transport, project.root, bundle)
@@ -31,12 +38,16 @@ def register_use(project: Project, lock: Lock, outcomes: list[Outcome] | None = 
     (once something of it is there: a sync that failed throughout leaves the cache as it was)."""
     if outcomes is not None and all(o.status == "failed" for o in outcomes):
         return
+    from hubpin.owners import register
+
     keys = {k for p in lock.models.values() for k in p.cache_keys()}
     if keys:
         register(project.cache, project.lock_path, keys)
 
 
 def syncer(project: Project, sources: Sources, offline: bool, full_verify: bool) -> Syncer:
+    from hubpin.sync import Syncer
+
     return Syncer(project.cache, project.settings, sources, project.root, offline, full_verify)
 
 

@@ -1,0 +1,140 @@
+"""The rows of ``bench.py`` that measure how hubpin scales (issue 24): start-up, the
+inflate limit, members, many models.
+
+Kept apart from ``bench.py`` so that file stays about the peers. Every function here
+measures its contenders interleaved in one call, so machine noise hits them alike;
+read the ratios.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+MB = 1 << 20
+
+
+def bare_start() -> float:
+    """Wall time of a bare interpreter start (``python -c pass``)."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    return time.perf_counter() - start
+
+
+def inflate_limit(archive: Path) -> float:
+    """What no tool can beat for a cold sync of ``archive``: a bare interpreter start plus a
+    one-thread ISA-L inflate of the archive (read from the page cache, output discarded)."""
+    from isal import isal_zlib
+
+    bare = bare_start()
+    start = time.perf_counter()
+    inflater = isal_zlib.decompressobj(wbits=31)
+    with archive.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            inflater.decompress(chunk)
+    inflater.flush()
+    return bare + time.perf_counter() - start
+
+
+def members_archive(root: Path, count: int) -> Path:
+    """A ``.tar.gz`` of ``count`` tiny distinct files in 100 folders, built once."""
+    path = root / f"members-{count}-v1.tar.gz"
+    if path.exists():
+        return path
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w:gz", compresslevel=1) as tar:
+        for i in range(count):
+            data = f"member {i}\n".encode()
+            info = tarfile.TarInfo(f"./variables/d{i % 100}/f{i}.txt")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(raw.getvalue())
+    tmp.rename(path)
+    return path
+
+
+def unpack_seconds(archive: Path, dest: Path) -> float:
+    """CPU-bound wall time of hubpin's unpacker over ``archive`` into ``dest`` (in process)."""
+    from hubpin.unpack import HashingReader, unpack
+
+    data = archive.read_bytes()
+    chunks = (data[i : i + (1 << 20)] for i in range(0, len(data), 1 << 20))
+    start = time.perf_counter()
+    unpack(
+        HashingReader(chunks),
+        dest,
+        max_unpacked=1 << 40,
+        max_ratio=1e9,  # 100,000 tiny members compress far beyond the default 100:1
+        max_members=1 << 30,
+    )
+    seconds = time.perf_counter() - start
+    shutil.rmtree(dest)
+    return seconds
+
+
+def members(root: Path, counts: tuple[int, int], runs: int, scratch: Path) -> dict[int, float]:
+    """Median unpack time per member count, interleaved."""
+    archives = {n: members_archive(root, n) for n in counts}
+    times: dict[int, list[float]] = {n: [] for n in counts}
+    for i in range(runs):
+        for n in counts:
+            times[n].append(unpack_seconds(archives[n], scratch / f"members-{n}-{i}"))
+            os.sync()
+        print(
+            f"  run {i + 1}/{runs}: " + ", ".join(f"{n}: {t[-1]:.2f}s" for n, t in times.items()),
+            file=sys.stderr,
+            flush=True,
+        )
+    return {n: statistics.median(t) for n, t in times.items()}
+
+
+def many_models(
+    run: Callable[..., tuple[float, int]],
+    project: Path,
+    cache: Path,
+    runs: int,
+    scratch: Path,
+) -> dict[str, float]:
+    """Medians over a synced project: the no-op sync (stamp), the full-path no-op (no stamp:
+    a fresh XDG_CACHE_HOME each run), ``status`` and ``lock --check``, their peak RSS (the
+    largest), a bare interpreter and ``import hubpin.cli``; ``run`` is bench's run_hubpin."""
+    stamps = str(scratch / "stamps")
+    run(project, cache, "sync", "--frozen", XDG_CACHE_HOME=stamps)  # leaves the stamp
+    times: dict[str, list[float]] = {}
+    rss = 0
+
+    def add(name: str, seconds: float) -> None:
+        times.setdefault(name, []).append(seconds)
+
+    for i in range(runs):
+        add("bare", bare_start())
+        start = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-c", "import hubpin.cli"],
+            check=True,
+            cwd=project,
+            env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])),
+        )
+        add("import", time.perf_counter() - start)
+        add("noop", run(project, cache, "sync", "--frozen", XDG_CACHE_HOME=stamps)[0])
+        fresh = str(scratch / f"xdg-{i}")
+        seconds, peak = run(project, cache, "sync", "--frozen", rss=True, XDG_CACHE_HOME=fresh)
+        add("full", seconds)
+        rss = max(rss, peak)
+        seconds, peak = run(project, cache, "status", rss=True)
+        add("status", seconds)
+        rss = max(rss, peak)
+        add("check", run(project, cache, "lock", "--check")[0])
+        shutil.rmtree(fresh, ignore_errors=True)
+    result = {k: statistics.median(v) for k, v in times.items()}
+    result["rss"] = rss * 1024
+    return result
