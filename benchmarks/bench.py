@@ -229,6 +229,7 @@ def start_hubpin(
         [*probe, "-m", "hubpin", "-q", *args],
         cwd=project,
         env=hubpin_env(cache, **env),
+        stdout=subprocess.DEVNULL,  # status tables; what is measured is the whole process
         stderr=subprocess.PIPE,
     )
 

@@ -68,6 +68,7 @@ def unpack_seconds(archive: Path, dest: Path) -> float:
 
     data = archive.read_bytes()
     chunks = (data[i : i + (1 << 20)] for i in range(0, len(data), 1 << 20))
+    dest.mkdir(parents=True)
     start = time.perf_counter()
     unpack(
         HashingReader(chunks),

@@ -30,6 +30,7 @@ import shutil
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
@@ -67,21 +68,49 @@ class _Target(Protocol):
 
 
 def write_bundle(lock: Lock, aliases: list[str], out: str, sources: Sources) -> Written:
-    """Put each pinned archive of ``aliases`` into ``out``, verified, then the lock."""
+    """Put each pinned archive of ``aliases`` into ``out``, verified, then the lock.
+
+    Archives are copied ``jobs`` at a time (the setting; ``bundle --jobs``): each is a
+    download, a verification and an upload that wait on the network more than on the CPU.
+    Aliases pinning one archive share one copy. The lock is written only once every copy
+    succeeded; on a failure the first failing alias (in the order given) is reported."""
     written = Written()
+    first: dict[str, str] = {}  # archive sha256 -> the first alias pinning it
+    pins: dict[str, ArchivePin] = {}
+    for alias in aliases:
+        pin = lock.models[alias]
+        if isinstance(pin, ArchivePin):
+            pins[alias] = pin
+            first.setdefault(pin.archive_sha256, alias)
     with _target(out, sources, lock) as target:
-        for alias in aliases:
-            pin = lock.models[alias]
-            if not isinstance(pin, ArchivePin):
-                continue
+
+        def copy(alias: str) -> bool:
+            """Whether the archive was already there."""
+            pin = pins[alias]
             try:
-                if target.has(pin) or not target.put(pin, sources):
-                    log.info("%s: %s is already there; not written again", alias, target.where(pin))
-                    written.kept.append(alias)
+                return target.has(pin) or not target.put(pin, sources)
             except HubpinError as exc:
                 raise type(exc)(
                     f"{alias} ({pin.handle}): {exc}; the bundle's {BUNDLE_LOCK} was not written"
                 ) from None
+
+        leaders = list(first.values())
+        jobs = max(1, min(sources.transport.settings.jobs, len(leaders)))
+        with ThreadPoolExecutor(jobs, thread_name_prefix="hubpin-bundle") as pool:
+            futures = {alias: pool.submit(copy, alias) for alias in leaders}
+            for future in as_completed(futures.values()):
+                if future.exception() is not None:
+                    for other in futures.values():
+                        other.cancel()  # those not started yet; the running ones finish
+                    break
+        failed = [f for f in futures.values() if not f.cancelled() and f.exception() is not None]
+        if failed:
+            raise failed[0].exception()  # type: ignore[misc]
+        for alias, pin in pins.items():
+            leader = first[pin.archive_sha256]
+            if leader != alias or futures[leader].result():
+                log.info("%s: %s is already there; not written again", alias, target.where(pin))
+                written.kept.append(alias)
             written.archives.append(alias)
         written.reference = target.finish(dumps(lock))
     return written

@@ -60,9 +60,15 @@ class HubServer:
     rate: int | None = None  # bytes per second per connection for archive bodies (a slow link)
     goog_hash: bool = False  # declare X-Goog-Hash crc32c and md5, as GCS signed URLs do
     sent: int = 0  # archive body bytes written so far (what clients downloaded from upstream)
+    # Hold each archive request until this many are in flight at once (at most 10 s each);
+    # ``together`` says whether that happened: a client that fetches one at a time never
+    # gets there, one that fetches in parallel passes without waiting.
+    hold_until: int = 0
+    together: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self._in_flight = 0
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -135,6 +141,20 @@ class HubServer:
         data = self.models.get(model)
         if data is None:
             return _reply(req, 404, b"no such archive")
+        if self.hold_until:
+            with self._lock:
+                self._in_flight += 1
+                if self._in_flight >= self.hold_until:
+                    self.together.set()
+            try:
+                self.together.wait(10)
+                return self._serve_held(req, model, data)
+            finally:
+                with self._lock:
+                    self._in_flight -= 1
+        return self._serve_held(req, model, data)
+
+    def _serve_held(self, req: BaseHTTPRequestHandler, model: str, data: bytes) -> None:
         faults = self.faults.get(model, Faults())
         with self._lock:
             reset = faults.reset_times > 0

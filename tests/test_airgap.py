@@ -41,6 +41,21 @@ def test_bundle_then_sync_from_it_with_no_network(
     ).is_file()
 
 
+def test_bundle_copies_archives_jobs_at_a_time(
+    project: Project, hub: HubServer, models: dict[str, Model], tmp_path: Path
+) -> None:
+    project.models(double=hub.handle("google/double/1"), triple=hub.handle("google/triple/1"))
+    assert project.run("lock", "--no-fill")[0] == 0
+    hub.hold_until = 2  # each archive request waits until both are in flight
+    code, _, err = project.run("bundle", "--jobs", "2", str(tmp_path / "bundle"))
+    assert code == 0, err
+    assert hub.together.is_set(), "bundle --jobs 2 fetched the two archives one at a time"
+    for name in ("double", "triple"):
+        sha = hashlib.sha256(models[name].archive).hexdigest()
+        assert (tmp_path / "bundle" / "archives" / sha).read_bytes() == models[name].archive
+    assert (tmp_path / "bundle" / "models.lock").read_bytes() == project.lock.read_bytes()
+
+
 def test_a_tampered_bundle_publishes_nothing(
     project: Project, hub: HubServer, models: dict[str, Model], tmp_path: Path
 ) -> None:

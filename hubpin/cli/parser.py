@@ -203,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the manifest digest); rerunning finishes an interrupted bundle and writes only what is "
         "missing",
     )
+    p.add_argument("--jobs", "-j", type=int, default=None, help="archives copied at once")
     p.add_argument("aliases", nargs="*", metavar="ALIAS")
 
     p = command(
