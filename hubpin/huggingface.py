@@ -170,7 +170,7 @@ def load_token(environ: Mapping[str, str] | None = None) -> Token | None:
 class HfFile(BaseModel):
     """One file of a pinned commit: its git blob id, and its sha256 when it is in LFS."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
     path: str
     size: int = Field(ge=0)
     blob_id: str = Field(pattern=r"^[0-9a-f]{40}$")
@@ -193,7 +193,7 @@ class HfFile(BaseModel):
 class HfPinned(BaseModel):
     """A Hugging Face pin's own fields: the repository, the revision asked, the commit, files."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
     repo: str
     revision: str
     commit: str = Field(pattern=r"^[0-9a-f]{40}$")

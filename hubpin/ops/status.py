@@ -8,7 +8,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubpin import hfsync
 from hubpin.errors import NotSyncedError
 from hubpin.kinds import ArchivePin, FolderPin, GcsPin, HfPin
 from hubpin.lockfile import Pin, differences
@@ -82,6 +81,8 @@ def status(project: Project) -> StatusReport:
 def resolve(project: Project, alias: str) -> str:
     """The path (or gs:// location) of a pinned model; NotSyncedError when not synced."""
     pin = select(project.read_lock(), [alias], project.lock_path)[alias]
+    from hubpin import hfsync  # (it imports the fetchers; status reads the cache only)
+
     if isinstance(pin, HfPin) and hfsync.state(pin) != "synced":
         raise NotSyncedError(f"{alias}: {hfsync.state(pin)}; run: hubpin sync")
     if isinstance(pin, ArchivePin):
@@ -95,6 +96,8 @@ def resolve(project: Project, alias: str) -> str:
 
 def state(project: Project, pin: Pin) -> str:
     if isinstance(pin, HfPin):
+        from hubpin import hfsync
+
         return hfsync.state(pin)
     if isinstance(pin, GcsPin):
         return "remote (gs://, read in place)"
@@ -112,6 +115,8 @@ def where(project: Project, pin: Pin) -> str:
     if isinstance(pin, FolderPin):
         return str(pin.folder(project.root))
     if isinstance(pin, HfPin):
+        from hubpin import hfsync
+
         return hfsync.where(pin)
     assert isinstance(pin, GcsPin)
     return pin.location
