@@ -69,6 +69,7 @@ REPO = Path(__file__).resolve().parents[1]
 TESTS = REPO / "tests"
 sys.path.insert(0, str(TESTS))  # hubserver and savedmodels, shared with the test suite
 sys.path.insert(0, str(REPO / "benchmarks"))
+import peers  # noqa: E402 - the other peers (kagglehub), beside this file
 import scale  # noqa: E402 - the rows about scale, beside this file
 
 MB = 1 << 20
@@ -683,10 +684,12 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default="",
-        help="comma list: big,eight,slow,crc,lockfill,fleet,fleet-s3,fleet-oci,noop,many,members,rss,load",
+        help="comma list: big,eight,slow,crc,lockfill,fleet,fleet-s3,fleet-oci,noop,many,members,"
+        "kaggle,rss,load",
     )
     parser.add_argument("--goog-hash", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--serve", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-kaggle", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--relay", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--slow-rate", type=int, default=40, help="MB/s per connection (slow)")
@@ -695,6 +698,8 @@ def main() -> None:
         return serve(args.fixtures, args.serve.split(","), args.rate, args.goog_hash)
     if args.relay is not None:
         return relay(args.relay)
+    if args.serve_kaggle is not None:
+        return peers.serve_kaggle(args.fixtures / args.serve_kaggle)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     runs = args.runs or (3 if args.quick else 7)
@@ -710,6 +715,7 @@ def main() -> None:
         "noop",
         "many",
         "members",
+        "kaggle",
         "rss",
         "load",
     }
@@ -852,6 +858,21 @@ def main() -> None:
                 f"| **{r:.2f}×** of 20,000 ({secs(m[20_000])}) | ≤ 5× | {'yes' if r <= 5 else '**no**'} "
                 "| in process (hubpin.unpack), tiny files in 100 folders, hashed and written; "
                 "max_compression_ratio raised (the archive inflates beyond 100:1) |"
+            )
+        if "kaggle" in only:
+            print("kagglehub.model_download vs hubpin, 1×200 MB", file=sys.stderr)
+            name = BIG.archive(args.fixtures).name
+            with peers.kaggle_process(Path(__file__), args.fixtures, name):
+                k = peers.kagglehub_vs_hubpin(run_hubpin, interleaved, fresh("kaggle"), runs)
+            assert isinstance(k, Timings)
+            ours, theirs = k.median("hubpin"), k.median("kagglehub")
+            assert ours and theirs
+            met = "yes" if ours / theirs <= 0.15 else "**no**"
+            rows.append(
+                f"| cold sync, 1×200 MB from Kaggle (stand-in) | {secs(ours)} | — | — "
+                f"| **{ours / theirs:.2f}×** of kagglehub.model_download ({secs(theirs)}) "
+                f"| ≤ 0.15× | {met} | median of {runs}; tests/kaggleserver.py in its own process; "
+                "kagglehub in process, hubpin as a whole process; both fill KAGGLEHUB_CACHE |"
             )
         if "rss" in only:
             print(f"peak RSS, {rss_fixture.mb} MB archive", file=sys.stderr)

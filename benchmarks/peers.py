@@ -1,0 +1,83 @@
+"""The peers of ``bench.py`` other than tensorflow_hub: kagglehub's ``model_download`` on the
+test suite's Kaggle stand-in (tests/kaggleserver.py), in its own process.
+
+kagglehub 1.x sends ``KAGGLE_API_ENVIRONMENT=TEST`` to ``http://localhost:7777``, so the
+stand-in listens there (the one fixed port, as in the test suite); hubpin reads the same
+variable. Both fill kagglehub's cache (``KAGGLEHUB_CACHE``), each a fresh one per run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+SLUG = "bench/big/tensorFlow2/v"
+
+
+def serve_kaggle(archive: Path) -> None:
+    """``--serve-kaggle``: the stand-in with ``archive`` as SLUG version 1; prints its URL."""
+    from kaggleserver import KaggleServer
+
+    server = KaggleServer(api_port=7777, api_name="localhost")
+    server.add(SLUG, archive.read_bytes())
+    server.start()
+    print(server.url, flush=True)
+    sys.stdin.read()
+    server.stop()
+
+
+@contextlib.contextmanager
+def kaggle_process(bench: Path, fixtures: Path, archive_name: str) -> Iterator[str]:
+    cmd = [sys.executable, str(bench), "--serve-kaggle", archive_name, "--fixtures", str(fixtures)]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        if not url:
+            raise RuntimeError("Kaggle stand-in did not start (is port 7777 in use?)")
+        yield url
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(timeout=30)
+
+
+def kagglehub_vs_hubpin(
+    run: Callable[..., tuple[float, int]],
+    interleaved: Callable[..., object],
+    scratch: Path,
+    runs: int,
+) -> object:
+    """Interleaved timings: ``hubpin sync --frozen`` (whole process) and in-process
+    ``kagglehub.model_download`` of SLUG version 1, each into a fresh cache."""
+    import kagglehub
+
+    os.environ["KAGGLE_API_ENVIRONMENT"] = "TEST"
+    project = scratch / "kaggle-project"
+    project.mkdir()
+    (project / "models.toml").write_text(f'[models.big]\nhandle = "kaggle:{SLUG}/1"\n')
+    run(
+        project,
+        scratch / "kaggle-lock-cache",
+        "lock",
+        "--no-fill",
+        KAGGLEHUB_CACHE=str(scratch / "kaggle-lock-kh"),
+    )
+
+    def ours(cache: Path) -> float:
+        return run(project, cache, "sync", "--frozen", KAGGLEHUB_CACHE=str(cache / "kh"))[0]
+
+    def theirs(cache: Path) -> float:
+        os.environ["KAGGLEHUB_CACHE"] = str(cache / "kh")
+        start = time.perf_counter()
+        path = Path(kagglehub.model_download(f"{SLUG}/1"))
+        elapsed = time.perf_counter() - start
+        assert (path / "saved_model.pb").is_file(), path
+        return elapsed
+
+    return interleaved({"hubpin": ours, "kagglehub": theirs}, runs, scratch)
