@@ -79,15 +79,16 @@ class LocalCache(Cache):
         if record.tree_digest != tree_digest:
             return [other_tree(record.tree_digest, tree_digest)]
         problems = []
+        base = f"{entry}{os.sep}"  # str paths: a Path per file cost more than its stat
         for path, (size, _) in record.tree.files.items():
             try:
-                found = os.stat(entry / path)
+                found = os.stat(base + path)
             except OSError:
                 problems.append(f"missing file {path}")
                 continue
             if found.st_size != size:
                 problems.append(f"{path} is {found.st_size} bytes, expected {size}")
-            elif _unreadable(entry / path, found):
+            elif _unreadable(base + path, found):
                 problems.append(f"{path} is not readable (mode {found.st_mode & 0o777:03o})")
         return problems
 
@@ -359,7 +360,7 @@ def _symlinked(entry: Path) -> str:
     return f"{entry.name} is a symlink to {os.readlink(entry)}, not a folder hubpin published"
 
 
-def _unreadable(path: Path, found: os.stat_result) -> bool:
+def _unreadable(path: Path | str, found: os.stat_result) -> bool:
     """A file TensorFlow could not open: no read permission for anyone (root still reads
     it, no other user does), or, for another user, none for this one."""
     if not found.st_mode & 0o444:
