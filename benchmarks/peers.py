@@ -81,3 +81,71 @@ def kagglehub_vs_hubpin(
         return elapsed
 
     return interleaved({"hubpin": ours, "kagglehub": theirs}, runs, scratch)
+
+
+HF_REPO = "bench/big"
+
+
+def serve_hf(archive: Path) -> None:
+    """``--serve-hf``: the Hub stand-in with a repository holding ``archive`` as an LFS file."""
+    from hfserver import HfServer
+
+    server = HfServer().start()
+    server.add(HF_REPO, {"config.json": b"{}", "model.weights.h5": archive.read_bytes()})
+    print(server.url, flush=True)
+    sys.stdin.read()
+    server.stop()
+
+
+@contextlib.contextmanager
+def hf_process(bench: Path, fixtures: Path, archive_name: str) -> Iterator[str]:
+    cmd = [sys.executable, str(bench), "--serve-hf", archive_name, "--fixtures", str(fixtures)]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        if not url:
+            raise RuntimeError("Hugging Face stand-in did not start")
+        yield url
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(timeout=30)
+
+
+def snapshot_download_vs_hubpin(
+    run: Callable[..., tuple[float, int]],
+    interleaved: Callable[..., object],
+    url: str,
+    scratch: Path,
+    runs: int,
+) -> object:
+    """Interleaved: ``hubpin sync --frozen`` (whole process; sha256 of every file checked)
+    and in-process ``huggingface_hub.snapshot_download`` (sizes only), fresh caches."""
+    from huggingface_hub import snapshot_download
+
+    project = scratch / "hf-project"
+    project.mkdir()
+    (project / "models.toml").write_text(f'[models.big]\nhandle = "hf:{HF_REPO}"\n')
+    run(
+        project,
+        scratch / "hf-lock-cache",
+        "lock",
+        "--no-fill",
+        HF_ENDPOINT=url,
+        HF_HUB_CACHE=str(scratch / "hf-lock-hub"),
+    )
+
+    def ours(cache: Path) -> float:
+        return run(
+            project, cache, "sync", "--frozen", HF_ENDPOINT=url, HF_HUB_CACHE=str(cache / "hf")
+        )[0]
+
+    def theirs(cache: Path) -> float:
+        start = time.perf_counter()
+        path = Path(snapshot_download(HF_REPO, cache_dir=str(cache / "hf"), endpoint=url))
+        elapsed = time.perf_counter() - start
+        assert (path / "model.weights.h5").is_file(), path
+        return elapsed
+
+    return interleaved({"hubpin": ours, "huggingface_hub": theirs}, runs, scratch)
