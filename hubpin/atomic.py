@@ -1,4 +1,12 @@
-"""Swapping two folders in one step, where the kernel can.
+"""Changing a file system in one step: a file written whole, two folders swapped.
+
+:func:`write_atomic` is the one way hubpin writes a file that others may read
+meanwhile (locks' contents, records, descriptors, the lock file, bundles): the
+bytes go to a temp file with a unique name beside the target, then
+``os.replace`` puts it in place, so a reader sees the old file or the new one and
+two writers of one path never share a temp file.
+
+Swapping two folders:
 
 Replacing a cache entry with two renames (old aside, new in) leaves a moment in
 which ``<key>/`` does not exist: a ``hub.load`` then, or a crash, finds no model.
@@ -14,11 +22,15 @@ No maintained PyPI package wraps it (``renameat2`` is a CFFI build last released
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
+import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import IO
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
@@ -61,3 +73,32 @@ def exchange(new: Path, old: Path) -> bool:
     if code in _UNSUPPORTED:
         return False
     raise OSError(code, os.strerror(code), str(new), None, str(old))
+
+
+def temp_name(path: Path) -> Path:
+    """A temp file's name beside ``path``, unique to this writer: ``.<name>.<32 hex>``."""
+    return path.with_name(f".{path.name}.{os.urandom(16).hex()}")
+
+
+def write_atomic(
+    path: Path, data: bytes | str | Callable[[IO[bytes]], None], keep_mode: bool = False
+) -> None:
+    """Write ``path`` whole: ``data`` (or what ``data(fh)`` writes) goes to a unique temp
+    file, which replaces ``path`` in one rename (with ``keep_mode``, keeping the old file's
+    permissions). On any failure the temp file is removed and ``path`` is as it was;
+    OSError (and whatever ``data`` raises) propagates."""
+    tmp = temp_name(path)
+    try:
+        with open(tmp, "xb") as fh:
+            if callable(data):
+                data(fh)
+            else:
+                fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+        if keep_mode:
+            with contextlib.suppress(OSError):
+                shutil.copymode(path, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import shutil
 import tarfile
 import tempfile
@@ -35,17 +34,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
 
-from hubpin.errors import FetchError, HubpinError, IntegrityError, write_error
-from hubpin.handles import scheme_of
+from hubpin.atomic import write_atomic
+from hubpin.errors import FetchError, HubpinError, InputError, IntegrityError, write_error
 from hubpin.kinds import ArchivePin
 from hubpin.lockfile import Lock, dumps
-from hubpin.settings import Settings
 from hubpin.sources import ARCHIVES, BUNDLE_LOCK, Sources, bundle_archive, bundle_lock
+from hubpin.storage import Storage, storage_for
+from hubpin.storage.local import path_of
+from hubpin.storage.schemes import known, scheme
 from hubpin.unpack import HashingReader
 
 log = logging.getLogger("hubpin")
-_CRC_KEY = "hubpin-crc32c"  # object metadata: crc32c of the verified bytes, computed by hubpin
-_SHA_KEY = "hubpin-sha256"
+_SHA_KEY = "hubpin-sha256"  # object metadata: the verified sha256; beside it the store's checksum
 
 
 @dataclass
@@ -118,11 +118,13 @@ def write_bundle(lock: Lock, aliases: list[str], out: str, sources: Sources) -> 
 
 @contextlib.contextmanager
 def _target(out: str, sources: Sources, lock: Lock) -> Iterator[_Target]:
-    settings = sources.transport.settings
-    if scheme_of(out) == "gs":
-        yield _GcsBundle(out, settings)
-        return
-    if scheme_of(out) == "oci":
+    """The bundle ``out`` names: a folder or ``.tar``, a store prefix laid out as the module
+    docstring says, or an OCI artifact."""
+    spec = scheme(out)
+    if spec is None or not spec.bundles:
+        stores = ", ".join(s.example for s in known("bundles") if s.remote)
+        raise InputError(f"{out}: a bundle is a folder, a .tar file or a store prefix ({stores})")
+    if spec.registry:
         from hubpin.oci.artifact import OciTarget
         from hubpin.oci.reference import parse
 
@@ -130,7 +132,10 @@ def _target(out: str, sources: Sources, lock: Lock) -> Iterator[_Target]:
         registry = sources.transport.registry(out, "pull,push")
         yield OciTarget(ref, registry, lock, lambda pin, fh: _copy_verified(sources, pin, fh))
         return
-    path = Path(out)
+    if spec.remote:
+        yield _StoreBundle(out, storage_for(out, sources.transport.settings))
+        return
+    path = path_of(out)
     try:
         if path.suffix != ".tar":
             yield _Folder(path)
@@ -181,22 +186,11 @@ class _Folder:
         return path.is_file() and path.stat().st_size == pin.archive_size
 
     def put(self, pin: ArchivePin, sources: Sources) -> bool:
-        target = self._path(pin)
-        tmp = target.with_name(f".{target.name}.tmp")
-        try:
-            with open(tmp, "wb") as fh:
-                _copy_verified(sources, pin, fh)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        os.replace(tmp, target)
+        write_atomic(self._path(pin), lambda fh: _copy_verified(sources, pin, fh))
         return True
 
     def finish(self, lock_text: str) -> None:
-        path = Path(bundle_lock(str(self.folder)))
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(lock_text, encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomic(Path(bundle_lock(str(self.folder))), lock_text)
 
 
 class _Tar(_Folder):
@@ -208,73 +202,60 @@ class _Tar(_Folder):
 
     def finish(self, lock_text: str) -> None:
         super().finish(lock_text)
-        tmp = self.out.with_name(f".{self.out.name}.tmp")
-        with tarfile.open(tmp, "w") as tar:
-            tar.add(self.folder, arcname=".")
-        os.replace(tmp, self.out)
+
+        def pack(fh: IO[bytes]) -> None:
+            with tarfile.open(fileobj=fh, mode="w") as tar:
+                tar.add(self.folder, arcname=".")
+
+        write_atomic(self.out, pack)
 
 
-class _GcsBundle:
-    """A bundle under ``gs://bucket/prefix`` (see the module docstring for what is kept)."""
+class _StoreBundle:
+    """A bundle under a store prefix such as ``gs://bucket/prefix`` (see the module docstring).
 
-    def __init__(self, url: str, settings: Settings) -> None:
-        from hubpin.gcs.client import bucket_exists, errors, filesystem, split_url
+    Each archive is noted with its sha256 and the store's own checksum of the bytes
+    hubpin verified (for GCS, crc32c), so a rerun trusts one ``stat`` per archive.
+    """
 
+    def __init__(self, url: str, storage: Storage) -> None:
         self.url = url.rstrip("/")
-        self.fs = filesystem(settings)
-        bucket = split_url(self.url)[0]
-        with errors(self.url):
-            if not bucket_exists(self.fs, bucket):  # before downloading anything
-                raise FetchError(
-                    f"{self.url}: bucket {bucket} does not exist; create it "
-                    f"(gcloud storage buckets create gs://{bucket}) or fix the bundle's URL"
-                )
+        self.storage = storage
+        problem = storage.root_problem(self.url)  # before downloading anything
+        if problem is not None:
+            raise FetchError(f"{self.url}: {problem} or fix the bundle's URL")
+        self.note = f"hubpin-{storage.checksum_name}"
 
     def where(self, pin: ArchivePin) -> str:
         return bundle_archive(self.url, pin.archive_sha256)
 
     def has(self, pin: ArchivePin) -> bool:
-        from hubpin.gcs.client import errors, split_url, stat
-
-        url = self.where(pin)
-        with errors(url):
-            meta = stat(self.fs, *split_url(url))
-        if meta is None:
+        found = self.storage.stat(self.where(pin))
+        if found is None or found.size != pin.archive_size or not found.checksum:
             return False
-        noted = meta.get("metadata") or {}
+        direct = self.storage.sha256_checksum(pin.archive_sha256)
+        if direct is not None:  # the store's own checksum is a sha256: it vouches alone
+            return found.checksum == direct
         return (
-            int(meta["size"]) == pin.archive_size
-            and noted.get(_SHA_KEY) == pin.archive_sha256
-            and bool(noted.get(_CRC_KEY))
-            and noted.get(_CRC_KEY) == meta.get("crc32c")
+            found.metadata.get(_SHA_KEY) == pin.archive_sha256
+            and found.metadata.get(self.note) == found.checksum
         )
 
     def put(self, pin: ArchivePin, sources: Sources) -> bool:
-        import google_crc32c
-
-        from hubpin.gcs.client import crc32c_of, errors, split_url, upload_file_if_different
-
         url = self.where(pin)
-        checksum = google_crc32c.Checksum()
+        checksum = self.storage.new_checksum()
         with tempfile.NamedTemporaryFile(prefix="hubpin-bundle-") as fh:
-            _copy_verified(sources, pin, fh, checksum.update)
+            _copy_verified(sources, pin, fh, checksum.update if checksum else None)
             fh.flush()
-            crc32c = crc32c_of(checksum)
-            with errors(url):
-                uploaded = upload_file_if_different(
-                    self.fs,
-                    *split_url(url),
-                    Path(fh.name),
-                    crc32c,
-                    {_SHA_KEY: pin.archive_sha256, _CRC_KEY: crc32c},
-                )
-        if uploaded:
-            log.info("uploaded %s (%d bytes, crc32c %s)", url, pin.archive_size, crc32c)
-        return uploaded
+            value = checksum.value() if checksum else None
+            found = self.storage.stat(url)
+            if found is not None and found.size == pin.archive_size and found.checksum == value:
+                return False  # the same bytes, uploaded without hubpin's note
+            notes = {_SHA_KEY: pin.archive_sha256}
+            if value and self.storage.sha256_checksum(pin.archive_sha256) is None:
+                notes[self.note] = value
+            self.storage.put(url, Path(fh.name), checksum=value, metadata=notes)
+        log.info("uploaded %s (%d bytes, %s %s)", url, pin.archive_size, self.note[7:], value)
+        return True
 
     def finish(self, lock_text: str) -> None:
-        from hubpin.gcs.client import errors, split_url, upload
-
-        url = bundle_lock(self.url)
-        with errors(url):
-            upload(self.fs, *split_url(url), lock_text.encode("utf-8"))
+        self.storage.put(bundle_lock(self.url), lock_text.encode("utf-8"))

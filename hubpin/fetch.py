@@ -16,7 +16,6 @@ import email.utils
 import functools
 import logging
 import os
-import random
 import threading
 import time
 import urllib.parse
@@ -31,6 +30,7 @@ from hubpin.checksums import from_headers
 from hubpin.download import Download
 from hubpin.errors import FetchError, InputError, MissingError
 from hubpin.handles import is_loopback, scheme_of, strip_query
+from hubpin.retry import Retries, backoff_delay  # noqa: F401 - backoff_delay: re-exported
 from hubpin.settings import Settings
 
 if TYPE_CHECKING:
@@ -187,7 +187,8 @@ class Fetcher:
     def _segment(self, url: str, final: str, start: int, end: int) -> bytes:
         """Bytes ``start..end`` (inclusive) of ``final``, resumed after transient failures."""
         parts: list[bytes] = []
-        got, failures, want = 0, 0, end - start + 1
+        got, want = 0, end - start + 1
+        tries = Retries(self.settings.retries)
         while True:
             try:
                 response, _ = self._with_retries(
@@ -209,20 +210,19 @@ class Fetcher:
                     raise _Transient(f"range {start}-{end} ended after {got} of {want} bytes")
                 return b"".join(parts)
             except _transient_errors() as exc:
-                failures += 1
-                if failures > self.settings.retries or got > want:
+                delay = tries.failed()
+                if delay is None or got > want:
                     raise FetchError(
-                        f"{strip_query(url)}: bytes {start}-{end}: {_reason(exc)} "
-                        f"(gave up after {failures} tries)"
+                        f"{strip_query(url)}: bytes {start}-{end}: {_reason(exc)} ({tries.gave_up})"
                     ) from None
                 log.warning("%s: %s; resuming the range", strip_query(url), _reason(exc))
-                _backoff(failures)
+                time.sleep(delay)
 
     def _http_chunks(
         self, url: str, response: urllib3.BaseHTTPResponse, length: int | None
     ) -> Iterator[bytes]:
         offset = 0
-        failures = 0
+        tries = Retries(self.settings.retries)
         skip = 0  # bytes to drop: a server that ignored Range sent everything again
         while True:
             try:
@@ -242,24 +242,23 @@ class Fetcher:
                     raise _Transient(f"body ended after {offset} of {length} bytes")
                 return
             except _transient_errors() as exc:
-                failures += 1
-                if failures > self.settings.retries:
+                delay = tries.failed()
+                if delay is None:
                     what = (
                         f"download truncated: got {offset} of {length} bytes"
                         if length is not None
                         else f"download failed after {offset} bytes"
                     )
                     raise FetchError(
-                        f"{strip_query(url)}: {what} after {failures} tries ({_reason(exc)})"
+                        f"{strip_query(url)}: {what} after {tries.failures} tries ({_reason(exc)})"
                     ) from None
                 log.warning("%s: %s; resuming at byte %d", strip_query(url), _reason(exc), offset)
-                _backoff(failures)
+                time.sleep(delay)
                 response, _ = self._with_retries(functools.partial(self._follow, url, offset), url)
                 skip = offset if response.status == 200 else 0
 
     def _with_retries(self, attempt: Callable[[], T], url: str, retries: int | None = None) -> T:
-        failures = 0
-        retries = self.settings.retries if retries is None else retries
+        tries = Retries(self.settings.retries if retries is None else retries)
         while True:
             try:
                 return attempt()
@@ -269,13 +268,13 @@ class Fetcher:
                         f"{strip_query(url)}: {_reason(exc)}; if a company proxy or CA signs this "
                         "host, set ca_bundle in hubpin.toml"
                     ) from None
-                failures += 1
-                if failures > retries:
+                delay = tries.failed(exc)
+                if delay is None:
                     raise FetchError(
-                        f"{strip_query(url)}: {_reason(exc)} (gave up after {failures} tries)"
+                        f"{strip_query(url)}: {_reason(exc)} ({tries.gave_up})"
                     ) from None
                 log.warning("%s: %s; retrying", strip_query(url), _reason(exc))
-                _backoff(failures, exc)
+                time.sleep(delay)
 
     def _follow(
         self, url: str, offset: int, end: int | None = None
@@ -482,20 +481,6 @@ def _tls_options(settings: Settings) -> dict[str, Any]:
             raise InputError(f"ca_bundle {settings.ca_bundle}: file not found")
         return {"cert_reqs": "CERT_REQUIRED", "ca_certs": settings.ca_bundle}
     return {"cert_reqs": "CERT_REQUIRED"}
-
-
-def _backoff(failures: int, exc: BaseException | None = None) -> None:
-    retry_after = getattr(exc, "retry_after", None)
-    if retry_after is not None:  # the server said how long; no jitter on top
-        time.sleep(retry_after)
-        return
-    time.sleep(backoff_delay(failures))
-
-
-def backoff_delay(failures: int, first: float = 0.2) -> float:
-    """Seconds to wait before another try: doubling from ``first``, at most 8 s, jittered
-    so that parallel jobs (and fleets) do not retry in step."""
-    return min(8.0, first * 2 ** (failures - 1)) * (0.5 + random.random() / 2)
 
 
 def _reason(exc: BaseException) -> str:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import re
 import urllib.parse
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path, PurePosixPath
+
+from hubpin.storage.schemes import known, scheme, scheme_of
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 _CN_HUB = "https://hub.tensorflow.google.cn/"
@@ -61,7 +62,8 @@ def archive_key(handle: str, sha256: str) -> str:
     projects: those are keyed by the archive's sha256, so two projects' own
     ``model.tar.gz`` never claim one folder, and the same archive shares one.
     """
-    if scheme_of(handle) in ("", "file"):
+    spec = scheme(handle)
+    if spec is not None and spec.local:
         return cache_key(f"hubpin:archive-sha256:{sha256}")
     return cache_key(handle)
 
@@ -81,13 +83,11 @@ def check_handle(handle: str) -> str | None:
         return "a handle must be a non-empty string without surrounding spaces"
     if any(ord(c) < 32 for c in handle):
         return "a handle must not contain control characters"
-    scheme = urllib.parse.urlsplit(handle).scheme.lower()
-    written = handle[: len(scheme)]  # urlsplit lower-cases it; tensorflow_hub does not
-    if re.fullmatch(r"[a-z]", scheme):  # a Windows drive letter, not a scheme
-        scheme = ""
-    if scheme and written != scheme:
+    found = scheme_of(handle)
+    written = handle[: len(found)]  # urlsplit lower-cases it; tensorflow_hub does not
+    if found and written != found:
         return (
-            f"write the scheme in lower case ({scheme}:): tensorflow_hub does not take "
+            f"write the scheme in lower case ({found}:): tensorflow_hub does not take "
             f"{written}: for a URL and would look for a file of that name"
         )
     if handle.startswith("~"):
@@ -95,64 +95,63 @@ def check_handle(handle: str) -> str | None:
             "tensorflow_hub does not expand '~' (it would look for a file named '~'); "
             "write the path out, or relative to the manifest"
         )
-    if scheme == "gs" and is_archive_name(handle) and not _tf_hub_archive_name(handle):
+    spec = scheme(handle)
+    parts = urllib.parse.urlsplit(handle)
+    if spec is None or not spec.handles:
+        forms = [s.prefix for s in known("handles") if s.name]
+        return f"unsupported scheme {scheme_of(handle)!r} (expected {', '.join(forms)} or a path)"
+    if (
+        spec.folders
+        and spec.remote
+        and is_archive_name(handle)
+        and not _tf_hub_archive_name(handle)
+    ):
         return (
             "write the archive's suffix in lower case (.tar.gz, .tgz or .tar): "
-            "tensorflow_hub reads any other gs:// name as a model folder"
+            f"tensorflow_hub reads any other {spec.prefix} name as a model folder"
         )
-    if scheme in ("http", "https"):
-        if not urllib.parse.urlsplit(handle).hostname:
+    if spec.web:
+        if not parts.hostname:
             return "an http(s) handle needs a host"
-    elif scheme == "gs":
-        parts = urllib.parse.urlsplit(handle)
+    elif spec.local:
+        if spec.name and not parts.path:
+            return f"a {spec.prefix} handle needs a path"
+    elif spec.storage is not None:
         if not parts.netloc:
-            return "a gs:// handle needs a bucket (gs://bucket/path)"
-    elif scheme == "file":
-        if not urllib.parse.urlsplit(handle).path:
-            return "a file:// handle needs a path"
-    elif scheme in ("kaggle", "keras-hub", "hf"):
-        pass  # checked by hubpin.kaggle.parse_handle, which knows Kaggle's handle form
-    elif scheme:
-        return (
-            f"unsupported scheme {scheme!r} (expected https://, http://, gs://, kaggle:, "
-            "keras-hub:, hf:, file:// or a path)"
-        )
+            return f"a {spec.prefix} handle needs a bucket ({spec.example})"
+        if not spec.folders and not is_archive_name(handle):
+            return f"a {spec.prefix} handle names an archive ({', '.join(ARCHIVE_SUFFIXES)})"
+    # a Kaggle handle is checked by hubpin.kaggle.parse_handle, which knows Kaggle's form
     return None
-
-
-def scheme_of(handle: str) -> str:
-    scheme = urllib.parse.urlsplit(handle).scheme.lower()
-    return "" if re.fullmatch(r"[a-z]?", scheme) else scheme
 
 
 def local_path(handle: str, base: Path) -> Path | None:
     """The filesystem path a path or file:// handle names (relative to ``base``)."""
-    scheme = scheme_of(handle)
-    if scheme == "file":
+    spec = scheme(handle)
+    if spec is None or not spec.local:
+        return None
+    if spec.name:
         from urllib.request import url2pathname  # lazily: urllib.request costs 9 ms to import
 
         return Path(url2pathname(urllib.parse.urlsplit(handle).path))
-    if scheme:
-        return None
     path = Path(handle).expanduser()  # a handle never starts with '~' (check_handle)
     return path if path.is_absolute() else base / path
 
 
 def source_for(handle: str, fmt: Format, base: Path) -> Source:
     """Decide how ``handle`` is fetched under ``fmt``, as tensorflow_hub's resolvers do."""
-    scheme = scheme_of(handle)
-    if scheme == "hf" or is_hf_host(handle):  # files from the Hub into Hugging Face's cache
+    spec = scheme(handle)
+    if (spec is not None and spec.huggingface) or is_hf_host(handle):  # into HF's own cache
         return Source(Kind.HUGGINGFACE, handle)
-    if scheme in ("http", "https"):
+    if spec is not None and spec.web:
         if fmt is Format.UNCOMPRESSED:
             return Source(Kind.GCS, append_query(handle, "uncompressed"), ask_location=True)
         if handle.startswith(_CN_HUB):
             return Source(Kind.ARCHIVE, _CN_GCS % handle[len(_CN_HUB) :])
         return Source(Kind.ARCHIVE, append_query(handle, "compressed"))
-    if scheme == "gs":
-        return Source(Kind.ARCHIVE if is_archive_name(handle) else Kind.GCS, handle)
-    if scheme in ("kaggle", "keras-hub"):  # a kagglehub handle: an archive from Kaggle's API
-        return Source(Kind.ARCHIVE, handle)
+    if spec is not None and spec.remote:  # a store's archive or folder, or a Kaggle handle
+        folder = spec.folders and spec.storage is not None and not is_archive_name(handle)
+        return Source(Kind.GCS if folder else Kind.ARCHIVE, handle)
     path = local_path(handle, base)
     assert path is not None
     if is_archive_name(str(path)):
@@ -162,9 +161,9 @@ def source_for(handle: str, fmt: Format, base: Path) -> Source:
 
 def is_hf_host(handle: str) -> bool:
     """An https://huggingface.co/… handle: a repository page, not a tensorflow_hub model URL."""
-    parts = urllib.parse.urlsplit(handle)
-    host = (parts.hostname or "").lower()
-    return parts.scheme.lower() in ("http", "https") and host in ("huggingface.co", "hf.co")
+    spec = scheme(handle)
+    host = (urllib.parse.urlsplit(handle).hostname or "").lower()
+    return spec is not None and spec.web and host in ("huggingface.co", "hf.co")
 
 
 def append_query(handle: str, fmt: str) -> str:

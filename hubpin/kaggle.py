@@ -83,13 +83,9 @@ class KaggleHandle:
     version: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("owner", "model", "variation"):
-            if not _SLUG.fullmatch(getattr(self, name)):
-                raise ValueError(f"{name} {getattr(self, name)!r} is not a Kaggle slug")
-        if framework_enum(self.framework) is None:
-            raise ValueError(f"unknown Kaggle framework {self.framework!r}")
-        if self.version is not None and (type(self.version) is not int or self.version < 1):
-            raise ValueError(f"a Kaggle model version is a positive integer, not {self.version!r}")
+        problem = _problem(self.owner, self.model, self.framework, self.variation, self.version)
+        if problem is not None:
+            raise ValueError(problem)
 
     @property
     def slug(self) -> str:
@@ -126,6 +122,23 @@ class KaggleHandle:
 
     def __str__(self) -> str:
         return f"kaggle:{self.kagglehub_handle}"
+
+
+def _problem(
+    owner: str, model: str, framework: str, variation: str, version: int | None
+) -> str | None:
+    """Why these parts are not a Kaggle model handle, or None: the one check of its parts."""
+    for name, value in (("owner", owner), ("model", model), ("variation", variation)):
+        if not _SLUG.fullmatch(value):
+            return f"{name} {value!r} is not a Kaggle slug"
+    if framework_enum(framework) is None:
+        return (
+            f"unknown Kaggle framework {framework!r} (e.g. tensorFlow2, tensorFlow1, "
+            "tfLite, tfJs, keras, pyTorch, jax)"
+        )
+    if version is not None and (type(version) is not int or version < 1):
+        return f"a Kaggle model version is a positive integer, not {version!r}"
+    return None
 
 
 def parse_handle(handle: str, endpoint: str | None = None) -> KaggleHandle | None:
@@ -191,14 +204,9 @@ def _from_parts(parts: list[str], handle: str, shown: str) -> KaggleHandle:
                 f"{shown}: the version must be a positive integer, not {parts[4]!r}; {EXPECTED_FORM}"
             )
         version = int(parts[4])
-    for name, value in (("owner", owner), ("model", model), ("variation", variation)):
-        if not _SLUG.fullmatch(value):
-            raise InputError(f"{shown}: {name} {value!r} is not a Kaggle slug; {EXPECTED_FORM}")
-    if framework_enum(framework) is None:
-        raise InputError(
-            f"{shown}: unknown Kaggle framework {framework!r} (e.g. tensorFlow2, tensorFlow1, "
-            f"tfLite, tfJs, keras, pyTorch, jax); {EXPECTED_FORM}"
-        )
+    problem = _problem(owner, model, framework, variation, version)
+    if problem is not None:
+        raise InputError(f"{shown}: {problem}; {EXPECTED_FORM}")
     return KaggleHandle(owner, model, framework, variation, version)
 
 

@@ -18,11 +18,12 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from hubpin.handles import Format, Kind, archive_key, cache_key, local_path, scheme_of, source_for
+from hubpin.handles import Format, Kind, archive_key, cache_key, local_path, source_for
 from hubpin.huggingface import HfPinned, parse_hf
 from hubpin.kaggle import configured, pinned
 from hubpin.kerashub import is_preset_handle, keras_hub_root
 from hubpin.settings import Settings
+from hubpin.storage.schemes import is_url, scheme
 
 SHA256 = r"^[0-9a-f]{64}$"
 
@@ -136,7 +137,7 @@ class ArchivePin(PinBase):
             )
         local = local_path(self.handle, root)
         if local is not None:  # a path or file:// handle is read from there: url says so
-            named = self.handle if scheme_of(self.handle) == "file" else None
+            named = self.handle if is_url(self.handle) else None  # file://
             if named is not None and self.url != named:
                 problems.append(f"url is {self.url!r}, the handle makes it {named!r}")
             elif named is None and (root / self.url).resolve() != local.resolve():
@@ -200,6 +201,12 @@ class KagglePin(ArchivePin):
         )
 
 
+def _read_in_place(location: str) -> bool:
+    """Whether a location is on a store whose folders TensorFlow reads in place (gs://)."""
+    spec = scheme(location)
+    return spec is not None and spec.remote and spec.folders and spec.storage is not None
+
+
 class GcsPin(PinBase):
     """A gs:// folder read in place (UNCOMPRESSED), pinned per object."""
 
@@ -211,9 +218,9 @@ class GcsPin(PinBase):
         problems = super().derived_problems(root, settings)
         if problems:
             return problems
-        if scheme_of(self.handle) == "gs" and self.location != self.handle:
+        if _read_in_place(self.handle) and self.location != self.handle:
             problems.append(f"location is {self.location!r}, the handle makes it {self.handle!r}")
-        elif not self.location.startswith("gs://"):
+        elif not _read_in_place(self.location):
             problems.append(f"location is {self.location!r}, expected a gs:// folder")
         return problems
 

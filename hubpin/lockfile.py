@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field
 
+from hubpin.atomic import write_atomic
 from hubpin.errors import LockfileError, LockMissingError
 from hubpin.kaggle import parse_handle
 from hubpin.kerashub import is_preset_handle, keras_hub_root, keras_hub_version
@@ -214,7 +214,5 @@ def write_lock(path: Path, lock: Lock) -> bool:
     text = dumps(lock)
     if path.exists() and path.read_text(encoding="utf-8") == text:
         return False
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, text)
     return True

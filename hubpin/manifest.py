@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import shutil
 from pathlib import Path
 
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from hubpin.atomic import write_atomic
 from hubpin.errors import InputError, ManifestError
 from hubpin.handles import Format, check_handle
 from hubpin.huggingface import is_hf_handle, parse_hf
@@ -272,8 +270,4 @@ def _spans(
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    with contextlib.suppress(OSError):
-        shutil.copymode(path, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, text, keep_mode=True)

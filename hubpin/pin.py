@@ -32,7 +32,6 @@ from hubpin.handles import (
     cache_key,
     local_path,
     relative_posix,
-    scheme_of,
     source_for,
 )
 from hubpin.kaggle import configured
@@ -41,6 +40,7 @@ from hubpin.manifest import ModelSpec
 from hubpin.owners import refuse_replacing
 from hubpin.settings import Settings
 from hubpin.sources import Sources
+from hubpin.storage.schemes import is_url
 from hubpin.unpack import HashingReader, Unpacked, unpack
 
 log = logging.getLogger("hubpin")
@@ -175,7 +175,7 @@ def pin_model(
         check_expected(spec.sha256, result)
         local = local_path(spec.handle, root)
         url = relative_posix(local, root) if local else download.final_url
-        if scheme_of(spec.handle) == "file":
+        if local and is_url(spec.handle):  # a file:// URL is recorded as written
             url = spec.handle
         kind = KagglePin if kaggle else ArchivePin
         pin = kind(

@@ -101,22 +101,18 @@ class Project:
 
     @cached_property
     def cache(self) -> Cache:
-        """The cache the settings name: a folder, or a gs:// prefix shared by a fleet."""
+        """The cache the settings name: a folder, or a store prefix shared by a fleet (gs://).
+
+        The cache kind comes from the root's scheme (:mod:`hubpin.storage.schemes`)."""
+        from hubpin.storage.schemes import known, load, scheme
+
         root = self.settings.cache_root
-        cache: Cache
-        if root.startswith("gs://"):
-            from hubpin.cache.gcs import GcsCache
-
-            cache = GcsCache(root, self.settings)
-        else:
-            from hubpin.cache.local import LocalCache
-
-            folder = Path(root).expanduser()
-            if folder.exists() and not folder.is_dir():
-                raise SettingsError(
-                    f"the cache folder {folder} is a file, not a folder; point TFHUB_CACHE_DIR "
-                    "(or --cache-dir, or cache_dir in hubpin.toml) at a folder"
-                )
-            cache = LocalCache(folder)
+        spec = scheme(root)
+        if spec is None or spec.cache is None:
+            roots = ", ".join(s.example for s in known("cache"))
+            raise SettingsError(
+                f"cache_dir {root}: not a place a cache can live (expected {roots})"
+            )
+        cache: Cache = load(spec.cache).at(root, self.settings)
         cache.owner = str(self.lock_path)  # the creator its records name (hubpin.owners)
         return cache

@@ -26,12 +26,13 @@ from hubpin.errors import (
     StaleLockError,
     unknown_alias,
 )
-from hubpin.handles import is_archive_name, scheme_of
+from hubpin.handles import is_archive_name
 from hubpin.kinds import ArchivePin, FolderPin, GcsPin, HfPin
 from hubpin.lockfile import Lock as LockData
 from hubpin.lockfile import Pin, differences
 from hubpin.paths import LOCK_FILE, find_lock
 from hubpin.project import Project
+from hubpin.storage.schemes import scheme
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -209,8 +210,10 @@ class _PinnedResolver:
         if not self.strict:
             return False
         # Paths and gs:// folders are how tensorflow_hub reads what we resolved: let them through.
-        scheme = scheme_of(handle)
-        return scheme in ("http", "https") or (scheme == "gs" and is_archive_name(handle))
+        spec = scheme(handle)
+        return spec is not None and (
+            spec.web or (spec.remote and spec.storage is not None and is_archive_name(handle))
+        )
 
     def __call__(self, handle: str) -> str:
         alias = self.by_handle.get(handle)

@@ -22,11 +22,12 @@ from typing import Protocol
 
 from hubpin.download import Download
 from hubpin.errors import FetchError, InputError, MissingError
-from hubpin.handles import local_path, scheme_of, source_for, strip_query
+from hubpin.handles import local_path, source_for, strip_query
 from hubpin.kaggle import KaggleApi
 from hubpin.kinds import ArchivePin, KagglePin
 from hubpin.lockfile import Lock
 from hubpin.settings import Mirror, Settings
+from hubpin.storage.schemes import known, scheme
 from hubpin.transport import Transport
 
 log = logging.getLogger("hubpin")
@@ -57,13 +58,15 @@ class Bundle:
 
     def check(self, transport: Transport) -> None:
         """Refuse what is not a complete bundle: no lock means no bundle, or an interrupted one."""
-        if scheme_of(self.base) == "oci":  # a tag names a manifest, written last
+        spec = scheme(self.base)
+        if spec is not None and spec.registry:  # a tag names a manifest, written last
             transport.artifact(self.base)
             return
-        if scheme_of(self.base) not in ("", "file", "gs"):
+        if spec is None or not spec.bundles:
+            stores = ", ".join(s.example for s in known("bundles") if s.remote)
             raise InputError(
-                f"--from {self.base}: a bundle is a folder, a gs://bucket/prefix or an "
-                "oci://registry/repository:tag that `hubpin bundle` wrote"
+                f"--from {self.base}: a bundle is a folder or a store prefix ({stores}) that "
+                "`hubpin bundle` wrote"
             )
         local = local_path(self.base, Path.cwd())
         if local is not None and local.is_file():
@@ -83,7 +86,8 @@ class Bundle:
         An OCI artifact is checked (its lock is read with its manifest anyway); a folder
         or gs:// bundle is not, as before: each archive is still verified against ``lock``.
         """
-        if scheme_of(self.base) == "oci":
+        spec = scheme(self.base)
+        if spec is not None and spec.registry:
             transport.artifact(self.base).refuse_unless_matches(lock, aliases, name)
 
     def candidates(self, location: str, sha256: str | None) -> list[Candidate]:
@@ -124,7 +128,8 @@ class Host:
 
 def bundle_archive(base: str, sha256: str) -> str:
     """Where a bundle keeps the archive with this sha256 (a path, gs:// URL or OCI blob)."""
-    if scheme_of(base) == "oci":
+    spec = scheme(base)
+    if spec is not None and spec.registry:
         from hubpin.oci.reference import parse
 
         return parse(base).blob(f"sha256:{sha256}")

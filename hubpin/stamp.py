@@ -221,8 +221,8 @@ def write(
             "output": output,
         }
         target = where / at_start
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data), encoding="utf-8")
-        os.replace(tmp, target)
+        from hubpin.atomic import write_atomic  # lazily: the no-op path only reads stamps
+
+        write_atomic(target, json.dumps(data))
     except OSError:
         return

@@ -1,21 +1,20 @@
-"""Open a location, whatever holds it: http(s) through urllib3, gs:// through gcsfs, a
-Kaggle model version through Kaggle's API, a file.
+"""Open a location, whatever holds it: http(s) through urllib3, a Kaggle model version
+through Kaggle's API, and a store (a file, gs://, …) through its back-end.
 
-This is the only place that dispatches on a location's scheme; which locations
-to try for a pinned archive, and in what order, is :mod:`hubpin.sources`.
+What a scheme is, and which back-end serves it, is :mod:`hubpin.storage.schemes`;
+which locations to try for a pinned archive, and in what order, is :mod:`hubpin.sources`.
 """
 
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from hubpin.download import Download
-from hubpin.fetch import Fetcher, open_file
-from hubpin.handles import local_path, scheme_of
+from hubpin.fetch import Fetcher
 from hubpin.kaggle import KaggleApi, endpoint, load_credentials, parse_handle
 from hubpin.settings import Settings
+from hubpin.storage import Storage, scheme, scheme_of, storage_for
 
 if TYPE_CHECKING:
     from hubpin.oci.artifact import Artifact
@@ -32,6 +31,7 @@ class Transport:
         self._registries: dict[tuple[str, str, str], RegistryClient] = {}
         self._artifacts: dict[str, Artifact] = {}
         self._oci_lock = threading.Lock()
+        self._stores: dict[str, Storage] = {}
 
     @property
     def kaggle(self) -> KaggleApi:
@@ -42,35 +42,30 @@ class Transport:
         return self._kaggle
 
     def open(self, location: str) -> Download:
-        scheme = scheme_of(location)
-        if scheme in ("http", "https"):
+        spec = scheme(location)
+        if spec is not None and spec.web:
             return self.http.open(location)
-        if scheme == "kaggle":  # ``kaggle:o/m/f/v/N``: the API answers with a signed URL
+        if spec is not None and spec.host:  # ``kaggle:o/m/f/v/N``: the API names a signed URL
             handle = parse_handle(location)
             assert handle is not None and handle.version is not None
             return self.http.open(self.kaggle.download_url(handle))
-        if scheme == "gs":  # an object name has no query (a mirror may have kept one)
-            from hubpin.gcs.client import open_object
-
-            return open_object(location.partition("?")[0], self.settings)
-        if scheme == "oci":  # ``oci://registry/repository@sha256:…``: one blob
+        if spec is not None and spec.registry:  # ``oci://registry/repository@sha256:…``: a blob
             return self.registry(location).open_blob(_blob_digest(location))
-        path = local_path(location, Path.cwd())
-        assert path is not None
-        return open_file(path)
+        return self.storage(location).open(location)
 
     def exists(self, location: str) -> bool:
-        """Whether a gs:// object or a local file is there (nothing else is asked this)."""
-        if scheme_of(location) == "gs":
-            from hubpin.gcs.client import errors, filesystem, split_url, stat
-
-            with errors(location):
-                return stat(filesystem(self.settings), *split_url(location)) is not None
-        if scheme_of(location) == "oci":
+        """Whether an object or file is there (asked of stores, never of model hosts)."""
+        spec = scheme(location)
+        if spec is not None and spec.registry:
             return self.registry(location).blob_size(_blob_digest(location)) is not None
-        path = local_path(location, Path.cwd())
-        assert path is not None, location
-        return path.is_file()
+        return self.storage(location).exists(location)
+
+    def storage(self, location: str) -> Storage:
+        """The back-end of a store location, one per scheme for this command."""
+        name = scheme_of(location)
+        if name not in self._stores:
+            self._stores[name] = storage_for(location, self.settings)
+        return self._stores[name]
 
     def registry(self, location: str, actions: str = "pull") -> RegistryClient:
         """A connected client for the repository of an ``oci://`` location, one per command."""

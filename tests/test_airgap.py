@@ -219,3 +219,25 @@ def test_proxies_come_from_the_standard_environment(
         assert len(proxy.seen) == before, "NO_PROXY hosts must be reached directly"
     finally:
         proxy.stop()
+
+
+def test_two_bundle_runs_into_one_folder_at_once_both_succeed(
+    project: Project, hub: HubServer, models: dict[str, Model], tmp_path: Path
+) -> None:
+    """Each writer has its own temp file: with one fixed ``.<sha>.tmp`` name the second run
+    truncated the first's file mid-write and then found it renamed away (exit 1)."""
+    from faultkit import heavy_archive, spawn_hubpin
+    from hubserver import Faults
+
+    hub.models["google/heavy/1"] = heavy_archive(tmp_path, models["double"].folder, files=3)
+    hub.faults["google/heavy/1"] = Faults(delay=0.01, chunk=16 << 10)  # both runs overlap
+    project.models(heavy=hub.handle("google/heavy/1"))
+    assert project.run("lock", "--no-fill")[0] == 0
+    out = tmp_path / "bundle"
+    runs = [spawn_hubpin(project.root, project.cache, "bundle", str(out)) for _ in range(2)]
+    results = [run.communicate(timeout=120) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], results
+    sha = hashlib.sha256(hub.models["google/heavy/1"]).hexdigest()
+    assert (out / "archives" / sha).read_bytes() == hub.models["google/heavy/1"]
+    assert (out / "models.lock").read_bytes() == project.lock.read_bytes()
+    assert sorted(p.name for p in out.rglob("*")) == sorted(["archives", "models.lock", sha])

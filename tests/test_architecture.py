@@ -80,13 +80,83 @@ def test_the_cycle_check_sees_lazy_and_type_checking_imports(tmp_path: Path) -> 
     assert find_cycle(import_graph(package)) == ["pkg.a", "pkg.b", "pkg.c", "pkg.a"]
 
 
-def test_only_the_project_chooses_a_cache_implementation() -> None:
-    """Callers hold the Cache interface; naming LocalCache or GcsCache is the factory's job."""
+def test_only_the_scheme_table_chooses_a_cache_implementation() -> None:
+    """Callers hold the Cache interface; which kind serves a cache_dir is the scheme table's
+    entry (hubpin.storage.schemes names it as "module:Class"; project.py loads it)."""
     graph = import_graph(PACKAGE)
     users = {
         name
         for name, deps in graph.items()
-        if deps & {"hubpin.cache.local", "hubpin.cache.gcs"} and not name.startswith("hubpin.cache")
+        if deps & {"hubpin.cache.local", "hubpin.cache.store"}
+        and not name.startswith("hubpin.cache")
     }
     # stamp.py replays a no-op sync without pydantic: it may open the local cache directly.
-    assert users == {"hubpin.project", "hubpin.stamp"}
+    assert users == {"hubpin.stamp"}
+    from hubpin.storage.schemes import scheme
+
+    assert scheme("gs://b/p").cache == "hubpin.cache.store:StoreCache"  # type: ignore[union-attr]
+    assert scheme("/tmp/x").cache == "hubpin.cache.local:LocalCache"  # type: ignore[union-attr]
+
+
+# Scheme names as literals: comparing a location's scheme with one of them outside the
+# scheme table is what made a new store an edit in seven modules.
+_SCHEME_WORDS = {"gs", "s3", "oci", "file", "http", "https", "kaggle"}
+_SCHEME_PREFIXES = tuple(f"{word}://" for word in _SCHEME_WORDS)
+# fetch.py is the HTTP client, kaggle.py reads Kaggle's http(s) URLs and API answers: their
+# redirect and URL policies compare http and https on purpose; so does huggingface.py for
+# the Hub's URLs. oci/reference.py parses its own oci:// references, kerashub.py the
+# kaggle:// URLs keras_hub's preset tables hold.
+_MAY_NAME_SCHEMES = {
+    "hubpin.storage.schemes",
+    "hubpin.fetch",
+    "hubpin.kaggle",
+    "hubpin.huggingface",
+    "hubpin.oci.reference",
+    "hubpin.kerashub",
+}
+
+
+def scheme_decisions(package: Path) -> list[str]:
+    """Places outside the scheme table that compare with a scheme name or test a prefix."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        name = module_name(path, package)
+        if name in _MAY_NAME_SCHEMES:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            literals: list[ast.AST] = []
+            if isinstance(node, ast.Compare):
+                literals = [node.left, *node.comparators]
+                literals += [
+                    e for c in node.comparators if isinstance(c, ast.Tuple) for e in c.elts
+                ]
+                words = {n.value for n in literals if isinstance(n, ast.Constant)}
+                if words & _SCHEME_WORDS:
+                    found.append(f"{name}:{node.lineno}")
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "startswith"
+                and any(
+                    isinstance(a, ast.Constant)
+                    and isinstance(a.value, str)
+                    and a.value.startswith(_SCHEME_PREFIXES)
+                    for a in node.args
+                )
+            ):
+                found.append(f"{name}:{node.lineno}")
+    return found
+
+
+def test_only_the_scheme_table_decides_what_a_scheme_is() -> None:
+    assert scheme_decisions(PACKAGE) == []
+
+
+def test_the_scheme_check_finds_a_comparison(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text(
+        "def f(s, u):\n    return s in ('gs', 'x') or u.startswith('s3://')\n"
+    )
+    assert scheme_decisions(package) == ["pkg.a:2", "pkg.a:2"]

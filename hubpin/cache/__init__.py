@@ -10,7 +10,7 @@ Two implementations share tensorflow_hub's layout under a root, for
 - ``<key>.hubpin.json`` hubpin's record: the tree it verified, per file.
 
 :class:`hubpin.cache.local.LocalCache` keeps it in a folder and publishes by
-rename; :class:`hubpin.cache.gcs.GcsCache` keeps it under a ``gs://`` prefix and
+rename; :class:`hubpin.cache.store.StoreCache` keeps it under a store prefix (``gs://``) and
 commits by writing the record last. Callers hold a :class:`Cache` and ask it,
 never which kind it is.
 """
@@ -22,6 +22,7 @@ import dataclasses
 import datetime
 import json
 import os
+import re
 import socket
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -307,6 +308,21 @@ def descriptor_text(handle: str) -> str:
 def lock_contents(task: str) -> str:
     """What a lock holds, as tensorflow_hub writes it: ``host.pid.uuid``."""
     return f"{socket.gethostname()}.{os.getpid()}.{task}"
+
+
+def work_name(key: str, task: str) -> str:
+    """The work folder of the lock holder whose ``host.pid.uuid`` ends in ``task``: where it
+    unpacks (or uploads) the entry before publishing, named as tensorflow_hub names it."""
+    return f"{key}.{task}.tmp"
+
+
+def task_of(holder: str) -> str | None:
+    """The task uuid a lock's contents name, if plausible as part of a file name."""
+    task = holder.rpartition(".")[2]
+    return task if _TASK_RE.fullmatch(task) else None
+
+
+_TASK_RE = re.compile(r"[0-9A-Za-z_-]{1,64}")
 
 
 def _holder(holder: str) -> tuple[str, int] | None:

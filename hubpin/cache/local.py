@@ -10,29 +10,33 @@ import contextlib
 import logging
 import os
 import re
-import shutil
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from hubpin.atomic import exchange
+from hubpin.atomic import exchange, write_atomic
 from hubpin.cache import (
     MAX_NOTE,
     MAX_RECORD,
     NOTES,
     Cache,
     Record,
-    describe_holder,
     descriptor_text,
     holder_is_dead,
-    lock_contents,
     no_record,
     not_synced,
     other_tree,
+    work_name,
 )
+from hubpin.cache.lock import Holding, Place, hold
 from hubpin.digests import Tree, hash_tree
-from hubpin.errors import CacheError, write_error
+from hubpin.errors import CacheError, SettingsError, write_error
+from hubpin.storage.local import LocalStorage, path_of, remove_tree
+
+if TYPE_CHECKING:
+    from hubpin.settings import Settings
 
 log = logging.getLogger("hubpin")
 
@@ -44,6 +48,19 @@ class LocalCache(Cache):
         self.root = root
         self.location = str(root)
         self.local_root = root
+        self.storage = LocalStorage(None, CacheError)
+        self._held: dict[str, Holding] = {}
+
+    @classmethod
+    def at(cls, root: str, settings: Settings) -> LocalCache:
+        """The cache a ``cache_dir`` of a path or ``file://`` URL names."""
+        folder = path_of(root)
+        if folder.exists() and not folder.is_dir():
+            raise SettingsError(
+                f"the cache folder {folder} is a file, not a folder; point TFHUB_CACHE_DIR "
+                "(or --cache-dir, or cache_dir in hubpin.toml) at a folder"
+            )
+        return cls(folder)
 
     def entry(self, key: str) -> str:
         return str(self.root / key)
@@ -116,91 +133,37 @@ class LocalCache(Cache):
 
     @contextlib.contextmanager
     def locked(self, key: str, timeout: float) -> Iterator[Path]:
-        """Hold ``<key>.lock`` the way tensorflow_hub does; yield a fresh work folder.
-
-        The work folder ``<key>.<uuid>.tmp`` uses the uuid written in the lock, so
+        """Hold ``<key>.lock`` the way tensorflow_hub does (:mod:`hubpin.cache.lock`); yield a
+        fresh work folder ``<key>.<uuid>.tmp`` named by the uuid written in the lock, so
         tensorflow_hub's waiters can see our progress and leave the lock alone.
-        A lock whose holder died on this host is taken over at once (its work
-        folder removed); a live or remote holder is waited for as long as its
-        work folder keeps growing, and for at most ``timeout`` seconds without
-        progress, like tensorflow_hub's own ``lock_file_timeout_sec``.
+
+        A lock whose holder died on this host is taken over at once (its work folder
+        removed); a live or remote holder is waited for as long as its work folder keeps
+        growing, and for at most ``timeout`` seconds without progress, like
+        tensorflow_hub's own ``lock_file_timeout_sec``.
         """
         self.ensure_root()
-        task = uuid.uuid4().hex
-        contents = lock_contents(task)
-        lock = self.root / f"{key}.lock"
-        seen: tuple[str, int] | None = None
-        deadline = next_look = 0.0
-        while not _create_lock(lock, contents):
-            holder = _read(lock)
-            if holder_is_dead(holder):
-                log.warning("taking over %s from dead process %s", lock.name, holder)
-                self._take_over(key, holder)
-                continue
-            now = time.monotonic()
-            if now >= next_look:  # progress = the holder's work folder changing size
-                progress = (holder, entry_size(self._work_of(key, holder) or lock))
-                if progress != seen:
-                    if seen is None:
-                        log.warning(
-                            "waiting for %s, held by %s (%s); giving up after %.0fs without "
-                            "progress (setting lock_timeout)",
-                            lock.name,
-                            holder or "an unnamed process",
-                            describe_holder(holder),
-                            timeout,
-                        )
-                    seen, deadline = progress, now + timeout
-                next_look = now + min(1.0, timeout / 4 or 0.05)
-            if now > deadline:
-                raise CacheError(
-                    f"{lock}: held by {holder or 'an unnamed process'} "
-                    f"({describe_holder(holder)}) with no progress for {timeout:.0f}s; "
-                    "if no sync is running there, delete the lock file and rerun, "
-                    "or raise lock_timeout in hubpin.toml"
-                )
-            time.sleep(0.05)
-        work = self.root / f"{key}.{task}.tmp"
-        try:
+        with hold(self._place(key), timeout) as holding:
+            work = self.root / work_name(key, holding.task)
+            self._held[key] = holding
             try:
-                work.mkdir()
-            except OSError as exc:
-                raise write_error(exc, work) from None
-            yield work
-        finally:
-            remove_tree(work, quiet=True)
-            if _read(lock) == contents:
-                with contextlib.suppress(FileNotFoundError):
-                    lock.unlink()
+                try:
+                    work.mkdir()
+                except OSError as exc:
+                    raise write_error(exc, work) from None
+                yield work
+            finally:
+                self._held.pop(key, None)
+                remove_tree(work, quiet=True)
 
-    def _work_of(self, key: str, holder: str) -> Path | None:
-        """The work folder a lock's holder fills (named by the uuid it wrote), if plausible."""
-        task = holder.rpartition(".")[2]
-        return self.root / f"{key}.{task}.tmp" if _TASK_RE.fullmatch(task) else None
-
-    def _take_over(self, key: str, holder: str) -> None:
-        """Remove a dead holder's lock and work folder, never a lock someone just took.
-
-        The lock is renamed aside before it is read again, so two processes
-        taking over at once cannot delete each other's fresh lock; a lock found
-        to be live after the rename is put back.
-        """
+    def _place(self, key: str) -> Place:
         lock = self.root / f"{key}.lock"
-        aside = self.root / f"{key}.lock.{uuid.uuid4().hex}.stale"
-        try:
-            os.rename(lock, aside)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise write_error(exc, lock) from None
-        taken = _read(aside) != holder
-        if taken:  # someone took it in between: give it back
-            with contextlib.suppress(FileExistsError):
-                os.link(aside, lock)
-        aside.unlink()
-        work = self._work_of(key, holder)
-        if work is not None and not taken:
-            remove_tree(work, quiet=True)
+        return Place(
+            self.storage,
+            str(lock),
+            lock.name,
+            lambda task: f"{self.root / work_name(key, task)}/",
+        )
 
     def publish(self, key: str, work: Path, record: Record) -> None:
         """Make ``work`` the entry ``<key>/`` by rename, then write the record beside it.
@@ -216,6 +179,7 @@ class LocalCache(Cache):
         before the swap: a crash between the two must not leave a record that
         describes a tree the entry does not hold (without one, the next sync re-hashes).
         """
+        self._check_held(key)
         entry = self.root / key
         try:
             old_record = self.read_record(key)
@@ -223,7 +187,7 @@ class LocalCache(Cache):
             if old_record is None or old_record.tree_digest != record.tree_digest:
                 with contextlib.suppress(FileNotFoundError):
                     self._record(key).unlink()
-            _atomic_write(self.root / f"{key}.descriptor.txt", descriptor_text(record.handle))
+            write_atomic(self.root / f"{key}.descriptor.txt", descriptor_text(record.handle))
             old = None
             present = os.path.lexists(entry)  # a symlink, even a dangling one, is swapped out too
             if present and exchange(work, entry):
@@ -239,12 +203,17 @@ class LocalCache(Cache):
         if old is not None:
             remove_tree(old, quiet=True)
 
+    def _check_held(self, key: str) -> None:
+        holding = self._held.get(key)
+        if holding is not None:
+            holding.check()
+
     def publish_record(self, key: str, record: Record) -> None:
         self._write_record(key, self.provenance(record, self.read_record(key), adopted=True))
 
     def _write_record(self, key: str, record: Record) -> None:
         try:
-            _atomic_write(self._record(key), record.to_json())
+            write_atomic(self._record(key), record.to_json())
         except OSError as exc:
             raise write_error(exc, self._record(key)) from None
 
@@ -294,7 +263,7 @@ class LocalCache(Cache):
         folder = self.root / NOTES
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            _atomic_write(folder / name, data.decode("utf-8"))
+            write_atomic(folder / name, data)
         except OSError as exc:
             raise write_error(exc, folder / name) from None
 
@@ -348,7 +317,6 @@ class LocalCache(Cache):
         return [str(path) for path in sorted(found)]
 
 
-_TASK_RE = re.compile(r"[0-9A-Za-z_-]{1,64}")
 _KEY_RE = re.compile(r"[0-9a-f]{40}")
 # Temp files: hubpin's ``.<name>.<hex>``, tensorflow_hub's ``<name>.tmp<hex>``; for locks,
 # ``<key>.lock.tmp<hex>`` (both tools) and hubpin's ``<key>.lock.<hex>.stale``.
@@ -375,77 +343,11 @@ def _age(path: Path, now: float) -> float:
         return 0.0
 
 
-def _create_lock(lock: Path, contents: str) -> bool:
-    """Create ``lock`` holding ``contents`` atomically; False when it already exists.
-
-    The contents go to a temp file first and are hard-linked into place, so a
-    lock never exists empty (a crash mid-write would leave it unattributable).
-    """
-    tmp = lock.with_name(f"{lock.name}.tmp{uuid.uuid4().hex}")
-    try:
-        tmp.write_text(contents, encoding="utf-8")
-        os.link(tmp, lock)
-        return True
-    except FileExistsError:
-        return False
-    except OSError as exc:
-        raise write_error(exc, lock) from None
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-
-
 def _read(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError):
         return ""
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
-def remove_tree(path: Path, *, quiet: bool = False) -> None:
-    """Remove a file, a symlink (never what it points to) or a folder, whatever its modes.
-
-    A folder without write or search permission is opened up and retried, so a
-    damaged entry that was swapped out leaves no ``.tmp`` or ``.old`` behind.
-    Already gone is fine; any other failure raises OSError unless ``quiet``.
-    """
-
-    def opened_up(function: object, failed: str, exc_info: object) -> None:
-        if not os.path.lexists(failed):  # removed by an earlier retry
-            return
-        parent = os.path.dirname(failed)
-        for folder in (parent, failed):
-            with contextlib.suppress(OSError):
-                if os.path.isdir(folder) and not os.path.islink(folder):
-                    os.chmod(folder, 0o700)
-        if os.path.isdir(failed) and not os.path.islink(failed):
-            shutil.rmtree(failed)
-        else:
-            os.unlink(failed)
-
-    try:
-        if path.is_symlink() or not path.is_dir():
-            path.unlink()
-            return
-        with contextlib.suppress(OSError):
-            os.chmod(path, 0o700)
-        shutil.rmtree(path, onerror=opened_up)
-    except FileNotFoundError:  # removed meanwhile (by its owner or another prune)
-        return
-    except OSError:
-        if not quiet:
-            raise
 
 
 def entry_size(path: Path) -> int:

@@ -69,10 +69,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hubpin.checksums import Declared
-from hubpin.download import Download
-from hubpin.errors import FetchError, HubpinError, MissingError, SettingsError
-from hubpin.fetch import backoff_delay
+from hubpin.errors import FetchError, HubpinError, SettingsError
+from hubpin.retry import Retries
 from hubpin.settings import Settings
 
 if TYPE_CHECKING:
@@ -176,7 +174,7 @@ def _client_class() -> type[GCSFileSystem]:
         ) -> tuple[int, Any, Any, bytes]:
             settings = self.hubpin_settings
             url = self._format_path(path, args)
-            failures = 0
+            tries = Retries(settings.retries, first=0.1)
             while True:
                 given_up = self.hubpin_given_up
                 if given_up is not None and time.monotonic() - given_up[0] < _GIVEN_UP_FOR:
@@ -186,9 +184,9 @@ def _client_class() -> type[GCSFileSystem]:
                 except Exception as exc:
                     if not is_retriable(exc):
                         raise
-                    failures += 1
-                    if failures > settings.retries:
-                        exc.hubpin_tries = failures  # type: ignore[attr-defined]
+                    delay = tries.failed()
+                    if delay is None:
+                        exc.hubpin_tries = tries.failures  # type: ignore[attr-defined]
                         exc.hubpin_reason = _timeout_reason(exc, settings)  # type: ignore[attr-defined]
                         exc.hubpin_endpoint = _endpoint(self)  # type: ignore[attr-defined]
                         if isinstance(
@@ -201,7 +199,7 @@ def _client_class() -> type[GCSFileSystem]:
                         urllib.parse.unquote(url.split("?")[0]),
                         _timeout_reason(exc, settings) or _reason(exc),
                     )
-                    await asyncio.sleep(backoff_delay(failures, first=0.1))
+                    await asyncio.sleep(delay)
 
         async def _attempt(
             self,
@@ -412,7 +410,12 @@ def download(fs: GCSFileSystem, bucket: str, name: str, generation: str | None =
 
 
 def upload(
-    fs: GCSFileSystem, bucket: str, name: str, data: bytes, if_generation_match: str | None = None
+    fs: GCSFileSystem,
+    bucket: str,
+    name: str,
+    data: bytes,
+    if_generation_match: str | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """A one-request multipart upload (metadata part, media part), md5-checked.
 
@@ -423,11 +426,12 @@ def upload(
     when both are given), so request logs show what each upload wrote.
     """
     boundary = f"hubpin-{uuid.uuid4().hex}"
-    metadata = json.dumps({"name": name, "contentType": "application/octet-stream"})
+    resource = {"name": name, "contentType": "application/octet-stream"}
+    text = json.dumps(resource | ({"metadata": metadata} if metadata else {}))
     body = b"".join(
         (
             f"--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n".encode(),
-            metadata.encode(),
+            text.encode(),
             f"\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\n\r\n".encode(),
             data,
             f"\r\n--{boundary}--\r\n".encode(),
@@ -473,12 +477,13 @@ def delete_all(fs: GCSFileSystem, bucket: str, names: list[str], jobs: int) -> N
 
 
 def stream(
-    fs: GCSFileSystem, bucket: str, name: str, generation: str, size: int
+    fs: GCSFileSystem, bucket: str, name: str, generation: str, size: int, first: int = 0
 ) -> Iterator[bytes]:
-    """One generation's bytes, by ranges of ``_BLOCK``: each range is retried by gcsfs, and
-    an overwrite during the read fails (404 on that generation) instead of mixing versions."""
+    """One generation's bytes ``[first, size)``, by ranges of ``_BLOCK``: each range is retried
+    by gcsfs, and an overwrite during the read fails (404 on that generation) instead of
+    mixing versions."""
     url = f"{_endpoint(fs)}/download/storage/v1/b/{{}}/o/{{}}"
-    for start in range(0, size, _BLOCK):
+    for start in range(first, size, _BLOCK):
         end = min(size, start + _BLOCK) - 1
         _, body = fs.call(
             "GET",
@@ -498,23 +503,6 @@ def folder_prefix(name: str) -> str:
     return name.rstrip("/") + "/" if name.strip("/") else ""
 
 
-def open_object(url: str, settings: Settings) -> Download:
-    """Stream a gs:// archive (tensorflow_hub's GcsCompressedFileResolver case)."""
-    bucket, name = split_url(url)
-    fs = filesystem(settings)
-    with errors(url):
-        meta = stat(fs, bucket, name)
-    if meta is None:
-        raise MissingError(f"{url}: archive not found (no such object)")
-
-    def chunks() -> Iterator[bytes]:
-        with errors(url):
-            yield from stream(fs, bucket, name, str(meta["generation"]), int(meta["size"]))
-
-    declared = Declared(int(meta["size"]), meta.get("crc32c"), meta.get("md5Hash"))
-    return Download(final_url=url, length=int(meta["size"]), chunks=chunks(), declared=declared)
-
-
 def crc32c_of(checksum: Any) -> str:
     """A ``google_crc32c.Checksum``'s value as GCS reports an object's ``crc32c`` (base64)."""
     import base64
@@ -522,35 +510,32 @@ def crc32c_of(checksum: Any) -> str:
     return base64.b64encode(checksum.digest()).decode("ascii")
 
 
-def upload_file_if_different(
+def put_file(
     fs: GCSFileSystem,
     bucket: str,
     name: str,
     path: Path,
-    crc32c: str,
+    crc32c: str | None = None,
     metadata: dict[str, str] | None = None,
-) -> bool:
-    """Upload a local file unless the object already has its size and ``crc32c``.
+) -> dict[str, Any]:
+    """Upload a local file; the object's resource afterwards.
 
-    Returns whether it uploaded. Above 5 MiB gcsfs uploads resumably, in ``_BLOCK``
-    chunks; GCS creates the object only when the last chunk arrives, so an upload
-    killed midway leaves no object. The object's crc32c is checked afterwards (a
-    mismatch deletes it and raises ValueError).
+    Above 5 MiB gcsfs uploads resumably, in ``_BLOCK`` chunks; GCS creates the object
+    only when the last chunk arrives, so an upload killed midway leaves no object.
+    With ``crc32c``, the object's is checked afterwards (a mismatch deletes it and
+    raises ValueError).
     """
     size = path.stat().st_size
-    meta = stat(fs, bucket, name)
-    if meta is not None and int(meta["size"]) == size and meta.get("crc32c") == crc32c:
-        return False
     fs.put_file(str(path), f"{bucket}/{name}", metadata=metadata, chunksize=_BLOCK)
     meta = stat(fs, bucket, name)
-    if meta is None or meta.get("crc32c") != crc32c or int(meta["size"]) != size:
+    if meta is None or int(meta["size"]) != size or (crc32c and meta.get("crc32c") != crc32c):
         found = (
             "no object" if meta is None else f"{meta['size']} bytes, crc32c {meta.get('crc32c')}"
         )
         if meta is not None:
             delete(fs, bucket, name, str(meta["generation"]))
         raise ValueError(f"after upload found {found}, expected {size} bytes, crc32c {crc32c}")
-    return True
+    return meta
 
 
 def bucket_exists(fs: GCSFileSystem, bucket: str) -> bool:
