@@ -110,8 +110,9 @@ MAX_RECORD = 64 << 20
 _SHA256_HEX = frozenset("0123456789abcdef")
 
 
-def parse_record(text: str | bytes) -> tuple[Record, dict[str, str | None]]:
-    """A record and the per-file crc32c it may hold (gs:// caches), or ValueError.
+def parse_record(text: str | bytes, sums: str = "crc32c") -> tuple[Record, dict[str, str | None]]:
+    """A record and what it may hold of each file under ``sums`` (a store cache's per-file
+    checksum or version: gs:// ``crc32c``, s3:// ``versions``), or ValueError.
 
     A record is input like any file on disk: bounded before it is parsed, no
     ``NaN``/``Infinity``, no nesting beyond its own, every field of its type, and
@@ -133,7 +134,7 @@ def parse_record(text: str | bytes) -> tuple[Record, dict[str, str | None]]:
         raise ValueError("not a JSON object")
     handle, digest, files, dirs = (data.get(k) for k in ("handle", "tree_digest", "files", "dirs"))
     created_by, adopted = data.get("created_by", ""), data.get("adopted", False)
-    crcs = data.get("crc32c", {})
+    crcs = data.get(sums, {})
     if not (
         isinstance(handle, str)
         and isinstance(digest, str)
@@ -163,7 +164,7 @@ def parse_record(text: str | bytes) -> tuple[Record, dict[str, str | None]]:
     if tree.digest() != digest:
         raise ValueError(f"its files add up to {tree.digest()}, not to its tree digest {digest}")
     if not all(isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in crcs.items()):
-        raise ValueError("crc32c: expected path → checksum")
+        raise ValueError(f"{sums}: expected path → checksum")
     return Record(handle, digest, tree, created_by, adopted), crcs
 
 

@@ -41,7 +41,7 @@ from hubpin.cache.lock import Holding, Place, hold
 from hubpin.digests import Tree
 from hubpin.errors import CacheError, HubpinError, some
 from hubpin.settings import Settings
-from hubpin.storage import Conflict, NoRoot, Stat, Storage, storage_for
+from hubpin.storage import Conflict, NoRoot, Stat, Storage, scheme, storage_for
 
 log = logging.getLogger("hubpin")
 # Written last into an entry: TensorFlow fails on a folder without them instead
@@ -99,6 +99,8 @@ class StoreCache(Cache):
         self.settings = settings
         self.storage = storage
         self._held: dict[str, Holding] = {}
+        spec = scheme(root)  # TensorFlow reads gs:// in place; s3:// entries are staged
+        self.tensorflow_reads = spec is not None and spec.folders
 
     @classmethod
     def at(cls, root: str, settings: Settings) -> StoreCache:
@@ -113,10 +115,17 @@ class StoreCache(Cache):
     def record_path(self, key: str) -> str:
         return self._url(f"{key}.hubpin.json")
 
-    def _checksums(self, record_json: dict[str, object]) -> dict[str, str]:
-        """Each file's store checksum kept in a record (GCS: ``crc32c``, as records always had)."""
-        found = record_json.get(self.storage.checksum_name or "checksum") or {}
-        return dict(found)  # type: ignore[call-overload]
+    @property
+    def _sums_name(self) -> str:
+        """What the record keeps of each file, from a listing, to notice changed bytes."""
+        if self.storage.lists_checksums:
+            return self.storage.checksum_name or "checksum"
+        return "versions"  # not "version": that is the record's own format number
+
+    def _print(self, stat: Stat) -> str | None:
+        """What a listing shows of an object's bytes: the store's checksum where a listing
+        carries it (GCS's crc32c), else its version (S3's ETag, which changes with them)."""
+        return stat.checksum if self.storage.lists_checksums else stat.version
 
     # -- reading
 
@@ -127,7 +136,7 @@ class StoreCache(Cache):
         if meta is None:
             return None
         try:
-            record, sums = parse_record(text)
+            record, sums = parse_record(text, self._sums_name)
         except ValueError as exc:
             log.warning(
                 "%s: unreadable hubpin record (%s); the entry is treated as absent",
@@ -180,10 +189,9 @@ class StoreCache(Cache):
                 problems.append(f"missing file {path}")
             elif item.size != size:
                 problems.append(f"{path} is {item.size} bytes, expected {size}")
-            elif sums.get(path) and item.checksum != sums[path]:
+            elif sums.get(path) and self._print(item) != sums[path]:
                 problems.append(
-                    f"{path} changed ({self.storage.checksum_name} {item.checksum}, "
-                    f"expected {sums[path]})"
+                    f"{path} changed ({self._sums_name} {self._print(item)}, expected {sums[path]})"
                 )
         return problems
 
@@ -209,6 +217,23 @@ class StoreCache(Cache):
             for path, size, sha256 in pool.map(hash_one, files):
                 tree.add_file(path, size, sha256)
         return tree
+
+    def copy_entry(self, key: str, into: Path) -> None:
+        """Download the entry's files (and empty folders) below ``into``, for staging."""
+        listing = self._listing(key)
+        for path in listing:
+            if path.endswith("/") and path.strip("/"):
+                (into / path).mkdir(parents=True, exist_ok=True)
+
+        def fetch(path: str) -> None:
+            item = listing[path]
+            target = into / path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(target, "wb") as fh:
+                for chunk in self.storage.open(item.location, 0, item.size, item.version).chunks:
+                    fh.write(chunk)
+
+        self._each(fetch, sorted(p for p in listing if not p.endswith("/")))
 
     # -- writing
 
@@ -313,7 +338,7 @@ class StoreCache(Cache):
             for p, (size, _) in record.tree.files.items()
             if p not in listing
             or listing[p].size != size
-            or listing[p].checksum != (uploaded[p].checksum if p in uploaded else None)
+            or self._print(listing[p]) != (self._print(uploaded[p]) if p in uploaded else None)
         ]
         if problems:
             raise CacheError(
@@ -324,7 +349,7 @@ class StoreCache(Cache):
         self.storage.put(
             self._url(f"{key}.descriptor.txt"), descriptor_text(record.handle).encode()
         )
-        self._commit(key, record, {p: listing[p].checksum for p in record.tree.files})
+        self._commit(key, record, {p: self._print(listing[p]) for p in record.tree.files})
 
     def _checksum_of(self, path: Path) -> str | None:
         """The store's checksum of a local file, which the store checks the upload against."""
@@ -348,7 +373,7 @@ class StoreCache(Cache):
         self._revoke_other(key, record)
         listing = self._listing(key)
         self._commit(
-            key, record, {p: listing[p].checksum for p in record.tree.files if p in listing}
+            key, record, {p: self._print(listing[p]) for p in record.tree.files if p in listing}
         )
 
     def _revoke_other(self, key: str, record: Record) -> None:
@@ -365,7 +390,7 @@ class StoreCache(Cache):
             ) from None
 
     def _commit(self, key: str, record: Record, sums: dict[str, str | None]) -> None:
-        named = {self.storage.checksum_name or "checksum": sums}
+        named = {self._sums_name: sums}
         text = json.dumps(json.loads(record.to_json()) | named, indent=1, sort_keys=True)
         try:
             self.storage.put(self.record_path(key), text.encode(), if_absent=True)

@@ -48,8 +48,8 @@ from typing import Any
 from hubpin.checksums import Declared
 from hubpin.download import Download
 from hubpin.errors import FetchError, HubpinError, MissingError, SettingsError
-from hubpin.fetch import backoff_delay
 from hubpin.handles import strip_query
+from hubpin.retry import Retries
 from hubpin.settings import Settings
 
 log = logging.getLogger("hubpin")
@@ -118,7 +118,7 @@ class S3:
     def retried(self, attempt: Callable[[], Any], what: str) -> Any:
         """``attempt()``, retried with hubpin's backoff; an endpoint that stopped answering
         fails every call of the next minute at once, so a command pays one budget."""
-        failures = 0
+        tries = Retries(self.settings.retries, first=0.1)
         while True:
             given_up = self._given_up
             if given_up is not None and time.monotonic() - given_up[0] < _GIVEN_UP_FOR:
@@ -128,17 +128,17 @@ class S3:
             except Exception as exc:
                 if not _retriable(exc):
                     raise
-                failures += 1
+                wait = tries.failed(exc)
                 reason = _reason(exc, self.settings)
-                if failures > self.settings.retries:
-                    exc.hubpin_tries = failures  # type: ignore[attr-defined]
+                if wait is None:
+                    exc.hubpin_tries = tries.failures  # type: ignore[attr-defined]
                     exc.hubpin_endpoint = self.endpoint  # type: ignore[attr-defined]
                     exc.hubpin_reason = reason  # type: ignore[attr-defined]
                     if _unreachable(exc):
                         self._given_up = (time.monotonic(), exc)
                     raise
                 log.warning("%s on %s: %s; retrying", what, self.endpoint, reason)
-                time.sleep(backoff_delay(failures, first=0.1))
+                time.sleep(wait)
 
     # -- reading
 
@@ -233,9 +233,10 @@ class S3:
         try:
             self.call("list_objects_v2", Bucket=bucket, MaxKeys=1)
         except Exception as exc:
-            if _code(exc) == "NoSuchBucket" or _status(exc) == 404:
-                return f"bucket {bucket} does not exist; create it (aws s3 mb s3://{bucket})"
-            raise
+            problem = no_bucket(exc, bucket)
+            if problem is None:
+                raise
+            return problem
         return None
 
     # -- writing
@@ -342,6 +343,13 @@ class S3:
                     f"could not delete {len(failed)} objects, e.g. s3://{bucket}/{first['Key']}: "
                     f"{first.get('Code')} {first.get('Message', '')}".strip()
                 )
+
+
+def no_bucket(exc: BaseException, bucket: str) -> str | None:
+    """What to say when ``exc`` means the bucket does not exist; None when it means else."""
+    if _code(exc) == "NoSuchBucket":
+        return f"bucket {bucket} does not exist; create it (aws s3 mb s3://{bucket})"
+    return None
 
 
 def _whole(meta: dict[str, Any], name: str) -> str | None:

@@ -115,6 +115,9 @@ class Storage(ABC):
 
     checksum_name: ClassVar[str | None] = None  # what Stat.checksum is ("crc32c", "sha256")
     shared: ClassVar[bool] = False  # other machines may hold its locks
+    # Whether a listing's Stat carries the checksum (GCS's crc32c); else (S3) only the
+    # version, which the store cache then records to notice a file's bytes changing.
+    lists_checksums: ClassVar[bool] = True
 
     def __init__(self, settings: Settings | None, error: type[HubpinError] = FetchError) -> None:
         self.settings = settings  # None only for back-ends that need no settings (files)

@@ -87,6 +87,15 @@ register(
         "oci", registry=True, bundles=True, handles=False, example="oci://registry/repository:tag"
     )
 )
+register(
+    Scheme(
+        "s3",
+        storage="hubpin.storage.s3:S3Storage",
+        cache="hubpin.cache.store:StoreCache",
+        bundles=True,
+        example="s3://bucket/path",
+    )
+)
 
 
 def scheme_of(location: str) -> str:

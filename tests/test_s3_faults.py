@@ -1,0 +1,197 @@
+"""The s3:// cache under races and dead lock holders, on moto's server (which enforces
+If-None-Match and If-Match): ``hubpin`` in real subprocesses, bounded by subprocess
+timeouts (never by timed assertions)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import Model, Project
+from faultkit import heavy_archive, hubpin_env, spawn_hubpin
+from hubserver import Faults, HubServer
+from moto_s3 import MotoS3
+from test_gcs_faults import BOUND, _finish, _line, _only_entries, _unshare_uts
+
+pytestmark = pytest.mark.s3
+
+
+def _key(handle: str) -> str:
+    return hashlib.sha1(handle.encode()).hexdigest()
+
+
+@pytest.fixture
+def heavy_hub(hub: HubServer, models: dict[str, Model], tmp_path_factory) -> HubServer:
+    """The hub serving a ~24 MB model (6 × 4 MiB of noise) as heavy/1."""
+    hub.models["google/heavy/1"] = heavy_archive(
+        tmp_path_factory.getbasetemp(), models["double"].folder, files=6, size=4 << 20
+    )
+    return hub
+
+
+def test_four_syncs_racing_on_one_s3_cache_upload_each_model_once(
+    project: Project, heavy_hub: HubServer, s3: MotoS3
+) -> None:
+    bucket = s3.bucket()
+    root = f"s3://{bucket}/fleet/tfhub"
+    handles = {n: heavy_hub.handle(f"google/{n}/1") for n in ("heavy", "double", "triple")}
+    keys = {alias: _key(h) for alias, h in handles.items()}
+    project.models(**handles)
+    assert project.run("lock", "--no-fill")[0] == 0
+    heavy_hub.requests.clear()
+    since = len(s3.requests(f" /{bucket}/"))
+
+    racers = [spawn_hubpin(project.root, root, "sync", "--locked") for _ in range(4)]  # type: ignore[arg-type]
+    results = _finish(racers)
+    for code, err in results:
+        assert code == 0, err
+        assert "Traceback" not in err
+
+    log = s3.requests(f" /{bucket}/")[since:]
+    for alias, key in keys.items():
+        said = [_line(err, alias) for _, err in results]
+        assert sum(" fetched " in x for x in said) == 1, said
+        assert sum(x.endswith("already present") for x in said) == 3, said
+        started = [r for r in heavy_hub.requests if r[1] == f"/archives/google/{alias}/1.tar.gz"]
+        assert len([r for r in started if "Range" not in r[2]]) == 1, "downloaded once"
+        entry = f"/{bucket}/fleet/tfhub/{key}"
+        uploaded_from = re.compile(rf'^"PUT {entry}\.([0-9a-f]{{32}})\.tmp/')
+        uploads = {m[1] for line in log if (m := uploaded_from.search(line))}
+        assert len(uploads) == 1, f"{alias}: uploaded from {len(uploads)} work folders"
+        copies = [x for x in log if x.startswith(f'"PUT {entry}/saved_model.pb ')]
+        assert len(copies) == 1, copies
+        commits = [x for x in log if x.startswith(f'"PUT {entry}.hubpin.json ')]
+        assert [x.rsplit(" ", 2)[1] for x in commits] == ["200"], "one commit per entry"
+    heavy = f'"PUT /{bucket}/fleet/tfhub/{keys["heavy"]}.lock '
+    assert [x for x in log if x.startswith(heavy) and " 412 " in x], "the race was not provoked"
+
+    names = sorted(s3.listing(root))
+    assert _only_entries(names, list(keys.values())) == []
+    code, _, err = project.run("--cache-dir", root, "verify")
+    assert code == 0, err
+
+
+def _victim(project: Project, root: str, s3: MotoS3, key: str) -> str:
+    """Start a sync, SIGKILL it once its upload folder on S3 holds a file; its lock's text."""
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "hubpin", "sync", "--locked"],
+        cwd=project.root,
+        env=hubpin_env(root),  # type: ignore[arg-type]
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + BOUND
+    try:
+        while time.monotonic() < deadline and victim.poll() is None:
+            names = s3.listing(root)
+            if f"{key}.lock" in names and any(f"{key}." in n and ".tmp/" in n for n in names):
+                break
+            time.sleep(0.05)
+        assert victim.poll() is None, f"the sync ended before it could be killed: {victim.stderr}"
+        holder = s3.read(f"{root}/{key}.lock").decode()
+    finally:
+        victim.send_signal(signal.SIGKILL)
+        victim.communicate(timeout=60)
+    return holder
+
+
+def test_a_lock_left_by_a_sigkilled_sync_is_taken_over(
+    project: Project, heavy_hub: HubServer, s3: MotoS3
+) -> None:
+    """The dead process is seen at once (a dead holder on another host, taken over after
+    lock_timeout without progress, is the lock protocol's, tested on gs://; its lease is
+    what test_a_live_holder_on_another_host_… proves on S3)."""
+    root = f"s3://{s3.bucket()}/fleet/tfhub"
+    handle = heavy_hub.handle("google/heavy/1")
+    key = _key(handle)
+    project.models(heavy=handle)
+    project.write("lock_timeout = 2\n", "hubpin.toml")
+    assert project.run("lock", "--no-fill")[0] == 0
+
+    holder = _victim(project, root, s3, key)
+    left = s3.listing(root)
+    assert f"{key}.lock" in left and [n for n in left if ".tmp/" in n], left
+
+    ((code, err),) = _finish([spawn_hubpin(project.root, root, "sync", "--locked")])  # type: ignore[arg-type]
+    assert code == 0, err
+    assert f"taking over {root}/{key}.lock from dead process {holder}" in err
+    assert "heavy                fetched" in err
+    assert _only_entries(sorted(s3.listing(root)), [key]) == [], "the dead sync's upload folder"
+    code, _, err = project.run("--cache-dir", root, "verify")
+    assert code == 0, err
+
+
+def test_a_sync_whose_lock_was_taken_over_commits_nothing(
+    project: Project, hub: HubServer, s3: MotoS3
+) -> None:
+    """What a takeover looks like to a holder that was only slow: its lease's next
+    conditional rewrite is refused (If-Match), and it publishes no record."""
+    root = f"s3://{s3.bucket()}/fleet/tfhub"
+    hub.faults["google/double/1"] = Faults(delay=0.25, chunk=512)  # ~2 s to download
+    handle = hub.handle("google/double/1")
+    key = _key(handle)
+    project.models(double=handle)
+    project.write("lock_timeout = 1\n", "hubpin.toml")
+    assert project.run("lock", "--no-fill")[0] == 0
+    sync = spawn_hubpin(project.root, root, "sync", "--locked")  # type: ignore[arg-type]
+    deadline = time.monotonic() + BOUND
+    while f"{key}.lock" not in s3.listing(root) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    other = f"fleet-worker-9.4242.{'9' * 32}"
+    s3.put(f"{root}/{key}.lock", other.encode())  # as that worker's takeover leaves it
+
+    ((code, err),) = _finish([sync])
+    assert code == 1, err
+    assert f"{root}/{key}.lock: lost the lock to {other}" in err
+    assert _line(err, "double").endswith(
+        f"{root}/{key}.lock: taken over by {other} while this sync held it (it saw no "
+        "progress for lock_timeout); nothing was committed; run: hubpin sync"
+    )
+    names = s3.listing(root)
+    assert not [n for n in names if n.startswith(f"{key}/")], "nothing copied into the entry"
+    assert f"{key}.hubpin.json" not in names, "no commit"
+    assert s3.read(f"{root}/{key}.lock").decode() == other, "the new holder's lock is left"
+
+
+def test_a_live_holder_on_another_host_is_waited_for_while_its_lease_moves(
+    project: Project, hub: HubServer, s3: MotoS3
+) -> None:
+    """The lease rewrites the same ``host.pid.uuid`` (so the same ETag, an MD5 of the bytes):
+    waiters must still see it move, or they would take a slow, live holder's lock after
+    lock_timeout. The holder runs under another hostname, so only its lease speaks for it."""
+    root = f"s3://{s3.bucket()}/fleet/tfhub"
+    hub.faults["google/double/1"] = Faults(delay=0.75, chunk=512)  # ~6 s: past lock_timeout
+    handle = hub.handle("google/double/1")
+    key = _key(handle)
+    project.models(double=handle)
+    project.write("lock_timeout = 1\n", "hubpin.toml")
+    assert project.run("lock", "--no-fill")[0] == 0
+    hub.requests.clear()
+    argv = [sys.executable, "-m", "hubpin", "sync", "--locked"]
+    shell = f"hostname fleet-worker-3 && exec {' '.join(argv)}"
+    holder = subprocess.Popen(
+        [*_unshare_uts(), "sh", "-c", shell],
+        cwd=project.root,
+        env=hubpin_env(root),  # type: ignore[arg-type]
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + BOUND
+    while f"{key}.lock" not in s3.listing(root) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    waiter = spawn_hubpin(project.root, root, "sync", "--locked")  # type: ignore[arg-type]
+
+    (held, held_err), (waited, waited_err) = _finish([holder, waiter])
+    assert held == 0, held_err
+    assert waited == 0, waited_err
+    assert "taking over" not in waited_err and "lost the lock" not in held_err
+    assert "double               fetched" in held_err
+    assert _line(waited_err, "double").endswith("already present")
+    assert hub.archive_requests("google/double/1") == 1
