@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import Model
+from conftest import WORKTREE, Model
 from hubserver import HubServer
 
 DEMO = Path(__file__).parent.parent / "examples" / "demo"
@@ -22,6 +22,8 @@ def test_demo_syncs_locked_and_predicts(tmp_path: Path) -> None:
     shutil.copytree(DEMO, demo)
     env = {
         "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": WORKTREE,  # this tree's hubpin, not whichever one is installed
+        "HOME": str(tmp_path / "home"),  # the no-op stamp goes under it, not the user's ~/.cache
         "TFHUB_CACHE_DIR": str(tmp_path / "cache"),
         "TF_CPP_MIN_LOG_LEVEL": "3",
     }
