@@ -191,9 +191,18 @@ def server_process(
 # ---------------------------------------------------------------- contenders
 
 
+# hubpin's no-op stamps go here, one folder per benchmark run, never the user's ~/.cache.
+XDG_CACHE = Path(tempfile.mkdtemp(prefix="hubpin-bench-xdg-"))
+
+
 def hubpin_env(cache: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HUBPIN_", "TFHUB_"))}
-    return env | {"PYTHONPATH": str(REPO), "TFHUB_CACHE_DIR": str(cache)} | extra
+    base = {
+        "PYTHONPATH": str(REPO),
+        "TFHUB_CACHE_DIR": str(cache),
+        "XDG_CACHE_HOME": str(XDG_CACHE),
+    }
+    return env | base | extra
 
 
 # Peak RSS must be read from a child forked by a small process: Linux carries the
