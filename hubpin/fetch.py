@@ -292,7 +292,10 @@ class Fetcher:
                 continue
             if response.status not in (200, 206):
                 response.close()
-                raise FetchError(f"{strip_query(url)}: HTTP {response.status} {response.reason}")
+                raise FetchError(
+                    f"{strip_query(url)}: HTTP {response.status} {response.reason}"
+                    f"{_NEXT_STEP.get(response.status, '')}"
+                )
             return response, url
         raise FetchError(f"{strip_query(url)}: more than {_MAX_REDIRECTS} redirects")
 
@@ -481,6 +484,14 @@ def _tls_options(settings: Settings) -> dict[str, Any]:
             raise InputError(f"ca_bundle {settings.ca_bundle}: file not found")
         return {"cert_reqs": "CERT_REQUIRED", "ca_certs": settings.ca_bundle}
     return {"cert_reqs": "CERT_REQUIRED"}
+
+
+_NEXT_STEP = {  # what a client error asks of the user (a 4xx is never retried)
+    401: "; the server wants credentials: check the token or key for this host",
+    403: "; the server refused access: check the credentials, or accept the model's terms",
+    404: "; nothing is there: check the handle (model name and version) in the manifest",
+    410: "; the model was withdrawn: pin another version in the manifest",
+}
 
 
 def _reason(exc: BaseException) -> str:

@@ -117,7 +117,7 @@ def lock_project(
                 commit=commits.get(alias),
             )
         except HubpinError as exc:
-            raise type(exc)(f"{alias} ({spec.handle}): {exc}") from None
+            raise named(exc, alias, spec.handle) from None
 
     failures: list[HubpinError] = []
     pinned: dict[str, Pin] = dict(kept)
@@ -208,7 +208,7 @@ def current_versions(
                 if current_commit(pin, sources) != pin.huggingface.commit:
                     moving[alias] = None
             except HubpinError as exc:
-                raise type(exc)(f"{alias} ({spec.handle}): {exc}") from None
+                raise named(exc, alias, spec.handle) from None
             continue
         handle = configured(spec.handle, project.settings.kaggle_endpoint)
         if handle is None or handle.version is not None or (aliases and alias not in aliases):
@@ -217,7 +217,7 @@ def current_versions(
         try:
             current = sources.kaggle.current_version(handle)
         except HubpinError as exc:
-            raise type(exc)(f"{alias} ({spec.handle}): {exc}") from None
+            raise named(exc, alias, spec.handle) from None
         if not isinstance(pin, KagglePin) or pin.kaggle_version != current:
             moving[alias] = current
     return moving
@@ -280,3 +280,12 @@ def lock_plan(project: Project, force: set[str]) -> list[dict[str, Any]]:
             {"alias": alias, "action": "pin", "size": None, "reason": f"{reason} (network)"}
         )
     return rows
+
+
+def named(exc: HubpinError, alias: str, handle: str) -> HubpinError:
+    """``exc`` prefixed with the alias and handle it is about, the handle said once: an
+    error that already starts with it (an HTTP error names the URL it got) keeps only one."""
+    text = str(exc)
+    if text.startswith(f"{handle}: "):
+        text = text[len(handle) + 2 :]
+    return type(exc)(f"{alias} ({handle}): {text}")

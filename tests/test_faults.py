@@ -221,3 +221,15 @@ def test_declared_checksums_are_checked_on_the_first_download_and_every_later_on
     del hub.faults["google/double/1"]
     assert project.run("sync", "--frozen")[0] == 0
     _assert_published(project, handle, models["double"])
+
+
+def test_a_404_names_the_url_once_and_what_to_check(fast_retries: Project, hub: HubServer) -> None:
+    handle = hub.handle("google/nonexistent/1")
+    fast_retries.models(double=handle)
+    code, _, err = fast_retries.run("lock")
+    assert code == 1
+    assert (
+        f"hubpin: error: double ({handle}): HTTP 404 Not Found; nothing is there: check the "
+        "handle (model name and version) in the manifest\n"
+    ) in err
+    assert err.count(handle) == 1, err
