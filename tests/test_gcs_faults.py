@@ -340,9 +340,10 @@ def test_an_unreachable_endpoint_at_lock_time_names_the_alias(project: Project) 
     assert code == 1
     url = "gs://mirror-bucket/models/double.tar.gz"
     assert (
-        f"hubpin: error: archive ({url}): {url}: cannot reach the GCS "
+        f"hubpin: error: archive ({url}): cannot reach the GCS "
         f"endpoint {endpoint}: connection refused (gave up after 2 tries)"
     ) in err
+    assert err.count(f"({url})") == 1 and err.count(f"{url}:") == 0, "the handle said once"
 
 
 def test_a_stalled_endpoint_fails_after_read_timeout_and_the_configured_tries(
