@@ -31,7 +31,7 @@ def _main() -> int:
 
 
 def run() -> None:
-    """``python -m hubpin``. An interrupted run leaves at once, skipping the interpreter's
+    """``python -m hubpin`` and the ``hubpin`` script. An interrupted run leaves at once, skipping the interpreter's
     shutdown: after Ctrl-C about 0.1 s into start-up, that shutdown ended the process by
     SIGINT (exit -2, not 130) in about one run of three, after hubpin had said it stopped."""
     code = main()
