@@ -9,11 +9,26 @@ import sys
 def main() -> int:
     try:
         return _main()
-    except KeyboardInterrupt:  # Ctrl-C while still importing: the same line as later on
+    except BaseException as error:  # Ctrl-C while still importing: the same line as later on
+        if not _interrupted(error):
+            raise
         from hubpin.errors import INTERRUPTED
 
         print(INTERRUPTED, file=sys.stderr)
         return 130
+
+
+def _interrupted(error: BaseException | None) -> bool:
+    """Whether Ctrl-C caused ``error``. Python wraps a KeyboardInterrupt raised inside a class
+    body's ``__set_name__`` (pydantic builds classes while it is imported) in a RuntimeError,
+    so the interrupt can arrive as that error's cause."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 def _main() -> int:
