@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import errno
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -126,6 +127,31 @@ def write_error(exc: OSError, where: Path | None) -> CacheError:
         errno.EFBIG: "file too large for this file system or limit",
     }.get(exc.errno or 0, exc.strerror or str(exc))
     return CacheError(f"cannot write {exc.filename or where}: {reason}")
+
+
+def install_hint(extra: str) -> str:
+    """What to run for one of hubpin's extras: its published packages, read from hubpin's own
+    metadata (so pyproject.toml stays the one list), and the extra as a clone installs it.
+
+    ``pip install 'hubpin[gcs]'`` would name a package that is not published (or is someone
+    else's), so the hint never does.
+    """
+    from importlib import metadata
+
+    try:
+        requires = metadata.requires("hubpin") or []
+    except metadata.PackageNotFoundError:  # run from a tree that was never installed
+        requires = []
+    marker = re.compile(rf"""extra\s*==\s*["']{re.escape(extra)}["']""")
+    packages = [
+        f"'{spec.strip()}'"
+        for spec, _, where in (req.partition(";") for req in requires)
+        if marker.search(where)
+    ]
+    clone = f"in a clone of hubpin: pip install '.[{extra}]'"
+    if not packages:
+        return f"run, {clone}"
+    return f"run: pip install {' '.join(packages)} (hubpin's {extra} extra; or, {clone})"
 
 
 def some(names: list[str], limit: int = 5) -> str:

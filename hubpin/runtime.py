@@ -24,6 +24,7 @@ from hubpin.errors import (
     MissingDependencyError,
     NotSyncedError,
     StaleLockError,
+    install_hint,
     unknown_alias,
 )
 from hubpin.handles import is_archive_name
@@ -264,9 +265,8 @@ def _needs(module: str, what: str) -> ModuleType:
         if missing not in _TF_PACKAGES:
             raise
         raise MissingDependencyError(
-            f"{what} needs {missing}, which is not installed in {sys.executable}; install "
-            "hubpin's tf extra from its checkout (no release is published yet): "
-            "pip install '/path/to/hubpin[tf]' (or: pip install tensorflow tensorflow-hub tf-keras)",
+            f"{what} needs {missing}, which is not installed in {sys.executable}; "
+            + install_hint("tf"),
             name=missing,
         ) from None
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import Model, Project
+from conftest import WORKTREE, Model, Project
 
 import hubpin
 
@@ -87,3 +90,48 @@ def test_status_warns_of_a_temporary_cache_only_when_it_is_the_default(
     monkeypatch.delenv("TFHUB_CACHE_DIR")  # tensorflow_hub's default, $TMPDIR/tfhub_modules
     code, out, _ = project.run("status")
     assert code == 0 and "warning: the cache is under a temporary folder" in out, out
+
+
+# A slim install without hubpin's gs:// and s3:// extras: gcsfs and botocore answer as missing.
+WITHOUT_STORES = """
+import runpy, sys
+class _NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("gcsfs", "botocore"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, _NotInstalled())
+sys.argv = ["hubpin", "lock"]
+runpy.run_module("hubpin", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize(
+    ("handle", "needs", "extra", "packages"),
+    [
+        (
+            "gs://bucket/m.tar.gz",
+            "gs:// locations need gcsfs",
+            "gcs",
+            "'gcsfs>=2024.2' 'google-crc32c>=1.5'",
+        ),
+        ("s3://bucket/m.tar.gz", "s3:// locations need botocore", "s3", "'botocore>=1.40'"),
+    ],
+)
+def test_a_missing_store_client_names_packages_that_are_published(
+    project: Project, handle: str, needs: str, extra: str, packages: str
+) -> None:
+    project.models(a=handle)
+    result = subprocess.run(
+        [sys.executable, "-c", WITHOUT_STORES],
+        cwd=project.root,
+        env={**os.environ, "PYTHONPATH": WORKTREE},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines()[0] == (
+        f"hubpin: error: a ({handle}): {needs}, which is not installed; run: pip install "
+        f"{packages} (hubpin's {extra} extra; or, in a clone of hubpin: pip install '.[{extra}]')"
+    )
+    assert f"hubpin[{extra}]" not in result.stderr

@@ -69,7 +69,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hubpin.errors import FetchError, HubpinError, SettingsError
+from hubpin.errors import FetchError, HubpinError, SettingsError, install_hint
 from hubpin.retry import Retries
 from hubpin.settings import Settings
 
@@ -107,8 +107,7 @@ def filesystem(settings: Settings) -> GCSFileSystem:
                 client = _client_class()
             except ImportError:
                 raise HubpinError(
-                    "gs:// locations need gcsfs, which is not installed; "
-                    "run: pip install 'hubpin[gcs]'"
+                    f"gs:// locations need gcsfs, which is not installed; {install_hint('gcs')}"
                 ) from None
             # gcsfs logs a traceback when it gives up; we raise one line instead. A handler
             # of its own keeps Python's last-resort handler from printing it, while an

@@ -47,7 +47,7 @@ from typing import Any
 
 from hubpin.checksums import Declared
 from hubpin.download import Download
-from hubpin.errors import FetchError, HubpinError, MissingError, SettingsError
+from hubpin.errors import FetchError, HubpinError, MissingError, SettingsError, install_hint
 from hubpin.handles import strip_query
 from hubpin.retry import Retries
 from hubpin.settings import Settings
@@ -394,7 +394,7 @@ def _new_client(settings: Settings) -> Any:
         from botocore.exceptions import BotoCoreError
     except ImportError:
         raise HubpinError(
-            "s3:// locations need botocore, which is not installed; run: pip install 'hubpin[s3]'"
+            f"s3:// locations need botocore, which is not installed; {install_hint('s3')}"
         ) from None
     config = Config(
         connect_timeout=settings.connect_timeout,
