@@ -178,38 +178,46 @@ def _expression(text: str, context: dict[str, str], workspace: Path) -> str:
 def test_github_workflow_and_action_run_as_shipped(
     tmp_path: Path, hub: HubServer, image_python: Path
 ) -> None:
-    """examples/github-actions/models.yml's steps, with `uses: ./.hubpin` expanded into
-    action.yml's steps: each `run` executed by bash in a scratch workspace holding a project
-    (the demo's manifest and lock), GITHUB_ENV honoured; the cache step checked by its key."""
+    """examples/github-actions/models.yml's steps, with its ``uses: ./<folder>`` expanded into
+    the steps of action.yml in the copy of hubpin its first lines say to commit there (made by
+    their own command, from a git repository holding this tree): each `run` executed by bash in
+    a scratch workspace holding a project (the demo's manifest and lock), GITHUB_ENV honoured;
+    the cache step checked by its key. Nothing names a repository that does not exist."""
     import yaml
 
-    workflow = yaml.safe_load((EXAMPLES / "github-actions" / "models.yml").read_text())
+    text = (EXAMPLES / "github-actions" / "models.yml").read_text()
+    workflow = yaml.safe_load(text)
     steps = workflow["jobs"]["models"]["steps"]
-    action = yaml.safe_load((EXAMPLES.parent / "action.yml").read_text())
     uses = [step.get("uses") for step in steps]
-    assert uses[:4] == [
-        "actions/checkout@v4",
-        "actions/setup-python@v5",
-        "actions/checkout@v4",
-        "./.hubpin",
-    ]
-    hubpin_checkout = steps[2]["with"]["path"]
-    assert uses[3] == f"./{hubpin_checkout}"
+    assert uses[:3] == ["actions/checkout@v4", "actions/setup-python@v5", uses[2]]
+    assert all("repository" not in step.get("with", {}) for step in steps), "only the project"
+    vendored = uses[2].removeprefix("./")
+    assert uses[2].startswith("./") and vendored.strip("/") == vendored
 
     workspace = tmp_path / "workspace"
     shutil.copytree(DEMO, workspace)  # the repository the workflow checks out: a locked project
-    shutil.copytree(EXAMPLES.parent, workspace / hubpin_checkout, ignore=CHECKOUT_IGNORE)
+    hubpin_clone = tmp_path / "hubpin"  # a clone of hubpin holding this tree as its HEAD
+    shutil.copytree(EXAMPLES.parent, hubpin_clone, ignore=CHECKOUT_IGNORE)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C"]
+    for repo in (hubpin_clone, workspace):
+        subprocess.run([*git, str(repo), "init", "-q"], check=True)
+    subprocess.run([*git, str(hubpin_clone), "add", "-A"], check=True)
+    subprocess.run([*git, str(hubpin_clone), "commit", "-q", "-m", "hubpin"], check=True)
+    (vendor,) = [line[1:].strip() for line in text.splitlines() if "path/to/hubpin" in line]
+    made = _run(vendor.replace("path/to/hubpin", str(hubpin_clone)), workspace, dict(os.environ))
+    assert made.returncode == 0, made.stderr
+    action = yaml.safe_load((workspace / vendored / "action.yml").read_text())
     github_env = tmp_path / "github_env"
     github_env.write_text("")
     env = _step_env(image_python, GITHUB_ENV=str(github_env))
     inputs = {f"inputs.{k}": str(v.get("default", "")) for k, v in action["inputs"].items()}
     context = {
         **inputs,
-        "github.action_path": str(workspace / hubpin_checkout),
+        "github.action_path": str(workspace / vendored),
         "github.workspace": str(workspace),
         "runner.os": "Linux",
     }
-    expanded = [*action["runs"]["steps"], *steps[4:]]
+    expanded = [*action["runs"]["steps"], *steps[3:]]
     assert action["runs"]["using"] == "composite"
     ran, cached = [], None
     for step in expanded:
