@@ -1,0 +1,150 @@
+"""The Kaggle, BERT and Colab TPU examples run as their files and READMEs say, from a copy of
+their folder, with only the hosts replaced, through settings a user would use: the Kaggle API
+endpoint (``KAGGLE_API_ENDPOINT``), tfhub.dev mirrored to loopback by ``[[mirrors]]`` in a
+``HUBPIN_CONFIG`` file, and a GCS emulator through ``STORAGE_EMULATOR_HOST``. The servers serve
+models the suite builds."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import tomllib
+from conftest import WORKTREE, Model
+from kaggleserver import KaggleServer
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def _commands(readme: Path, fence: str, prefix: str = "") -> list[str]:
+    """The command lines of ``readme``'s first ``fence`` code block (those starting with
+    ``prefix``, which is dropped), exactly as a user copies them."""
+    text = readme.read_text(encoding="utf-8")
+    block = re.search(rf"^```{fence}\n(.*?)^```", text, re.M | re.S)
+    assert block, f"{readme}: no ```{fence} block"
+    return [
+        line.removeprefix(prefix)
+        for line in block.group(1).splitlines()
+        if line.startswith(prefix) and line.strip()
+    ]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    """A user's shell: this tree's hubpin (as installed from a clone), the suite's isolated
+    caches and home (tests/conftest.py), TensorFlow quiet, plus ``extra``."""
+    return {**os.environ, "PYTHONPATH": WORKTREE, "TF_CPP_MIN_LOG_LEVEL": "3", **extra}
+
+
+def _shell(command: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    hubpin = Path(cwd) / ".bin"  # `hubpin` on PATH runs this tree's CLI, as after pip install
+    if not hubpin.exists():
+        hubpin.mkdir()
+        script = hubpin / "hubpin"
+        script.write_text(f'#!/bin/sh\nexec {sys.executable} -m hubpin "$@"\n')
+        script.chmod(0o755)
+    return subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", command],
+        cwd=cwd,
+        env={**env, "PATH": f"{hubpin}:{os.path.dirname(sys.executable)}:{env['PATH']}"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+# -- Kaggle ------------------------------------------------------------------------------
+
+MOBILENET = "google/mobilenet-v2/tensorFlow2/100-224-classification"
+BERT = "tensorflow/bert/tensorFlow2/en-uncased-l-12-h-768-a-12"
+
+
+@pytest.fixture
+def kaggle(models: dict[str, Model]) -> Iterator[KaggleServer]:
+    """The Kaggle stand-in publishing the example's two models: mobilenet at version 2 (the one
+    its README names), BERT at version 4 (the one its manifest pins) of four."""
+    server = KaggleServer().start()
+    server.add(MOBILENET, models["double"].archive)
+    server.bump(MOBILENET, models["triple"].archive)
+    server.add(BERT, models["double"].archive)
+    for _ in range(3):
+        server.bump(BERT, models["quint"].archive)
+    yield server
+    server.stop()
+
+
+def test_kaggle_example_runs_as_its_readme_says(
+    tmp_path: Path, kaggle: KaggleServer, models: dict[str, Model]
+) -> None:
+    """examples/kaggle's README commands, line by line, in a copy of the folder: lock pins
+    mobilenet's current version, sync fills every reader's cache, check.py finds each model
+    through hubpin, tensorflow_hub and kagglehub without a request, outdated exits 1 once Kaggle
+    publishes a newer version, and lock --upgrade && sync moves to it."""
+    project = tmp_path / "kaggle"
+    shutil.copytree(EXAMPLES / "kaggle", project)
+    assert not (project / "models.lock").exists()
+    commands = _commands(project / "README.md", "sh")
+    assert [c.split("#")[0].strip() for c in commands] == [
+        "hubpin lock",
+        "hubpin sync --locked",
+        "python check.py",
+        "hubpin outdated",
+        "hubpin lock --upgrade mobilenet && hubpin sync",
+    ]
+    env = _env(KAGGLE_API_ENDPOINT=kaggle.url)
+    cache = Path(os.environ["TMPDIR"]) / "tfhub_modules"  # the default, tensorflow_hub's too
+    said = {}
+    for command in commands:
+        if command.startswith("hubpin outdated"):
+            kaggle.bump(MOBILENET, models["quint"].archive)  # Kaggle publishes version 3
+        before = len(kaggle.requests)
+        result = _shell(command, project, env)
+        said[command.split("#")[0].strip()] = result
+        expected = 1 if command.startswith("hubpin outdated") else 0
+        assert result.returncode == expected, (command, result.stdout, result.stderr)
+        if command.startswith("python check.py"):
+            assert kaggle.requests[before:] == [], "check.py must find everything offline"
+            _check_found(result.stdout.splitlines(), cache, models)
+
+    outdated = said["hubpin outdated"].stdout
+    assert re.search(r"^mobilenet\s+2\s+3\s+behind", outdated, re.M), outdated
+    pins = tomllib.loads((project / "models.lock").read_text())["models"]
+    assert (pins["mobilenet"]["kaggle_version"], pins["bert"]["kaggle_version"]) == (3, 4)
+    for handle in (f"{MOBILENET_URL}/3", MOBILENET_URL):
+        assert _holds(cache / hashlib.sha1(handle.encode()).hexdigest(), models["quint"])
+
+
+MOBILENET_URL = f"https://www.kaggle.com/models/{MOBILENET}"
+
+
+def _holds(folder: Path, model: Model) -> bool:
+    """``folder`` holds ``model`` (its graph and its weights)."""
+    return all(
+        (folder / name).read_bytes() == (model.folder / name).read_bytes()
+        for name in ("saved_model.pb", "variables/variables.data-00000-of-00001")
+    )
+
+
+def _check_found(lines: list[str], cache: Path, models: dict[str, Model]) -> None:
+    """check.py's report: per alias its version, then hubpin.resolve, hub.resolve of the
+    versioned URL and kagglehub.model_download, each a folder holding that version."""
+    kagglehub_cache = Path(os.environ["KAGGLEHUB_CACHE"])
+    for alias, slug, version, model, handle in (
+        ("bert", BERT, 4, "quint", f"kaggle:{BERT}/4"),
+        ("mobilenet", MOBILENET, 2, "triple", MOBILENET_URL),
+    ):
+        at = lines.index(f"{alias}: version {version}")
+        paths = [line.split()[-1] for line in lines[at + 1 : at + 4]]
+        versioned = f"https://www.kaggle.com/models/{slug}/{version}"
+        assert paths == [
+            str(cache / hashlib.sha1(handle.encode()).hexdigest()),  # the handle as written
+            str(cache / hashlib.sha1(versioned.encode()).hexdigest()),
+            str(kagglehub_cache / "models" / slug / str(version)),
+        ], lines
+        assert all(_holds(Path(path), models[model]) for path in paths), paths
