@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 import tomllib
 from conftest import WORKTREE, Model
+from hubserver import HubServer
 from kaggleserver import KaggleServer
+from savedmodels import BERT_HIDDEN, bert_pooled, build_bert_encoder, build_bert_preprocess, pack
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -148,3 +150,71 @@ def _check_found(lines: list[str], cache: Path, models: dict[str, Model]) -> Non
             str(kagglehub_cache / "models" / slug / str(version)),
         ], lines
         assert all(_holds(Path(path), models[model]) for path in paths), paths
+
+
+# -- BERT --------------------------------------------------------------------------------
+
+PREPROCESS = "tensorflow/bert_en_uncased_preprocess/3"
+ENCODER = "tensorflow/bert_en_uncased_L-12_H-768_A-12/4"
+
+
+@pytest.fixture(scope="session")
+def bert_archives(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    """The tiny BERT-shaped preprocessor and encoder (tests/savedmodels.py), packed as tfhub.dev
+    packs them, by their tfhub.dev model path."""
+    root = tmp_path_factory.mktemp("bert")
+    return {
+        PREPROCESS: pack(build_bert_preprocess(root / "preprocess")),
+        ENCODER: pack(build_bert_encoder(root / "encoder")),
+    }
+
+
+def _mirror(folder: Path, hub: HubServer) -> Path:
+    """tfhub.dev served by the loopback hub, the way a company mirror is configured."""
+    path = folder / "hubpin.toml"
+    path.write_text(f'[[mirrors]]\nprefix = "https://tfhub.dev/"\nreplace = "{hub.url}/"\n')
+    return path
+
+
+def test_bert_example_runs_as_its_readme_says(
+    tmp_path: Path, bert_archives: dict[str, bytes]
+) -> None:
+    """examples/bert's README commands in a copy of the folder, tfhub.dev mirrored to the
+    loopback hub through HUBPIN_CONFIG: `hubpin sync` locks and fills the cache (the encoder's
+    Kaggle URL too), then, with the hub stopped, classify.py prints the shape of pooled_output
+    and the cosine similarity the models compute for its two sentences."""
+    import ast
+
+    import numpy as np
+
+    project = tmp_path / "bert"
+    shutil.copytree(EXAMPLES / "bert", project)
+    assert not (project / "models.lock").exists()
+    commands = _commands(project / "README.md", "sh")
+    assert [c.split("#")[0].strip() for c in commands] == ["hubpin sync", "python classify.py"]
+    hub = HubServer(models=dict(bert_archives)).start()
+    env = _env(HUBPIN_CONFIG=str(_mirror(tmp_path, hub)))
+    try:
+        synced = _shell(commands[0], project, env)
+        assert synced.returncode == 0, synced.stderr
+    finally:
+        hub.stop()
+    cache = Path(os.environ["TMPDIR"]) / "tfhub_modules"
+    pins = tomllib.loads((project / "models.lock").read_text())["models"]
+    for alias in ("preprocess", "bert"):
+        handles = [pins[alias]["handle"], *pins[alias].get("also", [])]
+        for handle in handles:
+            entry = cache / hashlib.sha1(handle.encode()).hexdigest()
+            assert (entry / "saved_model.pb").is_file(), (alias, handle)
+    assert len(pins["bert"]["also"]) == 1
+
+    ran = _shell(commands[1], project, env)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    script = (project / "classify.py").read_text()
+    (literal,) = re.findall(r"tf\.constant\((\[.*?\])\)", script)
+    pooled = np.array([bert_pooled(sentence) for sentence in ast.literal_eval(literal)])
+    unit = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+    shape, similarity = ran.stdout.splitlines()
+    assert shape == f"pooled_output shape: ({len(pooled)}, {BERT_HIDDEN})"
+    label, value = similarity.split(": ")
+    assert label == "cosine similarity" and abs(float(value) - unit[0] @ unit[1]) < 2e-4, value
