@@ -99,6 +99,30 @@ EIGHT = [Fixture(f"m{i}", 50, 10 + i) for i in range(8)]
 HUGE = Fixture("huge", 1024, 99)
 FLEET = EIGHT[:2]  # what every fleet worker syncs (modest: the machine is shared)
 FLEET_WORKERS = 8
+# (--only name, scheme, what is read, what besides the archives, the server) of each fleet row.
+FLEET_ROWS = [
+    (
+        "fleet",
+        "gs",
+        "bucket",
+        "each archive once, plus HTTP",
+        "gcp-storage-emulator (serves one request at a time)",
+    ),
+    (
+        "fleet-s3",
+        "s3",
+        "bucket",
+        "each archive once, plus HTTP",
+        "moto's S3 server (threaded, in memory)",
+    ),
+    (
+        "fleet-oci",
+        "oci",
+        "registry",
+        "each blob once, plus manifest, lock and HTTP",
+        "CNCF Distribution (docker-registry) on loopback, plain http",
+    ),
+]
 TINY = Fixture("tiny", 0, 0)  # the test suite's affine model, served under 50 paths
 
 
@@ -160,32 +184,18 @@ def serve(root: Path, names: list[str], rate: int | None, goog_hash: bool = Fals
         if name == TINY.name:
             models.update({f"bench/tiny{i}/1": data for i in range(MANY_MODELS)})
         models[fixtures[name].path] = data
-    server = HubServer(models=models, rate=rate, goog_hash=goog_hash).start()
-    print(server.url, flush=True)
-    sys.stdin.read()
-    server.stop()
+    peers.serve_until_eof(HubServer(models=models, rate=rate, goog_hash=goog_hash).start())
 
 
-@contextlib.contextmanager
 def server_process(
     root: Path, names: list[str], rate: int | None = None, goog_hash: bool = False
-) -> Iterator[str]:
-    cmd = [sys.executable, __file__, "--serve", ",".join(names), "--fixtures", str(root)]
+) -> contextlib.AbstractContextManager[str]:
+    args = ["--serve", ",".join(names), "--fixtures", str(root)]
     if rate:
-        cmd += ["--rate", str(rate)]
+        args += ["--rate", str(rate)]
     if goog_hash:
-        cmd.append("--goog-hash")
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        url = proc.stdout.readline().strip()
-        if not url:
-            raise RuntimeError("benchmark server did not start")
-        yield url
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        proc.wait(timeout=30)
+        args.append("--goog-hash")
+    return peers.server_process(args, "benchmark server")
 
 
 # ---------------------------------------------------------------- contenders
@@ -800,59 +810,27 @@ def main() -> None:
                 f"Hash-only `lock --no-fill && sync --locked` (two downloads): {secs(before)}, "
                 f"{before / plain:.2f}× |"
             )
-        if "fleet" in only:
+        for row, scheme, where, besides, backend in FLEET_ROWS:
+            if row not in only:
+                continue
             mb = sum(f.mb for f in FLEET)
             print(
-                f"fleet: {FLEET_WORKERS} × sync --from gs://, {len(FLEET)}×50 MB", file=sys.stderr
-            )
-            bundle_seconds, alone, many = fleet(args.fixtures, FLEET, FLEET_WORKERS, fresh("fleet"))
-            per = many.from_bucket
-            rows.append(
-                f"| fleet: {many.workers} × `sync --from gs://…` at once, {len(FLEET)}×{mb // len(FLEET)} MB "
-                f"| {secs(many.wall)} | — | — | — | — | — "
-                f"| wall time, each worker its own cache; one worker alone {secs(alone.wall)}. Read from "
-                f"the bucket per worker: {min(per):,}–{max(per):,} B for {many.archives:,} B of "
-                f"archives ({max(per) / many.archives:.4f}×: each archive once, plus HTTP); from "
-                f"the upstream server: {many.from_upstream + alone.from_upstream} B. "
-                f"gcp-storage-emulator (serves one request at a time); `bundle` once: "
-                f"{secs(bundle_seconds)} |"
-            )
-        if "fleet-s3" in only:
-            mb = sum(f.mb for f in FLEET)
-            print(
-                f"fleet: {FLEET_WORKERS} × sync --from s3://, {len(FLEET)}×50 MB", file=sys.stderr
+                f"fleet: {FLEET_WORKERS} × sync --from {scheme}://, {len(FLEET)}×50 MB",
+                file=sys.stderr,
             )
             bundle_seconds, alone, many = fleet(
-                args.fixtures, FLEET, FLEET_WORKERS, fresh("fleet-s3"), "s3"
+                args.fixtures, FLEET, FLEET_WORKERS, fresh(row), scheme
             )
             per = many.from_bucket
             rows.append(
-                f"| fleet: {many.workers} × `sync --from s3://…` at once, {len(FLEET)}×{mb // len(FLEET)} MB "
+                f"| fleet: {many.workers} × `sync --from {scheme}://…` at once, "
+                f"{len(FLEET)}×{mb // len(FLEET)} MB "
                 f"| {secs(many.wall)} | — | — | — | — | — "
                 f"| wall time, each worker its own cache; one worker alone {secs(alone.wall)}. Read from "
-                f"the bucket per worker: {min(per):,}–{max(per):,} B for {many.archives:,} B of "
-                f"archives ({max(per) / many.archives:.4f}×: each archive once, plus HTTP); from "
+                f"the {where} per worker: {min(per):,}–{max(per):,} B for {many.archives:,} B of "
+                f"archives ({max(per) / many.archives:.4f}×: {besides}); from "
                 f"the upstream server: {many.from_upstream + alone.from_upstream} B. "
-                f"moto's S3 server (threaded, in memory); `bundle` once: {secs(bundle_seconds)} |"
-            )
-        if "fleet-oci" in only:
-            mb = sum(f.mb for f in FLEET)
-            print(
-                f"fleet: {FLEET_WORKERS} × sync --from oci://, {len(FLEET)}×50 MB", file=sys.stderr
-            )
-            bundle_seconds, alone, many = fleet(
-                args.fixtures, FLEET, FLEET_WORKERS, fresh("fleet-oci"), "oci"
-            )
-            per = many.from_bucket
-            rows.append(
-                f"| fleet: {many.workers} × `sync --from oci://…` at once, {len(FLEET)}×{mb // len(FLEET)} MB "
-                f"| {secs(many.wall)} | — | — | — | — | — "
-                f"| wall time, each worker its own cache; one worker alone {secs(alone.wall)}. Read from "
-                f"the registry per worker: {min(per):,}–{max(per):,} B for {many.archives:,} B of "
-                f"archives ({max(per) / many.archives:.4f}×: each blob once, plus manifest, lock and "
-                f"HTTP); from the upstream server: {many.from_upstream + alone.from_upstream} B. "
-                f"CNCF Distribution (docker-registry) on loopback, plain http; `bundle` once: "
-                f"{secs(bundle_seconds)} |"
+                f"{backend}; `bundle` once: {secs(bundle_seconds)} |"
             )
         if "noop" in only:
             print(f"start-up and no-op, {NOOP_MODELS} models", file=sys.stderr)
@@ -875,7 +853,7 @@ def main() -> None:
         if "kaggle" in only:
             print("kagglehub.model_download vs hubpin, 1×200 MB", file=sys.stderr)
             name = BIG.archive(args.fixtures).name
-            with peers.kaggle_process(Path(__file__), args.fixtures, name):
+            with peers.kaggle_process(args.fixtures, name):
                 k = peers.kagglehub_vs_hubpin(run_hubpin, interleaved, fresh("kaggle"), runs)
             assert isinstance(k, Timings)
             ours, theirs = k.median("hubpin"), k.median("kagglehub")
@@ -890,7 +868,7 @@ def main() -> None:
         if "hf" in only:
             print("huggingface_hub.snapshot_download vs hubpin, 1×200 MB", file=sys.stderr)
             name = BIG.archive(args.fixtures).name
-            with peers.hf_process(Path(__file__), args.fixtures, name) as hf_url:
+            with peers.hf_process(args.fixtures, name) as hf_url:
                 h = peers.snapshot_download_vs_hubpin(
                     run_hubpin, interleaved, hf_url, fresh("hf"), runs
                 )

@@ -1,5 +1,6 @@
 """The peers of ``bench.py`` other than tensorflow_hub: kagglehub's ``model_download`` on the
-test suite's Kaggle stand-in (tests/kaggleserver.py), in its own process.
+test suite's Kaggle stand-in (tests/kaggleserver.py) and huggingface_hub's ``snapshot_download``
+on its Hub stand-in (tests/hfserver.py), each stand-in in its own process.
 
 kagglehub 1.x sends ``KAGGLE_API_ENVIRONMENT=TEST`` to ``http://localhost:7777``, so the
 stand-in listens there (the one fixed port, as in the test suite); hubpin reads the same
@@ -15,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 SLUG = "bench/big/tensorFlow2/v"
 
@@ -25,26 +27,38 @@ def serve_kaggle(archive: Path) -> None:
 
     server = KaggleServer(api_port=7777, api_name="localhost")
     server.add(SLUG, archive.read_bytes())
-    server.start()
+    serve_until_eof(server.start())
+
+
+def serve_until_eof(server: Any) -> None:
+    """What a ``--serve…`` process does with its started stand-in: print its URL for
+    :func:`server_process`, serve until its stdin closes, stop."""
     print(server.url, flush=True)
     sys.stdin.read()
     server.stop()
 
 
 @contextlib.contextmanager
-def kaggle_process(bench: Path, fixtures: Path, archive_name: str) -> Iterator[str]:
-    cmd = [sys.executable, str(bench), "--serve-kaggle", archive_name, "--fixtures", str(fixtures)]
+def server_process(args: list[str], what: str) -> Iterator[str]:
+    """A stand-in in a process of its own (``bench.py`` run with ``args``), so that its work
+    never shares a GIL with what is measured; yields its URL, stops it on leaving."""
+    cmd = [sys.executable, str(Path(__file__).with_name("bench.py")), *args]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
         url = proc.stdout.readline().strip()
         if not url:
-            raise RuntimeError("Kaggle stand-in did not start (is port 7777 in use?)")
+            raise RuntimeError(f"{what} did not start")
         yield url
     finally:
         assert proc.stdin is not None
         proc.stdin.close()
         proc.wait(timeout=30)
+
+
+def kaggle_process(fixtures: Path, archive_name: str) -> contextlib.AbstractContextManager[str]:
+    args = ["--serve-kaggle", archive_name, "--fixtures", str(fixtures)]
+    return server_process(args, "Kaggle stand-in (is port 7777 in use?)")
 
 
 def kagglehub_vs_hubpin(
@@ -92,25 +106,12 @@ def serve_hf(archive: Path) -> None:
 
     server = HfServer().start()
     server.add(HF_REPO, {"config.json": b"{}", "model.weights.h5": archive.read_bytes()})
-    print(server.url, flush=True)
-    sys.stdin.read()
-    server.stop()
+    serve_until_eof(server)
 
 
-@contextlib.contextmanager
-def hf_process(bench: Path, fixtures: Path, archive_name: str) -> Iterator[str]:
-    cmd = [sys.executable, str(bench), "--serve-hf", archive_name, "--fixtures", str(fixtures)]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        url = proc.stdout.readline().strip()
-        if not url:
-            raise RuntimeError("Hugging Face stand-in did not start")
-        yield url
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        proc.wait(timeout=30)
+def hf_process(fixtures: Path, archive_name: str) -> contextlib.AbstractContextManager[str]:
+    args = ["--serve-hf", archive_name, "--fixtures", str(fixtures)]
+    return server_process(args, "Hugging Face stand-in")
 
 
 def snapshot_download_vs_hubpin(
