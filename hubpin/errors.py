@@ -154,6 +154,19 @@ def install_hint(extra: str) -> str:
     return f"run: pip install {' '.join(packages)} (hubpin's {extra} extra; or, {clone})"
 
 
+NETWORK_CHECK = "check the network and any proxy (HTTPS_PROXY, HTTP_PROXY, NO_PROXY)"
+MIRRORS_CHECK = "that the host is up, or fetch from a copy with [[mirrors]] in hubpin.toml"
+
+
+def unreachable(what: str, reason: str, tries: str, check: str = MIRRORS_CHECK) -> str:
+    """The one line for a server that does not answer, said once after the last try (each
+    try before it is logged under ``-v`` only): what was tried, why, and what to check, in
+    the order a person checks it (this machine's network, a proxy, then the host or the
+    setting that chose it)."""
+    counted = f" ({tries})" if tries else ""
+    return f"cannot reach {what}: {reason}{counted}; {NETWORK_CHECK}, {check}"
+
+
 def some(names: list[str], limit: int = 5) -> str:
     """The first ``limit`` names and how many more: keeps a one-line message one line."""
     more = f" and {len(names) - limit} more" if len(names) > limit else ""

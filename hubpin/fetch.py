@@ -28,7 +28,13 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 from hubpin.checksums import from_headers
 from hubpin.download import Download
-from hubpin.errors import FetchError, InputError, MissingError
+from hubpin.errors import (
+    MIRRORS_CHECK,
+    FetchError,
+    InputError,
+    MissingError,
+    unreachable,
+)
 from hubpin.handles import is_loopback, scheme_of, strip_query
 from hubpin.retry import Retries, backoff_delay  # noqa: F401 - backoff_delay: re-exported
 from hubpin.settings import Settings
@@ -215,7 +221,7 @@ class Fetcher:
                     raise FetchError(
                         f"{strip_query(url)}: bytes {start}-{end}: {_reason(exc)} ({tries.gave_up})"
                     ) from None
-                log.warning("%s: %s; resuming the range", strip_query(url), _reason(exc))
+                log.info("%s: %s; resuming the range", strip_query(url), _reason(exc))
                 time.sleep(delay)
 
     def _http_chunks(
@@ -252,7 +258,7 @@ class Fetcher:
                     raise FetchError(
                         f"{strip_query(url)}: {what} after {tries.failures} tries ({_reason(exc)})"
                     ) from None
-                log.warning("%s: %s; resuming at byte %d", strip_query(url), _reason(exc), offset)
+                log.info("%s: %s; resuming at byte %d", strip_query(url), _reason(exc), offset)
                 time.sleep(delay)
                 response, _ = self._with_retries(functools.partial(self._follow, url, offset), url)
                 skip = offset if response.status == 200 else 0
@@ -269,11 +275,16 @@ class Fetcher:
                         "host, set ca_bundle in hubpin.toml"
                     ) from None
                 delay = tries.failed(exc)
+                down = self._unreachable(exc, url)
                 if delay is None:
-                    raise FetchError(
-                        f"{strip_query(url)}: {_reason(exc)} ({tries.gave_up})"
-                    ) from None
-                log.warning("%s: %s; retrying", strip_query(url), _reason(exc))
+                    if down is None:
+                        busy = "; the host is failing: try again later" if _is_status(exc) else ""
+                        raise FetchError(
+                            f"{strip_query(url)}: {_reason(exc)} ({tries.gave_up}){busy}"
+                        ) from None
+                    raise FetchError(f"{strip_query(url)}: {down(tries.gave_up)}") from None
+                why = _down(exc, self.settings) or _reason(exc)
+                log.info("%s: %s; retrying (%s)", strip_query(url), why, tries.tried)
                 time.sleep(delay)
 
     def _follow(
@@ -367,6 +378,32 @@ class Fetcher:
                 self._hosts.not_before[origin] = max(self._hosts.not_before.get(origin, 0.0), until)
         raise exc
 
+    def add_host_hint(self, url: str, check: str) -> None:
+        """What to check when ``url``'s origin does not answer: the setting that chose the host
+        (an API endpoint), instead of [[mirrors]], which serve archives only."""
+        with self._hosts.lock:
+            self._hosts.hints[_origin(url)] = check
+
+    def _unreachable(self, exc: BaseException, url: str) -> Callable[[str], str] | None:
+        """For a server that is down (refused, unknown host, no connection or no answer in
+        time, closed before answering), the one line to say after the last try, else None."""
+        import urllib3
+
+        host = urllib.parse.urlsplit(url).netloc.rpartition("@")[2]
+        if isinstance(exc, urllib3.exceptions.ProxyError):
+            proxy = strip_query((self._proxies or {}).get(scheme_of(url), "the proxy"))
+            reason = _down(exc.original_error, self.settings) or _reason(exc.original_error)
+            return lambda tries: (
+                f"cannot reach {host} through the proxy {proxy}: {reason} ({tries}); "
+                "check the proxy (HTTPS_PROXY, HTTP_PROXY, NO_PROXY) and the network"
+            )
+        reason = _down(exc, self.settings)
+        if reason is None:
+            return None
+        with self._hosts.lock:
+            check = self._hosts.hints.get(_origin(url), MIRRORS_CHECK)
+        return lambda tries: unreachable(host, reason, tries, check)
+
     def _wait_for_host(self, url: str) -> None:
         """Sleep until the Retry-After this host gave (to any job) has passed."""
         with self._hosts.lock:
@@ -420,6 +457,31 @@ class _Hosts:
     lock: threading.Lock = field(default_factory=threading.Lock)
     headers: dict[tuple[str, str, int], dict[str, str]] = field(default_factory=dict)
     not_before: dict[tuple[str, str, int], float] = field(default_factory=dict)
+    hints: dict[tuple[str, str, int], str] = field(default_factory=dict)
+
+
+def _is_status(exc: BaseException) -> bool:
+    """A 5xx or 429 the host answered (and hubpin retried), not a network failure."""
+    return isinstance(exc, _Transient) and str(exc).startswith("HTTP ")
+
+
+def _down(exc: BaseException, settings: Settings) -> str | None:
+    """Why a server did not answer, in a person's words, or None for another failure."""
+    import urllib3
+
+    errors = urllib3.exceptions
+    if isinstance(exc, errors.NameResolutionError):
+        return "the host name does not resolve (DNS)"
+    if isinstance(exc, errors.NewConnectionError):  # a subclass of ConnectTimeoutError
+        return (getattr(exc.__cause__, "strerror", None) or "cannot connect").lower()
+    if isinstance(exc, errors.ConnectTimeoutError):
+        return f"no connection within connect_timeout ({settings.connect_timeout:g}s)"
+    if isinstance(exc, errors.ReadTimeoutError):
+        return f"no answer within read_timeout ({settings.read_timeout:g}s)"
+    if isinstance(exc, errors.ProtocolError):
+        reset = isinstance(exc.args[-1] if exc.args else None, ConnectionResetError)
+        return "the connection was reset" if reset else "the connection closed unanswered"
+    return None
 
 
 def _origin(url: str) -> tuple[str, str, int]:

@@ -245,6 +245,7 @@ class HfApi:
         self.endpoint = where
         self.token = token
         self.fetcher = fetcher
+        fetcher.add_host_hint(where, "that the host is up, or the Hub's address: HF_ENDPOINT")
         if token is not None:
             fetcher.add_host_headers(where, token.headers())
 

@@ -38,5 +38,10 @@ class Retries:
         return retry_after if retry_after is not None else backoff_delay(self.failures, self.first)
 
     @property
+    def tried(self) -> str:
+        """Where a retry stands, for the line ``-v`` logs before it."""
+        return f"try {self.failures} of {self.retries + 1} failed"
+
+    @property
     def gave_up(self) -> str:
         return f"gave up after {self.failures} tries"

@@ -38,6 +38,11 @@ class Transport:
         """Kaggle's API with the user's credentials (read once, only when a Kaggle model is used)."""
         if self._kaggle is None:
             where = endpoint(self.settings.kaggle_endpoint)
+            self.http.add_host_hint(
+                where,
+                "that the host is up, or the API endpoint: kaggle_endpoint in hubpin.toml "
+                "(HUBPIN_KAGGLE_ENDPOINT, KAGGLE_API_ENDPOINT)",
+            )
             self._kaggle = KaggleApi(where, load_credentials(), self.http.request)
         return self._kaggle
 

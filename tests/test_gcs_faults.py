@@ -310,6 +310,12 @@ def _run(project: Project, endpoint: str, *argv: str, cache: str) -> tuple[int, 
     return code, err
 
 
+GCS_CHECK = (
+    "; check the network and any proxy (HTTPS_PROXY, HTTP_PROXY, NO_PROXY), that the endpoint "
+    "is up, or STORAGE_EMULATOR_HOST, which names it"
+)
+
+
 def _closed_port() -> str:
     return f"http://127.0.0.1:{_free_port()}"  # bound once and released: nothing listens
 
@@ -328,7 +334,10 @@ def test_an_unreachable_endpoint_fails_after_the_configured_tries(
         assert "FAILED: gs://fleet-bucket/tfhub" in line, line
         assert line.endswith(
             f"cannot reach the GCS endpoint {endpoint}: connection refused (gave up after 3 tries)"
+            + GCS_CHECK
         ), line
+    assert "retrying" not in err, "each retry is said under -v only"
+    code, err = _run(project, endpoint, "-v", "sync", "--locked", cache="gs://fleet-bucket/tfhub")
     assert len(re.findall(r"; retrying", err)) == 2, "two retries, then one budget for the run"
 
 
@@ -341,7 +350,7 @@ def test_an_unreachable_endpoint_at_lock_time_names_the_alias(project: Project) 
     url = "gs://mirror-bucket/models/double.tar.gz"
     assert (
         f"hubpin: error: archive ({url}): cannot reach the GCS "
-        f"endpoint {endpoint}: connection refused (gave up after 2 tries)"
+        f"endpoint {endpoint}: connection refused (gave up after 2 tries){GCS_CHECK}\n"
     ) in err
     assert err.count(f"({url})") == 1 and err.count(f"{url}:") == 0, "the handle said once"
 
@@ -356,7 +365,7 @@ def test_a_stalled_endpoint_fails_after_read_timeout_and_the_configured_tries(
     assert code == 1
     assert _line(err, "double").endswith(
         f"cannot reach the GCS endpoint {stalled_endpoint}: no answer within read_timeout (1s) "
-        "(gave up after 2 tries)"
+        "(gave up after 2 tries)" + GCS_CHECK
     ), err
 
 
@@ -382,7 +391,7 @@ def test_an_upload_the_server_stops_reading_fails_after_read_timeout(
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == (
         f"gs://fleet-bucket/big.bin: cannot reach the GCS endpoint {stalled_endpoint}: no bytes "
-        "of the request accepted within read_timeout (1s) (gave up after 2 tries)"
+        "of the request accepted within read_timeout (1s) (gave up after 2 tries)" + GCS_CHECK
     )
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import WORKTREE, Model, Project
+from gcs_emulator import _free_port
 
 import hubpin
 
@@ -135,3 +136,33 @@ def test_a_missing_store_client_names_packages_that_are_published(
         f"{packages} (hubpin's {extra} extra; or, in a clone of hubpin: pip install '.[{extra}]')"
     )
     assert f"hubpin[{extra}]" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("handle", "variable", "check"),
+    [
+        (
+            "kaggle:acme/bert/tensorFlow2/base/1",
+            "HUBPIN_KAGGLE_ENDPOINT",
+            "the API endpoint: kaggle_endpoint in hubpin.toml (HUBPIN_KAGGLE_ENDPOINT, "
+            "KAGGLE_API_ENDPOINT)",
+        ),
+        ("hf:org/bert@main", "HF_ENDPOINT", "the Hub's address: HF_ENDPOINT"),
+    ],
+)
+def test_an_api_endpoint_that_is_down_names_its_setting(
+    project: Project, monkeypatch: pytest.MonkeyPatch, handle: str, variable: str, check: str
+) -> None:
+    endpoint = f"http://127.0.0.1:{_free_port()}"  # bound once and released: nothing listens
+    monkeypatch.setenv(variable, endpoint)
+    monkeypatch.setenv("HUBPIN_RETRIES", "1")
+    project.models(a=handle)
+    code, _, err = project.run("lock")
+    assert code == 1 and "retrying" not in err, err
+    line = err.splitlines()[0]
+    assert line.startswith(f"hubpin: error: a ({handle}): {endpoint}/"), line
+    assert line.endswith(
+        f": cannot reach {endpoint.removeprefix('http://')}: connection refused (gave up after 2 "
+        "tries); check the network and any proxy (HTTPS_PROXY, HTTP_PROXY, NO_PROXY), that the "
+        f"host is up, or {check}"
+    ), line

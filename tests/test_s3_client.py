@@ -153,6 +153,12 @@ def test_a_missing_bucket_is_named_with_how_to_create_it(s3: MotoS3) -> None:
     assert "bucket no-such-bucket-here does not exist; create it" in str(caught.value)
 
 
+S3_CHECK = (
+    "; check the network and any proxy (HTTPS_PROXY, HTTP_PROXY, NO_PROXY), that the endpoint "
+    "is up, or s3_endpoint in hubpin.toml (AWS_ENDPOINT_URL)"
+)
+
+
 def test_an_unreachable_endpoint_fails_after_the_tries_and_then_at_once(s3: MotoS3) -> None:
     dead = f"http://127.0.0.1:{_free_port()}"
     settings = Settings(s3_endpoint=dead, retries=2)
@@ -160,6 +166,7 @@ def test_an_unreachable_endpoint_fails_after_the_tries_and_then_at_once(s3: Moto
         client(settings).head("b", "x")
     assert str(caught.value) == (
         f"s3://b/x: cannot reach the S3 endpoint {dead}: connection refused (gave up after 3 tries)"
+        + S3_CHECK
     )
     started = time.monotonic()
     with pytest.raises(FetchError, match="gave up after 3 tries"), errors("s3://b/y"):
@@ -177,7 +184,7 @@ def test_a_stalled_endpoint_fails_after_read_timeout_and_the_tries(s3: MotoS3) -
             client(settings).head("b", "x")
     assert str(caught.value) == (
         f"s3://b/x: cannot reach the S3 endpoint {url}: no answer within read_timeout (0.5s) "
-        "(gave up after 2 tries)"
+        "(gave up after 2 tries)" + S3_CHECK
     )
 
 

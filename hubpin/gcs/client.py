@@ -69,7 +69,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hubpin.errors import FetchError, HubpinError, SettingsError, install_hint
+from hubpin.errors import FetchError, HubpinError, SettingsError, install_hint, unreachable
 from hubpin.retry import Retries
 from hubpin.settings import Settings
 
@@ -193,7 +193,7 @@ def _client_class() -> type[GCSFileSystem]:
                         ) and not isinstance(exc, _BodyStalled):
                             self.hubpin_given_up = (time.monotonic(), exc)
                         raise
-                    log.warning(
+                    log.info(
                         "%s: %s; retrying",
                         urllib.parse.unquote(url.split("?")[0]),
                         _timeout_reason(exc, settings) or _reason(exc),
@@ -331,8 +331,12 @@ def errors(where: str, error: type[HubpinError] = FetchError) -> Iterator[None]:
             exc = exc.__cause__  # fsspec re-raises every asyncio.TimeoutError as its own
         endpoint = getattr(exc, "hubpin_endpoint", None) or _default_endpoint()
         reason = getattr(exc, "hubpin_reason", "") or _reason(exc)
+        check = "that the endpoint is up" + (
+            ", or STORAGE_EMULATOR_HOST, which names it" if _emulator() else ""
+        )
         raise error(
-            f"{where}: cannot reach the GCS endpoint {endpoint}: {reason}{_tries(exc)}"
+            f"{where}: "
+            + unreachable(f"the GCS endpoint {endpoint}", reason, _tries(exc).strip(" ()"), check)
         ) from None
     except OSError as exc:
         if str(exc).startswith("Forbidden"):
@@ -354,10 +358,16 @@ def _tries(exc: BaseException) -> str:
 
 def _default_endpoint() -> str:
     """Where gcsfs sends requests (``gcsfs.core.GCSFileSystem._location``)."""
-    emulator = os.environ.get("STORAGE_EMULATOR_HOST", "")
-    if emulator not in ("", "default"):
+    emulator = _emulator()
+    if emulator:
         return emulator if "://" in emulator else f"http://{emulator}"
     return "https://storage.googleapis.com"
+
+
+def _emulator() -> str:
+    """STORAGE_EMULATOR_HOST when it points gcsfs away from Google's endpoint, else ''."""
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST", "")
+    return "" if emulator == "default" else emulator
 
 
 def _reason(exc: BaseException) -> str:

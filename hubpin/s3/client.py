@@ -47,7 +47,14 @@ from typing import Any
 
 from hubpin.checksums import Declared
 from hubpin.download import Download
-from hubpin.errors import FetchError, HubpinError, MissingError, SettingsError, install_hint
+from hubpin.errors import (
+    FetchError,
+    HubpinError,
+    MissingError,
+    SettingsError,
+    install_hint,
+    unreachable,
+)
 from hubpin.handles import strip_query
 from hubpin.retry import Retries
 from hubpin.settings import Settings
@@ -137,7 +144,7 @@ class S3:
                     if _unreachable(exc):
                         self._given_up = (time.monotonic(), exc)
                     raise
-                log.warning("%s on %s: %s; retrying", what, self.endpoint, reason)
+                log.info("%s on %s: %s; retrying", what, self.endpoint, reason)
                 time.sleep(wait)
 
     # -- reading
@@ -533,10 +540,10 @@ def errors(where: str, error: type[HubpinError] = FetchError) -> Iterator[None]:
         raise error(f"{where}: {_reason(exc)}{_tries(exc)}") from None
     except (TimeoutError, BotoCoreError, ConnectionError) as exc:
         endpoint = getattr(exc, "hubpin_endpoint", "")
-        raise error(
-            f"{where}: cannot reach the S3 endpoint{' ' + endpoint if endpoint else ''}: "
-            f"{_reason(exc)}{_tries(exc)}"
-        ) from None
+        what = f"the S3 endpoint{' ' + endpoint if endpoint else ''}"
+        check = "that the endpoint is up, or s3_endpoint in hubpin.toml (AWS_ENDPOINT_URL)"
+        tries = _tries(exc).strip(" ()")
+        raise error(f"{where}: " + unreachable(what, _reason(exc), tries, check)) from None
     except (OSError, ValueError) as exc:
         raise error(f"{where}: {_first_line(exc)}") from None
 
