@@ -39,7 +39,7 @@ from hubpin.errors import FetchError, HubpinError, InputError, IntegrityError, w
 from hubpin.kinds import ArchivePin
 from hubpin.lockfile import Lock, dumps
 from hubpin.sources import ARCHIVES, BUNDLE_LOCK, Sources, bundle_archive, bundle_lock
-from hubpin.storage import Storage, storage_for
+from hubpin.storage import Storage
 from hubpin.storage.local import path_of
 from hubpin.storage.schemes import known, scheme
 from hubpin.unpack import HashingReader
@@ -82,7 +82,7 @@ def write_bundle(lock: Lock, aliases: list[str], out: str, sources: Sources) -> 
         if isinstance(pin, ArchivePin):
             pins[alias] = pin
             first.setdefault(pin.archive_sha256, alias)
-    with _target(out, sources, lock) as target:
+    with _target(out, sources) as target:
 
         def copy(alias: str) -> bool:
             """Whether the archive was already there."""
@@ -117,23 +117,15 @@ def write_bundle(lock: Lock, aliases: list[str], out: str, sources: Sources) -> 
 
 
 @contextlib.contextmanager
-def _target(out: str, sources: Sources, lock: Lock) -> Iterator[_Target]:
-    """The bundle ``out`` names: a folder or ``.tar``, a store prefix laid out as the module
-    docstring says, or an OCI artifact."""
+def _target(out: str, sources: Sources) -> Iterator[_Target]:
+    """The bundle ``out`` names: a folder or ``.tar``, or a store prefix laid out as the module
+    docstring says (an OCI registry's back-end maps that layout onto an artifact)."""
     spec = scheme(out)
     if spec is None or not spec.bundles:
         stores = ", ".join(s.example for s in known("bundles") if s.remote)
         raise InputError(f"{out}: a bundle is a folder, a .tar file or a store prefix ({stores})")
-    if spec.registry:
-        from hubpin.oci.artifact import OciTarget
-        from hubpin.oci.reference import parse
-
-        ref = parse(out, need_tag=True)
-        registry = sources.transport.registry(out, "pull,push")
-        yield OciTarget(ref, registry, lock, lambda pin, fh: _copy_verified(sources, pin, fh))
-        return
     if spec.remote:
-        yield _StoreBundle(out, storage_for(out, sources.transport.settings))
+        yield _StoreBundle(out, sources.transport.storage(out))
         return
     path = path_of(out)
     try:
@@ -229,7 +221,8 @@ class _StoreBundle:
         return bundle_archive(self.url, pin.archive_sha256)
 
     def has(self, pin: ArchivePin) -> bool:
-        found = self.storage.stat(self.where(pin))
+        where = self.where(pin)
+        found = self.storage.stat(where) or self.storage.adopt(where, pin.archive_sha256)
         if found is None or found.size != pin.archive_size or not found.checksum:
             return False
         direct = self.storage.sha256_checksum(pin.archive_sha256)
@@ -242,20 +235,24 @@ class _StoreBundle:
 
     def put(self, pin: ArchivePin, sources: Sources) -> bool:
         url = self.where(pin)
-        checksum = self.storage.new_checksum()
+        # Where the store's checksum is a sha256, the lock's is it (the bytes are checked
+        # against the lock before anything is uploaded): no second hash while streaming.
+        direct = self.storage.sha256_checksum(pin.archive_sha256)
+        checksum = None if direct else self.storage.new_checksum()
         with tempfile.NamedTemporaryFile(prefix="hubpin-bundle-") as fh:
             _copy_verified(sources, pin, fh, checksum.update if checksum else None)
             fh.flush()
-            value = checksum.value() if checksum else None
+            value = direct or (checksum.value() if checksum else None)
             found = self.storage.stat(url)
             if found is not None and found.size == pin.archive_size and found.checksum == value:
                 return False  # the same bytes, uploaded without hubpin's note
             notes = {_SHA_KEY: pin.archive_sha256}
-            if value and self.storage.sha256_checksum(pin.archive_sha256) is None:
+            if value and direct is None:
                 notes[self.note] = value
             self.storage.put(url, Path(fh.name), checksum=value, metadata=notes)
         log.info("uploaded %s (%d bytes, %s %s)", url, pin.archive_size, self.note[7:], value)
         return True
 
-    def finish(self, lock_text: str) -> None:
+    def finish(self, lock_text: str) -> str | None:
         self.storage.put(bundle_lock(self.url), lock_text.encode("utf-8"))
+        return self.storage.pinned(self.url)

@@ -32,7 +32,6 @@ from hubpin.errors import (
     MIRRORS_CHECK,
     FetchError,
     InputError,
-    MissingError,
     unreachable,
 )
 from hubpin.handles import is_loopback, scheme_of, strip_query
@@ -504,23 +503,6 @@ def _retry_after(value: str | None, cap: float) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=timezone.utc)
     return max(0.0, min(cap, (when - datetime.now(timezone.utc)).total_seconds()))
-
-
-def open_file(path: Path) -> Download:
-    """A local archive (a path or file:// handle, or a bundle's copy)."""
-    try:
-        fh = open(path, "rb")  # noqa: SIM115 - closed by the generator
-    except FileNotFoundError:
-        raise MissingError(f"{path}: archive not found") from None
-    except OSError as exc:
-        raise FetchError(f"{path}: cannot read: {exc.strerror}") from None
-
-    def chunks() -> Iterator[bytes]:
-        with fh:
-            while chunk := fh.read(_CHUNK):
-                yield chunk
-
-    return Download(path.as_posix(), os.fstat(fh.fileno()).st_size, chunks())
 
 
 def _content_length(response: urllib3.BaseHTTPResponse) -> int | None:

@@ -213,7 +213,13 @@ class _PinnedResolver:
         # Paths and gs:// folders are how tensorflow_hub reads what we resolved: let them through.
         spec = scheme(handle)
         return spec is not None and (
-            spec.web or (spec.remote and spec.storage is not None and is_archive_name(handle))
+            spec.web
+            or (
+                spec.remote
+                and spec.handles
+                and spec.storage is not None
+                and is_archive_name(handle)
+            )
         )
 
     def __call__(self, handle: str) -> str:

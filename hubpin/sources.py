@@ -59,9 +59,6 @@ class Bundle:
     def check(self, transport: Transport) -> None:
         """Refuse what is not a complete bundle: no lock means no bundle, or an interrupted one."""
         spec = scheme(self.base)
-        if spec is not None and spec.registry:  # a tag names a manifest, written last
-            transport.artifact(self.base)
-            return
         if spec is None or not spec.bundles:
             stores = ", ".join(s.example for s in known("bundles") if s.remote)
             raise InputError(
@@ -83,12 +80,11 @@ class Bundle:
     def check_lock(self, transport: Transport, lock: Lock, aliases: list[str], name: str) -> None:
         """Refuse a bundle whose lock pins other archives than ``lock`` for ``aliases``.
 
-        An OCI artifact is checked (its lock is read with its manifest anyway); a folder
-        or gs:// bundle is not, as before: each archive is still verified against ``lock``.
+        Only where the store publishes a bundle whole (an OCI artifact, whose lock is read
+        with its manifest anyway); a folder or bucket bundle is not, as before: each archive
+        is still verified against ``lock``.
         """
-        spec = scheme(self.base)
-        if spec is not None and spec.registry:
-            transport.artifact(self.base).refuse_unless_matches(lock, aliases, name)
+        transport.storage(self.base).check_bundle(self.base, lock, aliases, name)
 
     def candidates(self, location: str, sha256: str | None) -> list[Candidate]:
         if not sha256:
@@ -127,12 +123,8 @@ class Host:
 
 
 def bundle_archive(base: str, sha256: str) -> str:
-    """Where a bundle keeps the archive with this sha256 (a path, gs:// URL or OCI blob)."""
-    spec = scheme(base)
-    if spec is not None and spec.registry:
-        from hubpin.oci.reference import parse
-
-        return parse(base).blob(f"sha256:{sha256}")
+    """Where a bundle keeps the archive with this sha256 (in a folder, under a store prefix,
+    or as a registry's blob: each store's back-end maps the name)."""
     return f"{base.rstrip('/')}/{ARCHIVES}/{sha256}"
 
 

@@ -160,3 +160,17 @@ def test_the_scheme_check_finds_a_comparison(tmp_path: Path) -> None:
         "def f(s, u):\n    return s in ('gs', 'x') or u.startswith('s3://')\n"
     )
     assert scheme_decisions(package) == ["pkg.a:2", "pkg.a:2"]
+
+
+def test_a_registry_is_one_storage_back_end() -> None:
+    """oci:// is served like gs:// and s3://: its back-end (storage/oci.py) is the one module
+    below the CLI that reaches the registry code, so bundles, `sync --from` and the transport
+    hold the storage interface and never branch on a registry."""
+    graph = import_graph(PACKAGE)
+    users = {
+        name
+        for name, deps in graph.items()
+        if any(dep.startswith("hubpin.oci") for dep in deps) and not name.startswith("hubpin.oci")
+    }
+    # `hubpin image` is a command of its own (the cache as an image), not a bundle target.
+    assert users == {"hubpin.storage.oci", "hubpin.cli.manage"}

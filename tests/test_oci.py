@@ -85,8 +85,8 @@ def test_bundle_to_a_registry_then_sync_fleet_from_it_with_upstream_stopped(
     code, _, err = project.run("sync", "--from", f"oci://{registry.host}/team/models:v9")
     assert code == 2
     assert (
-        f"oci://{registry.host}/team/models:v9: not a hubpin bundle (the registry has no "
-        "manifest v9; `hubpin bundle` pushes it last, so an interrupted run leaves none); "
+        f"oci://{registry.host}/team/models:v9: not a hubpin bundle (no models.lock, which "
+        "`hubpin bundle` writes last, so an interrupted run leaves none); "
         f"make it with: hubpin bundle oci://{registry.host}/team/models:v9"
     ) in err
     code, out, err = project.run("sync", "--dry-run", "--from", target)
@@ -242,7 +242,7 @@ def test_a_killed_bundle_leaves_the_tag_as_it_was_and_a_rerun_uploads_only_the_r
     hub.rate = None
     assert registry.requests("PUT", "/team/killed/manifests/") == 0
     code, _, err = project.run("sync", "--from", target)
-    assert code == 2 and "not a hubpin bundle (the registry has no manifest v1" in err
+    assert code == 2 and "not a hubpin bundle (no models.lock, which `hubpin bundle` writes" in err
 
     uploads = registry.requests("PUT", "/team/killed/blobs/uploads/")
     code, _, err = project.run("bundle", target)

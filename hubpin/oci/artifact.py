@@ -27,11 +27,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from hubpin.errors import (
     FetchError,
@@ -97,54 +94,19 @@ def bundle_manifest(lock: Lock, lock_text: str, archives: list[str]) -> bytes:
     return json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8")
 
 
-class OciTarget:
-    """``hubpin bundle oci://…:tag``, as the bundle writer's target (see :mod:`hubpin.bundle`).
-
-    ``copy(pin, fh)`` writes the pinned archive into ``fh``, verified against the lock.
-    """
-
-    def __init__(
-        self,
-        ref: Reference,
-        registry: RegistryClient,
-        lock: Lock,
-        copy: Callable[[ArchivePin, IO[bytes]], None],
-    ) -> None:
-        self.ref = ref
-        self.registry = registry
-        self.lock = lock
-        self.copy = copy
-        self.archives: list[str] = []
-
-    def where(self, pin: ArchivePin) -> str:
-        return self.ref.blob(f"sha256:{pin.archive_sha256}")
-
-    def has(self, pin: ArchivePin) -> bool:
-        digest = f"sha256:{pin.archive_sha256}"
-        there = self.registry.blob_size(digest) == pin.archive_size or self.registry.mount(digest)
-        if there:
-            self.archives.append(pin.archive_sha256)
-        return there
-
-    def put(self, pin: ArchivePin, sources: object) -> bool:
-        """Upload the verified archive from a temp file (a retry sends it again from its start)."""
-        with tempfile.NamedTemporaryFile(prefix="hubpin-bundle-") as fh:
-            self.copy(pin, fh)
-            fh.flush()
-            how = self.registry.upload(f"sha256:{pin.archive_sha256}", pin.archive_size, fh)
-        log.info("%s: %s (%d bytes)", self.where(pin), how, pin.archive_size)
-        self.archives.append(pin.archive_sha256)
-        return how == "uploaded"
-
-    def finish(self, lock_text: str) -> str:
-        """Upload the lock and the empty config, then tag the manifest: ``oci://…@sha256:…``."""
-        data = lock_text.encode("utf-8")
-        self.registry.upload(f"sha256:{hashlib.sha256(data).hexdigest()}", len(data), data)
-        self.registry.upload(str(EMPTY_CONFIG["digest"]), 2, b"{}")
-        body = bundle_manifest(self.lock, lock_text, self.archives)
-        assert self.ref.tag
-        digest = self.registry.put_manifest(self.ref.tag, body)
-        return str(Reference(self.ref.registry, self.ref.repository, None, digest))
+def push_artifact(
+    registry: RegistryClient, ref: Reference, lock_text: str, archives: list[str]
+) -> str:
+    """Upload the lock and the empty config, then tag the manifest naming ``archives`` (the
+    blobs already in the repository): the manifest's digest. Pushed last, so a tag names
+    a complete bundle or none."""
+    data = lock_text.encode("utf-8")
+    lock = _parse_lock(lock_text, Path(f"{ref}#models.lock"))
+    registry.upload(f"sha256:{hashlib.sha256(data).hexdigest()}", len(data), data)
+    registry.upload(str(EMPTY_CONFIG["digest"]), 2, b"{}")
+    body = bundle_manifest(lock, lock_text, archives)
+    assert ref.tag
+    return registry.put_manifest(ref.tag, body)
 
 
 @dataclass(frozen=True)
@@ -154,6 +116,7 @@ class Artifact:
     ref: Reference  # pinned to the manifest's digest
     archives: dict[str, int]  # sha256 -> size
     lock: Lock
+    lock_text: str
 
     def refuse_unless_matches(self, mine: Lock, aliases: list[str], lock_name: str) -> None:
         """Refuse (exit 1) when, for an alias being synced, the artifact's lock pins another
@@ -184,18 +147,14 @@ class Artifact:
             )
 
 
-def read_artifact(ref: Reference, registry: RegistryClient) -> Artifact:
-    """The bundle artifact ``ref`` names, its manifest and lock checked; InputError if it is
-    not one (exit 2: the --from argument is wrong)."""
-    from hubpin.tomlfile import tomllib, validate
-
+def read_artifact(ref: Reference, registry: RegistryClient) -> Artifact | None:
+    """The bundle artifact ``ref`` names, its manifest and lock checked; None when the
+    registry has no manifest there (a bundle run that was stopped leaves none: the tag is
+    pushed last); InputError if it is not a bundle (exit 2: the --from argument is wrong)."""
     try:
         body, digest = registry.get_manifest()
-    except MissingError:  # a bundle run that was stopped leaves no manifest: the tag is last
-        raise InputError(
-            f"{ref}: not a hubpin bundle (the registry has no manifest {ref.ref}; `hubpin bundle` "
-            f"pushes it last, so an interrupted run leaves none); make it with: hubpin bundle {ref}"
-        ) from None
+    except MissingError:
+        return None
     try:
         manifest = json.loads(body)
         layers = manifest["layers"]
@@ -219,13 +178,19 @@ def read_artifact(ref: Reference, registry: RegistryClient) -> Artifact:
     if lock_digest is None:
         raise InputError(f"{pinned}: the artifact holds no models.lock")
     text = registry.read_blob(lock_digest).decode("utf-8", "replace")
-    name = Path(f"{pinned}#models.lock")
+    try:
+        lock = _parse_lock(text, Path(f"{pinned}#models.lock"))
+    except LockfileError as exc:
+        raise FetchError(f"the artifact's lock is not one this hubpin reads: {exc}") from None
+    return Artifact(pinned, archives, lock, text)
+
+
+def _parse_lock(text: str, name: Path) -> Lock:
+    """A lock's text as a :class:`Lock`; IntegrityError for TOML that does not parse."""
+    from hubpin.tomlfile import tomllib, validate
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise IntegrityError(f"{name}: invalid TOML: {exc}") from None
-    try:
-        lock = validate(Lock, data, name, text, LockfileError)
-    except LockfileError as exc:
-        raise FetchError(f"the artifact's lock is not one this hubpin reads: {exc}") from None
-    return Artifact(pinned, archives, lock)
+    return validate(Lock, data, name, text, LockfileError)

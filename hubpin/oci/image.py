@@ -38,11 +38,11 @@ from typing import IO, TYPE_CHECKING
 from hubpin.cache import Cache, Record
 from hubpin.cache.kagglehub import kagglehub_entry, kagglehub_file_markers, kagglehub_marker
 from hubpin.errors import FetchError, HubpinError, IntegrityError, NotSyncedError
-from hubpin.fetch import open_file
 from hubpin.kaggle import pinned
 from hubpin.kinds import ArchivePin, KagglePin
 from hubpin.lockfile import Lock
 from hubpin.oci.client import OCI_MANIFEST, RegistryClient
+from hubpin.storage.local import LocalStorage
 from hubpin.unpack import HashingReader
 
 if TYPE_CHECKING:
@@ -187,7 +187,7 @@ def _add(tar: tarfile.TarFile, member: Member) -> None:
         assert member.expect is not None
         size, sha = member.expect
         try:
-            download = open_file(member.source)
+            download = LocalStorage(None).open(str(member.source))
             mode = 0o755 if member.source.stat().st_mode & 0o111 else 0o644
             reader = HashingReader.of(download, expected_size=size)
             tar.addfile(_info(member.path, tarfile.REGTYPE, size, mode), reader)
@@ -290,9 +290,10 @@ def build_image(
 ) -> Pushed:
     """``hubpin image OUT``: plan the layer from the verified cache, pack it, push it."""
     from hubpin.lockfile import dumps
+    from hubpin.oci.client import client
     from hubpin.oci.reference import parse
 
     ref = parse(out, need_tag=True)
     plan = plan_image(lock, dumps(lock), aliases, cache, transport.settings.kaggle_endpoint)
     assert ref.tag
-    return push_image(plan, transport.registry(out, "pull,push"), ref.tag)
+    return push_image(plan, client(ref, transport.http, "pull,push"), ref.tag)

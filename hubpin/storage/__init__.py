@@ -43,7 +43,19 @@ once over it:
     shows for bytes of that sha256, so a lock's ``archive_sha256`` is checked by the
     store itself with no note kept beside the object.
 ``root_problem(location) -> str | None``
-    Why nothing can live there (no such bucket, and how to create it), or None.
+    Why nothing can live there (no such bucket, and how to create it), or None;
+    asked by a writer before it reads anything upstream.
+``adopt(location, sha256) -> Stat | None``
+    The bytes of that sha256 made to appear at ``location`` from what the store holds
+    elsewhere, sending none (an OCI registry mounting a blob from another
+    repository); None where it cannot (the default).
+``check_bundle(base, lock, aliases, lock_name)``
+    Where a bundle is one object published whole (an OCI artifact), refuse one whose
+    lock differs from the worker's before any archive is read; elsewhere nothing
+    (each archive is verified against the worker's lock anyway).
+``pinned(location) -> str | None``
+    A name for what ``location`` holds that never changes (an OCI manifest's
+    ``…@sha256:`` reference), or None: what ``bundle`` prints as its result.
 ``remove_hint(location) -> str``
     How a user deletes one object by hand ("delete the lock file", ``gcloud storage rm``).
 
@@ -53,9 +65,10 @@ the cache asked for it) with one line naming the location for anything else.
 
 Adding a store (``s3://``: ``If-None-Match: *`` for ``if_absent``, ``If-Match`` on
 the ETag for ``if_version``, ``x-amz-checksum-sha256`` as its checksum; ``oci://``:
-blobs by digest, a manifest by tag) is one module with a :class:`Storage`
-subclass and one :func:`hubpin.storage.schemes.register` line naming it, and
-the cache kind for a ``cache_dir`` of that scheme if it can hold one.
+a bundle's archives as blobs by digest, its lock as the manifest a tag names, see
+:mod:`hubpin.storage.oci`) is one module with a :class:`Storage` subclass and one
+:func:`hubpin.storage.schemes.register` line naming it, and the cache kind for a
+``cache_dir`` of that scheme if it can hold one.
 """
 
 from __future__ import annotations
@@ -71,6 +84,7 @@ from hubpin.storage.schemes import known, load, scheme, scheme_of
 
 if TYPE_CHECKING:
     from hubpin.download import Download
+    from hubpin.lockfile import Lock
     from hubpin.settings import Settings
 
 __all__ = [
@@ -191,6 +205,19 @@ class Storage(ABC):
         return None
 
     def root_problem(self, location: str) -> str | None:
+        return None
+
+    def adopt(self, location: str, sha256: str) -> Stat | None:
+        """Bytes of this sha256 placed at ``location`` from elsewhere in the store without
+        sending them (an OCI mount); None where the store cannot."""
+        return None
+
+    def check_bundle(self, base: str, lock: Lock, aliases: list[str], lock_name: str) -> None:
+        """Refuse a bundle published whole whose lock differs from ``lock`` for ``aliases``."""
+        return None  # a folder or bucket bundle: each archive is verified as it is read
+
+    def pinned(self, location: str) -> str | None:
+        """An immutable name for what ``location`` holds now (an OCI digest reference)."""
         return None
 
     def remove_hint(self, location: str) -> str:

@@ -26,9 +26,6 @@ class Scheme:
     web: bool = False  # http(s): fetched by the HTTP client, and by tensorflow_hub itself
     host: bool = False  # a model host read through hubpin's HTTP client (http(s), Kaggle's API)
     bundles: bool = False  # `hubpin bundle OUT` and `sync --from OUT` may name it
-    # an OCI registry: blobs by digest and a bundle as an artifact manifest, through the
-    # transport's registry clients (hubpin.oci), not a storage back-end
-    registry: bool = False
     huggingface: bool = False  # a Hugging Face repository, pinned per commit into HF's cache
     folders: bool = False  # a non-archive location is a SavedModel folder TensorFlow reads in place
     handles: bool = True  # may be a model handle (an archive, or a folder where ``folders``)
@@ -82,9 +79,13 @@ register(
 )
 
 
-register(
+register(  # bundles only: archives as blobs by digest, the lock in the tag's manifest
     Scheme(
-        "oci", registry=True, bundles=True, handles=False, example="oci://registry/repository:tag"
+        "oci",
+        storage="hubpin.storage.oci:OciStorage",
+        bundles=True,
+        handles=False,
+        example="oci://registry/repository:tag",
     )
 )
 register(
