@@ -27,11 +27,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import tomllib
-
 from hubpin import __version__
 from hubpin.handles import cache_key
 from hubpin.project import Project
+from hubpin.tomlfile import tomllib
 
 VERSION = 1
 # What the fast path accepts: plain `sync` with these flags, nothing that names files or caches.
