@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import tomllib
 from conftest import WORKTREE, Model
+from gcs_emulator import GcsServer
 from hubserver import HubServer
 from kaggleserver import KaggleServer
 from savedmodels import BERT_HIDDEN, bert_pooled, build_bert_encoder, build_bert_preprocess, pack
@@ -25,17 +26,14 @@ from savedmodels import BERT_HIDDEN, bert_pooled, build_bert_encoder, build_bert
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
-def _commands(readme: Path, fence: str, prefix: str = "") -> list[str]:
-    """The command lines of ``readme``'s first ``fence`` code block (those starting with
-    ``prefix``, which is dropped), exactly as a user copies them."""
+def _commands(readme: Path, fence: str) -> list[str]:
+    """The lines of ``readme``'s first ``fence`` code block (indented in a list or not),
+    without blank ones, exactly as a user copies them."""
     text = readme.read_text(encoding="utf-8")
-    block = re.search(rf"^```{fence}\n(.*?)^```", text, re.M | re.S)
+    block = re.search(rf"^( *)```{fence}\n(.*?)^ *```", text, re.M | re.S)
     assert block, f"{readme}: no ```{fence} block"
-    return [
-        line.removeprefix(prefix)
-        for line in block.group(1).splitlines()
-        if line.startswith(prefix) and line.strip()
-    ]
+    indent = block.group(1)
+    return [line.removeprefix(indent) for line in block.group(2).splitlines() if line.strip()]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -218,3 +216,102 @@ def test_bert_example_runs_as_its_readme_says(
     assert shape == f"pooled_output shape: ({len(pooled)}, {BERT_HIDDEN})"
     label, value = similarity.split(": ")
     assert label == "cosine similarity" and abs(float(value) - unit[0] @ unit[1]) < 2e-4, value
+
+
+# -- Colab TPU ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def adc(tmp_path: Path) -> Path:
+    """Application-default credentials: an authorized-user file as google-auth writes one
+    (``Credentials.to_json()``) holding an access token that is still valid, so google-auth
+    uses it without asking Google's token endpoint (which it would for a refresh: an
+    authorized-user file's ``token_uri`` is ignored, so no stand-in can answer that)."""
+    import datetime
+    import json
+
+    expiry = datetime.datetime.now(datetime.UTC) + datetime.timedelta(hours=1)
+    path = tmp_path / "application_default_credentials.json"
+    path.write_text(
+        json.dumps(
+            {
+                "type": "authorized_user",
+                "token": "ya29.loopback-access-token",
+                "expiry": expiry.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "client_id": "loopback.apps.googleusercontent.com",
+                "client_secret": "loopback-secret",
+                "refresh_token": "1//loopback-refresh",
+            }
+        )
+    )
+    return path
+
+
+@pytest.mark.parametrize("gcs", ["fake-gcs-server"], indirect=True)  # it enforces preconditions
+def test_colab_tpu_example_runs_as_its_readme_says(
+    tmp_path: Path,
+    bert_archives: dict[str, bytes],
+    gcs: GcsServer,
+    adc: Path,
+) -> None:
+    """examples/colab-tpu as its README says, against a GCS emulator (STORAGE_EMULATOR_HOST)
+    with application-default credentials (GOOGLE_APPLICATION_CREDENTIALS, as gcs_token =
+    "google_default" asks) and tfhub.dev mirrored to the loopback hub: the bucket set in
+    hubpin.toml, `hubpin lock` once, then the notebook's first cell in a fresh runtime (no local
+    cache): `hubpin sync --locked` finds both models in the bucket, and hubpin.resolve names the
+    bucket's entry. The wheel lines need a release or gcloud, the TPU cell a TPU and TensorFlow
+    reading real GCS (TensorFlow's gs:// reader has no emulator setting); they are not run."""
+    import hubpin
+
+    readme = EXAMPLES / "colab-tpu" / "README.md"
+    project = tmp_path / "content" / "project"
+    shutil.copytree(EXAMPLES / "colab-tpu", project)
+    assert not (project / "models.lock").exists()
+    bucket = gcs.bucket()  # step 1: a bucket the notebook can write, set in hubpin.toml
+    settings = project / "hubpin.toml"
+    assert 'cache_dir = "gs://my-bucket/tfhub-cache"' in settings.read_text()
+    settings.write_text(settings.read_text().replace("gs://my-bucket/", f"gs://{bucket}/"))
+    hub = HubServer(models=dict(bert_archives)).start()
+    config = tmp_path / "hubpin.toml"  # the project's settings plus the company's mirror
+    config.write_text(settings.read_text() + _mirror(tmp_path / "content", hub).read_text())
+    env = _env(HUBPIN_CONFIG=str(config), GOOGLE_APPLICATION_CREDENTIALS=str(adc))
+    root = f"gs://{bucket}/tfhub-cache"
+    try:
+        assert [c.split("#")[0].strip() for c in _commands(readme, "sh")] == ["hubpin lock"]
+        locked = _shell("hubpin lock", project, env)  # step 2
+        assert locked.returncode == 0, locked.stderr
+        pins = tomllib.loads((project / "models.lock").read_text())["models"]
+        for alias in ("bert", "preprocess"):
+            key = hashlib.sha1(pins[alias]["handle"].encode()).hexdigest()
+            listed = gcs.listing(f"{root}/{key}")
+            assert "saved_model.pb" in listed, (alias, sorted(listed))
+
+        cell = _commands(readme, "python")  # the notebook's first cell, in a fresh runtime
+        wheel = f"hubpin-{hubpin.__version__}-py3-none-any.whl"
+        assert [line.split("#")[0].strip() for line in cell] == [
+            f"!gcloud storage cp gs://my-bucket/wheels/{wheel} /content/",
+            f'!pip install "/content/{wheel}[gcs]"',
+            "from google.colab import auth; auth.authenticate_user()",
+            "%cd /content/project",
+            "!hubpin sync --locked",
+            "import hubpin",
+            'print(hubpin.resolve("bert"))',
+        ]
+    finally:
+        hub.stop()
+    fresh = tmp_path / "runtime"  # a new Colab runtime: nothing of hubpin's on its disk
+    runtime = {**env, **{var: str(fresh / var) for var in ("HOME", "XDG_CACHE_HOME", "TMPDIR")}}
+    (fresh / "TMPDIR").mkdir(parents=True)
+    synced = _shell(cell[4].removeprefix("!"), project, runtime)  # with the hub gone
+    assert synced.returncode == 0, synced.stderr
+    assert f"synced 2 models into {root}: 0 fetched, 2 already present" in synced.stderr
+    code = "\n".join(cell[5:])
+    resolved = subprocess.run(
+        [sys.executable, "-c", code], cwd=project, env=runtime, capture_output=True, text=True
+    )
+    assert resolved.returncode == 0, resolved.stderr
+    key = hashlib.sha1(pins["bert"]["handle"].encode()).hexdigest()
+    assert resolved.stdout == f"{root}/{key}\n"
+    assert pins["bert"]["io_device"] == "/job:localhost"
+    for tmp in (Path(os.environ["TMPDIR"]), fresh / "TMPDIR"):
+        assert not (tmp / "tfhub_modules").exists()  # the cache is the bucket only
