@@ -304,7 +304,8 @@ def test_colab_tpu_example_runs_as_its_readme_says(
     (fresh / "TMPDIR").mkdir(parents=True)
     synced = _shell(cell[4].removeprefix("!"), project, runtime)  # with the hub gone
     assert synced.returncode == 0, synced.stderr
-    assert f"synced 2 models into {root}: 0 fetched, 2 already present" in synced.stderr
+    said = synced.stdout + synced.stderr  # results on stdout, diagnostics on stderr (#20 item 6)
+    assert f"synced 2 models into {root}: 0 fetched, 2 already present" in said, said
     code = "\n".join(cell[5:])
     resolved = subprocess.run(
         [sys.executable, "-c", code], cwd=project, env=runtime, capture_output=True, text=True
