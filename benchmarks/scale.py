@@ -69,7 +69,8 @@ def members_archive(root: Path, count: int) -> Path:
 
 def unpack_seconds(archive: Path, dest: Path) -> float:
     """CPU-bound wall time of hubpin's unpacker over ``archive`` into ``dest`` (in process)."""
-    from hubpin.unpack import HashingReader, unpack
+    from hubpin.reader import HashingReader
+    from hubpin.unpack import unpack
 
     data = archive.read_bytes()
     chunks = (data[i : i + (1 << 20)] for i in range(0, len(data), 1 << 20))

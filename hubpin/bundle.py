@@ -38,11 +38,11 @@ from hubpin.atomic import write_atomic
 from hubpin.errors import FetchError, HubpinError, InputError, IntegrityError, write_error
 from hubpin.kinds import ArchivePin
 from hubpin.lockfile import Lock, dumps
+from hubpin.reader import HashingReader
 from hubpin.sources import ARCHIVES, BUNDLE_LOCK, Sources, bundle_archive, bundle_lock
 from hubpin.storage import Storage
 from hubpin.storage.local import path_of
 from hubpin.storage.schemes import known, scheme
-from hubpin.unpack import HashingReader
 
 log = logging.getLogger("hubpin")
 _SHA_KEY = "hubpin-sha256"  # object metadata: the verified sha256; beside it the store's checksum

@@ -38,10 +38,11 @@ from hubpin.kaggle import configured
 from hubpin.kinds import ArchivePin, FolderPin, GcsObject, GcsPin, HfPin, KagglePin, Pin
 from hubpin.manifest import ModelSpec
 from hubpin.owners import refuse_replacing
+from hubpin.reader import HashingReader
 from hubpin.settings import Settings
 from hubpin.sources import Sources
 from hubpin.storage.schemes import is_url
-from hubpin.unpack import HashingReader, Unpacked, unpack
+from hubpin.unpack import Unpacked, unpack
 
 log = logging.getLogger("hubpin")
 

@@ -43,9 +43,10 @@ from hubpin.kaggle import KaggleHandle, pinned
 from hubpin.kinds import ArchivePin, FolderPin, GcsPin, HfPin, KagglePin, Pin
 from hubpin.owners import refuse_replacing
 from hubpin.plan import Action, Outcome, Plan, Step, Target
+from hubpin.reader import HashingReader
 from hubpin.settings import Settings
 from hubpin.sources import Sources
-from hubpin.unpack import HashingReader, Unpacked, ensure_space, too_many_members, unpack
+from hubpin.unpack import Unpacked, ensure_space, too_many_members, unpack
 
 log = logging.getLogger("hubpin")
 

@@ -31,7 +31,6 @@ Limits on what an archive may make hubpin do (all checked at lock and at sync):
 
 from __future__ import annotations
 
-import collections
 import gzip
 import hashlib
 import io
@@ -44,21 +43,11 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import Protocol
 
-from hubpin.checksums import Checker, Declared
 from hubpin.digests import Tree
-from hubpin.download import Download
-from hubpin.errors import (
-    ArchiveError,
-    CacheError,
-    HubpinError,
-    IntegrityError,
-    Interrupted,
-    LimitError,
-    TruncatedError,
-    write_error,
-)
+from hubpin.errors import ArchiveError, CacheError, LimitError, write_error
+from hubpin.reader import HashingReader
 
 try:  # python-isal's igzip decompresses about twice as fast as zlib
     from isal import igzip as _gzip  # type: ignore[import-not-found]
@@ -88,143 +77,6 @@ class Unpacked:
     tree: Tree
     archive_sha256: str
     archive_size: int
-
-
-class HashingReader(io.RawIOBase):
-    """A readable over a download's chunks that hashes and counts every byte it hands out.
-
-    With ``expected_size`` (the lock's archive size), a body that ends short of it
-    is noted; if gzip or tar then fail for want of bytes, :meth:`short_or` reports
-    truncation instead of corrupt data. A complete archive of another size is not
-    truncated but different: the digest check reports that. What the host declared
-    (``Content-Length``, ``X-Goog-Hash``) is checked once the whole body was read,
-    so a body corrupted in transit is a "corrupt download", not a digest to pin.
-    """
-
-    def __init__(
-        self,
-        chunks: Iterator[bytes],
-        on_bytes: Callable[[int], None] | None = None,
-        expected_size: int | None = None,
-        stop: threading.Event | None = None,
-        declared: Declared | None = None,
-        where: str = "",
-    ) -> None:
-        self._chunks = chunks
-        self._where = where
-        self._checker = Checker(declared) if declared else None
-        self._exhausted = False
-        self._pending = memoryview(b"")
-        self._expected_size = expected_size
-        self._draining = False
-        self._on_bytes = on_bytes
-        self._sha256 = hashlib.sha256()
-        self._unhashed: collections.deque[bytes] | None = None  # see hash_in_consumer
-        self.size = 0
-        self.ended_short = False
-        self._stop = stop
-
-    @classmethod
-    def of(cls, download: Download, **options: Any) -> HashingReader:
-        """A reader of ``download`` that also checks what its host declared."""
-        return cls(download.chunks, declared=download.declared, where=download.final_url, **options)
-
-    def readable(self) -> bool:
-        return True
-
-    def _pull(self) -> bool:
-        if self._stop is not None and self._stop.is_set():
-            raise Interrupted("interrupted; nothing was published")
-        for chunk in self._chunks:
-            if chunk:
-                if self._unhashed is None:
-                    self._digest(chunk)
-                else:
-                    self._unhashed.append(chunk)
-                self.size += len(chunk)
-                if self._expected_size is not None and self.size > self._expected_size:
-                    raise IntegrityError(
-                        f"archive is larger than the {self._expected_size} bytes pinned"
-                    )
-                if self._on_bytes:
-                    self._on_bytes(len(chunk))
-                self._pending = memoryview(chunk)
-                return True
-        if not self._draining and self.size < (self._expected_size or 0):
-            self.ended_short = True
-        self._exhausted = True
-        return False
-
-    def _digest(self, chunk: bytes) -> None:
-        self._sha256.update(chunk)
-        if self._checker is not None:
-            self._checker.update(chunk)
-
-    def peek(self, n: int) -> bytes:
-        while len(self._pending) < n and self._pull_more():
-            pass
-        return bytes(self._pending[:n])
-
-    def _pull_more(self) -> bool:
-        before = bytes(self._pending)
-        if not self._pull():
-            return False
-        self._pending = memoryview(before + self._pending)
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        if not self._pending and not self._pull():
-            return 0
-        n = min(len(buffer), len(self._pending))
-        buffer[:n] = self._pending[:n]
-        self._pending = self._pending[n:]
-        return n
-
-    def hash_in_consumer(self) -> None:
-        """Leave hashing to :meth:`catch_up`, for when another thread does the reading.
-
-        When a thread inflates ahead, hashing the archive there too would make it
-        the bottleneck (inflating alone is a core's worth of work); the consumer
-        hashes instead. It must call :meth:`catch_up` as it goes, which keeps the
-        chunks awaiting their hash to the few the reading thread is ahead by.
-        """
-        self._unhashed = collections.deque()
-
-    def catch_up(self) -> None:
-        """Hash the bytes read so far (only one thread may call this and :meth:`hexdigest`)."""
-        while self._unhashed:
-            self._digest(self._unhashed.popleft())
-
-    def hexdigest(self) -> str:
-        """The sha256 of every byte read so far; once all were read, raise unless they are
-        what the host declared (IntegrityError "corrupt download", or TruncatedError)."""
-        self.catch_up()
-        if self._exhausted and self._checker is not None:
-            checker, self._checker = self._checker, None
-            checker.check(self._where, self._sha256.digest())
-        return self._sha256.hexdigest()
-
-    def short_or(self, error: HubpinError) -> HubpinError:
-        """``error``, unless the body ended short of the pinned size, or differs from what the
-        host declared: then that is the news (bad gzip is how a corrupt transfer shows first)."""
-        if self.ended_short:
-            return TruncatedError(
-                f"download truncated: got {self.size} of the {self._expected_size} bytes pinned"
-            )
-        if self._checker is not None:
-            try:
-                self.drain()
-                self.hexdigest()
-            except HubpinError as exc:
-                return exc
-        return error
-
-    def drain(self) -> None:
-        """Read to the end, so the digest covers bytes past the tar's end marker."""
-        self._draining = True
-        while self._pull():
-            self.catch_up()
-        self._pending = memoryview(b"")
 
 
 def member_path(name: str) -> str | None:
@@ -288,15 +140,8 @@ class Inflated:
     An exception in the thread is raised here, where the plain path would raise it.
     """
 
-    def __init__(
-        self,
-        source: Readable,
-        background: bool,
-        on_piece: Callable[[], None] = lambda: None,
-        depth: int = 4,
-    ) -> None:
+    def __init__(self, source: Readable, background: bool, depth: int = 4) -> None:
         self._source = source
-        self._on_piece = on_piece
         self._current: bytearray | None = None
         self._thread: threading.Thread | None = None
         if not background:
@@ -326,7 +171,6 @@ class Inflated:
 
     def next(self) -> memoryview | None:
         """The next piece of the stream, or None at its end."""
-        self._on_piece()
         if self._thread is None:
             n = self._source.readinto(memoryview(self._spare))
             return memoryview(self._spare)[:n] if n else None
@@ -456,29 +300,32 @@ def unpack(
     """
     tree = Tree()
     try:
-        gzipped = reader.peek(2) == b"\x1f\x8b"
-        if background and gzipped:
-            reader.hash_in_consumer()
-        inflated = Inflated(
-            gunzip(reader) if gzipped else reader, background and gzipped, reader.catch_up
-        )
         try:
-            stream = TarStream(inflated, (lambda: reader.size) if gzipped else None, max_ratio)
-            for count, member in enumerate(_members(stream), 1):
-                if count > max_members:
-                    raise too_many_members(max_members, "")
-                _take(stream, member, tree, dest, max_unpacked)
-        finally:
-            inflated.close()  # a background inflater stops before ``drain`` reads on
-        reader.drain()
-    except (tarfile.ReadError, tarfile.HeaderError) as exc:
-        raise reader.short_or(ArchiveError(f"not a valid tar or tar.gz archive ({exc})")) from None
-    except (gzip.BadGzipFile, zlib.error, _isal_error, EOFError) as exc:
-        raise reader.short_or(ArchiveError(f"corrupt gzip data ({exc or 'ends early'})")) from None
-    except OSError as exc:
-        if exc.errno is None:  # isal reports a bad CRC as a bare OSError; writes carry an errno
-            raise reader.short_or(ArchiveError(f"corrupt gzip data ({exc})")) from None
-        raise write_error(exc, dest) from None
+            gzipped = reader.peek(2) == b"\x1f\x8b"
+            if background:
+                reader.read_ahead()
+            inflated = Inflated(gunzip(reader) if gzipped else reader, background and gzipped)
+            try:
+                stream = TarStream(inflated, (lambda: reader.size) if gzipped else None, max_ratio)
+                for count, member in enumerate(_members(stream), 1):
+                    if count > max_members:
+                        raise too_many_members(max_members, "")
+                    _take(stream, member, tree, dest, max_unpacked)
+            finally:
+                inflated.close()  # a background inflater stops before ``drain`` reads on
+            reader.drain()
+        except (tarfile.ReadError, tarfile.HeaderError) as exc:
+            error = ArchiveError(f"not a valid tar or tar.gz archive ({exc})")
+            raise reader.short_or(error) from None
+        except (gzip.BadGzipFile, zlib.error, _isal_error, EOFError) as exc:
+            error = ArchiveError(f"corrupt gzip data ({exc or 'ends early'})")
+            raise reader.short_or(error) from None
+        except OSError as exc:
+            if exc.errno is None:  # isal reports a bad CRC as a bare OSError; writes carry one
+                raise reader.short_or(ArchiveError(f"corrupt gzip data ({exc})")) from None
+            raise write_error(exc, dest) from None
+    finally:
+        reader.close_ahead()  # after ``short_or``, which may read to the end
     return Unpacked(tree, reader.hexdigest(), reader.size)
 
 

@@ -17,10 +17,10 @@ from gcs_emulator import _free_port
 from moto_s3 import SECRET, MotoS3
 
 from hubpin.errors import FetchError, IntegrityError, SettingsError
+from hubpin.reader import HashingReader
 from hubpin.s3 import client as s3client
 from hubpin.s3.client import client, errors, open_object
 from hubpin.settings import Settings
-from hubpin.unpack import HashingReader
 
 pytestmark = pytest.mark.s3
 

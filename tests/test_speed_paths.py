@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,8 @@ from hubserver import HubServer
 
 from hubpin.digests import hash_tree
 from hubpin.errors import ArchiveError
-from hubpin.unpack import HashingReader, gunzip_isal, unpack
+from hubpin.reader import HashingReader
+from hubpin.unpack import gunzip_isal, unpack
 
 
 def _archive(model: Model, extra: Path) -> bytes:
@@ -87,6 +89,86 @@ def test_hashing_reader_holds_only_the_chunk_being_read() -> None:
         tracemalloc.stop()
     assert peak < 8 << 20, f"{peak} bytes held while reading 64 MiB"
     assert reader.hexdigest() == expected.hexdigest()
+
+
+def test_a_lone_unpack_inflates_on_a_thread_that_never_reads_the_download(
+    models: dict[str, Model], tmp_path: Path
+) -> None:
+    """Inflating one stream is a sync's longest path: receiving and hashing go on beside it."""
+    import threading
+
+    data = _archive(models["double"], tmp_path)
+    pulled_by: list[int] = []
+    inflated_by: set[int] = set()
+
+    def chunks() -> Iterator[bytes]:
+        for i in range(0, len(data), 65536):
+            pulled_by.append(threading.get_ident())
+            yield data[i : i + 65536]
+
+    class Watched:
+        def __init__(self, raw: io.RawIOBase) -> None:
+            self._inner = gunzip_isal(raw)
+
+        def readinto(self, buffer: memoryview) -> int | None:
+            inflated_by.add(threading.get_ident())
+            return self._inner.readinto(buffer)
+
+        def close(self) -> None:
+            self._inner.close()
+
+    result = unpack(HashingReader(chunks()), tmp_path / "out", max_unpacked=1 << 30, gunzip=Watched)
+    assert result.tree.digest() == hash_tree(tmp_path / "model").digest()
+    assert result.archive_size == len(data) and len(pulled_by) > 40
+    assert threading.get_ident() not in inflated_by, "inflated in the caller's thread"
+    assert not inflated_by & set(pulled_by[1:]), "the inflating thread read the download"
+
+
+@pytest.mark.parametrize("background", [True, False], ids=["background", "inline"])
+def test_a_download_failing_midway_or_an_early_bad_member_stop_reading_alike(
+    models: dict[str, Model], tmp_path: Path, background: bool
+) -> None:
+    """What the source raises arrives after the bytes before it; a refusal stops the reading."""
+    import tarfile
+    import threading
+
+    from hubpin.errors import FetchError
+
+    data = _archive(models["double"], tmp_path)
+    before = threading.active_count()
+
+    def cut() -> Iterator[bytes]:
+        yield from (data[i : i + 65536] for i in range(0, len(data) // 2, 65536))
+        raise FetchError("the server went away")
+
+    with pytest.raises(FetchError, match="went away"):
+        unpack(HashingReader(cut()), tmp_path / "cut", max_unpacked=1 << 30, background=background)
+    assert threading.active_count() == before
+
+    link = tarfile.TarInfo("./escape")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    deflate = zlib.compressobj(wbits=31)  # gzip: the symlink, then random bytes for ever
+    sent: list[int] = []
+    closed = threading.Event()
+
+    def endless() -> Iterator[bytes]:
+        try:
+            yield deflate.compress(link.tobuf()) + deflate.flush(zlib.Z_SYNC_FLUSH)
+            while len(sent) < 1000:
+                sent.append(1)
+                yield deflate.compress(os.urandom(65536)) + deflate.flush(zlib.Z_SYNC_FLUSH)
+        finally:
+            closed.set()
+
+    with pytest.raises(ArchiveError, match="symlink"):
+        unpack(
+            HashingReader(endless()), tmp_path / "bad", max_unpacked=1 << 30, background=background
+        )
+    assert threading.active_count() == before
+    assert len(sent) < 1000, "read to the end of a refused archive"
+    if background:
+        assert closed.is_set(), "the download was left open"
+    assert not (tmp_path / "bad" / "escape").exists()
 
 
 def test_multi_member_gzip_is_read_like_gzipfile(models: dict[str, Model], tmp_path: Path) -> None:

@@ -42,8 +42,8 @@ from hubpin.kaggle import pinned
 from hubpin.kinds import ArchivePin, KagglePin
 from hubpin.lockfile import Lock
 from hubpin.oci.client import OCI_MANIFEST, RegistryClient
+from hubpin.reader import HashingReader
 from hubpin.storage.local import LocalStorage
-from hubpin.unpack import HashingReader
 
 if TYPE_CHECKING:
     from hubpin.transport import Transport
