@@ -330,6 +330,11 @@ TAGS = frozenset(_KINDS.values())
 """The names of :data:`Pin`'s members, as pydantic puts them into an error's key path."""
 
 
+def tag_of(pin: PinBase | type[PinBase]) -> str:
+    """Which member of :data:`Pin` a pin (or a kind of pin) is (a Kaggle archive is ``kaggle``)."""
+    return _KINDS[pin if isinstance(pin, type) else type(pin)]
+
+
 def _kind_name(cls: type[PinBase]) -> str:
     """The kind as the lock writes it (a Kaggle archive says ``archive``)."""
     return Kind.ARCHIVE.value if cls is KagglePin else _KINDS[cls]

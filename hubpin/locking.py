@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hubpin.errors import CacheError, HubpinError, InputError, IntegrityError
+from hubpin.handlers import for_handle, handler
 from hubpin.handles import cache_key
 from hubpin.kaggle import configured
-from hubpin.kinds import HfPin, KagglePin
+from hubpin.kinds import KagglePin
 from hubpin.lockfile import (
     Lock,
     Pin,
@@ -79,20 +80,17 @@ def lock_project(
     """
     manifest, settings = project.manifest, project.settings
     old = previous_lock(project)
-    versions: dict[str, int | None] = {}  # alias → the Kaggle version to pin
+    carried: dict[str, dict[str, Any]] = {}  # alias → what its pin keeps or moves to
     if upgrade:
-        versions = current_versions(project, old, force, sources)
-        force = set(versions)
+        carried = current_versions(project, old, force, sources)
+        force = set(carried)
     kept, todo = partition(project, old, force)
-    commits: dict[str, str] = {}  # alias → the Hugging Face commit an earlier lock pinned
     for alias in todo:
         pin = old.models.get(alias) if old else None
-        if alias in versions or pin is None or pin.handle != todo[alias].handle:
+        if alias in carried or pin is None or pin.handle != todo[alias].handle:
             continue
-        if isinstance(pin, KagglePin) and not pin.derived_problems(project.root, settings):
-            versions[alias] = pin.kaggle_version
-        elif isinstance(pin, HfPin):
-            commits[alias] = pin.huggingface.commit
+        carried[alias] = handler(pin).keeps(project, pin)
+    versions = {alias: fields.get("version") for alias, fields in carried.items()}
 
     cache = project.cache if fill_cache and todo else None
     if cache is not None and not must_fill:
@@ -112,9 +110,8 @@ def lock_project(
                 sources,
                 project.root,
                 cache,
-                version=versions.get(alias),
                 required=must_fill,
-                commit=commits.get(alias),
+                **carried.get(alias, {}),
             )
         except HubpinError as exc:
             raise named(exc, alias, spec.handle) from None
@@ -193,33 +190,23 @@ def same_download(leader: KagglePin, alias: str, spec: ModelSpec, settings: Sett
 
 def current_versions(
     project: Project, old: Lock | None, aliases: set[str], sources: Sources
-) -> dict[str, int | None]:
-    """For ``lock --upgrade``: each unversioned Kaggle alias whose current version is newer
-    than the one locked (of ``aliases``, or all), with that version."""
-    moving: dict[str, int | None] = {}
+) -> dict[str, dict[str, Any]]:
+    """For ``lock --upgrade``: each alias (of ``aliases``, or all) whose host calls another
+    version current than the one locked (an unversioned Kaggle handle, a Hugging Face
+    branch that moved), with what to pin it at (:meth:`hubpin.handlers.Handler.upgrade`)."""
+    moving: dict[str, dict[str, Any]] = {}
     for alias, spec in sorted(project.manifest.models.items()):
         if aliases and alias not in aliases:
             continue
         pin = old.models.get(alias) if old else None
-        if isinstance(pin, HfPin):  # a branch that moved
-            from hubpin.hfsync import current_commit
-
-            try:
-                if current_commit(pin, sources) != pin.huggingface.commit:
-                    moving[alias] = None
-            except HubpinError as exc:
-                raise named(exc, alias, spec.handle) from None
-            continue
-        handle = configured(spec.handle, project.settings.kaggle_endpoint)
-        if handle is None or handle.version is not None or (aliases and alias not in aliases):
-            continue
-        pin = old.models.get(alias) if old else None
+        fmt = spec.effective_format(project.settings)
+        kind = for_handle(spec.handle, fmt, project.root, project.settings)
         try:
-            current = sources.kaggle.current_version(handle)
+            fields = kind.upgrade(project, spec, pin, sources)
         except HubpinError as exc:
             raise named(exc, alias, spec.handle) from None
-        if not isinstance(pin, KagglePin) or pin.kaggle_version != current:
-            moving[alias] = current
+        if fields is not None:
+            moving[alias] = fields
     return moving
 
 

@@ -18,27 +18,24 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from hubpin.errors import (
-    DamagedEntryError,
     HubpinError,
     LockMissingError,
     MissingDependencyError,
-    NotSyncedError,
     StaleLockError,
     install_hint,
     unknown_alias,
 )
 from hubpin.handles import is_archive_name
-from hubpin.kinds import ArchivePin, FolderPin, GcsPin, HfPin
+from hubpin.kinds import GcsPin
 from hubpin.lockfile import Lock as LockData
 from hubpin.lockfile import Pin, differences
+from hubpin.ops.status import resolve_pin
 from hubpin.paths import LOCK_FILE, find_lock
 from hubpin.project import Project
 from hubpin.storage.schemes import scheme
 
 if TYPE_CHECKING:
     import tensorflow as tf
-
-    from hubpin.cache import Cache
 
 
 class UnpinnedHandleError(HubpinError):
@@ -89,64 +86,7 @@ class Lock:
         its recorded size; with ``verify``, re-hashed) so a half-deleted model fails
         here, by name, rather than deep inside TensorFlow.
         """
-        pin = self.pin(alias)
-        if isinstance(pin, GcsPin):
-            return pin.location
-        if isinstance(pin, HfPin):
-            return _hf_snapshot(alias, pin, verify)
-        if isinstance(pin, FolderPin):
-            folder = pin.folder(self._project.root)
-            if not folder.is_dir():
-                raise NotSyncedError(f"{alias}: pinned folder {folder} does not exist")
-            if verify:  # read in place, so verify means re-hash it, as for a cache entry
-                _check_folder(alias, folder, pin.tree_digest)
-            return str(folder)
-        assert isinstance(pin, ArchivePin)  # the kinds that are neither are read in place
-        cache = self._project.cache
-        if not cache.tensorflow_reads:  # s3://: a verified local copy, made once and reused
-            from hubpin.cache.staging import staging_cache
-
-            staged = staging_cache(cache, self._project.settings.stage_dir)
-            check = staged.verify if verify else staged.quick_check
-            if not check(pin.cache_key, pin.tree_digest):
-                return staged.entry(pin.cache_key)
-        problems = (
-            cache.verify(pin.cache_key, pin.tree_digest)
-            if verify
-            else cache.quick_check(pin.cache_key, pin.tree_digest)
-        )
-        entry = cache.entry(pin.cache_key)
-        if problems:
-            first = problems[0]
-            if first == "not synced" or first.startswith(("no hubpin record", "entry holds")):
-                why = "" if first == "not synced" else f" ({first})"
-                raise NotSyncedError(
-                    f"{alias} ({pin.handle}) is not synced into {cache.location}{why}; run: hubpin sync"
-                )
-            raise DamagedEntryError(
-                f"{alias}: cache entry {entry} is damaged: {'; '.join(problems[:5])}; "
-                "run: hubpin verify --repair"
-            )
-        if not cache.tensorflow_reads:
-            return self._stage(alias, pin, cache)
-        return entry
-
-    def _stage(self, alias: str, pin: Pin, cache: Cache) -> str:
-        """Stage a committed entry of a cache TensorFlow cannot read (hubpin.cache.staging)."""
-        from hubpin.cache.staging import stage, staging_cache
-
-        assert pin.cache_key
-        record = cache.read_record(pin.cache_key)
-        if record is None:  # revoked since it was checked
-            raise NotSyncedError(
-                f"{alias} ({pin.handle}) is not synced into {cache.location}; run: hubpin sync"
-            )
-        settings = self._project.settings
-        local = staging_cache(cache, settings.stage_dir)
-        try:
-            return stage(cache, local, pin.cache_key, record, settings.lock_timeout)
-        except DamagedEntryError as exc:
-            raise DamagedEntryError(f"{alias}: {exc}") from None
+        return resolve_pin(self._project, alias, self.pin(alias), verify)
 
     def load(
         self,
@@ -232,22 +172,6 @@ class _PinnedResolver:
         return self.lock.resolve(alias)
 
 
-def _check_folder(alias: str, folder: Path, tree_digest: str) -> None:
-    from hubpin.digests import hash_tree
-
-    try:
-        found = hash_tree(folder).digest()
-    except OSError as exc:
-        raise DamagedEntryError(
-            f"{alias}: pinned folder {folder} cannot be read: {exc}; fix it, or run: hubpin lock"
-        ) from None
-    if found != tree_digest:
-        raise DamagedEntryError(
-            f"{alias}: pinned folder {folder} holds {found}, the lock pins {tree_digest}; "
-            "put the pinned files back, or if the change is intended run: hubpin lock"
-        )
-
-
 def _load_options(pin: Pin) -> tf.saved_model.LoadOptions | None:
     if not pin.io_device:
         return None
@@ -319,25 +243,6 @@ def load(
 ) -> Any:
     """Load a pinned model by alias, like ``hub.load`` but strictly from the lock."""
     return default_lock().load(alias, tags=tags, options=options, verify=verify)
-
-
-def _hf_snapshot(alias: str, pin: HfPin, verify: bool) -> str:
-    """A Hugging Face pin's snapshot folder in HF_HUB_CACHE, checked as a cache entry is."""
-    from hubpin import hfsync
-
-    cache = hfsync.cache()
-    hf = pin.huggingface
-    problems = cache.verify(hf) if verify else cache.quick_check(hf, revision_ref=False)
-    if problems == ["not synced"]:
-        raise NotSyncedError(
-            f"{alias} ({pin.handle}) is not synced into {cache.root}; run: hubpin sync"
-        )
-    if problems:
-        raise DamagedEntryError(
-            f"{alias}: snapshot {cache.snapshot(hf)} is damaged: {'; '.join(problems[:5])}; "
-            "run: hubpin verify --repair"
-        )
-    return str(cache.snapshot(hf))
 
 
 def resolve(alias: str, *, verify: bool = False) -> str:

@@ -1,12 +1,11 @@
 """``hubpin sync``: make the cache match the lock, publishing only what was verified.
 
-:meth:`Syncer.plan` decides, per pinned archive: already present (hubpin's
-record matches the lock and every file has its size) → keep; present without a
-record (tensorflow_hub put it there) → hash it and adopt it when it matches;
-the same model as another pin's entry → hard-link it; otherwise download.
-:meth:`Syncer.execute` carries that plan out: it unpacks into a work folder under
-the lock protocol, compares archive sha256 and tree digest with the lock, and
-only then renames it into place (see :mod:`hubpin.plan`).
+:meth:`Syncer.plan` asks each pin's handler (:mod:`hubpin.handlers`, by its kind)
+for the step a sync takes for it, and :meth:`Syncer.execute` has the handler carry
+out exactly that step (see :mod:`hubpin.plan`). What the steps share lives here: the
+run's cache, settings and sources, its threads and Ctrl-C, and the archive pipeline
+(:meth:`Syncer.fetch_into`: download and unpack into a work folder, compare archive
+sha256 and tree digest with the lock; only then is it renamed into place).
 """
 
 from __future__ import annotations
@@ -20,29 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hubpin import hfsync
-from hubpin.cache import Cache, Record
-from hubpin.cache.kagglehub import (
-    in_kagglehub_cache,
-    kagglehub_cache_root,
-    link_tree,
-    publish_to_kagglehub,
-)
-from hubpin.digests import Tree, hash_tree
-from hubpin.errors import (
-    CacheError,
-    FetchError,
-    HubpinError,
-    IntegrityError,
-    LimitError,
-    NotSyncedError,
-    TruncatedError,
-    write_error,
-)
-from hubpin.kaggle import KaggleHandle, pinned
-from hubpin.kinds import ArchivePin, FolderPin, GcsPin, HfPin, KagglePin, Pin
-from hubpin.owners import refuse_replacing
-from hubpin.plan import Action, Outcome, Plan, Step, Target
+from hubpin.cache import Cache
+from hubpin.errors import HubpinError, IntegrityError, LimitError, TruncatedError
+from hubpin.handlers import Shared, failed, handler
+from hubpin.kinds import ArchivePin, Pin
+from hubpin.plan import Action, Outcome, Plan, Step
 from hubpin.reader import HashingReader
 from hubpin.settings import Settings
 from hubpin.sources import Sources
@@ -93,148 +74,45 @@ class Syncer:
     def plan(self, pins: dict[str, Pin], jobs: int | None = None) -> Plan:
         """What :meth:`execute` will do for each model, by the checks it makes, writing nothing.
 
-        No network and no cache writes: the stat check (a re-hash with
-        ``full_verify``), and for an entry without hubpin's record the hash that
-        adoption makes (reads only). Pins that share a model share its work: a
-        cache key or kagglehub version two pins name is filled by one step, and a
-        pin whose archive another step downloads (or whose entry holds it) is
-        hard-linked from that entry instead of downloaded again. The re-hashes of
-        ``full_verify`` run ``jobs`` at a time; stat checks are too cheap for threads.
+        No network and no cache writes: each pin's handler plans its step
+        (:mod:`hubpin.handlers`). The kinds that check their entries first (an
+        archive: the stat check, a re-hash with ``full_verify``) do so before any
+        step is planned, the re-hashes ``jobs`` at a time (stat checks are too cheap
+        for threads), so that pins sharing a model share its work: a cache key or
+        kagglehub version two pins name is filled by one step, and a pin whose model
+        another step downloads (or whose entry holds it) is hard-linked from there.
         """
         items = sorted(pins.items())
-        archives = [(a, p) for a, p in items if isinstance(p, ArchivePin)]
+        kinds = {alias: handler(pin) for alias, pin in items}
+        checked = [(a, p) for a, p in items if kinds[a].prechecks]
 
-        def damage_of(pin: ArchivePin) -> list[str] | HubpinError:
+        def damage_of(item: tuple[str, Pin]) -> list[str] | HubpinError:
             try:
-                return self._damage(pin)
+                return kinds[item[0]].damage(self, item[1])
             except HubpinError as exc:
                 return exc
 
-        workers = min(jobs or self.settings.jobs, len(archives)) if self.full_verify else 1
+        workers = min(jobs or self.settings.jobs, len(checked)) if self.full_verify else 1
         if workers > 1:
             with ThreadPoolExecutor(max_workers=workers) as pool:
-                found = list(pool.map(damage_of, [p for _, p in archives]))
+                found = list(pool.map(damage_of, checked))
         else:
-            found = [damage_of(p) for _, p in archives]
-        damage = {alias: d for (alias, _), d in zip(archives, found, strict=True)}
-        holders: dict[tuple[str, str], str] = {}  # the model → an alias whose entry holds it
-        for alias, pin in archives:
-            if damage[alias] == []:
-                holders.setdefault(_content(pin), alias)
-        claimed: dict[str, str] = {}  # cache key or kagglehub version → the step that fills it
-        steps = [self._plan_one(a, p, damage.get(a, []), holders, claimed) for a, p in items]
+            found = [damage_of(item) for item in checked]
+        damage = {alias: d for (alias, _), d in zip(checked, found, strict=True)}
+        shared = Shared()
+        for alias, pin in checked:
+            if not isinstance(damage[alias], HubpinError):
+                kinds[alias].seen(shared, alias, pin, damage[alias])  # type: ignore[arg-type]
+        steps = []
+        for alias, pin in items:
+            try:
+                problems = damage.get(alias, [])
+                if isinstance(problems, HubpinError):
+                    raise problems
+                steps.append(kinds[alias].plan(self, alias, pin, problems, shared))
+            except HubpinError as exc:
+                steps.append(failed(alias, pin, exc))
         return Plan(steps)
-
-    def _plan_one(
-        self,
-        alias: str,
-        pin: Pin,
-        damage: list[str] | HubpinError,
-        holders: dict[tuple[str, str], str],
-        claimed: dict[str, str],
-    ) -> Step:
-        size = pin.unpacked_size
-        try:
-            if isinstance(pin, HfPin):  # into Hugging Face's cache, not tensorflow_hub's
-                offline = self.offline or self.from_bundle
-                return hfsync.plan(alias, pin, offline=offline, full_verify=self.full_verify)
-            if isinstance(pin, FolderPin):
-                folder = self.root / pin.location
-                if not folder.is_dir():
-                    error = NotSyncedError(
-                        f"{folder}: folder not found (the lock pins a local folder)"
-                    )
-                    return Step(
-                        alias, Action.FAIL, size, 0, f"{folder}: folder not found", pin, error=error
-                    )
-                how = "re-hashed in place" if self.full_verify else "read in place"
-                return Step(alias, Action.CHECK, size, 0, f"{folder}: local folder, {how}", pin)
-            if isinstance(pin, GcsPin):
-                how = "not checked (no network)" if self.offline or self.from_bundle else "checked"
-                return Step(
-                    alias, Action.CHECK, size, 0, f"{pin.location}: read from GCS, {how}", pin
-                )
-            assert isinstance(pin, ArchivePin)  # the kinds that are neither are read in place
-            if isinstance(damage, HubpinError):
-                raise damage
-            mine: dict[str, str] = {}  # claims made if this step does not fail
-            if pin.cache_key not in claimed:
-                mine[pin.cache_key] = alias
-            links = tuple(t for t in self._targets(pin) if t.claim not in claimed)
-            mine |= {t.claim: alias for t in links}
-            step = self._archive_step(alias, pin, damage, links, holders, claimed)
-            if step.action is not Action.FAIL:
-                claimed |= mine
-                if step.source is None and step.action is not Action.KEEP:
-                    holders.setdefault(_content(pin), alias)
-            return step
-        except HubpinError as exc:
-            return Step(alias, Action.FAIL, size, 0, str(exc), pin, error=exc)
-
-    def _archive_step(
-        self,
-        alias: str,
-        pin: ArchivePin,
-        damage: list[str],
-        links: tuple[Target, ...],
-        holders: dict[tuple[str, str], str],
-        claimed: dict[str, str],
-    ) -> Step:
-        size = pin.unpacked_size
-        if not damage:
-            if links:
-                missing = ", ".join(t.label for t in links)
-                return Step(
-                    alias, Action.LINK, size, 0, f"present; hard-linked for {missing}", pin, links
-                )
-            return Step(alias, Action.KEEP, size, 0, "already present", pin)
-        owner = claimed.get(pin.cache_key)
-        if owner is not None:  # another alias of the same handle fills this very entry
-            why = f"the same cache entry as {owner}, which fills it"
-            return Step(alias, Action.LINK, size, 0, why, pin, links, owner, shared=True)
-        source = holders.get(_content(pin)) if self.cache.local_root is not None else None
-        linked = f"not in the cache; hard-linked from {source}'s entry (the same archive)"
-        if self.offline and not self.from_bundle:  # as a sync: refused before adoption
-            if source is not None:  # no download: linking is allowed
-                return Step(alias, Action.LINK, size, 0, linked, pin, links, source)
-            refusal = _offline_refusal(damage)
-            error = NotSyncedError(f"{refusal}; run: hubpin sync")
-            return Step(alias, Action.FAIL, size, 0, refusal, pin, error=error)
-        if self._adoptable(pin) is not None:
-            why = "an entry without hubpin's record that matches the lock"
-            return Step(alias, Action.ADOPT, size, 0, why, pin, links, damage=tuple(damage))
-        if source is not None:
-            return Step(alias, Action.LINK, size, 0, linked, pin, links, source)
-        candidates = self.sources.candidates(self.sources.location_of(pin), pin.archive_sha256)
-        first = candidates[0]
-        if self.from_bundle and not self.sources.transport.exists(first.location):
-            error = FetchError(first.missing or f"{first.location}: not found")
-            return Step(alias, Action.FAIL, size, 0, str(error), pin, error=error)
-        source_text = "from " + ", else ".join(c.label for c in candidates)
-        download = pin.archive_size or 0
-        if damage == ["not synced"]:
-            why = f"not in the cache; {source_text}"
-            return Step(
-                alias, Action.DOWNLOAD, size, download, why, pin, links, damage=tuple(damage)
-            )
-        why = f"cache entry: {damage[0]}; {source_text}"
-        return Step(alias, Action.REPLACE, size, download, why, pin, links, damage=tuple(damage))
-
-    def _targets(self, pin: ArchivePin) -> list[Target]:
-        """The other places this pin's model belongs (its other handles' keys, kagglehub's
-        cache) that do not hold it yet."""
-        found = [
-            Target(h, key)
-            for h, key in pin.keyed()[1:]
-            if key != pin.cache_key and self.cache.quick_check(key, pin.tree_digest)
-        ]
-        if (
-            isinstance(pin, KagglePin)
-            and self.cache.local_root is not None
-            and not self._in_kagglehub(pin)
-        ):
-            found.append(Target(str(self._kaggle_handle(pin))))
-        return found
 
     # ------------------------------------------------------------ execute
 
@@ -298,144 +176,7 @@ class Syncer:
             raise step.error
         if step.action is Action.KEEP:
             return "present", ""
-        if step.action is Action.CHECK:
-            return self._check(pin)
-        if isinstance(pin, HfPin):
-            return hfsync.sync(pin, self.sources, on_bytes=self.on_bytes)
-        assert isinstance(pin, ArchivePin)  # the kinds that are neither are checked above
-        if step.source is not None:
-            status, detail = self._from_step(step, pin, steps[step.source], done[step.source])
-        elif step.action is Action.LINK:
-            status, detail = "present", ""
-        else:
-            status, detail = self._sync_archive(pin, list(step.damage))
-        for target in step.links:
-            if target.key is not None:
-                self._link_entry(pin, pin.cache_key, target.handle, target.key)
-            elif isinstance(pin, KagglePin):
-                self._fill_kagglehub(pin)
-        return status, detail
-
-    def _check(self, pin: Pin) -> tuple[str, str]:
-        if isinstance(pin, FolderPin):
-            return self._check_folder(pin)
-        assert isinstance(pin, GcsPin)
-        if self.offline or self.from_bundle:
-            why = "--from: no network" if self.from_bundle else "--offline"
-            return "checked", f"gs:// location not checked ({why})"
-        from hubpin.gcs.pins import check_folder
-
-        check_folder(pin, self.settings)
-        return "checked", f"{pin.location} unchanged ({pin.file_count} objects)"
-
-    def _sync_archive(self, pin: ArchivePin, damage: list[str]) -> tuple[str, str]:
-        """Make the entry match the lock under its lock: adopted if it can be, else fetched."""
-        with self.cache.locked(pin.cache_key, self.settings.lock_timeout) as work:
-            if not self._damage(pin):  # another process finished while we waited
-                return "present", ""
-            if self._adopt(pin):
-                return "adopted", "verified the existing entry"
-            refuse_replacing(self.cache, pin.cache_key, pin.tree_digest, pin.handle)
-            result = self.fetch_into(pin, work)
-            self.cache.publish(
-                pin.cache_key, work, Record(pin.handle, pin.tree_digest, result.tree)
-            )
-        if damage == ["not synced"]:
-            return "fetched", ""
-        more = f" and {len(damage) - 3} more" if len(damage) > 3 else ""
-        return "fetched", f"replaced an entry that had: {'; '.join(damage[:3])}{more}"
-
-    def _from_step(
-        self, step: Step, pin: ArchivePin, source: Step, outcome: Outcome
-    ) -> tuple[str, str]:
-        """A pin whose model another step put in the cache: its entry, or links from it."""
-        assert isinstance(source.pin, ArchivePin)
-        if outcome.status == "failed":
-            raise NotSyncedError(
-                f"{pin.handle}: not synced: it shares its archive with {source.alias}, "
-                f"whose sync failed; run: hubpin sync"
-            )
-        if step.shared:
-            if self.cache.quick_check(pin.cache_key, pin.tree_digest):
-                raise NotSyncedError(
-                    f"{pin.handle}: {source.alias} did not fill the entry; run: hubpin sync"
-                )
-            return "linked", f"the same cache entry as {source.alias}"
-        self._link_entry(pin, source.pin.cache_key, pin.handle, pin.cache_key)
-        return "linked", f"hard-linked from {source.alias}'s entry (the same archive)"
-
-    def _link_entry(self, pin: ArchivePin, source: str, handle: str, key: str) -> None:
-        """Give ``handle`` (another handle of the model, its Kaggle URL, say) the entry at
-        key ``source``, hard-linked (copied where links fail): one download serves every
-        handle tensorflow_hub might be asked for."""
-        if not self.cache.quick_check(key, pin.tree_digest):
-            return
-        if self.cache.local_root is None:
-            raise CacheError(
-                f"also = [{handle!r}] is not supported with a gs:// cache yet; "
-                "list that handle as its own model instead"
-            )
-        record = self.cache.read_record(source)
-        assert record is not None
-        with self.cache.locked(key, self.settings.lock_timeout) as work:
-            if not self.cache.quick_check(key, pin.tree_digest):
-                return
-            try:
-                link_tree(self.cache.local_root / source, work)
-            except OSError as exc:
-                raise write_error(exc, work) from None
-            self.cache.publish(key, work, Record(handle, pin.tree_digest, record.tree))
-
-    def _kaggle_handle(self, pin: KagglePin) -> KaggleHandle:
-        return pinned(
-            pin.handle, pin.kaggle_version, self.settings.kaggle_endpoint, pin.versioned_handle
-        )
-
-    def _in_kagglehub(self, pin: KagglePin) -> bool:
-        return in_kagglehub_cache(kagglehub_cache_root(), self._kaggle_handle(pin))
-
-    def _fill_kagglehub(self, pin: KagglePin) -> None:
-        """Put a Kaggle model where unmodified ``kagglehub.model_download`` finds it offline.
-
-        The verified entry is hard-linked into ``$KAGGLEHUB_CACHE`` under the pinned
-        version (nothing is written when it already holds these files).
-        """
-        if self.cache.local_root is None:
-            log.info("%s: kagglehub's cache is filled only from a local cache", pin.handle)
-            return
-        publish_to_kagglehub(
-            self.cache.local_root / pin.cache_key, kagglehub_cache_root(), self._kaggle_handle(pin)
-        )
-
-    def _damage(self, pin: ArchivePin) -> list[str]:
-        """Why the entry is not usable as is: the stat check, or a full re-hash with --verify."""
-        problems = self.cache.quick_check(pin.cache_key, pin.tree_digest)
-        if problems or not self.full_verify:
-            return problems
-        return self.verify_entry(pin)
-
-    def verify_entry(self, pin: ArchivePin) -> list[str]:
-        """Re-hash an entry against hubpin's record and the lock; one phrase per damaged path."""
-        return self.cache.verify(pin.cache_key, pin.tree_digest)
-
-    def _adopt(self, pin: ArchivePin) -> bool:
-        """An entry tensorflow_hub (or an older hubpin) left: keep it if it is what we pin."""
-        tree = self._adoptable(pin)
-        if tree is None:
-            return False
-        self.cache.publish_record(pin.cache_key, Record(pin.handle, pin.tree_digest, tree))
-        return True
-
-    def _adoptable(self, pin: ArchivePin) -> Tree | None:
-        """The files of an entry without hubpin's record, if they are what the lock pins."""
-        key = pin.cache_key
-        if not self.cache.has_entry(key) or self.cache.read_record(key) is not None:
-            return None
-        try:
-            tree = self.cache.hash_entry(key)
-        except OSError:
-            return None
-        return tree if tree.digest() == pin.tree_digest else None
+        return handler(pin).execute(self, step, pin, steps, done)
 
     def fetch_into(self, pin: ArchivePin, work: Path) -> Unpacked:
         """Download and unpack a pinned archive into ``work``; raise unless it matches the lock."""
@@ -481,30 +222,6 @@ class Syncer:
                 f"{download.final_url} does not match the lock: {exc}; nothing was published. {fix}"
             ) from None
         return result
-
-    def _check_folder(self, pin: FolderPin) -> tuple[str, str]:
-        folder = self.root / pin.location
-        if not folder.is_dir():
-            raise NotSyncedError(f"{folder}: folder not found (the lock pins a local folder)")
-        if not self.full_verify:
-            return "checked", f"{folder} exists"
-        digest = hash_tree(folder).digest()
-        if digest != pin.tree_digest:
-            raise IntegrityError(
-                f"{folder}: tree digest is {digest}, the lock pins {pin.tree_digest}; "
-                "run: hubpin lock"
-            )
-        return "checked", f"{folder} matches the lock"
-
-
-def _content(pin: ArchivePin) -> tuple[str, str]:
-    """What makes two pins one model: the archive and the tree it unpacks to."""
-    return pin.archive_sha256, pin.tree_digest
-
-
-def _offline_refusal(damage: list[str]) -> str:
-    what = "not in the cache" if damage == ["not synced"] else f"cache entry: {damage[0]}"
-    return f"{what}, and --offline forbids downloading"
 
 
 def check_against_lock(pin: ArchivePin, result: Unpacked) -> None:

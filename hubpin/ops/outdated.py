@@ -7,13 +7,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from hubpin import hfsync
-from hubpin.errors import HubpinError
-from hubpin.kaggle import configured
-from hubpin.kinds import HfPin, KagglePin
+from hubpin.handlers import handler
 from hubpin.ops.common import open_sources
 from hubpin.project import Project
-from hubpin.sources import Sources
 
 
 @dataclass
@@ -54,49 +50,11 @@ class OutdatedReport:
 
 
 def outdated(project: Project) -> OutdatedReport:
-    """Ask Kaggle for each pinned model's current version."""
+    """Ask each pinned model's host for its current version (or commit)."""
     lock = project.read_lock()
     report = OutdatedReport(str(project.lock_path))
     with open_sources(project) as sources:
         for alias, pin in sorted(lock.models.items()):
-            row = Version(alias, pin.handle)
-            report.models.append(row)
-            if isinstance(pin, HfPin):
-                _hf_row(row, pin, sources)
-                continue
-            if not isinstance(pin, KagglePin):
-                row.note = "not hosted on Kaggle: its host cannot tell"
-                continue
-            handle = configured(pin.handle, project.settings.kaggle_endpoint)
-            assert handle is not None  # a Kaggle pin's handle (else sources.location_of raises)
-            row.locked = pin.kaggle_version
-            try:
-                row.current = sources.kaggle.current_version(handle)
-            except HubpinError as exc:
-                row.state, row.note = "failed", str(exc)
-                continue
-            if row.current <= pin.kaggle_version:  # type: ignore[operator]
-                row.state = "current"
-            elif handle.version is None:
-                row.state, row.note = "behind", f"run: hubpin lock --upgrade {alias}"
-            else:
-                row.state = "behind"
-                row.note = f"the manifest pins version {handle.version}; edit its handle"
+            found = handler(pin).outdated(project, alias, pin, sources)
+            report.models.append(Version(alias, pin.handle, **asdict(found)))
     return report
-
-
-def _hf_row(row: Version, pin: HfPin, sources: Sources) -> None:
-    """The commit the pinned revision (a branch that moves, or a tag) names now."""
-    locked = pin.huggingface.commit
-    row.locked = locked[:12]
-    try:
-        current = hfsync.current_commit(pin, sources)
-    except HubpinError as exc:
-        row.state, row.note = "failed", str(exc)
-        return
-    row.current = current[:12]
-    if current == locked:
-        row.state = "current"
-    else:
-        row.state = "behind"
-        row.note = f"{pin.huggingface.revision} moved; run: hubpin lock --upgrade {row.alias}"

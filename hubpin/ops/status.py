@@ -8,8 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubpin.errors import NotSyncedError
-from hubpin.kinds import ArchivePin, FolderPin, GcsPin, HfPin
+from hubpin.handlers import handler
 from hubpin.lockfile import Pin, differences
 from hubpin.ops.common import select
 from hubpin.project import Project
@@ -78,45 +77,23 @@ def status(project: Project) -> StatusReport:
     return report
 
 
-def resolve(project: Project, alias: str) -> str:
-    """The path (or gs:// location) of a pinned model; NotSyncedError when not synced."""
+def resolve(project: Project, alias: str, *, verify: bool = False) -> str:
+    """The path (or gs:// location) of a pinned model, checked (re-hashed with ``verify``):
+    what ``hubpin resolve`` prints and ``hubpin.resolve`` returns. NotSyncedError or
+    DamagedEntryError naming the alias when it is not there as the lock pins it."""
     pin = select(project.read_lock(), [alias], project.lock_path)[alias]
-    from hubpin import hfsync  # (it imports the fetchers; status reads the cache only)
+    return resolve_pin(project, alias, pin, verify)
 
-    if isinstance(pin, HfPin) and hfsync.state(pin) != "synced":
-        raise NotSyncedError(f"{alias}: {hfsync.state(pin)}; run: hubpin sync")
-    if isinstance(pin, ArchivePin):
-        problems = project.cache.quick_check(pin.cache_key, pin.tree_digest)
-        if problems:
-            raise NotSyncedError(
-                f"{alias}: {problems[0]} in {project.cache.location}; run: hubpin sync"
-            )
-    return where(project, pin)
+
+def resolve_pin(project: Project, alias: str, pin: Pin, verify: bool = False) -> str:
+    """:func:`resolve` for a pin already read (the runtime holds its lock)."""
+    return handler(pin).resolve(project, alias, pin, verify)
 
 
 def state(project: Project, pin: Pin) -> str:
-    if isinstance(pin, HfPin):
-        from hubpin import hfsync
-
-        return hfsync.state(pin)
-    if isinstance(pin, GcsPin):
-        return "remote (gs://, read in place)"
-    if isinstance(pin, FolderPin):
-        return "local folder" if pin.folder(project.root).is_dir() else "folder missing"
-    assert isinstance(pin, ArchivePin)  # the kinds that are neither are read in place
-    problems = project.cache.quick_check(pin.cache_key, pin.tree_digest)
-    return "synced" if not problems else problems[0]
+    return handler(pin).state(project, pin)
 
 
 def where(project: Project, pin: Pin) -> str:
     """Where a pinned model is read: its cache entry, its folder, or its gs:// location."""
-    if isinstance(pin, ArchivePin):
-        return project.cache.entry(pin.cache_key)
-    if isinstance(pin, FolderPin):
-        return str(pin.folder(project.root))
-    if isinstance(pin, HfPin):
-        from hubpin import hfsync
-
-        return hfsync.where(pin)
-    assert isinstance(pin, GcsPin)
-    return pin.location
+    return handler(pin).where(project, pin)

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from hubpin import hfsync
-from hubpin.kinds import ArchivePin, HfPin
+from hubpin.handlers import handler
 from hubpin.ops.common import open_sources, register_use, select, syncer
 from hubpin.plan import Outcome
 from hubpin.project import Project
@@ -49,13 +48,7 @@ def verify(project: Project, aliases: Sequence[str] = (), repair: bool = False) 
     with open_sources(project) as sources:
         runner = syncer(project, sources, offline=True, full_verify=True)
         for alias, pin in sorted(pins.items()):
-            if isinstance(pin, ArchivePin):
-                problems = runner.verify_entry(pin)
-            elif isinstance(pin, HfPin):
-                problems = hfsync.verify(pin)
-            else:
-                problems = [o.detail for o in runner.run({alias: pin}, 1) if o.status == "failed"]
-            report.models.append(Verified(alias, problems))
+            report.models.append(Verified(alias, handler(pin).verify(runner, alias, pin)))
         damaged = {m.alias: m for m in report.damaged}
         if repair and damaged:
             runner.offline = False

@@ -1,0 +1,103 @@
+"""A local folder pin (``FolderPin``): read in place, pinned by tree digest; a sync checks
+that it is there (re-hashes it with ``--verify``), ``hubpin.resolve`` gives the folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hubpin.errors import DamagedEntryError, FetchError, IntegrityError, NotSyncedError
+from hubpin.handlers import Handler, PinRequest, Run, Shared
+from hubpin.handles import Kind, relative_posix
+from hubpin.kinds import FolderPin
+from hubpin.plan import Action, Outcome, Step
+
+if TYPE_CHECKING:
+    from hubpin.digests import Tree
+    from hubpin.project import Project
+
+
+class FolderHandler(Handler):
+    def plan(self, run: Run, alias: str, pin: FolderPin, damage: list[str], shared: Shared) -> Step:
+        size = pin.unpacked_size
+        folder = run.root / pin.location
+        if not folder.is_dir():
+            error = NotSyncedError(f"{folder}: folder not found (the lock pins a local folder)")
+            return Step(
+                alias, Action.FAIL, size, 0, f"{folder}: folder not found", pin, error=error
+            )
+        how = "re-hashed in place" if run.full_verify else "read in place"
+        return Step(alias, Action.CHECK, size, 0, f"{folder}: local folder, {how}", pin)
+
+    def execute(
+        self,
+        run: Run,
+        step: Step,
+        pin: FolderPin,
+        steps: dict[str, Step],
+        done: dict[str, Outcome],
+    ) -> tuple[str, str]:
+        from hubpin.digests import hash_tree
+
+        folder = run.root / pin.location
+        if not folder.is_dir():
+            raise NotSyncedError(f"{folder}: folder not found (the lock pins a local folder)")
+        if not run.full_verify:
+            return "checked", f"{folder} exists"
+        digest = hash_tree(folder).digest()
+        if digest != pin.tree_digest:
+            raise IntegrityError(
+                f"{folder}: tree digest is {digest}, the lock pins {pin.tree_digest}; "
+                "run: hubpin lock"
+            )
+        return "checked", f"{folder} matches the lock"
+
+    def state(self, project: Project, pin: FolderPin) -> str:
+        return "local folder" if pin.folder(project.root).is_dir() else "folder missing"
+
+    def where(self, project: Project, pin: FolderPin) -> str:
+        return str(pin.folder(project.root))
+
+    def resolve(self, project: Project, alias: str, pin: FolderPin, verify: bool) -> str:
+        folder = pin.folder(project.root)
+        if not folder.is_dir():
+            raise NotSyncedError(f"{alias}: pinned folder {folder} does not exist")
+        if verify:  # read in place, so verify means re-hash it, as for a cache entry
+            _check_folder(alias, folder, pin.tree_digest)
+        return str(folder)
+
+    def pin(self, request: PinRequest) -> tuple[FolderPin, Tree | None]:
+        from hubpin.digests import hash_tree
+
+        folder = Path(request.source.location)
+        if not folder.is_dir():
+            raise FetchError(f"{folder}: folder not found (a path handle is read in place)")
+        try:
+            tree = hash_tree(folder)
+        except OSError as exc:
+            raise FetchError(f"{folder}: {exc}") from None
+        made = FolderPin(
+            **request.common(),
+            kind=Kind.FOLDER,
+            location=relative_posix(folder, request.root),
+            tree_digest=tree.digest(),
+            unpacked_size=tree.size,
+            file_count=tree.file_count,
+        )
+        return made, None
+
+
+def _check_folder(alias: str, folder: Path, tree_digest: str) -> None:
+    from hubpin.digests import hash_tree
+
+    try:
+        found = hash_tree(folder).digest()
+    except OSError as exc:
+        raise DamagedEntryError(
+            f"{alias}: pinned folder {folder} cannot be read: {exc}; fix it, or run: hubpin lock"
+        ) from None
+    if found != tree_digest:
+        raise DamagedEntryError(
+            f"{alias}: pinned folder {folder} holds {found}, the lock pins {tree_digest}; "
+            "put the pinned files back, or if the change is intended run: hubpin lock"
+        )
