@@ -32,7 +32,11 @@ class ModelSpec(BaseModel):
     format: Format | None = None
     io_device: str | None = None
     tags: list[str] | None = None
-    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    sha256: str | None = Field(
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="64 lower-case hexadecimal digits (the archive's sha256)",
+    )
     also: list[str] = Field(default_factory=list)
     include: list[str] | None = None  # Hugging Face: the files to pin (default: all)
     exclude: list[str] | None = None  # Hugging Face: files not to pin

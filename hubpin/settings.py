@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from hubpin.errors import SettingsError
 from hubpin.handles import Format
 from hubpin.paths import settings_path
-from hubpin.tomlfile import read_toml, validate
+from hubpin.tomlfile import problems, read_toml, validate
 
 
 class Mirror(BaseModel):
@@ -110,8 +110,9 @@ def load_settings(project_dir: Path, overrides: dict[str, Any] | None = None) ->
     try:
         return Settings.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        name = str(first["loc"][0])
         raise SettingsError(
-            f"{origin.get(name, path)}: {name}: {first['msg']} (found {data.get(name)!r})"
+            "\n".join(
+                f"{origin.get(str(loc[0]), path)}: {key}: {detail}"
+                for loc, key, detail in problems(exc, Settings)
+            )
         ) from None

@@ -166,3 +166,66 @@ def test_an_api_endpoint_that_is_down_names_its_setting(
         "tries); check the network and any proxy (HTTPS_PROXY, HTTP_PROXY, NO_PROXY), that the "
         f"host is up, or {check}"
     ), line
+
+
+def test_every_mistake_of_a_manifest_at_once_with_suggestions(project: Project) -> None:
+    manifest = project.write(
+        "[models.bert]\n"
+        'handel = "https://tfhub.dev/google/bert/1"\n'
+        'fromat = "COMPRESSED"\n'
+        "\n"
+        "[models.spice]\n"
+        'handle = "https://tfhub.dev/google/spice/2"\n'
+        'format = "sideways"\n'
+        'sha256 = "abc"\n'
+        "tags = 3\n"
+        "\n"
+        "[model.extra]\n"
+        'handle = "https://tfhub.dev/google/extra/1"\n'
+    )
+    code, out, err = project.run("lock")
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [
+        f"hubpin: error: {manifest}:2: models.bert.handel: unknown key; did you mean handle?",
+        f"hubpin: error: {manifest}:3: models.bert.fromat: unknown key; did you mean format?",
+        f"hubpin: error: {manifest}:7: models.spice.format: expected one of 'COMPRESSED', "
+        "'UNCOMPRESSED' or 'AUTO', found 'SIDEWAYS'",
+        f"hubpin: error: {manifest}:8: models.spice.sha256: expected 64 lower-case hexadecimal "
+        "digits (the archive's sha256), found 'abc'",
+        f"hubpin: error: {manifest}:9: models.spice.tags: expected an array, found 3",
+        f"hubpin: error: {manifest}:11: model: unknown table [model.extra]; did you mean "
+        "[models.extra]?",
+    ]
+
+
+def test_every_mistake_of_the_settings_at_once_in_hubpins_words(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project.models(a="https://tfhub.dev/google/a/1")
+    settings = project.write(
+        'jobs = "many"\nretires = 3\nallow_http = "maybe"\n\n[[mirror]]\nprefix = "a"\n'
+        'replace = "b"\n\n[[mirrors]]\nprefx = "https://tfhub.dev/"\nreplace = "b"\n',
+        "hubpin.toml",
+    )
+    code, _, err = project.run("lock")
+    assert code == 2
+    assert err.splitlines() == [
+        f"hubpin: error: {settings}:1: jobs: expected an integer, found 'many'",
+        f"hubpin: error: {settings}:2: retires: unknown key; did you mean retries?",
+        f"hubpin: error: {settings}:3: allow_http: expected true or false, found 'maybe'",
+        f"hubpin: error: {settings}:5: mirror: unknown table [[mirror]]; did you mean [[mirrors]]?",
+        f"hubpin: error: {settings}:10: mirrors[0].prefx: unknown key; did you mean prefix?",
+    ]
+    settings.unlink()
+    monkeypatch.setenv("HUBPIN_CONNECT_TIMEOUT", "0")
+    monkeypatch.setenv("HUBPIN_RETRIES", "many")
+    code, _, err = project.run("lock")
+    assert (code, err.splitlines()) == (
+        2,
+        [
+            "hubpin: error: environment variable HUBPIN_RETRIES: retries: expected an integer, "
+            "found 'many'",
+            "hubpin: error: environment variable HUBPIN_CONNECT_TIMEOUT: connect_timeout: "
+            "expected a number > 0, found '0'",
+        ],
+    )

@@ -34,7 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except HubpinError as exc:
-        print(f"hubpin: error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines() or [""]:  # a file's mistakes, one line each
+            print(f"hubpin: error: {line}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:
         print(f"hubpin: error: {exc}", file=sys.stderr)
