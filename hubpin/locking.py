@@ -111,6 +111,7 @@ def lock_project(
                 project.root,
                 cache,
                 required=must_fill,
+                adopt=alias not in force,  # re-pinning asked for: resolve it anew
                 **carried.get(alias, {}),
             )
         except HubpinError as exc:
@@ -119,7 +120,8 @@ def lock_project(
     failures: list[HubpinError] = []
     pinned: dict[str, Pin] = dict(kept)
     follows = shared_downloads(todo, versions, settings)
-    with ThreadPoolExecutor(max_workers=settings.jobs) as pool:
+    pool = ThreadPoolExecutor(max_workers=settings.jobs)
+    try:
         futures = {
             alias: pool.submit(pin_one, alias) for alias in sorted(todo) if alias not in follows
         }
@@ -136,6 +138,13 @@ def lock_project(
             except HubpinError as exc:
                 failures.append(exc)
                 on_failed(exc)
+    except BaseException:
+        # Ctrl-C: leave now, not when the downloads in flight end (a stalled one waits for
+        # read_timeout). A worker stopped mid-way has published nothing half-written: an
+        # entry appears by one rename, and what was published is adopted by the next lock.
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     for clash in key_conflicts(pinned) if not failures else []:
         failures.append(InputError(clash))
         on_failed(failures[-1])

@@ -33,8 +33,13 @@ def pin_into_cache(
     version: int | None = None,
     required: bool = True,
     commit: str | None = None,
+    adopt: bool = True,
 ) -> Pin:
     """Pin one entry; with a cache, an archive is unpacked into it in the same pass.
+
+    With ``adopt``, an entry this project's ``lock`` published for the same manifest
+    entry (a lock interrupted before it wrote models.lock) is pinned from its record
+    once it re-hashes to the tree recorded, instead of being downloaded again.
 
     What is published is the tree just hashed for the pin, so the entry matches
     the lock about to be written. When the cache is not ``required`` (``hubpin
@@ -46,6 +51,7 @@ def pin_into_cache(
     Hugging Face revision.
     """
     request = _request(spec, settings, sources, root, None, None, version, commit)
+    request.adopt = adopt
     kind = for_handle(spec.handle, request.format, root, settings)
     return kind.pin_into(alias, request, cache, required)
 

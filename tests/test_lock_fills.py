@@ -5,6 +5,7 @@ flag and a setting away, and a cache that cannot be written is no reason to fail
 from __future__ import annotations
 
 import json
+import signal
 import time
 
 import pytest
@@ -161,3 +162,41 @@ def test_a_manifest_edited_during_a_lock_leaves_no_stamp(project: Project, hub: 
     assert proc.returncode == 0, err
     code, said, _ = hubpin_imports(project, "sync", "--locked")
     assert code == 1 and "triple" in said, "a stamp hid that the lock is stale"
+
+
+@pytest.mark.parametrize("signal_", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "killed"])
+def test_a_lock_interrupted_after_publishing_adopts_that_entry_next_time(
+    project: Project, hub: HubServer, models: dict[str, Model], signal_: signal.Signals
+) -> None:
+    """Killed with one model published and the other still downloading: no lock was
+    written; the next lock re-hashes the published entry instead of downloading it again."""
+    double, triple = hub.handle("google/double/1"), hub.handle("google/triple/1")
+    project.models(double=double, triple=triple)
+    hub.faults["google/triple/1"] = Faults(stall=20.0, stall_times=1)
+    record = project.entry(double).with_name(project.entry(double).name + ".hubpin.json")
+    lock = spawn_hubpin(project.root, project.cache, "lock", env={"HUBPIN_JOBS": "2"})
+    deadline = time.monotonic() + 60
+    while not record.exists() and lock.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert record.exists() and lock.poll() is None, lock.communicate()
+    lock.send_signal(signal_)
+    _, err = lock.communicate(timeout=30)
+    assert lock.returncode == (130 if signal_ is signal.SIGINT else -signal.SIGKILL), err
+    assert not project.lock.exists()
+    assert (hub.downloads("google/double/1"), hub.downloads("google/triple/1")) == (1, 1)
+
+    hub.faults.clear()
+    code, _, err = project.run("-v", "lock")
+    assert code == 0, err
+    assert (
+        f"double: adopted {project.entry(double).name}, which an interrupted lock published" in err
+    )
+    assert (hub.downloads("google/double/1"), hub.downloads("google/triple/1")) == (1, 2)
+    assert project.run("lock", "--check")[0] == 0
+    code, _, err = project.run("verify")
+    assert code == 0, err
+    adopted = project.lock.read_text()
+    project.lock.unlink()  # what a lock that downloads both writes: the same bytes
+    assert project.run("lock", "double", "triple")[0] == 0
+    assert project.lock.read_text() == adopted
+    assert hub.downloads("google/double/1") == 2, "an alias named on the command line is re-pinned"

@@ -86,11 +86,16 @@ class Record:
     # hubpin only hashed and recorded files someone else (tensorflow_hub) wrote.
     created_by: str = ""
     adopted: bool = False
+    # The lock table ``hubpin lock`` pinned when it published the entry (JSON), so a lock
+    # interrupted before it wrote models.lock is finished by the next one without a download.
+    pin: dict[str, object] | None = None
 
     def to_json(self) -> str:
         provenance: dict[str, object] = {"created_by": self.created_by} if self.created_by else {}
         if self.adopted:
             provenance["adopted"] = True
+        if self.pin is not None:
+            provenance["pin"] = self.pin
         return json.dumps(
             {"version": RECORD_VERSION, "handle": self.handle, "tree_digest": self.tree_digest}
             | provenance
@@ -165,7 +170,10 @@ def parse_record(text: str | bytes, sums: str = "crc32c") -> tuple[Record, dict[
         raise ValueError(f"its files add up to {tree.digest()}, not to its tree digest {digest}")
     if not all(isinstance(k, str) and (v is None or isinstance(v, str)) for k, v in crcs.items()):
         raise ValueError(f"{sums}: expected path → checksum")
-    return Record(handle, digest, tree, created_by, adopted), crcs
+    pin = data.get("pin")
+    return Record(
+        handle, digest, tree, created_by, adopted, pin if isinstance(pin, dict) else None
+    ), crcs
 
 
 class Cache(ABC):
@@ -191,7 +199,10 @@ class Cache(ABC):
         repair puts the same bytes back), else this project's lock (or adopted)."""
         if previous is not None and previous.tree_digest == record.tree_digest:
             return dataclasses.replace(
-                record, created_by=previous.created_by, adopted=previous.adopted
+                record,
+                created_by=previous.created_by,
+                adopted=previous.adopted,
+                pin=record.pin or previous.pin,
             )
         if adopted:
             return dataclasses.replace(record, created_by="", adopted=True)

@@ -207,6 +207,7 @@ class PinRequest:
     on_bytes: Callable[[int], None] | None = None
     version: int | None = None  # the Kaggle version to keep (None: the current one)
     commit: str | None = None  # the Hugging Face commit to keep (None: resolve the revision)
+    adopt: bool = False  # pin an entry an interrupted lock of this project published, if intact
 
     def common(self) -> dict[str, Any]:
         """The fields every kind copies from the manifest."""

@@ -293,6 +293,10 @@ class ArchiveHandler(Handler):
         made: ArchivePin | None = None
         try:
             with cache.locked(key, settings.lock_timeout) as work:
+                found = _published(cache, key, request) if request.adopt else None
+                if found is not None:
+                    log.info("%s: adopted %s, which an interrupted lock published", alias, key)
+                    return found
                 made, tree = self.pin(dataclasses.replace(request, work=work, commit=None))
                 if made.cache_key != key:
                     raise FetchError(
@@ -302,7 +306,10 @@ class ArchiveHandler(Handler):
                 record = cache.read_record(key)
                 refuse_replacing(cache, key, made.tree_digest, spec.handle)
                 if tree is not None and (record is None or record.tree_digest != made.tree_digest):
-                    cache.publish(key, work, Record(spec.handle, made.tree_digest, tree))
+                    pinned = made.model_dump(mode="json", exclude_none=True)  # for _published
+                    cache.publish(
+                        key, work, Record(spec.handle, made.tree_digest, tree, pin=pinned)
+                    )
         except CacheError as exc:
             if required:
                 raise
@@ -320,6 +327,42 @@ class ArchiveHandler(Handler):
             )
         assert made is not None
         return made
+
+
+def _published(cache: Cache, key: str, request: PinRequest) -> ArchivePin | None:
+    """The pin an earlier ``lock`` of this project recorded when it published ``key`` for
+    this manifest entry, if the entry still holds exactly that tree; else None (pin anew).
+
+    Only an entry this lock created counts (never another project's, nor one hubpin only
+    adopted), made from the same manifest fields (and Kaggle version, when one is asked for).
+    """
+    from pydantic import TypeAdapter, ValidationError
+
+    from hubpin.lockfile import input_changes
+
+    record = cache.read_record(key)
+    if record is None or record.pin is None or not cache.owner:
+        return None
+    if record.created_by != cache.owner or record.adopted:
+        return None
+    try:
+        pin: Pin = TypeAdapter(Pin).validate_python(record.pin)
+    except ValidationError:
+        return None
+    if (
+        not isinstance(pin, ArchivePin)
+        or pin.cache_key != key
+        or pin.tree_digest != record.tree_digest
+        or input_changes(request.spec, pin, request.settings)
+        or pin.derived_problems(request.root, request.settings)
+        or (isinstance(pin, KagglePin) and request.version not in (None, pin.kaggle_version))
+    ):
+        return None
+    problems = cache.verify(key, pin.tree_digest)
+    if problems:
+        log.info("%s: not adopting the published entry (%s); fetching it", key, problems[0])
+        return None
+    return pin
 
 
 class KaggleHandler(ArchiveHandler):
