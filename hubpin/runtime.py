@@ -10,6 +10,8 @@ TensorFlow and tensorflow_hub are imported only when a model is actually loaded.
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.util
 import os
 import sys
 import threading
@@ -130,7 +132,15 @@ class Lock:
         return hub.KerasLayer(path, **kwargs)
 
     def install(self, strict: bool = True) -> None:
-        """Make tensorflow_hub resolve pinned handles through this lock (and, strictly, only those)."""
+        """Make tensorflow_hub resolve pinned handles through this lock, and KerasHub's
+        ``from_preset`` load pinned presets from it (and, strictly, only those).
+
+        Each is hooked where it is installed; KerasHub is not imported for it (a hook
+        patches its preset loader when it is)."""
+        if importlib.util.find_spec("keras_hub") is not None:
+            _PinnedPresets(self, strict).install()
+            if importlib.util.find_spec("tensorflow_hub") is None:
+                return
         registry = _needs("tensorflow_hub.registry", "hubpin.install")
         registry.resolver.add_implementation(_PinnedResolver(self, strict))
 
@@ -170,6 +180,104 @@ class _PinnedResolver:
                 f"refuses to download it; run: hubpin add ALIAS {handle} && hubpin sync"
             )
         return self.lock.resolve(alias)
+
+
+_PRESET_UTILS = "keras_hub.src.utils.preset_utils"  # where keras_hub reads every preset file
+
+
+class _PinnedPresets:
+    """KerasHub's ``get_file(preset, path)``, which every ``from_preset`` reads through,
+    answered from the lock: a built-in preset name (mapped as keras_hub maps it), a
+    ``kaggle://`` or ``hf://`` preset the lock pins → that file in the pinned entry or
+    snapshot, checked first (:meth:`Lock.resolve`); one it does not pin is refused when
+    strict. Local folders and other stores go to keras_hub's own ``get_file``.
+
+    keras_hub's modules import ``get_file`` by name, so it is replaced in the module that
+    defines it before the others import it: now if keras_hub is loaded (and in every
+    module of it that holds the original), else by an import hook when it is.
+    """
+
+    def __init__(self, lock: Lock, strict: bool) -> None:
+        from hubpin.handlers import handler
+
+        self.lock, self.strict = lock, strict
+        project = lock._project
+        self.by_preset = {
+            preset: alias
+            for alias, pin in sorted(lock.data.models.items())
+            for preset in handler(pin).presets(project, pin)
+        }
+
+    def install(self) -> None:
+        module = sys.modules.get(_PRESET_UTILS)
+        if module is None:
+            sys.meta_path.insert(0, _PatchOnImport(_PRESET_UTILS, self.patch))
+            return
+        original = getattr(module, "get_file", None)
+        self.patch(module)
+        for name, other in list(sys.modules.items()):
+            if name.startswith("keras_hub") and getattr(other, "get_file", None) is original:
+                other.get_file = module.get_file
+
+    def patch(self, module: ModuleType) -> None:
+        original = module.get_file
+        builtin = getattr(module, "BUILTIN_PRESETS", {})
+
+        def get_file(preset: Any, path: str) -> Any:
+            named = preset
+            if isinstance(preset, str) and preset in builtin:
+                named = builtin[preset]["kaggle_handle"]
+            alias = self.by_preset.get(named.rstrip("/")) if isinstance(named, str) else None
+            if alias is not None:
+                found = os.path.join(self.lock.resolve(alias), path)
+                if not os.path.exists(found):
+                    raise FileNotFoundError(
+                        f"`{path}` doesn't exist in preset directory `{preset}` "
+                        f"(pinned as {alias} in {self.lock.path})"
+                    )
+                return found
+            if self.strict and isinstance(named, str) and _hub_preset(named, builtin, preset):
+                raise UnpinnedHandleError(
+                    f"preset {preset} is not pinned in {self.lock.path} and hubpin.install"
+                    "(strict=True) refuses to download it; add it to models.toml (keras-hub:"
+                    "<name>, kaggle:… or hf:…) and run: hubpin lock && hubpin sync"
+                )
+            return original(preset, path)
+
+        module.get_file = get_file
+
+
+def _hub_preset(named: str, builtin: dict[str, Any], preset: str) -> bool:
+    """Whether keras_hub would download ``preset`` from a model hub (not read a folder)."""
+    spec = scheme(named)
+    return preset in builtin or (spec is not None and spec.remote and spec.storage is None)
+
+
+class _PatchOnImport(importlib.abc.MetaPathFinder):
+    """Calls ``patch(module)`` right after ``name`` is first imported."""
+
+    def __init__(self, name: str, patch: Any) -> None:
+        self.name, self.patch = name, patch
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name != self.name:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        loader, patch = spec.loader, self.patch
+
+        class Patching(importlib.abc.Loader):
+            def create_module(self, spec: Any) -> Any:
+                return loader.create_module(spec)
+
+            def exec_module(self, module: ModuleType) -> None:
+                loader.exec_module(module)  # type: ignore[attr-defined]
+                patch(module)
+
+        spec.loader = Patching()
+        return spec
 
 
 def _load_options(pin: Pin) -> tf.saved_model.LoadOptions | None:

@@ -273,6 +273,47 @@ def test_token_goes_to_the_hub_only_and_gated_repos_say_what_they_need(
     assert cdn and all(r.authorization is None for r in cdn)  # the LFS redirect's other host
 
 
+def test_prune_removes_only_snapshots_this_project_made_and_no_lock_pins(
+    project: Project, hub: HfServer, tmp_path: Path
+) -> None:
+    """Hugging Face's cache is the machine's: prune removes a snapshot its own sync made once
+    no project's lock pins it, and never one another lock claims or hubpin did not make."""
+    first = hub.repos["org/bert"].refs["main"]
+    project.models(bert="hf:org/bert")
+    assert project.run("sync")[0] == 0  # P makes the snapshot of the first commit
+    other = project.root.parent / "other"  # Q pins the same commit, finds it present
+    other.mkdir()
+    (other / "models.toml").write_text('[models.bert]\nhandle = "hf:org/bert"\n')
+    q = ["-m", str(other / "models.toml")]
+    assert project.run(*q, "sync")[0] == 0
+    root = _snapshot_root(tmp_path)
+    theirs = tmp_path / "hf-cache" / "models--org--theirs" / "snapshots" / ("e" * 40)
+    theirs.mkdir(parents=True)  # what huggingface_hub left: no hubpin record
+    (theirs / "config.json").write_bytes(b"{}")
+    second = hub.push("org/bert", {**FILES, "config.json": b'{"n": 2}'})
+    assert project.run("lock", "--upgrade")[0] == 0 and project.run("sync")[0] == 0
+
+    code, _, err = project.run("prune")  # Q's lock still pins the first commit
+    assert code == 0, err
+    assert (root / "snapshots" / first).is_dir() and (root / "hubpin" / f"{first}.json").exists()
+    assert "1 pinned by other projects' locks" in err, err
+
+    assert project.run(*q, "lock", "--upgrade")[0] == 0 and project.run(*q, "sync")[0] == 0
+    code, _, err = project.run("prune", "--dry-run")
+    assert code == 0 and f"would remove {root / 'snapshots' / first}" in err, err
+    assert (root / "snapshots" / first).is_dir()
+    code, _, err = project.run("prune")
+    assert code == 0, err
+    assert f"removed {root / 'snapshots' / first}" in err, err
+    assert not (root / "snapshots" / first).exists()
+    assert not (root / "hubpin" / f"{first}.json").exists()
+    assert not (root / "blobs" / git_blob_sha1(CONFIG)).exists()  # only the first linked it
+    assert (root / "blobs" / hashlib.sha256(WEIGHTS).hexdigest()).exists()  # the second's too
+    assert (theirs / "config.json").read_bytes() == b"{}"
+    assert project.run("verify")[0] == 0 and project.run(*q, "verify")[0] == 0
+    assert (root / "refs" / "main").read_text() == second
+
+
 def test_include_and_exclude_choose_the_files(
     project: Project, hub: HfServer, tmp_path: Path
 ) -> None:
@@ -341,3 +382,55 @@ def test_keras_hub_preset_from_the_hub_loads_offline_as_pinned(
     assert result.returncode == 0, result.stderr[-3000:]
     got = [line for line in result.stdout.splitlines() if line.startswith("loaded ")]
     assert got == want * 2
+
+
+@pytest.mark.tf
+def test_install_makes_unmodified_keras_hub_load_the_pinned_preset_and_refuse_others(
+    project: Project, hub: HfServer, bert_presets: dict[int, Path]
+) -> None:
+    """Online, with main moved on since the lock, ``from_preset("hf://org/kbert")`` after
+    ``hubpin.install()`` computes the pinned preset's outputs (keras_hub alone would fetch
+    main's files), and an unpinned preset is refused before anything is downloaded."""
+    files = {
+        p.relative_to(bert_presets[3]).as_posix(): p.read_bytes()
+        for p in bert_presets[3].rglob("*")
+        if p.is_file()
+    }
+    hub.add("org/kbert", files)
+    hub.add("org/unpinned", files)
+    project.models(kbert="hf://org/kbert")
+    code, _, err = project.run("sync")
+    assert code == 0, err
+    newer = {
+        p.relative_to(bert_presets[1]).as_posix(): p.read_bytes()
+        for p in bert_presets[1].rglob("*")
+        if p.is_file()
+    }
+    hub.push("org/kbert", newer)
+    want = outputs_in_process(str(bert_presets[3]))  # (version 1's differ: test_kerashub)
+    script = (
+        "import sys, hubpin\nhubpin.install()\n"
+        "sys.argv = ['load', 'hf://org/kbert']\n"
+        "from kerasmodels import LOAD_SCRIPT\nexec(LOAD_SCRIPT)\n"
+        "try:\n    keras_hub.models.BertBackbone.from_preset('hf://org/unpinned')\n"
+        "except hubpin.UnpinnedHandleError as e:\n    print('refused', e)\n"
+    )
+    before = len(hub.log("hub"))
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env={
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([WORKTREE, str(Path(__file__).parent)]),
+            "KERAS_BACKEND": "tensorflow",
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+        },
+        cwd=project.root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = [line for line in result.stdout.splitlines() if line.startswith("loaded ")]
+    assert got == want
+    assert "refused preset hf://org/unpinned is not pinned in" in result.stdout, result.stdout
+    assert len(hub.log("hub")) == before  # neither asked the Hub for anything

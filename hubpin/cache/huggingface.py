@@ -127,8 +127,12 @@ class HfCache:
         pin: HfPinned,
         fetch: Callable[[HfFile], Iterable[bytes]],
         on_bytes: Callable[[int], None] | None = None,
+        created_by: str = "",
     ) -> int:
         """Make the cache hold ``pin``; the number of files downloaded.
+
+        ``created_by`` is the lock of the project filling it, for ``prune``; a snapshot
+        keeps the creator its record names (a repair by another project does not take it).
 
         A blob already there with the pinned size is re-hashed, not downloaded; a
         wrong one is replaced. Raises IntegrityError naming the file whose bytes
@@ -156,7 +160,10 @@ class HfCache:
                 self._write_tree(pin, work)
             if pin.revision != pin.commit:
                 _write_atomic(folder / "refs" / pin.revision, pin.commit.encode(), work)
+            previous = self.read_record(pin)
+            creator = previous.get("created_by") if previous is not None else None
             record = {
+                "created_by": creator if isinstance(creator, str) and creator else created_by,
                 "version": RECORD_VERSION,
                 "handle": handle,
                 "repo": pin.repo,
@@ -206,16 +213,71 @@ class HfCache:
         path = repo_folder(self.root, pin.repo) / "trees" / f"{pin.commit}.json"
         _write_atomic(path, text.encode(), work)
 
+    def records(self) -> Iterator[tuple[str, dict[str, object]]]:
+        """Every snapshot hubpin recorded, as (repository id, record), for ``prune``."""
+        for folder in sorted(self.root.glob("models--*")):
+            for path in sorted((folder / "hubpin").glob("*.json")):
+                try:
+                    data = json.loads(path.read_text(encoding="utf-8"))
+                except (OSError, ValueError):
+                    continue
+                if isinstance(data, dict) and isinstance(data.get("repo"), str):
+                    yield data["repo"], data
+
+    def note_use(self, repo: str, name: str, note: dict[str, object]) -> None:
+        """Note beside a repository's snapshots that a project's lock pins some of them."""
+        path = repo_folder(self.root, repo) / "hubpin" / "users" / name
+        data = json.dumps(note, indent=1, sort_keys=True).encode()
+        try:
+            if path.read_bytes() == data:
+                return
+        except OSError:
+            pass
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_atomic(path, data, path.parent)
+        except OSError:
+            return  # a read-only cache: nothing can be pruned from it either
+
+    def notes(self, repo: str) -> dict[str, dict[str, object]]:
+        """The projects noted as using ``repo``'s snapshots, by note name."""
+        found = {}
+        for path in sorted((repo_folder(self.root, repo) / "hubpin" / "users").glob("*.json")):
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(data, dict):
+                found[path.name] = data
+        return found
+
+    def forget(self, repo: str, name: str) -> None:
+        (repo_folder(self.root, repo) / "hubpin" / "users" / name).unlink(missing_ok=True)
+
+    def freed_by(self, pin: HfPinned) -> int:
+        """The bytes :meth:`remove` frees: the blobs no other snapshot links to."""
+        used = self._used_blobs(pin, without=pin.commit)
+        sizes = {f.etag: f.size for f in pin.files if f.etag not in used}
+        return sum(sizes.values())
+
+    def _used_blobs(self, pin: HfPinned, without: str) -> set[str]:
+        snapshots = repo_folder(self.root, pin.repo) / "snapshots"
+        return {
+            os.path.basename(os.readlink(p))
+            for p in snapshots.rglob("*")
+            if p.is_symlink() and p.relative_to(snapshots).parts[0] != without
+        }
+
     def remove(self, pin: HfPinned) -> None:
-        """Forget a snapshot hubpin made (prune): its links, record, and blobs no other uses."""
+        """Forget a snapshot hubpin made (prune): its links, the ref and tree that name it,
+        its record, and the blobs no other snapshot uses."""
         folder = repo_folder(self.root, pin.repo)
         shutil.rmtree(self.snapshot(pin), ignore_errors=True)
+        if self.ref(pin) == pin.commit:
+            (folder / "refs" / pin.revision).unlink(missing_ok=True)
+        (folder / "trees" / f"{pin.commit}.json").unlink(missing_ok=True)
         self.record_path(pin).unlink(missing_ok=True)
-        used = {
-            os.path.basename(os.readlink(p))
-            for p in (folder / "snapshots").rglob("*")
-            if p.is_symlink()
-        }
+        used = self._used_blobs(pin, without=pin.commit)
         for f in pin.files:
             if f.etag not in used:
                 self.blob(pin, f).unlink(missing_ok=True)

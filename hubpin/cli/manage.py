@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import shlex
 import sys
@@ -24,6 +25,7 @@ from hubpin.errors import (
     ManifestError,
     StaleLockError,
 )
+from hubpin.handlers import Removal, every
 from hubpin.lockfile import differences
 from hubpin.manifest import add_model
 from hubpin.ops.remove import remove
@@ -53,37 +55,45 @@ def cmd_prune(args: argparse.Namespace) -> int:
         all_unpinned=args.all_unpinned,
         foreign=args.foreign,
     )
+    own = [h.prunable(project, lock, args.all_unpinned) for h in every()]  # kinds' own caches
+    removals = [Removal(n, size, functools.partial(cache.remove, n)) for n, size in plan.remove]
+    removals += [r for found in own for r in found.remove]
     failed = []
     freed = 0
-    for name, size in plan.remove:
+    for removal in removals:
+        name, size = removal.name, removal.size
         if args.dry_run:
             _say(args, f"would remove {name} ({_size(size)})")
             continue
         try:
-            cache.remove(name)
-        except HubpinError as exc:
+            removal.remove()
+        except (HubpinError, OSError) as exc:
             failed.append(name)
             print(f"hubpin: error: could not remove {name}: {exc}", file=sys.stderr)
             continue
         freed += size
         _say(args, f"removed {name} ({_size(size)})")
-    for user in plan.forget:
+    gone = [(u.where, functools.partial(cache.remove_note, u.note)) for u in plan.forget]
+    gone += [(r.name, r.remove) for found in own for r in found.forget]
+    for where, forget in gone:
         _say(
             args,
-            f"{'would forget' if args.dry_run else 'forgot'} {user.where}: that lock no longer "
+            f"{'would forget' if args.dry_run else 'forgot'} {where}: that lock no longer "
             "exists, so it pins nothing here (a moved project notes itself again at its next sync)",
         )
         if not args.dry_run:
             with contextlib.suppress(HubpinError, OSError):
-                cache.remove_note(user.note)
-    for key, why in plan.kept.items():
-        log.info("kept %s: %s", cache.entry(key), why)
-    if plan.kept:
-        _say(args, _kept_summary(plan.kept))
+                forget()
+    kept = {cache.entry(key): why for key, why in plan.kept.items()}
+    kept |= {name: why for found in own for name, why in found.kept.items()}
+    for name, why in kept.items():
+        log.info("kept %s: %s", name, why)
+    if kept:
+        _say(args, _kept_summary(kept))
     if args.dry_run:
-        freed = sum(size for _, size in plan.remove)
+        freed = sum(r.size for r in removals)
     verb = "would free" if args.dry_run else "freed"
-    summary = f"{_count(len(plan.remove) - len(failed), 'path')}, {verb} {_size(freed)}"
+    summary = f"{_count(len(removals) - len(failed), 'path')}, {verb} {_size(freed)}"
     if failed:
         _say(
             args,

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from hubpin.digests import Tree
     from hubpin.handles import Format, Source
     from hubpin.kinds import ArchivePin, Pin
+    from hubpin.lockfile import Lock
     from hubpin.manifest import ModelSpec
     from hubpin.project import Project
     from hubpin.settings import Settings
@@ -71,6 +72,16 @@ def handler(pin: PinBase) -> Handler:
 def for_handle(handle: str, fmt: Format, root: Path, settings: Settings) -> Handler:
     """The handler of the kind of pin ``hubpin lock`` makes of ``handle`` (under ``fmt``)."""
     return by_tag(tag_of(expected_kind(handle, fmt, root, settings)))
+
+
+def every() -> list[Handler]:
+    """One of each handler (``prune`` asks them all: a kind the lock no longer holds may
+    have left entries behind)."""
+    found: dict[type[Handler], Handler] = {}
+    for tag in _HANDLERS:
+        kind = by_tag(tag)
+        found.setdefault(type(kind), kind)
+    return list(found.values())
 
 
 assert set(_HANDLERS) == TAGS, "every kind of pin has a handler"
@@ -153,6 +164,22 @@ class Handler:
         ``verify``); NotSyncedError or DamagedEntryError naming the alias otherwise."""
         return self.where(project, pin)
 
+    def presets(self, project: Project, pin: Any) -> list[str]:
+        """The presets KerasHub's ``from_preset`` may be given for this model
+        (``kaggle://…``, ``hf://…``), which ``hubpin.install()`` answers from the lock."""
+        return []
+
+    # -- the caches of its own, for prune ---------------------------------------------------
+
+    def note_use(self, project: Project, lock: Lock) -> None:
+        """Note, in a cache of this kind's own, which of its entries ``lock`` pins (after a
+        sync), so other projects' ``prune`` keeps them."""
+
+    def prunable(self, project: Project, lock: Lock, all_unpinned: bool) -> Pruning:
+        """What ``prune`` removes from a cache of this kind's own (not tensorflow_hub's, which
+        :mod:`hubpin.owners` prunes): what this project made there and no lock pins now."""
+        return Pruning()
+
     # -- outdated, lock -------------------------------------------------------------------
 
     def outdated(self, project: Project, alias: str, pin: Any, sources: Sources) -> Currency:
@@ -181,6 +208,24 @@ class Handler:
         """:meth:`pin`, filling ``cache`` in the same pass where the kind can
         (:func:`hubpin.pin.pin_into_cache`); a kind read in place just pins."""
         return self.pin(request)[0]
+
+
+@dataclass(frozen=True)
+class Removal:
+    """One thing ``prune`` removes: its name, the bytes it frees, how."""
+
+    name: str
+    size: int
+    remove: Callable[[], None] = field(compare=False, repr=False)
+
+
+@dataclass
+class Pruning:
+    """What ``prune`` removes from a kind's own cache, what it keeps there and why."""
+
+    remove: list[Removal] = field(default_factory=list)
+    kept: dict[str, str] = field(default_factory=dict)  # name → why it stays
+    forget: list[Removal] = field(default_factory=list)  # notes of locks that are gone
 
 
 @dataclass

@@ -34,6 +34,7 @@ from hubpin.errors import (
 from hubpin.handlers import Currency, Handler, PinRequest, Run, Shared
 from hubpin.handles import Format, Kind, archive_key, local_path, relative_posix
 from hubpin.kaggle import KaggleHandle, configured, pinned
+from hubpin.kerashub import is_preset_handle
 from hubpin.kinds import ArchivePin, KagglePin, Pin
 from hubpin.plan import Action, Outcome, Step, Target
 from hubpin.storage.schemes import is_url
@@ -412,6 +413,17 @@ class KaggleHandler(ArchiveHandler):
         if isinstance(pin, KagglePin) and pin.kaggle_version == current:
             return None
         return {"version": current}
+
+    def presets(self, project: Project, pin: KagglePin) -> list[str]:
+        """``kaggle://o/m/f/v/N``, as keras_hub maps a built-in preset name; and without the
+        version when the manifest's handle has none (the lock pins what "latest" is)."""
+        endpoint = project.settings.kaggle_endpoint
+        exact = pinned(pin.handle, pin.kaggle_version, endpoint, pin.versioned_handle)
+        found = [f"kaggle://{exact.slug}/{exact.version}"]
+        named = None if is_preset_handle(pin.handle) else configured(pin.handle, endpoint)
+        if named is not None and named.version is None:
+            found.append(f"kaggle://{exact.slug}")
+        return found
 
     def outdated(self, project: Project, alias: str, pin: KagglePin, sources: Sources) -> Currency:
         handle = configured(pin.handle, project.settings.kaggle_endpoint)

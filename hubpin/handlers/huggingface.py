@@ -5,19 +5,24 @@ huggingface_hub and KerasHub find them offline; ``hubpin.resolve`` gives the sna
 
 from __future__ import annotations
 
+import contextlib
+import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hubpin.cache.huggingface import HfCache, hf_cache_root
 from hubpin.errors import DamagedEntryError, FetchError, HubpinError, NotSyncedError
-from hubpin.handlers import Currency, Handler, PinRequest, Run, Shared
+from hubpin.handlers import Currency, Handler, PinRequest, Pruning, Removal, Run, Shared
 from hubpin.handles import Kind
 from hubpin.huggingface import HfApi, HfFile, endpoint, load_token, parse_hf
 from hubpin.kinds import HfPin, Pin
+from hubpin.owners import note_name
 from hubpin.plan import Action, Outcome, Step
 
 if TYPE_CHECKING:
     from hubpin.digests import Tree
+    from hubpin.lockfile import Lock
     from hubpin.manifest import ModelSpec
     from hubpin.project import Project
     from hubpin.sources import Sources
@@ -35,6 +40,38 @@ def api(sources: Sources) -> HfApi:
         found = HfApi(endpoint(), load_token(), transport.http)
         transport._huggingface = found  # type: ignore[attr-defined]
     return found
+
+
+def _commits(lock: Lock) -> dict[str, set[str]]:
+    """The commits a lock pins, by repository."""
+    found: dict[str, set[str]] = {}
+    for pin in lock.models.values():
+        if isinstance(pin, HfPin):
+            found.setdefault(pin.huggingface.repo, set()).add(pin.huggingface.commit)
+    return found
+
+
+def _claims(where: HfCache, repo: str, own: str, here: str, found: Pruning) -> dict[str, str]:
+    """The commits of ``repo`` other projects' locks pin, each → which lock."""
+    from hubpin.lockfile import read_lock
+
+    claims: dict[str, str] = {}
+    for name, note in where.notes(repo).items():
+        lock, host, noted = note.get("lock"), note.get("host"), note.get("commits")
+        if not (isinstance(lock, str) and isinstance(host, str) and isinstance(noted, list)):
+            continue
+        if lock == own and host == here:
+            continue
+        who = lock if host == here else f"{lock} on {host}"
+        commits = {str(c) for c in noted}
+        if host == here:
+            if not Path(lock).is_file():
+                found.forget.append(Removal(who, 0, lambda n=name: where.forget(repo, n)))
+                continue
+            with contextlib.suppress(HubpinError):  # unreadable: what it noted still counts
+                commits = _commits(read_lock(Path(lock))).get(repo, set())
+        claims |= {c: who for c in commits}
+    return claims
 
 
 def current_commit(pin: HfPin, sources: Sources) -> str:
@@ -79,7 +116,7 @@ class HfHandler(Handler):
                 raise hub.explain(url, handle) or exc from None
             yield from download.chunks
 
-        count = where.fill(pin.handle, hf, fetch, run.on_bytes)
+        count = where.fill(pin.handle, hf, fetch, run.on_bytes, created_by=run.cache.owner)
         detail = f"{count} of {len(hf.files)} files downloaded into {where.snapshot(hf)}"
         return ("fetched" if count else "adopted"), detail
 
@@ -108,6 +145,61 @@ class HfHandler(Handler):
                 "run: hubpin verify --repair"
             )
         return str(where.snapshot(hf))
+
+    def note_use(self, project: Project, lock: Lock) -> None:
+        """Beside each repository's snapshots: this lock pins these commits of it."""
+        where, host = cache(), socket.gethostname()
+        name = note_name(project.lock_path, host)
+        for repo, commits in _commits(lock).items():
+            note = {"version": 1, "host": host, "lock": str(project.lock_path)}
+            where.note_use(repo, name, note | {"commits": sorted(commits)})
+
+    def prunable(self, project: Project, lock: Lock, all_unpinned: bool) -> Pruning:
+        """Snapshots this project's syncs created (their record's ``created_by``) that its
+        lock no longer pins and no other project's lock claims. Hugging Face's cache is
+        the machine's: a snapshot another project created is removed only with
+        ``all_unpinned`` (and none that hubpin did not record, ever). A lock on this host
+        is read again for what it pins now; one that is gone claims nothing (its note is
+        forgotten); one on another host claims what it noted."""
+        from hubpin.huggingface import HfPinned
+
+        where, here, own = cache(), socket.gethostname(), str(project.lock_path)
+        mine = _commits(lock)
+        found = Pruning()
+        claims: dict[str, dict[str, str]] = {}  # repo → commit → who claims it
+        for repo, record in where.records():
+            commit = str(record.get("commit"))
+            if commit in mine.get(repo, set()):
+                continue
+            if repo not in claims:
+                claims[repo] = _claims(where, repo, own, here, found)
+            label = f"{repo}@{commit[:12]}"
+            creator = record.get("created_by")
+            if commit in claims[repo]:
+                found.kept[label] = f"pinned by {claims[repo][commit]}"
+                continue
+            if creator != own and not all_unpinned:
+                found.kept[label] = (
+                    f"created by {creator}" if creator else "created by another hubpin"
+                )
+                continue
+            try:
+                pinned = HfPinned.model_validate(
+                    {k: record[k] for k in ("repo", "revision", "commit", "files")}
+                    | {"complete": False}
+                )
+            except (KeyError, ValueError):
+                found.kept[label] = "its record cannot be read"
+                continue
+            name = str(where.snapshot(pinned))
+            found.remove.append(
+                Removal(name, where.freed_by(pinned), lambda p=pinned: where.remove(p))
+            )
+        return found
+
+    def presets(self, project: Project, pin: HfPin) -> list[str]:
+        """``hf://<repo>`` (KerasHub follows ``main``; the lock says which commit that is)."""
+        return [f"hf://{pin.huggingface.repo}"]
 
     def outdated(self, project: Project, alias: str, pin: HfPin, sources: Sources) -> Currency:
         """The commit the pinned revision (a branch that moves, or a tag) names now."""

@@ -38,11 +38,14 @@ def register_use(project: Project, lock: Lock, outcomes: list[Outcome] | None = 
     (once something of it is there: a sync that failed throughout leaves the cache as it was)."""
     if outcomes is not None and all(o.status == "failed" for o in outcomes):
         return
+    from hubpin.handlers import handler
     from hubpin.owners import register
 
     keys = {k for p in lock.models.values() for k in p.cache_keys()}
     if keys:
         register(project.cache, project.lock_path, keys)
+    for kind in {type(k): k for k in map(handler, lock.models.values())}.values():
+        kind.note_use(project, lock)  # in a cache of the kind's own (Hugging Face's)
 
 
 def syncer(project: Project, sources: Sources, offline: bool, full_verify: bool) -> Syncer:
