@@ -28,24 +28,22 @@ import logging
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Protocol
 
 from hubpin.atomic import write_atomic
-from hubpin.errors import FetchError, HubpinError, InputError, IntegrityError, write_error
-from hubpin.kinds import ArchivePin
+from hubpin.errors import FetchError, HubpinError, InputError, write_error
+from hubpin.handlers import Bundled, handler
 from hubpin.lockfile import Lock, dumps
-from hubpin.reader import HashingReader
-from hubpin.sources import ARCHIVES, BUNDLE_LOCK, Sources, bundle_archive, bundle_lock
+from hubpin.sources import ARCHIVES, BUNDLE_LOCK, Sources, bundle_lock
 from hubpin.storage import Storage
 from hubpin.storage.local import path_of
 from hubpin.storage.schemes import known, scheme
 
 log = logging.getLogger("hubpin")
-_SHA_KEY = "hubpin-sha256"  # object metadata: the verified sha256; beside it the store's checksum
 
 
 @dataclass
@@ -55,49 +53,52 @@ class Written:
     archives: list[str] = field(default_factory=list)  # every archive the bundle now holds
     kept: list[str] = field(default_factory=list)  # of those, already there before this run
     reference: str | None = None  # an OCI artifact's ``oci://…@sha256:<manifest digest>``
+    files: list[str] = field(default_factory=list)  # the other files (a Hugging Face repo's)
 
 
 class _Target(Protocol):
-    def where(self, pin: ArchivePin) -> str: ...  # the archive's path or gs:// URL in the bundle
+    def where(self, item: Bundled) -> str: ...  # the file's path or store URL in the bundle
 
-    def has(self, pin: ArchivePin) -> bool: ...  # already there, complete, without reading upstream
+    def has(self, item: Bundled) -> bool: ...  # already there, complete, without reading upstream
 
-    def put(self, pin: ArchivePin, sources: Sources) -> bool: ...  # False: found there after all
+    def put(self, item: Bundled) -> bool: ...  # False: found there after all
 
     def finish(self, lock_text: str) -> str | None: ...  # the lock, last; an OCI digest
 
 
 def write_bundle(lock: Lock, aliases: list[str], out: str, sources: Sources) -> Written:
-    """Put each pinned archive of ``aliases`` into ``out``, verified, then the lock.
+    """Put what each pin of ``aliases`` needs into ``out`` (its handler says what:
+    :meth:`hubpin.handlers.Handler.bundled`), verified, then the lock.
 
-    Archives are copied ``jobs`` at a time (the setting; ``bundle --jobs``): each is a
+    Files are copied ``jobs`` at a time (the setting; ``bundle --jobs``): each is a
     download, a verification and an upload that wait on the network more than on the CPU.
-    Aliases pinning one archive share one copy. The lock is written only once every copy
+    Aliases pinning one file share one copy. The lock is written only once every copy
     succeeded; on a failure the first failing alias (in the order given) is reported."""
     written = Written()
-    first: dict[str, str] = {}  # archive sha256 -> the first alias pinning it
-    pins: dict[str, ArchivePin] = {}
+    first: dict[str, tuple[str, Bundled]] = {}  # a file's name -> the first alias, the file
+    needs: dict[str, list[str]] = {}  # alias -> the names of its files
     for alias in aliases:
         pin = lock.models[alias]
-        if isinstance(pin, ArchivePin):
-            pins[alias] = pin
-            first.setdefault(pin.archive_sha256, alias)
+        items = handler(pin).bundled(pin, sources)
+        needs[alias] = [item.name for item in items]
+        for item in items:
+            first.setdefault(item.name, (alias, item))
     with _target(out, sources) as target:
 
-        def copy(alias: str) -> bool:
-            """Whether the archive was already there."""
-            pin = pins[alias]
+        def copy(name: str) -> bool:
+            """Whether the file was already there."""
+            alias, item = first[name]
             try:
-                return target.has(pin) or not target.put(pin, sources)
+                return target.has(item) or not target.put(item)
             except HubpinError as exc:
+                handle = lock.models[alias].handle
                 raise type(exc)(
-                    f"{alias} ({pin.handle}): {exc}; the bundle's {BUNDLE_LOCK} was not written"
+                    f"{alias} ({handle}): {exc}; the bundle's {BUNDLE_LOCK} was not written"
                 ) from None
 
-        leaders = list(first.values())
-        jobs = max(1, min(sources.transport.settings.jobs, len(leaders)))
+        jobs = max(1, min(sources.transport.settings.jobs, len(first)))
         with ThreadPoolExecutor(jobs, thread_name_prefix="hubpin-bundle") as pool:
-            futures = {alias: pool.submit(copy, alias) for alias in leaders}
+            futures = {name: pool.submit(copy, name) for name in first}
             for future in as_completed(futures.values()):
                 if future.exception() is not None:
                     for other in futures.values():
@@ -106,12 +107,15 @@ def write_bundle(lock: Lock, aliases: list[str], out: str, sources: Sources) -> 
         failed = [f for f in futures.values() if not f.cancelled() and f.exception() is not None]
         if failed:
             raise failed[0].exception()  # type: ignore[misc]
-        for alias, pin in pins.items():
-            leader = first[pin.archive_sha256]
-            if leader != alias or futures[leader].result():
-                log.info("%s: %s is already there; not written again", alias, target.where(pin))
-                written.kept.append(alias)
-            written.archives.append(alias)
+        for alias, names in needs.items():
+            archives = [n for n in names if first[n][1].pin is not None]
+            if archives:
+                written.archives.append(alias)
+                if all(first[n][0] != alias or futures[n].result() for n in archives):
+                    where = ", ".join(target.where(first[n][1]) for n in archives)
+                    log.info("%s: %s is already there; not written again", alias, where)
+                    written.kept.append(alias)
+            written.files += [n for n in names if first[n][0] == alias and first[n][1].pin is None]
         written.reference = target.finish(dumps(lock))
     return written
 
@@ -141,44 +145,24 @@ def _target(out: str, sources: Sources) -> Iterator[_Target]:
         raise write_error(exc, path) from None
 
 
-def _copy_verified(
-    sources: Sources, pin: ArchivePin, fh: IO[bytes], also: Callable[[bytes], None] | None = None
-) -> None:
-    """Stream the pinned archive into ``fh`` (and ``also``); raise unless it is what the lock pins."""
-    download = sources.open_pin(pin)
-    reader = HashingReader.of(download, expected_size=pin.archive_size)
-    while chunk := reader.read(1 << 20):
-        fh.write(chunk)
-        if also is not None:
-            also(chunk)
-    found = reader.hexdigest()  # raises for a corrupt download (the host's checksums)
-    if found != pin.archive_sha256 or reader.size != pin.archive_size:
-        raise IntegrityError(
-            f"{download.final_url}: got {reader.size} bytes with sha256 {found}, the lock pins "
-            f"{pin.archive_size} bytes with sha256 {pin.archive_sha256}; nothing was written. "
-            "If the model changed upstream on purpose, run: hubpin lock"
-        )
-
-
 class _Folder:
-    """A bundle folder; each archive is written to a temp file and renamed into place."""
+    """A bundle folder; each file is written to a temp file and renamed into place."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         (folder / ARCHIVES).mkdir(parents=True, exist_ok=True)
 
-    def where(self, pin: ArchivePin) -> str:
-        return bundle_archive(str(self.folder), pin.archive_sha256)
+    def where(self, item: Bundled) -> str:
+        return str(self.folder / item.name)
 
-    def _path(self, pin: ArchivePin) -> Path:
-        return Path(self.where(pin))
+    def has(self, item: Bundled) -> bool:
+        path = Path(self.where(item))
+        return path.is_file() and path.stat().st_size == item.size
 
-    def has(self, pin: ArchivePin) -> bool:
-        path = self._path(pin)
-        return path.is_file() and path.stat().st_size == pin.archive_size
-
-    def put(self, pin: ArchivePin, sources: Sources) -> bool:
-        write_atomic(self._path(pin), lambda fh: _copy_verified(sources, pin, fh))
+    def put(self, item: Bundled) -> bool:
+        path = Path(self.where(item))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, lambda fh: item.copy(fh, None))
         return True
 
     def finish(self, lock_text: str) -> None:
@@ -217,40 +201,42 @@ class _StoreBundle:
             raise FetchError(f"{self.url}: {problem} or fix the bundle's URL")
         self.note = f"hubpin-{storage.checksum_name}"
 
-    def where(self, pin: ArchivePin) -> str:
-        return bundle_archive(self.url, pin.archive_sha256)
+    def where(self, item: Bundled) -> str:
+        return f"{self.url}/{item.name}"
 
-    def has(self, pin: ArchivePin) -> bool:
-        where = self.where(pin)
-        found = self.storage.stat(where) or self.storage.adopt(where, pin.archive_sha256)
-        if found is None or found.size != pin.archive_size or not found.checksum:
+    def has(self, item: Bundled) -> bool:
+        where = self.where(item)
+        found = self.storage.stat(where)
+        if found is None and item.sha256 is not None:
+            found = self.storage.adopt(where, item.sha256)
+        if found is None or found.size != item.size or not found.checksum:
             return False
-        direct = self.storage.sha256_checksum(pin.archive_sha256)
+        direct = self.storage.sha256_checksum(item.sha256) if item.sha256 else None
         if direct is not None:  # the store's own checksum is a sha256: it vouches alone
             return found.checksum == direct
         return (
-            found.metadata.get(_SHA_KEY) == pin.archive_sha256
+            all(found.metadata.get(k) == v for k, v in item.notes.items())
             and found.metadata.get(self.note) == found.checksum
         )
 
-    def put(self, pin: ArchivePin, sources: Sources) -> bool:
-        url = self.where(pin)
+    def put(self, item: Bundled) -> bool:
+        url = self.where(item)
         # Where the store's checksum is a sha256, the lock's is it (the bytes are checked
         # against the lock before anything is uploaded): no second hash while streaming.
-        direct = self.storage.sha256_checksum(pin.archive_sha256)
+        direct = self.storage.sha256_checksum(item.sha256) if item.sha256 else None
         checksum = None if direct else self.storage.new_checksum()
         with tempfile.NamedTemporaryFile(prefix="hubpin-bundle-") as fh:
-            _copy_verified(sources, pin, fh, checksum.update if checksum else None)
+            item.copy(fh, checksum.update if checksum else None)
             fh.flush()
             value = direct or (checksum.value() if checksum else None)
             found = self.storage.stat(url)
-            if found is not None and found.size == pin.archive_size and found.checksum == value:
+            if found is not None and found.size == item.size and found.checksum == value:
                 return False  # the same bytes, uploaded without hubpin's note
-            notes = {_SHA_KEY: pin.archive_sha256}
+            notes = dict(item.notes)
             if value and direct is None:
                 notes[self.note] = value
             self.storage.put(url, Path(fh.name), checksum=value, metadata=notes)
-        log.info("uploaded %s (%d bytes, %s %s)", url, pin.archive_size, self.note[7:], value)
+        log.info("uploaded %s (%d bytes, %s %s)", url, item.size, self.note[7:], value)
         return True
 
     def finish(self, lock_text: str) -> str | None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import tomllib
 import urllib3
-from conftest import WORKTREE, Project
+from conftest import WORKTREE, Project, run_python
 from hfserver import HfServer, git_blob_sha1
 from kerasmodels import outputs_in_process
 
@@ -314,6 +314,37 @@ def test_prune_removes_only_snapshots_this_project_made_and_no_lock_pins(
     assert (root / "refs" / "main").read_text() == second
 
 
+def test_bundle_then_sync_from_it_with_the_hub_stopped(
+    project: Project, hub: HfServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``bundle`` copies every pinned file, checked (LFS files by sha256 beside the archives,
+    the others by git blob id); ``sync --from`` fills another machine's Hugging Face cache
+    from it alone, each file checked again, and a tampered file publishes nothing."""
+    project.models(bert="hf:org/bert")
+    assert project.run("lock")[0] == 0
+    bundle = tmp_path / "bundle"
+    code, _, err = project.run("bundle", str(bundle))
+    assert code == 0, err
+    assert "3 Hugging Face files" in err, err
+    assert (bundle / "archives" / hashlib.sha256(WEIGHTS).hexdigest()).read_bytes() == WEIGHTS
+    assert (bundle / "huggingface" / git_blob_sha1(CONFIG)).read_bytes() == CONFIG
+    hub.stop()
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "machine-b"))
+    code, _, err = project.run("sync", "--from", str(bundle))
+    assert code == 0, err
+    commit = _lock(project)["bert"]["huggingface"]["commit"]  # type: ignore[index]
+    snapshot = tmp_path / "machine-b" / "models--org--bert" / "snapshots" / commit
+    assert {p: (snapshot / p).read_bytes() for p in FILES} == FILES
+    assert project.run("verify")[0] == 0
+
+    (bundle / "huggingface" / git_blob_sha1(VOCAB)).write_bytes(b"[PAD]\n[UNK]\nthe\ncat\n")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "machine-c"))
+    code, _, err = project.run("sync", "--from", str(bundle))
+    assert code == 1 and "vocab.txt: git blob sha1 is" in err, err
+    assert not (tmp_path / "machine-c" / "models--org--bert" / "snapshots").exists()
+
+
 def test_include_and_exclude_choose_the_files(
     project: Project, hub: HfServer, tmp_path: Path
 ) -> None:
@@ -338,6 +369,18 @@ def test_include_and_exclude_choose_the_files(
     assert code == 2 and "include and exclude choose files of a Hugging Face repository only" in err
 
 
+def _files(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def _keras(script: str, cwd: Path, **env: str) -> str:
+    """Run ``script`` in a fresh interpreter with the tests' helpers (kerasmodels); its stdout."""
+    helpers = os.pathsep.join([WORKTREE, str(Path(__file__).parent)])
+    return run_python(script, {"PYTHONPATH": helpers, "KERAS_BACKEND": "tensorflow", **env}, cwd)
+
+
 @pytest.mark.tf
 def test_keras_hub_preset_from_the_hub_loads_offline_as_pinned(
     project: Project, hub: HfServer, tmp_path: Path, bert_presets: dict[int, Path]
@@ -345,19 +388,11 @@ def test_keras_hub_preset_from_the_hub_loads_offline_as_pinned(
     """A real preset pushed to the Hub; after sync, with the Hub stopped and HF_HUB_OFFLINE=1,
     unmodified ``from_preset("hf://org/kbert")`` and ``from_preset(hubpin.resolve(...))``
     compute what the preset computes, though main has moved on to another one."""
-
-    def files(folder: Path) -> dict[str, bytes]:
-        return {
-            p.relative_to(folder).as_posix(): p.read_bytes()
-            for p in folder.rglob("*")
-            if p.is_file()
-        }
-
-    hub.add("org/kbert", files(bert_presets[3]))
+    hub.add("org/kbert", _files(bert_presets[3]))
     project.models(kbert="hf://org/kbert")
     code, _, err = project.run("sync")
     assert code == 0, err
-    hub.push("org/kbert", files(bert_presets[1]))  # main moves after the lock
+    hub.push("org/kbert", _files(bert_presets[1]))  # main moves after the lock
     hub.stop()
     want = outputs_in_process(str(bert_presets[3]))
     script = (
@@ -365,23 +400,8 @@ def test_keras_hub_preset_from_the_hub_loads_offline_as_pinned(
         "sys.argv = ['load', 'hf://org/kbert', hubpin.resolve('kbert')]\n"
         "from kerasmodels import LOAD_SCRIPT\nexec(LOAD_SCRIPT)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        env={
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([WORKTREE, str(Path(__file__).parent)]),
-            "HF_HUB_OFFLINE": "1",
-            "KERAS_BACKEND": "tensorflow",
-            "TF_CPP_MIN_LOG_LEVEL": "3",
-        },
-        cwd=project.root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    got = [line for line in result.stdout.splitlines() if line.startswith("loaded ")]
-    assert got == want * 2
+    out = _keras(script, project.root, HF_HUB_OFFLINE="1")
+    assert [line for line in out.splitlines() if line.startswith("loaded ")] == want * 2
 
 
 @pytest.mark.tf
@@ -391,22 +411,12 @@ def test_install_makes_unmodified_keras_hub_load_the_pinned_preset_and_refuse_ot
     """Online, with main moved on since the lock, ``from_preset("hf://org/kbert")`` after
     ``hubpin.install()`` computes the pinned preset's outputs (keras_hub alone would fetch
     main's files), and an unpinned preset is refused before anything is downloaded."""
-    files = {
-        p.relative_to(bert_presets[3]).as_posix(): p.read_bytes()
-        for p in bert_presets[3].rglob("*")
-        if p.is_file()
-    }
-    hub.add("org/kbert", files)
-    hub.add("org/unpinned", files)
+    hub.add("org/kbert", _files(bert_presets[3]))
+    hub.add("org/unpinned", _files(bert_presets[3]))
     project.models(kbert="hf://org/kbert")
     code, _, err = project.run("sync")
     assert code == 0, err
-    newer = {
-        p.relative_to(bert_presets[1]).as_posix(): p.read_bytes()
-        for p in bert_presets[1].rglob("*")
-        if p.is_file()
-    }
-    hub.push("org/kbert", newer)
+    hub.push("org/kbert", _files(bert_presets[1]))
     want = outputs_in_process(str(bert_presets[3]))  # (version 1's differ: test_kerashub)
     script = (
         "import sys, hubpin\nhubpin.install()\n"
@@ -416,21 +426,7 @@ def test_install_makes_unmodified_keras_hub_load_the_pinned_preset_and_refuse_ot
         "except hubpin.UnpinnedHandleError as e:\n    print('refused', e)\n"
     )
     before = len(hub.log("hub"))
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        env={
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join([WORKTREE, str(Path(__file__).parent)]),
-            "KERAS_BACKEND": "tensorflow",
-            "TF_CPP_MIN_LOG_LEVEL": "3",
-        },
-        cwd=project.root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    got = [line for line in result.stdout.splitlines() if line.startswith("loaded ")]
-    assert got == want
-    assert "refused preset hf://org/unpinned is not pinned in" in result.stdout, result.stdout
+    out = _keras(script, project.root)
+    assert [line for line in out.splitlines() if line.startswith("loaded ")] == want
+    assert "refused preset hf://org/unpinned is not pinned in" in out, out
     assert len(hub.log("hub")) == before  # neither asked the Hub for anything

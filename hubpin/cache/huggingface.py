@@ -101,7 +101,7 @@ class HfCache:
             return problems
         for f in pin.files:
             with open(self.blob(pin, f), "rb") as handle:
-                found = _check(f, iter(lambda h=handle: h.read(_CHUNK), b""))  # type: ignore[misc]
+                found = check_file(f, iter(lambda h=handle: h.read(_CHUNK), b""))  # type: ignore[misc]
             if found:
                 problems.append(f"{f.path}: {found}")
         return problems
@@ -150,7 +150,7 @@ class HfCache:
                     continue
                 part = work / f"{f.etag}.part"
                 with open(part, "wb") as out:
-                    found = _check(f, _tee(fetch(f), out, on_bytes))
+                    found = check_file(f, _tee(fetch(f), out, on_bytes))
                 if found:
                     raise IntegrityError(f"{f.path}: {found}; nothing of it was published")
                 os.replace(part, blob)
@@ -299,7 +299,7 @@ def _blob_ok(blob: Path, f: HfFile) -> bool:
         if blob.stat().st_size != f.size:
             return False
         with open(blob, "rb") as handle:
-            return not _check(f, iter(lambda: handle.read(_CHUNK), b""))
+            return not check_file(f, iter(lambda: handle.read(_CHUNK), b""))
     except OSError:
         return False
 
@@ -314,7 +314,7 @@ def _tee(
         yield chunk
 
 
-def _check(f: HfFile, chunks: Iterable[bytes]) -> str:
+def check_file(f: HfFile, chunks: Iterable[bytes]) -> str:
     """Why these bytes are not the pinned file ('' when they are): sha256 for LFS, else git sha1."""
     size = 0
     digest = hashlib.sha256() if f.sha256 else hashlib.sha1(b"blob %d\0" % f.size)

@@ -162,11 +162,13 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     with _sources(project) as sources:
         written = write_bundle(lock, aliases, args.out, sources)
     kept = f" ({len(written.kept)} already there)" if written.kept else ""
+    files = f", {_count(len(written.files), 'Hugging Face file')}" if written.files else ""
     if written.reference:  # an OCI artifact: its manifest digest, the result
         print(written.reference.rpartition("@")[2])
     _say(
         args,
-        f"wrote {args.out}: {_count(len(written.archives), 'archive')}{kept} and models.lock; "
+        f"wrote {args.out}: {_count(len(written.archives), 'archive')}{kept}{files} and "
+        "models.lock; "
         f"on each machine that syncs from it run: hubpin sync --from "
         f"{written.reference or args.out}",
     )

@@ -22,7 +22,7 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from hubpin.errors import HubpinError
 from hubpin.kinds import TAGS, PinBase, expected_kind, tag_of
@@ -53,6 +53,8 @@ _HANDLERS: dict[str, str] = {
 (a Kaggle archive is ``kaggle``)."""
 
 _loaded: dict[str, Handler] = {}
+
+SHA_NOTE = "hubpin-sha256"  # a store bundle's note of the verified sha256 beside each file
 
 
 def by_tag(tag: str) -> Handler:
@@ -164,6 +166,11 @@ class Handler:
         ``verify``); NotSyncedError or DamagedEntryError naming the alias otherwise."""
         return self.where(project, pin)
 
+    def bundled(self, pin: Any, sources: Sources) -> list[Bundled]:
+        """What ``hubpin bundle`` copies for this pin (``sync --from`` reads it back, verified
+        again against the lock): nothing for a model read in place."""
+        return []
+
     def presets(self, project: Project, pin: Any) -> list[str]:
         """The presets KerasHub's ``from_preset`` may be given for this model
         (``kaggle://…``, ``hf://…``), which ``hubpin.install()`` answers from the lock."""
@@ -208,6 +215,26 @@ class Handler:
         """:meth:`pin`, filling ``cache`` in the same pass where the kind can
         (:func:`hubpin.pin.pin_into_cache`); a kind read in place just pins."""
         return self.pin(request)[0]
+
+
+@dataclass(frozen=True)
+class Bundled:
+    """One file a bundle holds for a pin, named by its content below the bundle.
+
+    ``copy(fh, also)`` streams it into ``fh`` (and ``also``), verified against the lock;
+    ``notes`` are what a store bundle records beside it (the verified id), so a rerun
+    trusts one ``stat``; ``sha256`` when the lock knows it (a store whose own checksum is
+    a sha256 vouches for it alone); ``pin``: the archive pin an OCI bundle takes.
+    """
+
+    name: str  # archives/<sha256>, huggingface/<etag>
+    size: int
+    notes: dict[str, str]
+    copy: Callable[[IO[bytes], Callable[[bytes], None] | None], None] = field(
+        compare=False, repr=False
+    )
+    sha256: str | None = None
+    pin: ArchivePin | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

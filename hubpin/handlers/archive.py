@@ -15,8 +15,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from hubpin.cache import ABSENT, Record, code_of
 from hubpin.errors import (
@@ -31,7 +32,7 @@ from hubpin.errors import (
     NotSyncedError,
     write_error,
 )
-from hubpin.handlers import Currency, Handler, PinRequest, Run, Shared
+from hubpin.handlers import SHA_NOTE, Bundled, Currency, Handler, PinRequest, Run, Shared
 from hubpin.handles import Format, Kind, archive_key, local_path, relative_posix
 from hubpin.kaggle import KaggleHandle, configured, pinned
 from hubpin.kerashub import is_preset_handle
@@ -231,6 +232,21 @@ class ArchiveHandler(Handler):
         if not cache.tensorflow_reads:
             return _stage(project, alias, pin, cache)
         return entry
+
+    def bundled(self, pin: ArchivePin, sources: Sources) -> list[Bundled]:
+        from hubpin.sources import ARCHIVES
+
+        sha = pin.archive_sha256
+        return [
+            Bundled(
+                f"{ARCHIVES}/{sha}",
+                pin.archive_size,
+                {SHA_NOTE: sha},
+                lambda fh, also: copy_verified(sources, pin, fh, also),
+                sha,
+                pin,
+            )
+        ]
 
     # -- lock -----------------------------------------------------------------------------
 
@@ -442,6 +458,27 @@ class KaggleHandler(ArchiveHandler):
             row.state = "behind"
             row.note = f"the manifest pins version {handle.version}; edit its handle"
         return row
+
+
+def copy_verified(
+    sources: Sources, pin: ArchivePin, fh: IO[bytes], also: Callable[[bytes], None] | None = None
+) -> None:
+    """Stream the pinned archive into ``fh`` (and ``also``); raise unless it is what the lock pins."""
+    from hubpin.reader import HashingReader
+
+    download = sources.open_pin(pin)
+    reader = HashingReader.of(download, expected_size=pin.archive_size)
+    while chunk := reader.read(1 << 20):
+        fh.write(chunk)
+        if also is not None:
+            also(chunk)
+    found = reader.hexdigest()  # raises for a corrupt download (the host's checksums)
+    if found != pin.archive_sha256 or reader.size != pin.archive_size:
+        raise IntegrityError(
+            f"{download.final_url}: got {reader.size} bytes with sha256 {found}, the lock pins "
+            f"{pin.archive_size} bytes with sha256 {pin.archive_sha256}; nothing was written. "
+            "If the model changed upstream on purpose, run: hubpin lock"
+        )
 
 
 def _kaggle_handle(run: Run, pin: KagglePin) -> KaggleHandle:

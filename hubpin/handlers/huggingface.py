@@ -7,13 +7,30 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from hubpin.cache.huggingface import HfCache, hf_cache_root
-from hubpin.errors import DamagedEntryError, FetchError, HubpinError, NotSyncedError
-from hubpin.handlers import Currency, Handler, PinRequest, Pruning, Removal, Run, Shared
+from hubpin.cache.huggingface import HfCache, check_file, hf_cache_root
+from hubpin.errors import (
+    DamagedEntryError,
+    FetchError,
+    HubpinError,
+    IntegrityError,
+    MissingError,
+    NotSyncedError,
+)
+from hubpin.handlers import (
+    SHA_NOTE,
+    Bundled,
+    Currency,
+    Handler,
+    PinRequest,
+    Pruning,
+    Removal,
+    Run,
+    Shared,
+)
 from hubpin.handles import Kind
 from hubpin.huggingface import HfApi, HfFile, endpoint, load_token, parse_hf
 from hubpin.kinds import HfPin, Pin
@@ -26,6 +43,10 @@ if TYPE_CHECKING:
     from hubpin.manifest import ModelSpec
     from hubpin.project import Project
     from hubpin.sources import Sources
+
+
+BUNDLE_FILES = "huggingface"  # a bundle's folder of the files that are not in LFS, by blob id
+BLOB_NOTE = "hubpin-git-blob"  # a store bundle's note of a file's verified git blob id
 
 
 def cache() -> HfCache:
@@ -74,6 +95,38 @@ def _claims(where: HfCache, repo: str, own: str, here: str, found: Pruning) -> d
     return claims
 
 
+def _from_hub(sources: Sources, pin: HfPin, f: HfFile) -> Iterator[bytes]:
+    """A pinned file's bytes from ``/resolve/<commit>/<path>`` (unchecked: the caller checks)."""
+    hf, hub = pin.huggingface, api(sources)
+    handle = parse_hf(pin.handle)
+    assert handle is not None
+    url = hub.file_url(hf.repo, hf.commit, f.path)
+    try:
+        download = sources.transport.http.open(url)
+    except FetchError as exc:
+        raise hub.explain(url, handle) or exc from None
+    yield from download.chunks
+
+
+def _bundle_name(f: HfFile) -> str:
+    """Where a bundle keeps a file: by sha256 beside the archives when the lock has it (LFS
+    files), else by its git blob id."""
+    from hubpin.sources import ARCHIVES
+
+    return f"{ARCHIVES}/{f.sha256}" if f.sha256 else f"{BUNDLE_FILES}/{f.blob_id}"
+
+
+def _in_bundle(bundle: str, f: HfFile) -> str:
+    return f"{bundle.rstrip('/')}/{_bundle_name(f)}"
+
+
+def _not_in_bundle(bundle: str, f: HfFile) -> str:
+    return (
+        f"{bundle}: the bundle has no {_bundle_name(f)} ({f.path}); "
+        f"make it again with: hubpin bundle {bundle}"
+    )
+
+
 def current_commit(pin: HfPin, sources: Sources) -> str:
     """What the pinned revision names on the Hub now (``outdated``, ``lock --upgrade``)."""
     handle = parse_hf(pin.handle)
@@ -83,37 +136,54 @@ def current_commit(pin: HfPin, sources: Sources) -> str:
 
 class HfHandler(Handler):
     def plan(self, run: Run, alias: str, pin: HfPin, damage: list[str], shared: Shared) -> Step:
-        """Reads only: the stat check (a re-hash with ``--verify``)."""
+        """Reads only: the stat check (a re-hash with ``--verify``); from a bundle, whether
+        it holds every file that is missing."""
         hf, where = pin.huggingface, cache()
         size = pin.unpacked_size
         problems = where.verify(hf) if run.full_verify else where.quick_check(hf)
         if not problems:
             return Step(alias, Action.KEEP, size, 0, f"present in {where.snapshot(hf)}", pin)
-        if run.offline or run.from_bundle:
+        missing = [f for f in hf.files if not where.blob(hf, f).exists()]
+        if run.bundle is not None:
+            exists = run.sources.transport.exists
+            lacking = [f for f in missing if not exists(_in_bundle(run.bundle, f))]
+            if lacking:
+                error = FetchError(_not_in_bundle(run.bundle, lacking[0]))
+                return Step(alias, Action.FAIL, size, 0, str(error), pin, error=error)
+            origin = f"bundle {run.bundle}"
+        elif run.offline:
             refusal = f"{problems[0]}, and --offline forbids downloading"
             error = NotSyncedError(f"{refusal}; run: hubpin sync")
             return Step(alias, Action.FAIL, size, 0, refusal, pin, error=error)
-        download = sum(f.size for f in hf.files if not where.blob(hf, f).exists())
+        else:
+            origin = f"{endpoint()}/{hf.repo} at {hf.commit[:12]}"
+        download = sum(f.size for f in missing)
         action = Action.DOWNLOAD if problems == ["not synced"] else Action.REPLACE
-        why = f"{problems[0]}; from {endpoint()}/{hf.repo} at {hf.commit[:12]}"
-        return Step(alias, action, size, download, why, pin, damage=tuple(problems))
+        return Step(
+            alias,
+            action,
+            size,
+            download,
+            f"{problems[0]}; from {origin}",
+            pin,
+            damage=tuple(problems),
+        )
 
     def execute(
         self, run: Run, step: Step, pin: HfPin, steps: dict[str, Step], done: dict[str, Outcome]
     ) -> tuple[str, str]:
-        """Download each missing file from ``/resolve/<commit>/…``; blobs already there are
-        re-hashed, not downloaded."""
-        hf, where, sources = pin.huggingface, cache(), run.sources
-        hub = api(sources)
-        handle = parse_hf(pin.handle)
-        assert handle is not None
+        """Download each missing file from ``/resolve/<commit>/…`` (or read it from the
+        bundle); blobs already there are re-hashed, not downloaded."""
+        hf, where, sources, bundle = pin.huggingface, cache(), run.sources, run.bundle
 
         def fetch(f: HfFile) -> Iterator[bytes]:
-            url = hub.file_url(hf.repo, hf.commit, f.path)
+            if bundle is None:
+                yield from _from_hub(sources, pin, f)
+                return
             try:
-                download = sources.transport.http.open(url)
-            except FetchError as exc:
-                raise hub.explain(url, handle) or exc from None
+                download = sources.transport.open(_in_bundle(bundle, f))
+            except MissingError:
+                raise FetchError(_not_in_bundle(bundle, f)) from None
             yield from download.chunks
 
         count = where.fill(pin.handle, hf, fetch, run.on_bytes, created_by=run.cache.owner)
@@ -196,6 +266,38 @@ class HfHandler(Handler):
                 Removal(name, where.freed_by(pinned), lambda p=pinned: where.remove(p))
             )
         return found
+
+    def bundled(self, pin: HfPin, sources: Sources) -> list[Bundled]:
+        """Every pinned file, read from the Hub and checked against the lock as it is copied."""
+
+        def copy(f: HfFile) -> Callable[[IO[bytes], Callable[[bytes], None] | None], None]:
+            def into(fh: IO[bytes], also: Callable[[bytes], None] | None) -> None:
+                def chunks() -> Iterator[bytes]:
+                    for chunk in _from_hub(sources, pin, f):
+                        fh.write(chunk)
+                        if also is not None:
+                            also(chunk)
+                        yield chunk
+
+                found = check_file(f, chunks())
+                if found:
+                    raise IntegrityError(
+                        f"{pin.huggingface.repo}@{pin.huggingface.commit[:12]} {f.path}: {found}; "
+                        "nothing was written"
+                    )
+
+            return into
+
+        return [
+            Bundled(
+                _bundle_name(f),
+                f.size,
+                {SHA_NOTE: f.sha256} if f.sha256 else {BLOB_NOTE: f.blob_id},
+                copy(f),
+                f.sha256,
+            )
+            for f in pin.huggingface.files
+        ]
 
     def presets(self, project: Project, pin: HfPin) -> list[str]:
         """``hf://<repo>`` (KerasHub follows ``main``; the lock says which commit that is)."""
