@@ -22,6 +22,7 @@ import urllib3
 from conftest import WORKTREE, Project, run_python
 from hfserver import HfServer, git_blob_sha1
 from kerasmodels import outputs_in_process
+from oci_registry import OciLogin, Registry
 
 from hubpin.errors import InputError
 from hubpin.huggingface import HfHandle, parse_hf
@@ -343,6 +344,24 @@ def test_bundle_then_sync_from_it_with_the_hub_stopped(
     code, _, err = project.run("sync", "--from", str(bundle))
     assert code == 1 and "vocab.txt: git blob sha1 is" in err, err
     assert not (tmp_path / "machine-c" / "models--org--bert" / "snapshots").exists()
+
+
+def test_an_oci_bundle_refuses_a_file_outside_lfs(
+    project: Project, hub: HfServer, registry: Registry, oci_login: OciLogin
+) -> None:
+    """A registry holds blobs by sha256 and the lock has only a git blob id for config.json:
+    the bundle fails naming the alias and the file, and pushes no tag."""
+    oci_login.allow(registry)
+    project.models(bert="hf:org/bert")
+    assert project.run("lock")[0] == 0
+    target = f"oci://{registry.host}/team/hf:v1"
+    code, _, err = project.run("bundle", target)
+    assert code == 1, err
+    small = {git_blob_sha1(CONFIG), git_blob_sha1(VOCAB)}
+    assert any(f"bert (hf:org/bert): {target}/huggingface/{b}: " in err for b in small), err
+    assert "models.lock was not written" in err
+    code, _, err = project.run("sync", "--from", target)
+    assert code == 2 and "no models.lock" in err, err
 
 
 def test_include_and_exclude_choose_the_files(
