@@ -27,8 +27,8 @@ from hubpin.errors import (
     install_hint,
     unknown_alias,
 )
+from hubpin.handlers import handler
 from hubpin.handles import is_archive_name
-from hubpin.kinds import GcsPin
 from hubpin.lockfile import Lock as LockData
 from hubpin.lockfile import Pin, differences
 from hubpin.ops.status import resolve_pin
@@ -106,9 +106,8 @@ class Lock:
         if tags is None:
             tags = pin.tags
         # As tensorflow_hub.load: a TF1 Hub module loads with empty tags unless told otherwise.
-        if isinstance(pin, GcsPin):  # known from the pinned listing, without a round trip
-            is_hub_module_v1 = any(o.path == "tfhub_module.pb" for o in pin.objects)
-        else:
+        is_hub_module_v1 = handler(pin).has_file(pin, "tfhub_module.pb")
+        if is_hub_module_v1 is None:
             is_hub_module_v1 = tf.io.gfile.exists(os.path.join(path, "tfhub_module.pb"))
         if tags is None and is_hub_module_v1:
             tags = []
@@ -198,8 +197,6 @@ class _PinnedPresets:
     """
 
     def __init__(self, lock: Lock, strict: bool) -> None:
-        from hubpin.handlers import handler
-
         self.lock, self.strict = lock, strict
         project = lock._project
         self.by_preset = {

@@ -187,6 +187,11 @@ class Handler:
         :mod:`hubpin.owners` prunes): what this project made there and no lock pins now."""
         return Pruning()
 
+    def has_file(self, pin: Any, path: str) -> bool | None:
+        """Whether the pinned model holds ``path``, when the pin tells without reading the
+        model (None: look)."""
+        return None
+
     # -- outdated, lock -------------------------------------------------------------------
 
     def outdated(self, project: Project, alias: str, pin: Any, sources: Sources) -> Currency:

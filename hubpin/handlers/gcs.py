@@ -40,6 +40,10 @@ class GcsHandler(Handler):
     def where(self, project: Project, pin: GcsPin) -> str:
         return pin.location
 
+    def has_file(self, pin: GcsPin, path: str) -> bool:
+        """From the pinned listing, without a round trip to GCS."""
+        return any(o.path == path for o in pin.objects)
+
     def pin(self, request: PinRequest) -> tuple[GcsPin, Tree | None]:
         from hubpin.gcs.pins import list_folder, objects_digest
 
