@@ -24,7 +24,6 @@ No network at import; the HTTP layer is hubpin's :class:`hubpin.fetch.Fetcher`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -37,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from hubpin.cache.huggingface import files_digest, hf_home
 from hubpin.errors import FetchError, InputError
 from hubpin.handles import strip_query
 
@@ -52,7 +52,6 @@ EXPECTED_FORM = (
 # huggingface_hub/utils/_validators.py: REPO_ID_REGEX (one name part), no "--" or "..".
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
-HF_DIGEST_PREFIX = "hf-files-v1:sha256:"
 
 
 @dataclass(frozen=True)
@@ -125,15 +124,6 @@ def endpoint(environ: Mapping[str, str] | None = None) -> str:
     return value
 
 
-def hf_home(environ: Mapping[str, str] | None = None) -> Path:
-    """``HF_HOME``, else ``$XDG_CACHE_HOME/huggingface``, else ``~/.cache/huggingface`` (constants.py)."""
-    env = os.environ if environ is None else environ
-    home = Path(env.get("HOME") or Path.home())
-    if env.get("HF_HOME"):
-        return Path(os.path.expandvars(os.path.expanduser(env["HF_HOME"])))
-    return Path(env.get("XDG_CACHE_HOME") or home / ".cache") / "huggingface"
-
-
 @dataclass(frozen=True)
 class Token:
     """A Hub token and where it was found; printing it never shows the secret."""
@@ -202,9 +192,10 @@ class HfPinned(BaseModel):
 
     def digest(self) -> str:
         """The pinned tree: sorted paths, sizes, blob ids and LFS sha256s (no download needed)."""
-        canonical = [[f.path, f.size, f.blob_id, f.sha256] for f in sorted(self.files, key=_path)]
-        blob = json.dumps(canonical, separators=(",", ":")).encode()
-        return HF_DIGEST_PREFIX + hashlib.sha256(blob).hexdigest()
+        return files_digest(self.files)
+
+    def model_dump_files(self) -> list[dict[str, Any]]:
+        return [f.model_dump(exclude_none=True) for f in self.files]
 
     @model_validator(mode="after")
     def _unique(self) -> HfPinned:

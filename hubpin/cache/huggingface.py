@@ -27,16 +27,117 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from hubpin.atomic import exchange
 from hubpin.errors import IntegrityError, write_error
-from hubpin.huggingface import HfFile, HfPinned, hf_home
 
 RECORD_VERSION = 1
+HF_DIGEST_PREFIX = "hf-files-v1:sha256:"
 TREE_FORMAT_VERSION = 1  # huggingface_hub/_tree_cache.py TREE_CACHE_FORMAT_VERSION
 _CHUNK = 1 << 20
+
+
+class HfFile(Protocol):
+    """What the cache needs of one pinned file (:class:`hubpin.huggingface.HfFile` is one)."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def size(self) -> int: ...
+    @property
+    def blob_id(self) -> str: ...
+    @property
+    def sha256(self) -> str | None: ...
+    @property
+    def etag(self) -> str: ...
+
+
+class HfPinned(Protocol):
+    """What the cache needs of a pinned commit (:class:`hubpin.huggingface.HfPinned` is one,
+    :class:`Pinned` another, read without pydantic for the no-op stamp)."""
+
+    @property
+    def repo(self) -> str: ...
+    @property
+    def revision(self) -> str: ...
+    @property
+    def commit(self) -> str: ...
+    @property
+    def complete(self) -> bool: ...
+    @property
+    def files(self) -> Sequence[HfFile]: ...
+    def digest(self) -> str: ...
+    def model_dump_files(self) -> list[dict[str, Any]]: ...
+
+
+def files_digest(files: Iterable[HfFile]) -> str:
+    """The pinned tree of a commit's files: sorted paths, sizes, blob ids and LFS sha256s (no
+    download needed); a pin's ``tree_digest``."""
+    rows = sorted([f.path, f.size, f.blob_id, f.sha256] for f in files)
+    blob = json.dumps(rows, separators=(",", ":")).encode()
+    return HF_DIGEST_PREFIX + hashlib.sha256(blob).hexdigest()
+
+
+@dataclass(frozen=True)
+class File:
+    """A pinned file as a lock's TOML holds it (``[[models.<alias>.huggingface.files]]``)."""
+
+    path: str
+    size: int
+    blob_id: str
+    sha256: str | None = None
+
+    @property
+    def etag(self) -> str:
+        return self.sha256 or self.blob_id
+
+
+@dataclass(frozen=True)
+class Pinned:
+    """A pinned commit read from a lock's ``[models.<alias>.huggingface]`` table as parsed
+    TOML, without pydantic (the no-op stamp's stat check); raises ValueError for a table
+    that is not one hubpin wrote."""
+
+    repo: str
+    revision: str
+    commit: str
+    complete: bool
+    files: tuple[File, ...]
+
+    @classmethod
+    def of(cls, table: Any) -> Pinned:
+        try:
+            files = tuple(
+                File(f["path"], f["size"], f["blob_id"], f.get("sha256")) for f in table["files"]
+            )
+            made = cls(table["repo"], table["revision"], table["commit"], table["complete"], files)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a Hugging Face pin: {exc}") from None
+        fields = (made.repo, made.revision, made.commit, *(f.path for f in files))
+        if not all(isinstance(v, str) and v for v in fields) or "/" in made.commit:
+            raise ValueError("not a Hugging Face pin")
+        if any(type(f.size) is not int for f in files) or ".." in made.repo:
+            raise ValueError("not a Hugging Face pin")
+        return made
+
+    def digest(self) -> str:
+        return files_digest(self.files)
+
+    def model_dump_files(self) -> list[dict[str, Any]]:
+        return [{k: v for k, v in vars(f).items() if v is not None} for f in self.files]
+
+
+def hf_home(environ: Mapping[str, str] | None = None) -> Path:
+    """``HF_HOME``, else ``$XDG_CACHE_HOME/huggingface``, else ``~/.cache/huggingface`` (constants.py)."""
+    env = os.environ if environ is None else environ
+    home = Path(env.get("HOME") or Path.home())
+    if env.get("HF_HOME"):
+        return Path(os.path.expandvars(os.path.expanduser(env["HF_HOME"])))
+    return Path(env.get("XDG_CACHE_HOME") or home / ".cache") / "huggingface"
 
 
 def hf_cache_root(environ: Mapping[str, str] | None = None) -> Path:
@@ -170,7 +271,7 @@ class HfCache:
                 "revision": pin.revision,
                 "commit": pin.commit,
                 "tree_digest": pin.digest(),
-                "files": [f.model_dump(exclude_none=True) for f in pin.files],
+                "files": pin.model_dump_files(),
             }
             text = json.dumps(record, indent=1, sort_keys=True).encode()
             _write_atomic(self.record_path(pin), text, work)
