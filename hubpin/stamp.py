@@ -7,7 +7,8 @@ printed. The stamp's name is a digest of every input of that outcome: the
 command line, the working folder, the manifest, lock and hubpin.toml (path and
 bytes) and the environment variables hubpin and tensorflow_hub read. The next
 run with the same inputs finds the stamp and checks each entry with
-:meth:`LocalCache.quick_check`, the same stat check the full path makes, without
+:meth:`LocalCache.quick_check` (a Hugging Face snapshot with :meth:`HfCache.quick_check`),
+the same stat check the full path makes, without
 importing pydantic (about 60 ms, most of a no-op sync). Any other command
 line, any changed input, any entry that fails the check: the full path runs.
 
@@ -36,7 +37,7 @@ VERSION = 1
 # What the fast path accepts: plain `sync` with these flags, nothing that names files or caches.
 _FLAGS = {"--frozen", "--locked", "--offline", "-q", "--quiet"}
 _LOCK_FLAGS = {"-q", "--quiet", "-v", "--verbose"}  # a lock's flags that change no input
-_ENV_PREFIXES = ("HUBPIN_", "TFHUB_")
+_ENV_PREFIXES = ("HUBPIN_", "TFHUB_", "HF_", "HUGGINGFACE_")  # HF_HUB_CACHE: the HF pins' cache
 _ENV_NAMES = ("HOME", "TMPDIR", "TEMP", "TMP", "XDG_CACHE_HOME")
 _KEEP_DAYS = 30
 
@@ -113,8 +114,6 @@ def replay(argv: Sequence[str]) -> int | None:
     if not eligible(argv):
         return None
     try:
-        from hubpin.cache.local import LocalCache
-
         project = _project(argv)
         path = folder() / _key(argv, project)
         stamp = json.loads(path.read_text("utf-8"))
@@ -131,8 +130,7 @@ def replay(argv: Sequence[str]) -> int | None:
             return None
         if entries is None or sorted(map(tuple, stamp["entries"])) != entries:
             return None
-        cache = LocalCache(root)
-        if any(cache.quick_check(key, digest) for key, digest in entries):
+        if not intact(root, entries):
             return None
         with contextlib.suppress(OSError):
             os.utime(path)  # in use: not one to forget
@@ -162,14 +160,19 @@ def _cache_root(project: Project) -> Path | None:
 
 def lock_entries(lock_path: Path) -> list[tuple[str, str]] | None:
     """Every (cache key, tree digest) the lock's archive pins fill (one key per handle,
-    ``also`` handle and versioned handle); None if it cannot tell, or if a sync of this
-    lock needs more than stat checks of tensorflow_hub's entries (a folder, a gs:// model,
-    kagglehub's cache). A clean sync stamps exactly these (:func:`hubpin.ops.sync.
-    stamp_entries`) and the replay checks exactly these, read without pydantic."""
+    ``also`` handle and versioned handle), and every Hugging Face snapshot it pins
+    (:func:`_hf_entry`); None if it cannot tell, or if a sync of this lock needs more than
+    stat checks of these (a folder, a gs:// model, kagglehub's cache). A clean sync stamps
+    exactly these (:func:`hubpin.ops.sync.stamp_entries`) and the replay checks exactly
+    these (:func:`intact`), read without pydantic."""
     try:
         models = tomllib.loads(lock_path.read_text("utf-8"))["models"]
         found = set()
         for pin in models.values():
+            if pin.get("kind") == "huggingface":
+                hf = pin["huggingface"]
+                found.add((_hf_entry(hf["repo"], hf["revision"], hf["commit"]), pin["tree_digest"]))
+                continue
             if pin.get("kind") != "archive" or not pin.get("cache_key") or "kaggle_version" in pin:
                 return None  # such a sync leaves no stamp
             handles = [pin["handle"], *pin.get("also", [])]
@@ -179,6 +182,39 @@ def lock_entries(lock_path: Path) -> list[tuple[str, str]] | None:
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
     return sorted(found)
+
+
+_HF = "hf:"  # a Hugging Face snapshot's entry: hf:<repo>:<revision>:<commit> (git refs hold no ':')
+
+
+def _hf_entry(repo: str, revision: str, commit: str) -> str:
+    if not all(isinstance(v, str) and ":" not in v for v in (repo, revision, commit)):
+        raise ValueError("not a Hugging Face pin")
+    return f"{_HF}{repo}:{revision}:{commit}"
+
+
+def intact(root: Path, entries: list[tuple[str, str]]) -> bool:
+    """Whether every entry passes the stat check a sync's plan makes of it: a tensorflow_hub
+    entry in the cache at ``root``, a snapshot in Hugging Face's cache (its files as
+    hubpin's record lists them, which must add up to the lock's tree digest)."""
+    from hubpin.cache.huggingface import HfCache, Pinned, hf_cache_root
+    from hubpin.cache.local import LocalCache
+
+    cache, hf = LocalCache(root), None
+    for key, digest in entries:
+        if not key.startswith(_HF):
+            if cache.quick_check(key, digest):
+                return False
+            continue
+        repo, revision, commit = key[len(_HF) :].split(":")
+        hf = hf or HfCache(hf_cache_root())
+        record = hf.read_record(Pinned(repo, revision, commit, False, ()))
+        if record is None:
+            return False
+        pinned = Pinned.of(record | {"revision": revision, "complete": False})
+        if pinned.repo != repo or pinned.digest() != digest or hf.quick_check(pinned):
+            return False
+    return True
 
 
 def inputs(argv: Sequence[str], project: Project) -> str | None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import tomllib
 import urllib3
-from conftest import WORKTREE, Project, run_python
+from conftest import WORKTREE, Project, hubpin_imports, run_python
 from hfserver import HfServer, git_blob_sha1
 from kerasmodels import outputs_in_process
 from oci_registry import OciLogin, Registry
@@ -362,6 +362,27 @@ def test_an_oci_bundle_refuses_a_file_outside_lfs(
     assert "models.lock was not written" in err
     code, _, err = project.run("sync", "--from", target)
     assert code == 2 and "no models.lock" in err, err
+
+
+def test_a_clean_resync_is_answered_from_the_stamp_by_stat_checks(
+    project: Project, hub: HfServer, tmp_path: Path
+) -> None:
+    """A second plain sync of a lock with a Hugging Face pin takes the stat-only path (no
+    pydantic), and prints what the full path prints; a snapshot missing a blob is not taken
+    on the stamp's word: the full path fetches it again."""
+    project.models(bert="hf:org/bert")
+    assert project.run("lock")[0] == 0
+    code, first, imported = hubpin_imports(project, "sync")
+    assert code == 0 and "pydantic" in imported and "fetched" in first, first
+    code, fast, imported = hubpin_imports(project, "sync")
+    assert code == 0 and "pydantic" not in imported, "the stamp was not used"
+    elsewhere = {"XDG_CACHE_HOME": str(tmp_path / "no-stamps")}
+    code, full, imported = hubpin_imports(project, "sync", env=elsewhere)
+    assert code == 0 and "pydantic" in imported and fast == full
+    (_snapshot_root(tmp_path) / "blobs" / git_blob_sha1(VOCAB)).unlink()
+    code, said, imported = hubpin_imports(project, "sync")
+    assert code == 0 and "pydantic" in imported and "fetched" in said, said
+    assert project.run("verify")[0] == 0
 
 
 def test_include_and_exclude_choose_the_files(
