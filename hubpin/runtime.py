@@ -134,14 +134,16 @@ class Lock:
         """Make tensorflow_hub resolve pinned handles through this lock, and KerasHub's
         ``from_preset`` load pinned presets from it (and, strictly, only those).
 
-        Each is hooked where it is installed; KerasHub is not imported for it (a hook
-        patches its preset loader when it is)."""
-        if importlib.util.find_spec("keras_hub") is not None:
-            _PinnedPresets(self, strict).install()
-            if importlib.util.find_spec("tensorflow_hub") is None:
-                return
+        KerasHub is hooked when it is installed, without importing it (a hook patches its
+        preset loader when it is imported)."""
         registry = _needs("tensorflow_hub.registry", "hubpin.install")
         registry.resolver.add_implementation(_PinnedResolver(self, strict))
+        try:
+            keras_hub = importlib.util.find_spec("keras_hub") is not None
+        except (ImportError, ValueError):  # a broken or half-installed package: not there
+            keras_hub = False
+        if keras_hub:
+            _PinnedPresets(self, strict).install()
 
 
 class _PinnedResolver:
