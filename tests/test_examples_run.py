@@ -19,6 +19,7 @@ import pytest
 import tomllib
 from conftest import WORKTREE, Model
 from gcs_emulator import GcsServer
+from hfserver import HfServer
 from hubserver import HubServer
 from kaggleserver import KaggleServer
 from savedmodels import BERT_HIDDEN, bert_pooled, build_bert_encoder, build_bert_preprocess, pack
@@ -316,3 +317,70 @@ def test_colab_tpu_example_runs_as_its_readme_says(
     assert pins["bert"]["io_device"] == "/job:localhost"
     for tmp in (Path(os.environ["TMPDIR"]), fresh / "TMPDIR"):
         assert not (tmp / "tfhub_modules").exists()  # the cache is the bucket only
+
+
+# -- KerasHub ----------------------------------------------------------------------------
+
+KERAS_SLUG = "keras/bert/keras/bert_tiny_en_uncased"  # keras_hub 0.29 maps the name to /3
+
+
+@pytest.mark.tf
+def test_kerashub_example_runs_as_its_readme_says(
+    tmp_path: Path, bert_presets: dict[int, Path]
+) -> None:
+    """examples/kerashub's README commands in a copy of the folder, against the Kaggle stand-in
+    (KAGGLE_API_ENDPOINT) and the Hugging Face stand-in (HF_ENDPOINT), both serving tiny BERT
+    presets keras_hub saved: lock pins version 3 and main's commit, sync --locked fills kagglehub's
+    and Hugging Face's caches, and load.py, with both stand-ins stopped, loads all four presets
+    (by name, hf:// handle and hubpin.resolve), the pinned folders among them."""
+    project = tmp_path / "kerashub"
+    shutil.copytree(EXAMPLES / "kerashub", project)
+    assert not (project / "models.lock").exists()
+    commands = _commands(project / "README.md", "sh")
+    assert [c.split("#")[0].strip() for c in commands] == [
+        "hubpin lock",
+        "hubpin sync --locked",
+        "python load.py",
+    ]
+    kaggle = KaggleServer().start()
+    kaggle.add(KERAS_SLUG, pack(bert_presets[1]))
+    kaggle.bump(KERAS_SLUG, pack(bert_presets[1]))
+    kaggle.bump(KERAS_SLUG, pack(bert_presets[3]))
+    kaggle.bump(KERAS_SLUG, pack(bert_presets[1]))  # Kaggle's current is 4; keras_hub names 3
+    files = {
+        str(f.relative_to(bert_presets[3])): f.read_bytes()
+        for f in sorted(bert_presets[3].rglob("*"))
+        if f.is_file()
+    }
+    hf = HfServer().start()
+    commit = hf.add("keras/bert_tiny_en_uncased", {**files, "README.md": b"# tiny\n"})
+    env = _env(KAGGLE_API_ENDPOINT=kaggle.url, HF_ENDPOINT=hf.url, HF_HUB_DISABLE_TELEMETRY="1")
+    try:
+        for command in commands[:2]:
+            result = _shell(command, project, env)
+            assert result.returncode == 0, (command, result.stderr)
+    finally:
+        kaggle.stop()
+        hf.stop()
+    pins = tomllib.loads((project / "models.lock").read_text())["models"]
+    assert (
+        pins["bert"]["kaggle_version"] == 3 and pins["bert_hf"]["huggingface"]["commit"] == commit
+    )
+    loaded = _shell(commands[2], project, env)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    entry = hashlib.sha1(pins["bert"]["handle"].encode()).hexdigest()  # hard links of kagglehub's
+    kaggle_folder = Path(os.environ["TMPDIR"]) / "tfhub_modules" / entry
+    snapshot = (
+        Path(os.environ["HF_HOME"]) / "hub" / "models--keras--bert_tiny_en_uncased" / "snapshots"
+    )
+    lines = loaded.stdout.splitlines()
+    assert [line.rsplit(": ", 1)[0] for line in lines] == [
+        "bert_tiny_en_uncased",
+        "hf://keras/bert_tiny_en_uncased",
+        str(kaggle_folder),
+        str(snapshot / commit),
+    ], lines
+    assert len({line.rsplit(": ", 1)[1] for line in lines}) == 1, lines  # one architecture
+    kagglehub = Path(os.environ["KAGGLEHUB_CACHE"]) / "models" / KERAS_SLUG / "3"
+    for name in ("config.json", "model.weights.h5"):
+        assert (kagglehub / name).read_bytes() == files[name] == (kaggle_folder / name).read_bytes()
