@@ -59,6 +59,8 @@ class UnknownAliasError(HubpinError, KeyError):
 class FetchError(HubpinError):
     """A download or listing failed (network, HTTP status, missing file)."""
 
+    status: int | None = None  # the HTTP status that said so, where one did
+
 
 class MissingError(FetchError):
     """Nothing is at a location (no such file or object)."""

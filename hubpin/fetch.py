@@ -302,10 +302,12 @@ class Fetcher:
                 continue
             if response.status not in (200, 206):
                 response.close()
-                raise FetchError(
+                error = FetchError(
                     f"{strip_query(url)}: HTTP {response.status} {response.reason}"
                     f"{_NEXT_STEP.get(response.status, '')}"
                 )
+                error.status = response.status
+                raise error
             return response, url
         raise FetchError(f"{strip_query(url)}: more than {_MAX_REDIRECTS} redirects")
 

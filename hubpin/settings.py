@@ -59,6 +59,7 @@ class Settings(BaseModel):
     mirrors: list[Mirror] = Field(default_factory=list)
     insecure_registries: list[str] = Field(default_factory=list)
     oci_mount_from: list[str] = Field(default_factory=list)
+    oci_chunk_size: int = Field(default=64 << 20, ge=4096)
 
     @property
     def cache_root(self) -> str:

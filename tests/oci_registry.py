@@ -12,6 +12,7 @@ registry accepting its tokens (and by skopeo logging in through it).
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import json
 import os
@@ -63,6 +64,10 @@ class TokenServer:
         self.x5c = base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
         self.users = users
         self.requests: list[str] = []  # the scope of each token asked for
+        # How many of the next tokens are already expired when handed out (past the
+        # registry's 60 s leeway), as a token server whose clock runs behind, or a token
+        # revoked early, would leave a client: the registry answers 401 to the first use.
+        self.stale = 0
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -108,6 +113,9 @@ class TokenServer:
             name, _, actions = rest.rpartition(":")
             access.append({"type": kind, "name": name, "actions": actions.split(",")})
         now = int(time.time())
+        if self.stale > 0:
+            self.stale -= 1
+            now -= 900
         claims = {
             "iss": ISSUER,
             "sub": user or "",
@@ -250,3 +258,54 @@ class OciLogin:
         done = subprocess.run(command, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         return done.stdout
+
+
+class CuttingProxy:
+    """A TCP relay in front of a registry (TLS passes through untouched) that cuts one
+    connection once after ``cut_after`` bytes have gone from the client to the registry on
+    it: a network that drops mid-upload. ``host`` is where hubpin should connect."""
+
+    def __init__(self, target: str) -> None:
+        import socket
+
+        self.target = target.rpartition(":")
+        self.cut_after: int | None = None
+        self.cuts = 0
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.host = f"127.0.0.1:{self.server.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection((self.target[0], int(self.target[2])))
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, source: object, sink: object, counted: bool) -> None:
+        import socket
+
+        assert isinstance(source, socket.socket) and isinstance(sink, socket.socket)
+        sent = 0
+        try:
+            while data := source.recv(1 << 16):
+                sent += len(data)
+                if counted and self.cut_after is not None and sent > self.cut_after:
+                    self.cut_after, self.cuts = None, self.cuts + 1
+                    sink.sendall(data[: len(data) // 2])
+                    raise OSError("cut")
+                sink.sendall(data)
+        except OSError:
+            pass
+        for end in (source, sink):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+            end.close()
+
+    def stop(self) -> None:
+        self.server.close()

@@ -16,7 +16,7 @@ import pytest
 from conftest import Model, Project, assert_holds, lock_two_models
 from faultkit import heavy_archive, spawn_hubpin
 from hubserver import HubServer
-from oci_registry import PASSWORD, USER, OciLogin, Registry
+from oci_registry import PASSWORD, USER, CuttingProxy, OciLogin, Registry
 
 
 def _sha(data: bytes) -> str:
@@ -290,3 +290,122 @@ def test_a_blob_the_registry_serves_wrong_publishes_nothing_and_names_alias_and_
     assert "nothing was published" in line and "Traceback" not in err
     assert not (cache / hashlib.sha1(double.encode()).hexdigest()).exists()
     assert (cache / hashlib.sha1(triple.encode()).hexdigest() / "saved_model.pb").is_file()
+
+
+def test_a_blob_over_oci_chunk_size_goes_up_in_chunks_and_reads_back_whole(
+    project: Project,
+    hub: HubServer,
+    registry: Registry,
+    models: dict[str, Model],
+    oci_login: OciLogin,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """POST, a PATCH per chunk, the closing PUT (the distribution spec's chunked push), so no
+    request carries more than a chunk past a proxy's body limit; smaller blobs stay one PUT."""
+    oci_login.allow(registry)
+    heavy = heavy_archive(tmp_path_factory.getbasetemp(), models["double"].folder, 3, 1 << 20)
+    hub.models["google/heavy/1"] = heavy
+    project.models(double=hub.handle("google/double/1"), heavy=hub.handle("google/heavy/1"))
+    assert project.run("lock", "--no-fill")[0] == 0
+    chunk = 1 << 20
+    settings = project.root / "hubpin.toml"
+    project.write(settings.read_text() + f"oci_chunk_size = {chunk}\n", "hubpin.toml")
+    target = f"oci://{registry.host}/team/chunked:v1"
+    code, _, err = project.run("bundle", target)
+    assert code == 0, err
+    assert registry.requests("PATCH", "/team/chunked/blobs/uploads/") == -(-len(heavy) // chunk)
+    # double (smaller than a chunk) in one PUT, heavy's closing PUT, the lock, the config
+    assert registry.requests("PUT", "/team/chunked/blobs/uploads/") == 4
+    copied = tmp_path / "copied"
+    oci_login.skopeo("copy", f"docker://{registry.host}/team/chunked:v1", f"dir:{copied}")
+    assert (copied / _sha(heavy)).read_bytes() == heavy
+
+    hub.stop()
+    monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "worker"))
+    code, _, err = project.run("sync", "--locked", "--from", target)
+    assert code == 0 and "2 fetched" in err, err
+
+
+def test_an_upload_cut_mid_chunk_is_never_finished_with_other_bytes(
+    project: Project,
+    hub: HubServer,
+    registry: Registry,
+    models: dict[str, Model],
+    oci_login: OciLogin,
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The connection drops in the middle of a chunk, after the registry kept part of it
+    (Distribution appends what arrived): sending the chunk again from its start would make a
+    blob of the wrong digest. The upload asks the session where it stands; Distribution
+    cannot say for a session in that state, so the blob goes up again in a new one."""
+    from types import SimpleNamespace
+
+    proxy = CuttingProxy(registry.host)
+    try:
+        oci_login.allow(SimpleNamespace(host=proxy.host))  # type: ignore[arg-type]
+        heavy = heavy_archive(tmp_path_factory.getbasetemp(), models["double"].folder, 3, 1 << 20)
+        hub.models["google/heavy/1"] = heavy
+        project.models(heavy=hub.handle("google/heavy/1"))
+        assert project.run("lock", "--no-fill")[0] == 0
+        settings = project.root / "hubpin.toml"
+        project.write(settings.read_text() + "oci_chunk_size = 1048576\njobs = 1\n", "hubpin.toml")
+        proxy.cut_after = 1_600_000  # past the first chunk, in the middle of the second
+        target = f"oci://{proxy.host}/team/cut:v1"
+        code, _, err = project.run("-v", "bundle", target)
+        assert code == 0, err
+        assert proxy.cuts == 1
+        assert "asking the upload where it stands" in err
+        assert "the upload cannot go on; starting it again" in err
+        oci_login.allow(registry)
+        copied = tmp_path / "copied"
+        oci_login.skopeo("copy", f"docker://{registry.host}/team/cut:v1", f"dir:{copied}")
+        assert (copied / _sha(heavy)).read_bytes() == heavy
+    finally:
+        proxy.stop()
+
+
+def test_a_bearer_token_the_registry_refuses_is_renewed_once(
+    project: Project,
+    hub: HubServer,
+    token_registry: Registry,
+    oci_login: OciLogin,
+) -> None:
+    """A token refused with 401 before its stated expiry (revoked, or the token server's
+    clock behind): one fresh token and the request again; a second refusal is one line."""
+    from hubpin.fetch import Fetcher
+    from hubpin.oci.client import client
+    from hubpin.oci.reference import parse
+    from hubpin.settings import Settings
+
+    oci_login.allow(token_registry)
+    lock_two_models(project, hub)
+    server, host = token_registry.token_server, token_registry.host
+    assert server is not None
+    scope = "repository:renew/models:pull,push"
+    server.stale = 1
+    before = len(server.requests)
+    code, out, err = project.run("bundle", f"oci://{host}/renew/models:v1")
+    assert code == 0, err
+    assert PASSWORD not in out + err
+    assert [r for r in server.requests[before:] if scope in r] == [scope, scope]
+
+    # Reading a blob with a refused token (sync --from's reads): renewed the same way.
+    rc = client(
+        parse(f"oci://{host}/renew/models:v1"), Fetcher(Settings(ca_bundle=str(oci_login.ca)))
+    )
+    server.stale = 1
+    rc._authenticate()  # the token the registry will refuse
+    lock = project.lock.read_bytes()
+    assert rc.read_blob(f"sha256:{_sha(lock)}") == lock
+
+    server.stale = 1000  # every token refused: renewed once, then one line, no loop
+    before = len(server.requests)
+    code, out, err = project.run("bundle", f"oci://{host}/renew/models:v2")
+    server.stale = 0
+    assert code == 1
+    assert f"the registry refused the credentials from {oci_login.auth}" in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert [r for r in server.requests[before:] if scope in r] == [scope, scope]

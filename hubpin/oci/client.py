@@ -27,8 +27,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
 import time
 import urllib.parse
+from collections.abc import Mapping
 from typing import IO
 
 from hubpin.download import Download
@@ -69,6 +71,8 @@ class RegistryClient:
         self._challenge: Challenge | None = None
         self._credentials: Credentials | None = None
         self._token_expires = float("inf")
+        self._tokens = 0  # how many tokens this client has had: which one a 401 refused
+        self._token_lock = threading.Lock()  # sync's jobs renew a refused token once
 
     @property
     def where(self) -> str:
@@ -145,12 +149,47 @@ class RegistryClient:
             raise FetchError(f"{self.where}: the token service's answer holds no token")
         lifetime = float(answer.get("expires_in") or 60)
         self._token_expires = time.monotonic() + max(lifetime - 30, lifetime * 0.5)
+        self._tokens += 1
         self.http.add_host_headers(self.base, {"Authorization": f"Bearer {token}"})
 
     def _fresh(self) -> None:
         """Renew a bearer token before it expires (a long sync outlives a 5-minute token)."""
         if time.monotonic() > self._token_expires:
             self._authenticate()
+
+    def _renewable(self, status: int, headers: Mapping[str, str], sent_with: int) -> bool:
+        """After a 401 to a request made with bearer token number ``sent_with``: a fresh token
+        (the registry may have expired or revoked it early, or its clock runs ahead), unless
+        another thread already got one, so the caller sends its request once more; False
+        when that cannot help."""
+        if status != 401 or self._challenge is None or self._challenge.scheme != "bearer":
+            return False
+        with self._token_lock:
+            if self._tokens != sent_with:
+                return True  # renewed meanwhile by another job
+            said = headers.get("www-authenticate", "")
+            if said.lower().startswith("bearer"):
+                self._challenge = parse_challenge(said)  # the realm the registry names now
+            log.info("%s: the registry refused its token; asking for a fresh one", self.where)
+            self._authenticate()
+        return True
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        body: bytes | IO[bytes] | None = None,
+        headers: Mapping[str, str] | None = None,
+        retries: int | None = None,
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """One request to the registry, a token refused with 401 renewed and the request sent
+        once more (a second 401 is the caller's to explain)."""
+        self._fresh()
+        token = self._tokens
+        answer = self.http.request(method, url, body=body, headers=headers, retries=retries)
+        if self._renewable(answer[0], answer[1], token):
+            answer = self.http.request(method, url, body=body, headers=headers, retries=retries)
+        return answer
 
     def _no_credentials(self) -> FetchError:
         files = ", ".join(str(p) for p in auth_files())
@@ -189,9 +228,8 @@ class RegistryClient:
         """The manifest's bytes and their digest (checked when asked for by digest)."""
         import hashlib
 
-        self._fresh()
         ref = ref or self.ref.ref
-        status, _, data = self.http.request(
+        status, _, data = self._send(
             "GET", self._url(f"manifests/{ref}"), headers={"Accept": _ACCEPT}
         )
         self._check(f"manifest {ref}", status, data, (200,))
@@ -204,8 +242,7 @@ class RegistryClient:
         """Tag ``body``; its digest (the registry's answer checked against our own)."""
         import hashlib
 
-        self._fresh()
-        status, headers, data = self.http.request(
+        status, headers, data = self._send(
             "PUT", self._url(f"manifests/{tag}"), body=body, headers={"Content-Type": media_type}
         )
         self._check(f"writing manifest {tag}", status, data, (200, 201))
@@ -219,8 +256,7 @@ class RegistryClient:
 
     def blob_size(self, digest: str) -> int | None:
         """The size of a blob this repository holds; None when it holds none by that digest."""
-        self._fresh()
-        status, headers, data = self.http.request("HEAD", self._url(f"blobs/{digest}"))
+        status, headers, data = self._send("HEAD", self._url(f"blobs/{digest}"))
         if status == 404:
             return None
         self._check(f"blob {digest}", status, data, (200, 307))
@@ -230,8 +266,14 @@ class RegistryClient:
     def open_blob(self, digest: str) -> Download:
         """A blob's bytes, streamed (redirects followed; a cut resumes by Range)."""
         self._fresh()
+        token = self._tokens
         try:
-            download = self.http.open(self._url(f"blobs/{digest}"))
+            try:
+                download = self.http.open(self._url(f"blobs/{digest}"))
+            except FetchError as exc:
+                if not self._renewable(exc.status or 0, {}, token):
+                    raise
+                download = self.http.open(self._url(f"blobs/{digest}"))
         except FetchError as exc:
             raise type(exc)(f"{self.where}: blob {digest}: {exc}") from None
         download.final_url = self.ref.blob(digest)  # what messages and records name
@@ -258,10 +300,9 @@ class RegistryClient:
         (OCI 1.1 lets a registry find the blob itself). A registry that does not
         mount answers with an upload session instead, cancelled here.
         """
-        self._fresh()
         for source in [*self.mount_from, None]:
             query = {"mount": digest} | ({"from": source} if source else {})
-            status, headers, data = self.http.request(
+            status, headers, data = self._send(
                 "POST", self._url(f"blobs/uploads/?{urllib.parse.urlencode(query)}")
             )
             if status == 201:
@@ -275,19 +316,22 @@ class RegistryClient:
     def upload(self, digest: str, size: int, body: bytes | IO[bytes]) -> str:
         """Put a blob unless the repository has it: "present" or "uploaded".
 
-        One monolithic PUT, streamed from ``body``; the registry checks the digest of
-        what it receives and refuses a mismatch, so nothing unverified is stored.
+        Up to ``oci_chunk_size`` bytes, one monolithic PUT streamed from ``body``; a larger
+        blob in chunks (POST, a PATCH per chunk, then the closing PUT), so no one request
+        carries more than a chunk past a proxy's or registry's body limit, and a chunk
+        refused as out of order (416, after a cut the registry kept part of) resumes where
+        the registry says it stands. The registry checks the digest of what it received
+        and refuses a mismatch, so nothing unverified is stored.
         """
-        self._fresh()
         if self.blob_size(digest) == size:
             return "present"
-        status, headers, data = self.http.request("POST", self._url("blobs/uploads/"))
-        self._check("starting an upload", status, data, (202,))
-        location = urllib.parse.urljoin(self.base, headers.get("location", ""))
-        if not headers.get("location"):
-            raise FetchError(f"{self.where}: the registry started an upload without a Location")
+        chunk = self.http.settings.oci_chunk_size
+        location, least = self._start()
+        if size > chunk and not isinstance(body, bytes):
+            location = self._chunks(digest, location, body, size, max(chunk, least))
+            body, size = b"", 0
         sep = "&" if "?" in location else "?"
-        status, _, data = self.http.request(
+        status, _, data = self._send(
             "PUT",
             f"{location}{sep}{urllib.parse.urlencode({'digest': digest})}",
             body=body,
@@ -296,9 +340,104 @@ class RegistryClient:
         self._check(f"uploading blob {digest}", status, data, (201,))
         return "uploaded"
 
+    def _start(self) -> tuple[str, int]:
+        """A new upload session: its location, and the least chunk the registry takes."""
+        status, headers, data = self._send(
+            "POST", self._url("blobs/uploads/"), headers={"Content-Length": "0"}
+        )
+        self._check("starting an upload", status, data, (202,))
+        least = headers.get("oci-chunk-min-length", "")
+        return self._location(headers), int(least) if least.isdigit() else 0
+
+    def _location(self, headers: Mapping[str, str]) -> str:
+        if not headers.get("location"):
+            raise FetchError(f"{self.where}: the registry answered an upload without a Location")
+        return urllib.parse.urljoin(self.base, headers["location"])
+
+    def _chunks(self, digest: str, location: str, fh: IO[bytes], size: int, chunk: int) -> str:
+        """PATCH ``fh`` to the upload session in order; the session's location for the PUT.
+
+        A chunk is not sent again blindly after a cut: the registry may have kept part of
+        it (Distribution appends what arrived and does not check Content-Range), so the
+        session is asked where it stands (GET: ``Range: 0-<end>``) and the upload goes on
+        from there, within the ``retries`` setting. A session that cannot say (Distribution
+        refuses one whose state no longer matches what it holds) is dropped and the blob
+        sent again from its start in a new one: slower, never a blob of other bytes."""
+        from hubpin.retry import Retries
+
+        tries, offset = Retries(self.http.settings.retries), 0
+        while offset < size:
+            end = min(size, offset + chunk)
+            try:
+                status, headers, data = self._send(
+                    "PATCH",
+                    location,
+                    body=_Window(fh, offset, end - offset),
+                    headers={
+                        "Content-Type": "application/octet-stream",
+                        "Content-Range": f"{offset}-{end - 1}",
+                        "Content-Length": str(end - offset),
+                    },
+                    retries=0,
+                )
+            except FetchError as exc:
+                delay = tries.failed(exc)
+                if delay is None:
+                    raise
+                log.info(
+                    "%s: blob %s: %s; asking the upload where it stands", self.where, digest, exc
+                )
+                time.sleep(delay)
+                location, offset = self._resume_at(digest, location)
+                continue
+            if status == 416 and tries.failed() is not None:  # out of order: ask the registry
+                location, offset = self._resume_at(digest, location)
+                continue
+            self._check(f"uploading blob {digest} (bytes {offset}-{end - 1})", status, data, (202,))
+            location, offset = self._location(headers), end
+        return location
+
+    def _resume_at(self, digest: str, location: str) -> tuple[str, int]:
+        """The upload session's location and the first byte it does not hold yet; a new
+        session from byte 0 when the registry cannot resume this one."""
+        status, headers, data = self._send("GET", location)
+        if status in (400, 404, 416):
+            log.info("%s: blob %s: the upload cannot go on; starting it again", self.where, digest)
+            self._cancel(location)
+            return self._start()[0], 0
+        self._check(f"blob {digest}: asking the upload where it stands", status, data, (204,))
+        offset = _end_of(headers) + 1
+        log.info("%s: blob %s: going on from byte %d", self.where, digest, offset)
+        return self._location(headers), offset
+
     def _cancel(self, location: str) -> None:
         with contextlib.suppress(FetchError):  # the registry forgets idle sessions by itself
             self.http.request("DELETE", location, retries=0)
+
+
+class _Window:
+    """Bytes ``[start, start + length)`` of a file, read as a request body; ``seek(0)`` (what
+    a retry does) starts the window again."""
+
+    def __init__(self, fh: IO[bytes], start: int, length: int) -> None:
+        self.fh, self.start, self.length = fh, start, length
+        self.seek(0)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self.left = self.length - offset
+        return self.fh.seek(self.start + offset)
+
+    def read(self, size: int = -1) -> bytes:
+        size = self.left if size < 0 else min(size, self.left)
+        data = self.fh.read(size) if size > 0 else b""
+        self.left -= len(data)
+        return data
+
+
+def _end_of(headers: Mapping[str, str]) -> int:
+    """The last byte an upload session holds (``Range: 0-<end>``); -1 for none."""
+    found = headers.get("range", "").rpartition("-")[2]
+    return int(found) if found.isdigit() else -1
 
 
 def _errors(data: bytes) -> str:
