@@ -23,6 +23,7 @@ from savedmodels import build_affine, pack
 
 if TYPE_CHECKING:
     from oci_registry import OciLogin, Registry
+    from stores import Store
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 WORKTREE = str(Path(__file__).resolve().parent.parent)  # subprocesses import this tree's hubpin
@@ -240,6 +241,25 @@ def gcs(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> GcsS
     server: GcsServer = request.getfixturevalue(name.replace("-", "_"))
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", server.url)
     return server
+
+
+# The shared stores a contract is tested on: gs:// (gcp-storage-emulator; fake-gcs-server
+# where the test needs ifGenerationMatch enforced) and s3:// (moto). See tests/stores.py.
+on_each_store = pytest.mark.parametrize("store", ["gcp-storage-emulator", "s3"], indirect=True)
+on_each_locking_store = pytest.mark.parametrize("store", ["fake-gcs-server", "s3"], indirect=True)
+
+
+@pytest.fixture
+def store(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Store:
+    """One shared store's emulator, reached as a user reaches it (``@on_each_store``)."""
+    from stores import Store
+
+    name = request.param
+    if name == "s3":
+        return Store(name, request.getfixturevalue("s3"))
+    server = request.getfixturevalue(name.replace("-", "_"))
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", server.url)
+    return Store(name, server)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 
 import pytest
 import tomllib
@@ -172,93 +171,6 @@ def _cache_project(project: Project, gcs: GcsServer, monkeypatch: pytest.MonkeyP
     root = f"gs://{gcs.bucket()}/fleet/tfhub"
     monkeypatch.setenv("TFHUB_CACHE_DIR", root)
     return root
-
-
-@on_both_emulators
-def test_gs_cache_dir_holds_entry_descriptor_and_record_and_status_verify_work(
-    project: Project,
-    hub: HubServer,
-    gcs: GcsServer,
-    models: dict[str, Model],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    root = _cache_project(project, gcs, monkeypatch)
-    handle = hub.handle("google/double/1")
-    key = hashlib.sha1(handle.encode()).hexdigest()
-    project.models(double=handle)
-
-    code, _, err = project.run("sync")
-    assert code == 0, err
-    assert f"into {root}:" in err
-    objects = gcs.listing(root)
-    local = {
-        p.relative_to(models["double"].folder).as_posix(): p.read_bytes()
-        for p in models["double"].folder.rglob("*")
-        if p.is_file()
-    }
-    files = {name[len(key) + 1 :] for name in objects if name.startswith(f"{key}/")}
-    assert files == set(local) | {"assets/"}, "every file, and the empty assets/ folder"
-    for rel, data in local.items():
-        assert gcs.read(f"{root}/{key}/{rel}") == data
-    notes = {name for name in objects if name.startswith("hubpin-projects/")}
-    assert len(notes) == 1, "the sync noted which lock uses the cache (what prune reads)"
-    assert set(objects) - {f"{key}/{f}" for f in files} - notes == {
-        f"{key}.descriptor.txt",
-        f"{key}.hubpin.json",
-    }, "no lock or upload folder may be left behind"
-    assert gcs.read(f"{root}/{key}.descriptor.txt").decode().startswith(f"Module: {handle}\n")
-    record = json.loads(gcs.read(f"{root}/{key}.hubpin.json"))
-    assert record["tree_digest"] == _lock(project)["models"]["double"]["tree_digest"]
-    assert record["crc32c"]["saved_model.pb"] == objects[f"{key}/saved_model.pb"]["crc32c"]
-    assert not project.cache.exists(), "a gs:// cache dir must not write the local default"
-
-    code, out, _ = project.run("status", "--json")
-    report = json.loads(out)
-    assert report["cache_dir"] == root
-    assert report["models"][0]["state"] == "synced"
-    assert report["models"][0]["path"] == f"{root}/{key}"
-    code, out, _ = project.run("status")
-    assert code == 0 and "warning" not in out
-    assert project.run("verify")[0] == 0
-    code, _, err = project.run("sync")
-    assert code == 0 and "1 already present" in err
-    gcs.put(f"{root}/{key}.hubpin.json", b"{not json")
-    code, out, _ = project.run("status", "--json")
-    assert json.loads(out)["models"][0]["state"] == "no hubpin record for the entry"
-    code, _, err = project.run("sync")
-    assert code == 0 and "adopted (verified)" in err, err
-    assert json.loads(gcs.read(f"{root}/{key}.hubpin.json"))["tree_digest"] == record["tree_digest"]
-
-    index = "variables/variables.index"
-    damaged = bytearray(local[index])
-    damaged[-1] ^= 0xFF
-    gcs.put(f"{root}/{key}/{index}", bytes(damaged))
-    code, out, _ = project.run("status", "--json")
-    assert json.loads(out)["models"][0]["state"].startswith(f"{index} changed (crc32c ")
-    code, _, err = project.run("verify")
-    assert code == 1 and "double               DAMAGED" in err and f"  changed {index}" in err
-    # A reader during the repair finds the entry with its record throughout (the record of
-    # the same tree stays while the files are put back), never without one.
-    from hubpin.cache.store import StoreCache
-    from hubpin.settings import Settings
-
-    reader, looks, done = StoreCache.at(root, Settings()), [], threading.Event()
-
-    def look() -> None:
-        while not done.is_set():
-            looks.append(reader.read_record(key) is not None)
-
-    watcher = threading.Thread(target=look)
-    watcher.start()
-    try:
-        code, _, err = project.run("verify", "--repair")
-    finally:
-        done.set()
-        watcher.join()
-    assert code == 0 and "repaired" in err, err
-    assert looks and all(looks), f"{looks.count(False)} of {len(looks)} looks found no record"
-    assert gcs.read(f"{root}/{key}/{index}") == local[index]
-    assert project.run("verify")[0] == 0
 
 
 @on_both_emulators

@@ -31,7 +31,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Mapping
-from typing import IO
+from typing import IO, Any
 
 from hubpin.download import Download
 from hubpin.errors import FetchError, InputError, IntegrityError, MissingError
@@ -174,21 +174,14 @@ class RegistryClient:
             self._authenticate()
         return True
 
-    def _send(
-        self,
-        method: str,
-        url: str,
-        body: bytes | IO[bytes] | None = None,
-        headers: Mapping[str, str] | None = None,
-        retries: int | None = None,
-    ) -> tuple[int, Mapping[str, str], bytes]:
+    def _send(self, method: str, url: str, **options: Any) -> tuple[int, Mapping[str, str], bytes]:
         """One request to the registry, a token refused with 401 renewed and the request sent
         once more (a second 401 is the caller's to explain)."""
         self._fresh()
         token = self._tokens
-        answer = self.http.request(method, url, body=body, headers=headers, retries=retries)
+        answer = self.http.request(method, url, **options)
         if self._renewable(answer[0], answer[1], token):
-            answer = self.http.request(method, url, body=body, headers=headers, retries=retries)
+            answer = self.http.request(method, url, **options)
         return answer
 
     def _no_credentials(self) -> FetchError:
