@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hubpin.ops.status import StatusReport
 
 
 def main() -> int:
@@ -37,12 +41,20 @@ def _main() -> int:
     os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     from hubpin.stamp import replay
 
-    code = replay(sys.argv[1:])  # a sync identical to the last clean one: stat checks only
+    # A sync identical to the last clean one, a passing `lock --check` or a `status`: stat
+    # checks only.
+    code = replay(sys.argv[1:], _show_status)
     if code is not None:
         return code
     from hubpin.cli import main as cli_main
 
     return cli_main()
+
+
+def _show_status(report: StatusReport, as_json: bool) -> None:
+    from hubpin.cli.report import show_status  # the CLI's renderer, imported only to print
+
+    show_status(report, as_json)
 
 
 def run() -> None:

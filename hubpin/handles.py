@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import re
 import urllib.parse
 from dataclasses import dataclass
 from enum import Enum
@@ -18,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from hubpin.storage.schemes import known, scheme, scheme_of
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+_CONTROL = re.compile("[\x00-\x1f]")
 _CN_HUB = "https://hub.tensorflow.google.cn/"
 _CN_GCS = "https://gcs.tensorflow.google.cn/tfhub-modules/%s.tar.gz"
 
@@ -81,7 +83,7 @@ def check_handle(handle: str) -> str | None:
     """Return why ``handle`` cannot be a handle, or None when it can."""
     if not handle or handle != handle.strip():
         return "a handle must be a non-empty string without surrounding spaces"
-    if any(ord(c) < 32 for c in handle):
+    if _CONTROL.search(handle):
         return "a handle must not contain control characters"
     found = scheme_of(handle)
     written = handle[: len(found)]  # urlsplit lower-cases it; tensorflow_hub does not
@@ -138,25 +140,34 @@ def local_path(handle: str, base: Path) -> Path | None:
     return path if path.is_absolute() else base / path
 
 
-def source_for(handle: str, fmt: Format, base: Path) -> Source:
-    """Decide how ``handle`` is fetched under ``fmt``, as tensorflow_hub's resolvers do."""
+def kind_for(handle: str, fmt: Format, base: Path) -> Kind:
+    """Which kind of source ``handle`` is under ``fmt``: :func:`source_for`'s decision, without
+    building the URL it fetches (``lock --check`` recomputes the kind of every pin)."""
     spec = scheme(handle)
     if (spec is not None and spec.huggingface) or is_hf_host(handle):  # into HF's own cache
-        return Source(Kind.HUGGINGFACE, handle)
+        return Kind.HUGGINGFACE
     if spec is not None and spec.web:
-        if fmt is Format.UNCOMPRESSED:
-            return Source(Kind.GCS, append_query(handle, "uncompressed"), ask_location=True)
-        if handle.startswith(_CN_HUB):
-            return Source(Kind.ARCHIVE, _CN_GCS % handle[len(_CN_HUB) :])
-        return Source(Kind.ARCHIVE, append_query(handle, "compressed"))
+        return Kind.GCS if fmt is Format.UNCOMPRESSED else Kind.ARCHIVE
     if spec is not None and spec.remote:  # a store's archive or folder, or a Kaggle handle
         folder = spec.folders and spec.storage is not None and not is_archive_name(handle)
-        return Source(Kind.GCS if folder else Kind.ARCHIVE, handle)
+        return Kind.GCS if folder else Kind.ARCHIVE
     path = local_path(handle, base)
     assert path is not None
-    if is_archive_name(str(path)):
-        return Source(Kind.ARCHIVE, str(path))
-    return Source(Kind.FOLDER, str(path))
+    return Kind.ARCHIVE if is_archive_name(str(path)) else Kind.FOLDER
+
+
+def source_for(handle: str, fmt: Format, base: Path) -> Source:
+    """Decide how ``handle`` is fetched under ``fmt``, as tensorflow_hub's resolvers do."""
+    kind, spec = kind_for(handle, fmt, base), scheme(handle)
+    if spec is not None and spec.web and kind is not Kind.HUGGINGFACE:
+        if kind is Kind.GCS:
+            return Source(kind, append_query(handle, "uncompressed"), ask_location=True)
+        if handle.startswith(_CN_HUB):
+            return Source(kind, _CN_GCS % handle[len(_CN_HUB) :])
+        return Source(kind, append_query(handle, "compressed"))
+    if kind is Kind.HUGGINGFACE or (spec is not None and spec.remote):
+        return Source(kind, handle)
+    return Source(kind, str(local_path(handle, base)))
 
 
 def is_hf_host(handle: str) -> bool:

@@ -18,7 +18,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from hubpin.handles import Format, Kind, archive_key, cache_key, local_path, source_for
+from hubpin.handles import Format, Kind, archive_key, cache_key, kind_for, local_path
 from hubpin.huggingface import HfPinned, parse_hf
 from hubpin.kaggle import configured, pinned
 from hubpin.kerashub import is_preset_handle, keras_hub_root
@@ -349,4 +349,4 @@ def expected_kind(handle: str, fmt: Format, root: Path, settings: Settings) -> t
         Kind.GCS: GcsPin,
         Kind.FOLDER: FolderPin,
         Kind.HUGGINGFACE: HfPin,
-    }[source_for(handle, fmt, root).kind]
+    }[kind_for(handle, fmt, root)]

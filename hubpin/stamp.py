@@ -1,16 +1,19 @@
-"""A no-op sync without pydantic: the stamp a clean sync (or a lock that filled the
-cache, see :func:`after_lock`) leaves, checked by stat alone.
+"""Repeated commands without pydantic: the stamp a clean run leaves, replayed after stat
+checks alone.
 
 A sync in which every model ended in the cache leaves a stamp: the cache, the
 entries it holds for the lock with their tree digests, and what the command
-printed. The stamp's name is a digest of every input of that outcome: the
-command line, the working folder, the manifest, lock and hubpin.toml (path and
-bytes) and the environment variables hubpin and tensorflow_hub read. The next
-run with the same inputs finds the stamp and checks each entry with
-:meth:`LocalCache.quick_check` (a Hugging Face snapshot with :meth:`HfCache.quick_check`),
-the same stat check the full path makes, without
-importing pydantic (about 60 ms, most of a no-op sync). Any other command
-line, any changed input, any entry that fails the check: the full path runs.
+printed. So do a passing ``lock --check`` (what it printed) and ``status`` (its
+report, less each entry's state). The stamp's name is a digest of every input of
+that outcome: the command line, the working folder, the manifest, lock and
+hubpin.toml (path and bytes), the environment variables hubpin, tensorflow_hub,
+Kaggle and Hugging Face read, and hubpin's own code. The next run with the same
+inputs finds the stamp and checks each entry with :meth:`LocalCache.quick_check` (a
+Hugging Face snapshot with :meth:`HfCache.quick_check`), the same stat check the full
+path makes, without importing pydantic (about 60 ms,
+most of a no-op sync or a ``status`` of 50 models). Any other command line, any
+changed input, any entry that fails the check: the full path runs. A lock edited
+by hand is other bytes, so ``lock --check`` and ``status`` check it in full.
 
 Stamps live in ``$XDG_CACHE_HOME/hubpin/noop`` (``~/.cache`` by default); one
 that cannot be written is skipped silently, it only costs the next run speed.
@@ -25,27 +28,44 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from hubpin import __version__
 from hubpin.handles import cache_key
 from hubpin.project import Project
 from hubpin.tomlfile import tomllib
 
-VERSION = 1
+if TYPE_CHECKING:
+    from hubpin.ops.status import StatusReport
+
+VERSION = 2
 # What the fast path accepts: plain `sync` with these flags, nothing that names files or caches.
 _FLAGS = {"--frozen", "--locked", "--offline", "-q", "--quiet"}
 _LOCK_FLAGS = {"-q", "--quiet", "-v", "--verbose"}  # a lock's flags that change no input
-_ENV_PREFIXES = ("HUBPIN_", "TFHUB_", "HF_", "HUGGINGFACE_")  # HF_HUB_CACHE: the HF pins' cache
+_QUIET = {"-q", "--quiet"}
+# HF_HUB_CACHE: the HF pins' cache; KAGGLE_API_ENDPOINT: what a Kaggle handle is
+_ENV_PREFIXES = ("HUBPIN_", "TFHUB_", "KAGGLE", "HF_", "HUGGINGFACE_")
 _ENV_NAMES = ("HOME", "TMPDIR", "TEMP", "TMP", "XDG_CACHE_HOME")
 _KEEP_DAYS = 30
 
 
-def eligible(argv: Sequence[str]) -> bool:
-    """Whether a command line is a plain sync whose outcome the stamp's key covers."""
+def command(argv: Sequence[str]) -> str | None:
+    """Which command a stamp may answer this command line for (``sync``, ``check``,
+    ``status``), or None: only flags that name no file or cache, and no aliases."""
     words = list(argv)
-    return words.count("sync") == 1 and all(w == "sync" or w in _FLAGS for w in words)
+    if words.count("sync") == 1 and all(w == "sync" or w in _FLAGS for w in words):
+        return "sync"
+    if words.count("lock") == words.count("--check") == 1 and set(words) <= {
+        "lock",
+        "--check",
+        *_QUIET,
+    }:
+        return "check"
+    if words.count("status") == 1 and set(words) <= {"status", "--json", *_QUIET}:
+        return "status"
+    return None
 
 
 def after_lock(argv: Sequence[str]) -> list[list[str]]:
@@ -80,7 +100,22 @@ def folder() -> Path:
 
 
 def _project(argv: Sequence[str]) -> Project:
-    return Project.discover(need_manifest="--frozen" not in argv)
+    """The project as the command finds it (``status`` and ``sync --frozen`` need no manifest)."""
+    return Project.discover(need_manifest="--frozen" not in argv and command(argv) != "status")
+
+
+def _code() -> list[tuple[str, int, int]]:
+    """hubpin's own modules as they are on disk: another hubpin (or an edited one) is
+    another input, whatever its version says."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    found = []
+    for base, dirs, files in os.walk(here):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        for name in files:
+            if name.endswith(".py"):
+                info = os.stat(os.path.join(base, name))
+                found.append((os.path.join(base, name), info.st_mtime_ns, info.st_size))
+    return sorted(found)
 
 
 def _key(argv: Sequence[str], project: Project) -> str:
@@ -94,6 +129,7 @@ def _key(argv: Sequence[str], project: Project) -> str:
     inputs = {
         "version": VERSION,
         "hubpin": __version__,
+        "code": _code(),
         "python": sys.version,
         "cwd": os.getcwd(),
         "argv": list(argv),
@@ -105,13 +141,19 @@ def _key(argv: Sequence[str], project: Project) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def replay(argv: Sequence[str]) -> int | None:
-    """Exit 0 after printing what the last identical sync printed, if every entry is intact.
+def replay(
+    argv: Sequence[str], show_status: Callable[[StatusReport, bool], None] | None = None
+) -> int | None:
+    """Exit 0 after printing what the last identical command printed (a sync, a passing
+    ``lock --check``) or its report with each entry's state checked now (``status``), if
+    every entry it names is intact.
 
-    None means "run the full command": not a plain sync, no stamp, or anything
-    amiss. Never raises: whatever goes wrong here, the full path reports it.
+    None means "run the full command": not such a command line, no stamp, or
+    anything amiss. Never raises: whatever goes wrong here, the full path reports it.
+    ``show_status`` prints a status report (the CLI's renderer, which sits above this module).
     """
-    if not eligible(argv):
+    what = command(argv)
+    if what is None or (what == "status" and show_status is None):
         return None
     try:
         project = _project(argv)
@@ -121,26 +163,61 @@ def replay(argv: Sequence[str]) -> int | None:
         if stamp["version"] != VERSION or not isinstance(output, str):
             return None
         # What the stamp claims is checked against what it proves, never taken from it: it
-        # was written under this name, for the cache these settings name, and it lists every
-        # entry of this lock (else a stamp edited to list none, or copied from another
-        # project, would answer a sync whose entry was deleted).
-        root = _cache_root(project)
-        entries = lock_entries(project.lock_path)
-        if stamp.get("key") != path.name or root is None or stamp["cache"] != str(root):
+        # was written under this name, for the command and cache these settings name.
+        if stamp.get("key") != path.name or stamp.get("command") != what:
             return None
-        if entries is None or sorted(map(tuple, stamp["entries"])) != entries:
+        if what == "sync" and not _entries_intact(project, stamp):
             return None
-        if not intact(root, entries):
+        report = _status(project, stamp["report"]) if what == "status" else None
+        if what == "status" and report is None:
             return None
         with contextlib.suppress(OSError):
             os.utime(path)  # in use: not one to forget
     except Exception:  # whatever it is, the full path says it properly
         return None
+    if report is not None and show_status is not None:
+        show_status(report, "--json" in argv)
     sys.stderr.write(output)
     return 0
 
 
-def _cache_root(project: Project) -> Path | None:
+def _entries_intact(project: Project, stamp: dict[str, Any]) -> bool:
+    """Whether the stamp lists every entry of this lock (else a stamp edited to list none, or
+    copied from another project, would answer a sync whose entry was deleted), in the cache
+    the settings name, and each passes the stat check."""
+    root = cache_root(project)
+    entries = lock_entries(project.lock_path)
+    if root is None or stamp["cache"] != str(root):
+        return False
+    if entries is None or sorted(map(tuple, stamp["entries"])) != entries:
+        return False
+    return intact(root, entries)
+
+
+def _status(project: Project, doc: dict[str, Any]) -> StatusReport | None:
+    """``status`` from its stamped report, each entry's state checked now as the full path
+    checks it (:meth:`hubpin.cache.Cache.entry_state`); None if the stamp does not hold."""
+    from hubpin.cache.local import LocalCache
+    from hubpin.ops.status import ModelStatus, StatusReport
+
+    # The entries it lists are this lock's (else a stamp edited to list fewer, or copied from
+    # another project, would hide an entry that is missing), in the cache the settings name.
+    root, pins = cache_root(project), archive_pins(project.lock_path)
+    if root is None or doc["cache_dir"] != str(root) or doc["lock"] != str(project.lock_path):
+        return None
+    if pins != {m["alias"]: (m["cache_key"], m["tree_digest"]) for m in doc["models"]}:
+        return None
+    cache = LocalCache(root)
+    report = StatusReport(Path(doc["lock"]), doc["lock_state"], doc["cache_dir"])
+    report.cache_chosen = doc["cache_chosen"]
+    for m in doc["models"]:
+        row = {k: v for k, v in m.items() if k not in ("cache_key", "tree_digest")}
+        state = cache.entry_state(m["cache_key"], m["tree_digest"])
+        report.models.append(ModelStatus(**row, state=state))
+    return report
+
+
+def cache_root(project: Project) -> Path | None:
     """The local cache the settings name, found without pydantic; None when it cannot be
     told for sure here (a relative or ``~`` path, a gs:// one, an unreadable hubpin.toml):
     then the full path decides, as it always may."""
@@ -167,6 +244,16 @@ def lock_entries(lock_path: Path) -> list[tuple[str, str]] | None:
     these (:func:`intact`), read without pydantic."""
     try:
         models = tomllib.loads(lock_path.read_text("utf-8"))["models"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return entries_of(models)
+
+
+def entries_of(models: Any) -> list[tuple[str, str]] | None:
+    """:func:`lock_entries` of a lock's ``[models]`` tables: as read from the file, or as
+    :func:`hubpin.lockfile.dumps` writes the pins (a sync stamps what it has read, and
+    the replay compares that with the file, so a difference costs only the stamp)."""
+    try:
         found = set()
         for pin in models.values():
             if pin.get("kind") == "huggingface":
@@ -179,7 +266,7 @@ def lock_entries(lock_path: Path) -> list[tuple[str, str]] | None:
             if pin.get("versioned_handle"):
                 handles.append(pin["versioned_handle"])
             found |= {(cache_key(handle), pin["tree_digest"]) for handle in handles}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
     return sorted(found)
 
@@ -217,13 +304,43 @@ def intact(root: Path, entries: list[tuple[str, str]]) -> bool:
     return True
 
 
+def archive_pins(lock_path: Path) -> dict[str, tuple[str, str]] | None:
+    """Each alias's pinned cache key and tree digest, read without pydantic; None unless every
+    pin is an archive in tensorflow_hub's cache (a Kaggle one too), whose state ``status``
+    tells by the stat check alone."""
+    try:
+        models = tomllib.loads(lock_path.read_text("utf-8"))["models"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return archives_of(models)
+
+
+def archives_of(models: Any) -> dict[str, tuple[str, str]] | None:
+    """:func:`archive_pins` of a lock's ``[models]`` tables (read, or as hubpin writes them)."""
+    try:
+        found = {}
+        for alias, pin in models.items():
+            key, digest = pin.get("cache_key"), pin.get("tree_digest")
+            if (
+                pin.get("kind") != "archive"
+                or not isinstance(key, str)
+                or not isinstance(digest, str)
+            ):
+                return None
+            found[alias] = (key, digest)
+    except (TypeError, AttributeError):
+        return None
+    return found
+
+
 def inputs(argv: Sequence[str], project: Project) -> str | None:
-    """The stamp's name for this command's inputs as they are now; None if not eligible.
+    """The stamp's name for this command's inputs as they are now; None if no stamp may
+    answer this command line.
 
     Taken when a sync starts and compared when it ends: a manifest or lock edited
     meanwhile must not be stamped with an outcome that was reached without it.
     """
-    if not eligible(argv):
+    if command(argv) is None:
         return None
     try:
         return _key(argv, project)
@@ -237,8 +354,10 @@ def write(
     project: Project,
     entries: list[tuple[str, str]],
     output: str,
+    report: dict[str, Any] | None = None,
 ) -> None:
-    """Record a clean sync of local ``entries`` (cache key, tree digest) and what it printed."""
+    """Record a clean run: a sync of local ``entries`` (cache key, tree digest) and what it
+    printed, a passing check's output, or a status ``report`` (see :func:`_status`)."""
     if at_start is None or inputs(argv, project) != at_start:
         return
     try:
@@ -251,9 +370,11 @@ def write(
         data = {
             "version": VERSION,
             "key": at_start,
-            "cache": project.cache.location,
+            "command": command(argv),
+            "cache": project.cache.location if command(argv) == "sync" else None,
             "entries": entries,
             "output": output,
+            "report": report,
         }
         target = where / at_start
         from hubpin.atomic import write_atomic  # lazily: the no-op path only reads stamps

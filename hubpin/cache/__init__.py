@@ -228,6 +228,12 @@ class Cache(ABC):
     def quick_check(self, key: str, tree_digest: str) -> list[str]:
         """Problems seen without reading file contents; empty when the entry is usable as is."""
 
+    def entry_state(self, key: str, tree_digest: str) -> str:
+        """What ``status`` says of an entry: ``synced``, or the first problem
+        :meth:`quick_check` finds (the status stamp's replay says it the same way)."""
+        problems = self.quick_check(key, tree_digest)
+        return "synced" if not problems else problems[0]
+
     @abstractmethod
     def hash_entry(self, key: str) -> Tree:
         """The entry's files as they are now, hashed; OSError or CacheError if unreadable."""

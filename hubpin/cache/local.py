@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import re
+import stat
 import time
 import uuid
 from collections.abc import Iterator
@@ -72,10 +73,13 @@ class LocalCache(Cache):
         return self.root / f"{key}.hubpin.json"
 
     def read_record(self, key: str) -> Record | None:
-        path = self._record(key)
+        path = f"{self.root}{os.sep}{key}.hubpin.json"
         try:
             with open(path, "rb") as fh:
-                return Record.from_json(fh.read(MAX_RECORD + 1))
+                # Bounded by the file's size: read(MAX_RECORD + 1) allocated 64 MiB per record
+                # (a third of a 2,000-model status); a record is written whole, by rename.
+                size = min(os.fstat(fh.fileno()).st_size, MAX_RECORD)
+                return Record.from_json(fh.read(size + 1))
         except OSError:
             return None
         except ValueError as exc:
@@ -85,10 +89,14 @@ class LocalCache(Cache):
     def quick_check(self, key: str, tree_digest: str) -> list[str]:
         """Problems found by stat alone (record present and matching, every file at its size
         and readable); the entry must be a folder of the cache, not a link to one elsewhere."""
-        entry = self.root / key
-        if entry.is_symlink():
-            return [_symlinked(entry)]
-        if not entry.is_dir():
+        entry = f"{self.root}{os.sep}{key}"  # str paths: a Path per file cost more than its stat
+        try:
+            mode = os.lstat(entry).st_mode
+        except OSError:
+            return [not_synced()]
+        if stat.S_ISLNK(mode):
+            return [_symlinked(Path(entry))]
+        if not stat.S_ISDIR(mode):
             return [not_synced()]
         record = self.read_record(key)
         if record is None:
@@ -96,7 +104,7 @@ class LocalCache(Cache):
         if record.tree_digest != tree_digest:
             return [other_tree(record.tree_digest, tree_digest)]
         problems = []
-        base = f"{entry}{os.sep}"  # str paths: a Path per file cost more than its stat
+        base = f"{entry}{os.sep}"
         for path, (size, _) in record.tree.files.items():
             try:
                 found = os.stat(base + path)

@@ -41,13 +41,20 @@ def cmd_lock(args: argparse.Namespace) -> int:
 
         return _print_lock_plan(args, project, lock_plan(project, set(args.aliases)))
     if args.check:
+        at_start = stamp.inputs(args.argv, project)
         lock = project.read_lock(checked=False)
         problems = mismatches(lock, manifest, project.root, project.settings)
         if problems:
             raise StaleLockError(
                 f"{project.lock_path.name} is stale: {'; '.join(problems)}; run: hubpin lock"
             )
-        _say(args, f"{project.lock_path.name} is up to date ({_count(len(lock.models), 'model')})")
+        said = f"{project.lock_path.name} is up to date ({_count(len(lock.models), 'model')})"
+        _say(args, said)
+        from hubpin.cli.stamps import _stamp_check
+
+        _stamp_check(
+            args.argv, project, lock, at_start, "" if getattr(args, "quiet", False) else f"{said}\n"
+        )
         return 0
     fill = project.settings.lock_fills_cache if args.fill is None else args.fill
     at_start = stamp.sources_state(project)

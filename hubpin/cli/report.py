@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from hubpin import stamp
 from hubpin.cli.common import _count, _project, _say, _size
 from hubpin.cli.render import print_json, print_table
-from hubpin.ops.status import resolve, status
+from hubpin.ops.status import StatusReport, resolve, status
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -71,10 +72,20 @@ _STATUS = (("ALIAS", "<20"), ("FORMAT", "<13"), ("SIZE", ">10"), ("STATE", ""))
 
 def cmd_status(args: argparse.Namespace) -> int:
     project = _project(args, need_manifest=False)
+    at_start = stamp.inputs(args.argv, project)
     report = status(project)
-    if args.json:
+    show_status(report, args.json)
+    from hubpin.cli.stamps import _stamp_status
+
+    _stamp_status(args.argv, project, report, at_start)
+    return 0
+
+
+def show_status(report: StatusReport, as_json: bool) -> None:
+    """Print a status report; the stamp's replay prints through here too."""
+    if as_json:
         print_json(report.doc())
-        return 0
+        return
     print(f"lock:  {report.lock} ({report.lock_state})")
     print(f"cache: {report.cache_dir}")
     if report.cache_under_temp:
@@ -83,7 +94,6 @@ def cmd_status(args: argparse.Namespace) -> int:
             "set TFHUB_CACHE_DIR or cache_dir in hubpin.toml"
         )
     print_table(_STATUS, [(m.alias, m.format, _size(m.size), m.state) for m in report.models])
-    return 0
 
 
 def cmd_resolve(args: argparse.Namespace) -> int:

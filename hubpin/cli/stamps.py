@@ -1,18 +1,29 @@
-"""What a no-op sync stamp (see :mod:`hubpin.stamp`) replays: the report of a sync that
-found every model present. Which syncs leave one is :func:`hubpin.ops.sync.stamp_entries`'s."""
+"""What a stamp (see :mod:`hubpin.stamp`) replays: the report of a sync that found every
+model present (which syncs leave one is :func:`hubpin.ops.sync.stamp_entries`'s), a passing
+``lock --check``, a ``status`` report."""
 
 from __future__ import annotations
 
+import os
+from typing import TYPE_CHECKING
+
 from hubpin import stamp
 from hubpin.cli.common import _count, _size
-from hubpin.lockfile import Lock
-from hubpin.ops.sync import SyncResult, stamp_entries
+from hubpin.handles import local_path
+from hubpin.kerashub import is_preset_handle
 from hubpin.plan import Outcome, Plan
-from hubpin.project import Project
+
+if TYPE_CHECKING:  # `status` and `lock --check` stamp too: they never import the syncer
+    from hubpin.lockfile import Lock
+    from hubpin.ops.status import StatusReport
+    from hubpin.ops.sync import SyncResult
+    from hubpin.project import Project
 
 
 def _stamp(argv: list[str], project: Project, result: SyncResult, at_start: str | None) -> None:
     """After a clean sync of local archives, let the next identical one skip pydantic."""
+    from hubpin.ops.sync import stamp_entries
+
     entries = stamp_entries(project, result)
     if entries is None or result.outcomes is None:
         return
@@ -33,11 +44,50 @@ def _stamp_after_lock(project: Project, argv: list[str], lock: Lock, at_start: s
     """
     if at_start is None or stamp.sources_state(project) != at_start:
         return  # the manifest or settings changed while locking: the lock may be stale
+    from hubpin.ops.sync import SyncResult
+
     pins = dict(sorted(lock.models.items()))
     present = [Outcome(alias, "present", "", pin.unpacked_size) for alias, pin in pins.items()]
     result = SyncResult(Plan([]), pins, present)
     for sync_argv in stamp.after_lock(argv):
         _stamp(sync_argv, project, result, stamp.inputs(sync_argv, project))
+
+
+def _stamp_check(
+    argv: list[str], project: Project, lock: Lock, at_start: str | None, output: str
+) -> None:
+    """A passing ``lock --check`` answers the next identical one when it depended on nothing
+    but the stamp's inputs: no handle read from this machine's files (a path, ``file://``:
+    the kind and location are recomputed from what is there) and no ``keras-hub:`` preset
+    (mapped by whichever keras_hub is installed)."""
+    for pin in lock.models.values():
+        for handle in pin.handles():
+            if local_path(handle, project.root) is not None or is_preset_handle(handle):
+                return
+    stamp.write(at_start, argv, project, [], output)
+
+
+def _stamp_status(
+    argv: list[str], project: Project, report: StatusReport, at_start: str | None
+) -> None:
+    """A ``status`` of archives in a local cache answers the next identical one: its report,
+    whose states the replay checks again, entry by entry (:func:`hubpin.stamp.replay`)."""
+    dumped = {a: p.model_dump(mode="json", exclude_none=True) for a, p in report.pins.items()}
+    pins, root = stamp.archives_of(dumped), stamp.cache_root(project)
+    if pins is None or root is None or report.cache_dir != str(root):
+        return
+    if sorted(pins) != [m.alias for m in report.models]:
+        return
+    models = []
+    for m in report.models:
+        key, digest = pins[m.alias]
+        if m.path != f"{root}{os.sep}{key}":
+            return  # not the entry the replay would check
+        row = {k: v for k, v in m.row().items() if k != "state"}
+        models.append(row | {"cache_key": key, "tree_digest": digest})
+    doc = {k: v for k, v in report.doc().items() if k != "models"}
+    doc |= {"cache_chosen": report.cache_chosen, "models": models}
+    stamp.write(at_start, argv, project, [], "", report=doc)
 
 
 _WORDS = {

@@ -193,8 +193,7 @@ class ArchiveHandler(Handler):
         return run.cache.verify(pin.cache_key, pin.tree_digest)
 
     def state(self, project: Project, pin: ArchivePin) -> str:
-        problems = project.cache.quick_check(pin.cache_key, pin.tree_digest)
-        return "synced" if not problems else problems[0]
+        return project.cache.entry_state(pin.cache_key, pin.tree_digest)
 
     def where(self, project: Project, pin: ArchivePin) -> str:
         return project.cache.entry(pin.cache_key)

@@ -20,7 +20,7 @@ from hubpin.ops.common import known, register_use, select, syncer
 from hubpin.plan import Action, LockFirst, Outcome, Plan, Step
 from hubpin.project import Project
 from hubpin.sources import Bundle, Sources
-from hubpin.stamp import lock_entries
+from hubpin.stamp import entries_of
 from hubpin.sync import Syncer
 
 
@@ -179,4 +179,9 @@ def stamp_entries(project: Project, result: SyncResult) -> list[tuple[str, str]]
     (the stamp stat-checks local tensorflow_hub entries only, not kagglehub's cache)."""
     if not result.clean or project.cache.local_root is None:
         return None
-    return lock_entries(project.lock_path)
+    return entries_of(
+        {
+            alias: pin.model_dump(mode="json", exclude_none=True)
+            for alias, pin in result.pins.items()
+        }
+    )

@@ -10,6 +10,7 @@ theirs is used.
 
 from __future__ import annotations
 
+import functools
 import re
 import urllib.parse
 from dataclasses import dataclass
@@ -99,10 +100,14 @@ register(
 )
 
 
+@functools.lru_cache(maxsize=8192)  # asked of each handle several times by every check
 def scheme_of(location: str) -> str:
     """A location's scheme, lower-case; "" for a path (a Windows drive letter is a path)."""
     found = urllib.parse.urlsplit(location).scheme.lower()
-    return "" if re.fullmatch(r"[a-z]?", found) else found
+    return "" if _NO_SCHEME.fullmatch(found) else found
+
+
+_NO_SCHEME = re.compile(r"[a-z]?")
 
 
 def is_url(location: str) -> bool:
