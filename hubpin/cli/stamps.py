@@ -11,18 +11,19 @@ from hubpin import stamp
 from hubpin.cli.common import _count, _size
 from hubpin.handles import local_path
 from hubpin.kerashub import is_preset_handle
-from hubpin.plan import Outcome, Plan
 
 if TYPE_CHECKING:  # `status` and `lock --check` stamp too: they never import the syncer
     from hubpin.lockfile import Lock
     from hubpin.ops.status import StatusReport
     from hubpin.ops.sync import SyncResult
+    from hubpin.plan import Outcome
     from hubpin.project import Project
 
 
 def _stamp(argv: list[str], project: Project, result: SyncResult, at_start: str | None) -> None:
     """After a clean sync of local archives, let the next identical one skip pydantic."""
     from hubpin.ops.sync import stamp_entries
+    from hubpin.plan import Outcome
 
     entries = stamp_entries(project, result)
     if entries is None or result.outcomes is None:
@@ -45,6 +46,7 @@ def _stamp_after_lock(project: Project, argv: list[str], lock: Lock, at_start: s
     if at_start is None or stamp.sources_state(project) != at_start:
         return  # the manifest or settings changed while locking: the lock may be stale
     from hubpin.ops.sync import SyncResult
+    from hubpin.plan import Outcome, Plan
 
     pins = dict(sorted(lock.models.items()))
     present = [Outcome(alias, "present", "", pin.unpacked_size) for alias, pin in pins.items()]
