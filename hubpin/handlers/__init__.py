@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 _HANDLERS: dict[str, str] = {
     "archive": "hubpin.handlers.archive:ArchiveHandler",
-    "kaggle": "hubpin.handlers.archive:KaggleHandler",
+    "kaggle": "hubpin.handlers.kaggle:KaggleHandler",
     "gcs": "hubpin.handlers.gcs:GcsHandler",
     "folder": "hubpin.handlers.folder:FolderHandler",
     "huggingface": "hubpin.handlers.huggingface:HfHandler",

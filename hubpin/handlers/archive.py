@@ -6,8 +6,9 @@ file has its size) → keep; present without a record (tensorflow_hub put it the
 → hash it and adopt it when it matches; the same model as another pin's entry →
 hard-link it; otherwise download. Executing: unpack into a work folder under the
 cache's lock protocol (:meth:`hubpin.sync.Syncer.fetch_into`), compare archive
-sha256 and tree digest with the lock, and only then rename it into place. A Kaggle
-version is also hard-linked into kagglehub's own cache.
+sha256 and tree digest with the lock, and only then rename it into place. What a
+Kaggle version adds (kagglehub's own cache, its host's current version) is
+:mod:`hubpin.handlers.kaggle`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import hashlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING
 
 from hubpin.cache import ABSENT, Record, code_of
 from hubpin.errors import (
@@ -25,17 +26,15 @@ from hubpin.errors import (
     CacheError,
     DamagedEntryError,
     FetchError,
-    HubpinError,
     InputError,
     IntegrityError,
     LimitError,
     NotSyncedError,
     write_error,
 )
-from hubpin.handlers import SHA_NOTE, Bundled, Currency, Handler, PinRequest, Run, Shared
+from hubpin.handlers import SHA_NOTE, Bundled, Handler, PinRequest, Run, Shared
 from hubpin.handles import Format, Kind, archive_key, local_path, relative_posix
-from hubpin.kaggle import KaggleHandle, configured, pinned
-from hubpin.kerashub import is_preset_handle
+from hubpin.kaggle import configured
 from hubpin.kinds import ArchivePin, KagglePin, Pin
 from hubpin.plan import Action, Outcome, Step, Target
 from hubpin.storage.schemes import is_url
@@ -43,7 +42,6 @@ from hubpin.storage.schemes import is_url
 if TYPE_CHECKING:
     from hubpin.cache import Cache
     from hubpin.digests import Tree
-    from hubpin.manifest import ModelSpec
     from hubpin.project import Project
     from hubpin.sources import Sources
     from hubpin.unpack import Unpacked
@@ -381,84 +379,6 @@ def _published(cache: Cache, key: str, request: PinRequest) -> ArchivePin | None
     return pin
 
 
-class KaggleHandler(ArchiveHandler):
-    """A Kaggle version: an archive, also hard-linked into kagglehub's cache, whose
-    host names a current version."""
-
-    def targets(self, run: Run, pin: KagglePin) -> list[Target]:  # type: ignore[override]
-        from hubpin.cache.kagglehub import in_kagglehub_cache, kagglehub_cache_root
-
-        found = super().targets(run, pin)
-        if run.cache.local_root is not None and not in_kagglehub_cache(
-            kagglehub_cache_root(), _kaggle_handle(run, pin)
-        ):
-            found.append(Target(str(_kaggle_handle(run, pin))))
-        return found
-
-    def fill(self, run: Run, pin: KagglePin, target: Target) -> None:  # type: ignore[override]
-        """Put a Kaggle model where unmodified ``kagglehub.model_download`` finds it offline:
-        the verified entry, hard-linked into ``$KAGGLEHUB_CACHE`` under the pinned version
-        (nothing is written when it already holds these files)."""
-        if target.key is not None:
-            super().fill(run, pin, target)
-            return
-        from hubpin.cache.kagglehub import kagglehub_cache_root, publish_to_kagglehub
-
-        if run.cache.local_root is None:
-            log.info("%s: kagglehub's cache is filled only from a local cache", pin.handle)
-            return
-        publish_to_kagglehub(
-            run.cache.local_root / pin.cache_key, kagglehub_cache_root(), _kaggle_handle(run, pin)
-        )
-
-    def keeps(self, project: Project, pin: KagglePin) -> dict[str, Any]:
-        """The version an unversioned handle was pinned at (unless the pin does not hold)."""
-        if pin.derived_problems(project.root, project.settings):
-            return {}
-        return {"version": pin.kaggle_version}
-
-    def upgrade(
-        self, project: Project, spec: ModelSpec, pin: Pin | None, sources: Sources
-    ) -> dict[str, Any] | None:
-        """An unversioned handle moves to the version Kaggle calls current."""
-        handle = configured(spec.handle, project.settings.kaggle_endpoint)
-        if handle is None or handle.version is not None:
-            return None
-        current = sources.kaggle.current_version(handle)
-        if isinstance(pin, KagglePin) and pin.kaggle_version == current:
-            return None
-        return {"version": current}
-
-    def presets(self, project: Project, pin: KagglePin) -> list[str]:
-        """``kaggle://o/m/f/v/N``, as keras_hub maps a built-in preset name; and without the
-        version when the manifest's handle has none (the lock pins what "latest" is)."""
-        endpoint = project.settings.kaggle_endpoint
-        exact = pinned(pin.handle, pin.kaggle_version, endpoint, pin.versioned_handle)
-        found = [f"kaggle://{exact.slug}/{exact.version}"]
-        named = None if is_preset_handle(pin.handle) else configured(pin.handle, endpoint)
-        if named is not None and named.version is None:
-            found.append(f"kaggle://{exact.slug}")
-        return found
-
-    def outdated(self, project: Project, alias: str, pin: KagglePin, sources: Sources) -> Currency:
-        handle = configured(pin.handle, project.settings.kaggle_endpoint)
-        assert handle is not None  # a Kaggle pin's handle (else sources.location_of raises)
-        row = Currency(locked=pin.kaggle_version)
-        try:
-            row.current = current = sources.kaggle.current_version(handle)
-        except HubpinError as exc:
-            row.state, row.note = "failed", str(exc)
-            return row
-        if current <= pin.kaggle_version:
-            row.state = "current"
-        elif handle.version is None:
-            row.state, row.note = "behind", f"run: hubpin lock --upgrade {alias}"
-        else:
-            row.state = "behind"
-            row.note = f"the manifest pins version {handle.version}; edit its handle"
-        return row
-
-
 def copy_verified(
     sources: Sources, pin: ArchivePin, fh: IO[bytes], also: Callable[[bytes], None] | None = None
 ) -> None:
@@ -478,12 +398,6 @@ def copy_verified(
             f"{pin.archive_size} bytes with sha256 {pin.archive_sha256}; nothing was written. "
             "If the model changed upstream on purpose, run: hubpin lock"
         )
-
-
-def _kaggle_handle(run: Run, pin: KagglePin) -> KaggleHandle:
-    return pinned(
-        pin.handle, pin.kaggle_version, run.settings.kaggle_endpoint, pin.versioned_handle
-    )
 
 
 def _content(pin: ArchivePin) -> tuple[str, str]:

@@ -1,0 +1,108 @@
+"""A Kaggle model version (``KagglePin``): an archive (:mod:`hubpin.handlers.archive`), also
+hard-linked into kagglehub's own cache, fetched as exactly the pinned version, whose host
+names a current version (``outdated``, ``lock --upgrade``).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from hubpin.errors import HubpinError
+from hubpin.handlers import Currency, Run
+from hubpin.handlers.archive import ArchiveHandler
+from hubpin.kaggle import KaggleHandle, configured, pinned
+from hubpin.kerashub import is_preset_handle
+from hubpin.kinds import KagglePin, Pin
+from hubpin.plan import Target
+
+if TYPE_CHECKING:
+    from hubpin.manifest import ModelSpec
+    from hubpin.project import Project
+    from hubpin.sources import Sources
+
+log = logging.getLogger("hubpin")
+
+
+class KaggleHandler(ArchiveHandler):
+    """A Kaggle version: an archive, also hard-linked into kagglehub's cache, whose
+    host names a current version."""
+
+    def targets(self, run: Run, pin: KagglePin) -> list[Target]:  # type: ignore[override]
+        from hubpin.cache.kagglehub import in_kagglehub_cache, kagglehub_cache_root
+
+        found = super().targets(run, pin)
+        if run.cache.local_root is not None and not in_kagglehub_cache(
+            kagglehub_cache_root(), _kaggle_handle(run, pin)
+        ):
+            found.append(Target(str(_kaggle_handle(run, pin))))
+        return found
+
+    def fill(self, run: Run, pin: KagglePin, target: Target) -> None:  # type: ignore[override]
+        """Put a Kaggle model where unmodified ``kagglehub.model_download`` finds it offline:
+        the verified entry, hard-linked into ``$KAGGLEHUB_CACHE`` under the pinned version
+        (nothing is written when it already holds these files)."""
+        if target.key is not None:
+            super().fill(run, pin, target)
+            return
+        from hubpin.cache.kagglehub import kagglehub_cache_root, publish_to_kagglehub
+
+        if run.cache.local_root is None:
+            log.info("%s: kagglehub's cache is filled only from a local cache", pin.handle)
+            return
+        publish_to_kagglehub(
+            run.cache.local_root / pin.cache_key, kagglehub_cache_root(), _kaggle_handle(run, pin)
+        )
+
+    def keeps(self, project: Project, pin: KagglePin) -> dict[str, Any]:
+        """The version an unversioned handle was pinned at (unless the pin does not hold)."""
+        if pin.derived_problems(project.root, project.settings):
+            return {}
+        return {"version": pin.kaggle_version}
+
+    def upgrade(
+        self, project: Project, spec: ModelSpec, pin: Pin | None, sources: Sources
+    ) -> dict[str, Any] | None:
+        """An unversioned handle moves to the version Kaggle calls current."""
+        handle = configured(spec.handle, project.settings.kaggle_endpoint)
+        if handle is None or handle.version is not None:
+            return None
+        current = sources.kaggle.current_version(handle)
+        if isinstance(pin, KagglePin) and pin.kaggle_version == current:
+            return None
+        return {"version": current}
+
+    def presets(self, project: Project, pin: KagglePin) -> list[str]:
+        """``kaggle://o/m/f/v/N``, as keras_hub maps a built-in preset name; and without the
+        version when the manifest's handle has none (the lock pins what "latest" is)."""
+        endpoint = project.settings.kaggle_endpoint
+        exact = pinned(pin.handle, pin.kaggle_version, endpoint, pin.versioned_handle)
+        found = [f"kaggle://{exact.slug}/{exact.version}"]
+        named = None if is_preset_handle(pin.handle) else configured(pin.handle, endpoint)
+        if named is not None and named.version is None:
+            found.append(f"kaggle://{exact.slug}")
+        return found
+
+    def outdated(self, project: Project, alias: str, pin: KagglePin, sources: Sources) -> Currency:
+        handle = configured(pin.handle, project.settings.kaggle_endpoint)
+        assert handle is not None  # a Kaggle pin's handle (else sources.location_of raises)
+        row = Currency(locked=pin.kaggle_version)
+        try:
+            row.current = current = sources.kaggle.current_version(handle)
+        except HubpinError as exc:
+            row.state, row.note = "failed", str(exc)
+            return row
+        if current <= pin.kaggle_version:
+            row.state = "current"
+        elif handle.version is None:
+            row.state, row.note = "behind", f"run: hubpin lock --upgrade {alias}"
+        else:
+            row.state = "behind"
+            row.note = f"the manifest pins version {handle.version}; edit its handle"
+        return row
+
+
+def _kaggle_handle(run: Run, pin: KagglePin) -> KaggleHandle:
+    return pinned(
+        pin.handle, pin.kaggle_version, run.settings.kaggle_endpoint, pin.versioned_handle
+    )
