@@ -284,7 +284,6 @@ def intact(root: Path, entries: list[tuple[str, str]]) -> bool:
     """Whether every entry passes the stat check a sync's plan makes of it: a tensorflow_hub
     entry in the cache at ``root``, a snapshot in Hugging Face's cache (its files as
     hubpin's record lists them, which must add up to the lock's tree digest)."""
-    from hubpin.cache.huggingface import HfCache, Pinned, hf_cache_root
     from hubpin.cache.local import LocalCache
 
     cache, hf = LocalCache(root), None
@@ -293,6 +292,8 @@ def intact(root: Path, entries: list[tuple[str, str]]) -> bool:
             if cache.quick_check(key, digest):
                 return False
             continue
+        from hubpin.cache.huggingface import HfCache, Pinned, hf_cache_root  # HF pins only
+
         repo, revision, commit = key[len(_HF) :].split(":")
         hf = hf or HfCache(hf_cache_root())
         record = hf.read_record(Pinned(repo, revision, commit, False, ()))
