@@ -54,6 +54,7 @@ class Settings(BaseModel):
     s3_profile: str | None = None
     s3_anonymous: bool = False
     s3_addressing_style: Literal["auto", "path", "virtual"] = "auto"
+    s3_part_size: int = Field(default=5 << 30, ge=5 << 20, le=5 << 30)
     stage_dir: str | None = None
     kaggle_endpoint: str | None = None
     mirrors: list[Mirror] = Field(default_factory=list)

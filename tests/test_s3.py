@@ -132,3 +132,55 @@ def test_s3_archive_handle_locks_and_syncs_and_a_lying_checksum_pins_nothing(
     code, _, err = project.run("sync", "--locked")
     assert code == 0 and "quint                fetched" in err, err
     assert (project.entry(handle) / "saved_model.pb").is_file()
+
+
+def test_objects_over_s3_part_size_go_up_in_parts_that_a_rerun_and_readers_trust(
+    project: Project, hub: HubServer, s3: MotoS3, models: dict[str, Model], tmp_path_factory
+) -> None:
+    """A multipart upload (S3 takes at most 5 GiB in one PUT): each part with its SHA-256,
+    the object made by the final request; S3 keeps only a digest of the parts' digests, so
+    hubpin notes the whole SHA-256 beside it, and a rerun and every reader still check it."""
+    from faultkit import heavy_archive
+
+    heavy = heavy_archive(tmp_path_factory.getbasetemp(), models["double"].folder, 2, 6 << 20)
+    hub.models["google/heavy/1"] = heavy
+    handle = hub.handle("google/heavy/1")
+    project.models(heavy=handle)
+    part = 5 << 20
+    project.write(f"s3_part_size = {part}\n", "hubpin.toml")
+    assert project.run("lock", "--no-fill")[0] == 0
+    bucket = s3.bucket()
+    url = f"s3://{bucket}/release/9"
+    code, _, err = project.run("bundle", url)
+    assert code == 0, err
+    obj = f"{url}/archives/{_sha(heavy)}"
+    assert s3.read(obj) == heavy
+    key = obj.removeprefix(f"s3://{bucket}/")
+    parts = [
+        x for x in s3.requests(f"/{bucket}/{key}?") if x.startswith('"PUT') and "partNumber=" in x
+    ]
+    assert len(parts) == -(-len(heavy) // part) == 3
+    assert s3.head(obj)["ETag"].endswith('-3"'), "one object, made of parts"
+
+    downloads, since = len(hub.requests), len(s3.requests(f" /{bucket}/"))
+    code, _, err = project.run("bundle", url)
+    assert code == 0 and "(1 already there)" in err, err
+    assert len(hub.requests) == downloads, "the noted sha256 vouches for the object"
+    assert [w for w in _writes(s3, bucket, since) if "/archives/" in w] == []
+
+    # A cache whose files are over the part size; then workers read the bundle's object.
+    cache = f"s3://{bucket}/cache"
+    code, _, err = project.run("--cache-dir", cache, "sync", "--locked")
+    assert code == 0, err
+    assert s3.head(f"{cache}/{_key(handle)}/assets/blob-0.bin")["ETag"].endswith('-2"')
+    assert project.run("--cache-dir", cache, "verify")[0] == 0
+    hub.stop()
+    worker = str(project.root / "worker")
+    code, _, err = project.run("--cache-dir", worker, "sync", "--locked", "--from", url)
+    assert code == 0 and "heavy                fetched" in err, err
+    assert project.run("--cache-dir", worker, "verify")[0] == 0
+
+    s3.put(obj, heavy[:-1] + bytes([heavy[-1] ^ 1]))  # other bytes; the notes are gone with them
+    other = str(project.root / "worker-2")
+    code, _, err = project.run("--cache-dir", other, "sync", "--from", url)
+    assert code == 1 and "does not match the lock" in err

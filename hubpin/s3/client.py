@@ -62,6 +62,7 @@ from hubpin.settings import Settings
 log = logging.getLogger("hubpin")
 BLOCK = 8 << 20  # bytes per ranged GET when streaming an object
 SINGLE_PUT_MAX = 5 << 30  # S3's limit for one PUT
+WHOLE_SHA, PARTS_SHA = "hubpin-sha256", "hubpin-parts-sha256"  # a multipart object's notes
 _GIVEN_UP_FOR = 60.0  # seconds an endpoint that exhausted the retries fails at once
 _RETRY_CODES = {
     "SlowDown",
@@ -264,11 +265,8 @@ class S3:
         there (``If-None-Match: *``); ``if_match``: only if it still has that ETag.
         FileExistsError when the condition does not hold (412)."""
         size = len(body) if isinstance(body, bytes) else body.stat().st_size
-        if size > SINGLE_PUT_MAX:
-            raise ValueError(
-                f"{size} bytes is more than one S3 PUT takes ({SINGLE_PUT_MAX}); "
-                "hubpin does not write multipart objects yet"
-            )
+        if size > SINGLE_PUT_MAX:  # hubpin.s3.multipart writes those
+            raise ValueError(f"{size} bytes is more than one S3 PUT takes ({SINGLE_PUT_MAX})")
         if sha256 is None:
             assert isinstance(body, bytes), "a file's SHA-256 comes from the lock or the tree"
             sha256 = hashlib.sha256(body).hexdigest()
@@ -360,12 +358,19 @@ def no_bucket(exc: BaseException, bucket: str) -> str | None:
 
 
 def _whole(meta: dict[str, Any], name: str) -> str | None:
-    """A checksum of the whole object; a multipart object's checksum of part checksums
-    (``…-N``, ChecksumType COMPOSITE) says nothing a reader can check, so it is None."""
+    """A checksum of the whole object. A multipart object's is a checksum of its parts'
+    checksums (``…-N``, ChecksumType COMPOSITE; its ETag ends in ``-N`` too), which says
+    nothing a reader can check: None, unless hubpin wrote the object and noted its SHA-256
+    beside the parts' digest S3 computed (see :mod:`hubpin.s3.multipart`)."""
     value = meta.get(name)
-    if not value or "-" in value or meta.get("ChecksumType") == "COMPOSITE":
-        return None
-    return str(value)
+    multipart = "-" in str(meta.get("ETag", "")) or meta.get("ChecksumType") == "COMPOSITE"
+    if not value or not (multipart or "-" in value):
+        return str(value) if value else None
+    notes = meta.get("Metadata") or {}
+    parts, whole = notes.get(PARTS_SHA, ""), notes.get(WHOLE_SHA)
+    if name == "ChecksumSHA256" and whole and value.split("-")[0] == parts.split("-")[0]:
+        return sha256_b64(whole)
+    return None
 
 
 _clients: dict[tuple[Any, ...], S3] = {}

@@ -19,6 +19,7 @@ A listing (which carries no metadata) gives the ETag alone.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import uuid
 from collections.abc import Iterator, Mapping
@@ -30,6 +31,7 @@ from hubpin.download import Download
 from hubpin.errors import FetchError, HubpinError, MissingError
 from hubpin.s3 import client
 from hubpin.s3.client import S3, Head, split_url
+from hubpin.s3.multipart import copy_parts, put_parts
 from hubpin.settings import Settings
 from hubpin.storage import Conflict, NoRoot, Stat, Storage
 
@@ -77,6 +79,7 @@ class S3Storage(Storage):
 
     def __init__(self, settings: Settings, error: type[HubpinError] = FetchError) -> None:
         super().__init__(settings, error)
+        self._in_parts: dict[str, Head] = {}  # objects this command wrote in parts
 
     @property
     def s3(self) -> S3:
@@ -145,9 +148,14 @@ class S3Storage(Storage):
         """``checksum``: the SHA-256 (hex) the bytes must have; S3 refuses others."""
         bucket, key = split_url(location)
         noted = {**(metadata or {}), _NONCE: uuid.uuid4().hex}
+        assert self.settings is not None
+        write = self.s3.put
+        in_parts = isinstance(data, Path) and data.stat().st_size > self.settings.s3_part_size
+        if in_parts:
+            write = functools.partial(put_parts, self.s3)  # one PUT takes at most 5 GiB
         with self._errors(location):
             try:
-                head = self.s3.put(
+                head = write(
                     bucket,
                     key,
                     data,
@@ -158,6 +166,8 @@ class S3Storage(Storage):
                 )
             except FileExistsError:
                 raise Conflict(location) from None
+        if in_parts:  # copied part for part, so the copy keeps its ETag (see copy)
+            self._in_parts[location] = head
         return _stat(bucket, head)
 
     def list(self, prefix: str) -> list[Stat]:
@@ -189,8 +199,12 @@ class S3Storage(Storage):
 
     def copy(self, source: str, target: str) -> Stat:
         bucket, key = split_url(source)
+        uploaded = self._in_parts.get(source)
         with self._errors(target):
-            head = self.s3.copy(bucket, key, split_url(target)[1])
+            if uploaded is not None:
+                head = copy_parts(self.s3, bucket, key, split_url(target)[1], uploaded)
+            else:
+                head = self.s3.copy(bucket, key, split_url(target)[1])
         return Stat(
             target, head.size, head.etag, client.hex_of(head.sha256) if head.sha256 else None
         )
