@@ -177,7 +177,7 @@ def replay(
         return None
     if report is not None and show_status is not None:
         show_status(report, "--json" in argv)
-    sys.stderr.write(output)
+    sys.stdout.write(output)  # the result, as the command it stands for printed it
     return 0
 
 

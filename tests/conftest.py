@@ -379,7 +379,8 @@ def heavy_imports_after(code: str, cwd: Path) -> list[str]:
 def hubpin_imports(
     project: Project, *argv: str, env: dict[str, str] | None = None
 ) -> tuple[int, str, set[str]]:
-    """Run ``python -X importtime -m hubpin ARGV``: exit code, stderr without timings, top modules."""
+    """Run ``python -X importtime -m hubpin ARGV``: exit code, what it said (stdout, then
+    stderr without the timings), top modules."""
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "hubpin", *argv],
         cwd=project.root,
@@ -393,7 +394,9 @@ def hubpin_imports(
         },
     )
     lines = result.stderr.splitlines()
-    said = "".join(f"{line}\n" for line in lines if not line.startswith("import time:"))
+    said = result.stdout + "".join(
+        f"{line}\n" for line in lines if not line.startswith("import time:")
+    )
     imported = {
         line.split("|")[-1].strip().split(".")[0]
         for line in lines

@@ -31,9 +31,9 @@ def test_bundle_then_sync_from_it_with_no_network(
     hub.stop()
     offline_cache = tmp_path / "offline-cache"
     monkeypatch.setenv("TFHUB_CACHE_DIR", str(offline_cache))
-    code, _, err = project.run("sync", "--from", str(tmp_path / "bundle"))
+    code, out, err = project.run("sync", "--from", str(tmp_path / "bundle"))
     assert code == 0, err
-    assert "2 fetched" in err
+    assert "2 fetched" in out
     assert (
         offline_cache
         / hashlib.sha1(hub.handle("google/double/1").encode()).hexdigest()

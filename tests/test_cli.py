@@ -191,8 +191,8 @@ def test_remove_keeps_the_rest_of_the_manifest_byte_for_byte_and_a_checkable_loc
     code, _, prune_err = project.run("prune", "--dry-run")
     assert prune_err.splitlines()[-1] == f"3 paths, would free {hint[1]}"
 
-    code, _, err = project.run("lock", "--check")
-    assert (code, err) == (0, "models.lock is up to date (2 models)\n")
+    code, out, err = project.run("lock", "--check")
+    assert (code, out, err) == (0, "models.lock is up to date (2 models)\n", "")
     assert len(hub.requests) == requests, "remove and lock --check opened no connection"
     # The lock is the one `hubpin lock` would write for the new manifest, byte for byte.
     after_remove = project.lock.read_bytes()
@@ -318,10 +318,10 @@ def test_sync_dry_run_reports_the_plan_writes_nothing_and_opens_nothing(
     before, requests = _tree(project.root.parent), len(hub.requests)
 
     code, out, err = project.run("sync", "--dry-run")
-    assert code == 0 and out == "", err
+    assert code == 0 and err == "", err
     assert _tree(project.root.parent) == before, "a dry run wrote something"
     assert len(hub.requests) == requests, "a dry run opened a connection"
-    rows = err.splitlines()
+    rows = out.splitlines()
     assert rows[0] == f"{'ALIAS':<20} {'ACTION':<9} {'DOWNLOAD':>10} {'SIZE':>10}  REASON"
     assert re.fullmatch(
         r"adopted +adopt +- +\S+ \S+  an entry without hubpin's record that matches the lock",
@@ -383,20 +383,20 @@ def test_sync_dry_run_reports_the_plan_writes_nothing_and_opens_nothing(
         "write_size": sizes["quint"] + sizes["triple"],
     }
 
-    code, _, err = project.run("sync", "--offline", "--dry-run", "quint", "double")
+    code, out, err = project.run("sync", "--offline", "--dry-run", "quint", "double")
     assert code == 0
     assert re.search(
-        r"^quint +fail +- +\S+ \S+  not in the cache, and --offline forbids downloading$", err, re.M
-    ), err
+        r"^quint +fail +- +\S+ \S+  not in the cache, and --offline forbids downloading$", out, re.M
+    ), out
 
     # The plan is what the sync then does.
     fetched = {m: hub.archive_requests(f"google/{m}/1") for m in handles}
-    code, _, err = project.run("sync")
+    code, out, err = project.run("sync")
     assert code == 0, err
-    assert re.search(r"^adopted +adopted \(verified\)", err, re.M)
-    assert re.search(r"^double +already present", err, re.M)
-    assert re.search(r"^quint +fetched", err, re.M)
-    assert re.search(r"^triple +fetched .*replaced an entry", err, re.M)
+    assert re.search(r"^adopted +adopted \(verified\)", out, re.M)
+    assert re.search(r"^double +already present", out, re.M)
+    assert re.search(r"^quint +fetched", out, re.M)
+    assert re.search(r"^triple +fetched .*replaced an entry", out, re.M)
     assert {m: hub.archive_requests(f"google/{m}/1") - fetched[m] for m in handles} == {
         "adopted": 0,
         "double": 0,
@@ -415,9 +415,9 @@ def test_sync_dry_run_with_a_stale_lock_says_it_would_lock_first_without_network
     project.models(double=handles["double"], quint=hub.handle("google/quint/1"))
     before, requests = _tree(project.root.parent), len(hub.requests)
 
-    code, _, err = project.run("sync", "--dry-run")
+    code, out, err = project.run("sync", "--dry-run")
     assert code == 0, err
-    rows = err.splitlines()
+    rows = out.splitlines()
     assert rows[0] == (
         "would lock first (quint: in the manifest but not in the lock; triple: in the lock but "
         "not in the manifest): would pin quint (network), drop triple"
@@ -452,8 +452,8 @@ def test_sync_dry_run_with_a_stale_lock_says_it_would_lock_first_without_network
     assert code == 1 and "does not match models.toml and --locked was given" in err
 
     project.lock.unlink()
-    code, _, err = project.run("sync", "--dry-run")
-    assert code == 0 and err.startswith(
+    code, out, err = project.run("sync", "--dry-run")
+    assert code == 0 and out.startswith(
         "would lock first (models.lock does not exist): would pin double, quint (network)\n"
     )
     assert len(hub.requests) == requests
@@ -491,18 +491,18 @@ def test_lock_dry_run(project: Project, hub: HubServer) -> None:
         )
     )
     before, requests = _tree(project.root.parent), len(hub.requests)
-    code, _, err = project.run("lock", "--dry-run")
+    code, out, err = project.run("lock", "--dry-run")
     assert code == 0, err
-    assert err.splitlines() == [
+    assert out.splitlines() == [
         f"{'ALIAS':<20} {'ACTION':<8} {'SIZE':>10}  REASON",
         f"{'double':<20} {'pin':<8} {'?':>10}  format is 'UNCOMPRESSED' in the manifest, "
         "'COMPRESSED' in the lock (network)",
         f"{'quint':<20} {'pin':<8} {'?':>10}  not in models.lock (network)",
-        err.splitlines()[3],
+        out.splitlines()[3],
         "dry run: 2 to pin, 0 kept, 1 dropped; models.lock not written",
     ]
     assert re.fullmatch(
-        r"triple +drop +\S+ \S+  in the lock but not in the manifest", err.splitlines()[3]
+        r"triple +drop +\S+ \S+  in the lock but not in the manifest", out.splitlines()[3]
     )
     code, out, _ = project.run("lock", "--dry-run", "--json")
     doc = json.loads(out)

@@ -160,8 +160,8 @@ def test_a_read_only_cache_serves_what_it_has_and_refuses_the_rest(
     with pytest.raises(OSError):
         (project.cache / "probe").write_text("x")  # root ignores chmod, not a read-only mount
 
-    code, _, err = project.run("sync")
-    assert code == 0 and "1 already present" in err
+    code, out, err = project.run("sync")
+    assert code == 0 and "1 already present" in out
     assert project.run("verify")[0] == 0
 
     project.models(double="mirror/double.tar.gz", heavy=heavy)

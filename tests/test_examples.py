@@ -35,7 +35,7 @@ def test_demo_syncs_locked_and_predicts(tmp_path: Path) -> None:
         text=True,
     )
     assert sync.returncode == 0, sync.stderr
-    assert "fahrenheit           fetched" in sync.stderr
+    assert "fahrenheit           fetched" in sync.stdout
     assert (demo / "models.lock").read_bytes() == (DEMO / "models.lock").read_bytes()
     predict = subprocess.run(
         [sys.executable, "predict.py"],

@@ -55,9 +55,9 @@ def test_uncompressed_lock_pins_every_object_and_sync_only_checks(
     assert pin["file_count"] == len(listed) and pin["tree_digest"].startswith("gcs-v1:")
     assert pin["unpacked_size"] == sum(int(o["size"]) for o in listed.values())
 
-    code, _, err = project.run("sync", "--locked")
+    code, out, err = project.run("sync", "--locked")
     assert code == 0, err
-    assert f"spice                checked: {location} unchanged ({len(listed)} objects)" in err
+    assert f"spice                checked: {location} unchanged ({len(listed)} objects)" in out
     assert not project.cache.exists() or not any(project.cache.iterdir()), "nothing is downloaded"
     code, out, _ = project.run("resolve", "spice")
     assert code == 0 and out.strip() == location
@@ -85,9 +85,9 @@ def test_uncompressed_drift_names_each_object_and_offline_skips(
     assert "added assets/extra.txt" in line and "deleted fingerprint.pb" in line
     assert line.endswith("run: hubpin lock")
 
-    code, _, err = project.run("sync", "--locked", "--offline")
+    code, out, err = project.run("sync", "--locked", "--offline")
     assert code == 0, err
-    assert "spice                checked: gs:// location not checked (--offline)" in err
+    assert "spice                checked: gs:// location not checked (--offline)" in out
 
     code, _, err = project.run("lock", "spice")
     assert code == 0, err
@@ -148,9 +148,9 @@ def test_gs_archive_locks_syncs_and_unmodified_hub_load_reads_the_cache(
     assert pin["url"] == handle and pin["archive_size"] == len(models["quint"].archive)
     assert pin["archive_sha256"] == hashlib.sha256(models["quint"].archive).hexdigest()
 
-    code, _, err = project.run("sync", "--locked")
+    code, out, err = project.run("sync", "--locked")
     assert code == 0, err
-    assert "quint                fetched" in err
+    assert "quint                fetched" in out
     out = run_python(
         "import tensorflow as tf, tensorflow_hub as hub\n"
         f"m = hub.load({handle!r})\n"
@@ -254,8 +254,8 @@ def test_gs_cache_adopts_an_entry_written_without_hubpin(
     project.models(triple=handle)
     assert project.run("lock", "--no-fill")[0] == 0
     downloads = hub.archive_requests("google/triple/1")
-    code, _, err = project.run("sync", "--locked")
-    assert code == 0 and "adopted (verified)" in err, err
+    code, out, err = project.run("sync", "--locked")
+    assert code == 0 and "adopted (verified)" in out, err
     assert hub.archive_requests("google/triple/1") == downloads
     assert json.loads(gcs.read(f"{root}/{key}.hubpin.json"))["handle"] == handle
 

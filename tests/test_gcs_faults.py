@@ -33,18 +33,19 @@ def _key(handle: str) -> str:
 
 
 def _finish(procs: list[subprocess.Popen[str]], timeout: float = BOUND) -> list[tuple[int, str]]:
-    """Wait for every process; kill them all and fail if one is still running ``timeout``
+    """Wait for every process: (exit code, what it said: its results on stdout, then its
+    diagnostics on stderr); kill them all and fail if one is still running ``timeout``
     seconds from now."""
     deadline = time.monotonic() + timeout
     results = []
     for proc in procs:
         try:
-            _, err = proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
+            out, err = proc.communicate(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             for other in procs:
                 other.kill()
             pytest.fail(f"hubpin {proc.args[3:]} did not finish within {timeout}s")
-        results.append((proc.returncode, err))
+        results.append((proc.returncode, out + err))
     return results
 
 

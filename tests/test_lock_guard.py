@@ -149,8 +149,8 @@ def test_two_projects_own_model_tar_gz_never_share_an_entry(
     for entry, name in ((mine, "double"), (theirs, "triple")):
         pb = (Path(entry) / "saved_model.pb").read_bytes()
         assert pb == (models[name].folder / "saved_model.pb").read_bytes()
-    code, _, err = project.run("sync")
-    assert code == 0 and "1 already present" in err, err
+    code, out, err = project.run("sync")
+    assert code == 0 and "1 already present" in out, err
 
 
 def test_a_sync_never_replaces_a_model_another_projects_lock_pins(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -86,11 +87,11 @@ def test_status_warns_of_a_temporary_cache_only_when_it_is_the_default(
     assert project.run("lock", "--no-fill")[0] == 0
     chosen = Path(tempfile.gettempdir()) / "ci-models"  # a tmpfs picked for a throw-away job
     monkeypatch.setenv("TFHUB_CACHE_DIR", str(chosen))
-    code, out, _ = project.run("status")
-    assert code == 0 and "temporary folder" not in out, out
+    code, out, err = project.run("status")
+    assert code == 0 and "temporary folder" not in out + err, out
     monkeypatch.delenv("TFHUB_CACHE_DIR")  # tensorflow_hub's default, $TMPDIR/tfhub_modules
-    code, out, _ = project.run("status")
-    assert code == 0 and "warning: the cache is under a temporary folder" in out, out
+    code, out, err = project.run("status")
+    assert code == 0 and "WARNING: the cache is under a temporary folder" in err, err
 
 
 # A slim install without hubpin's gs:// and s3:// extras: gcsfs and botocore answer as missing.
@@ -228,4 +229,44 @@ def test_every_mistake_of_the_settings_at_once_in_hubpins_words(
             "hubpin: error: environment variable HUBPIN_CONNECT_TIMEOUT: connect_timeout: "
             "expected a number > 0, found '0'",
         ],
+    )
+
+
+def test_results_on_stdout_diagnostics_on_stderr(
+    project: Project, models: dict[str, Model], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a script reads (``hubpin verify 2>/dev/null``) is on stdout; progress, warnings,
+    hints and errors are on stderr."""
+    _archive(project, models)
+    project.models(a="double.tar.gz")
+    code, out, err = project.run("lock")
+    assert (code, out) == (0, "") and err.startswith("pinned a → "), err  # progress
+    code, out, err = project.run("sync", "--dry-run")
+    assert (code, err) == (0, "")
+    assert re.fullmatch(r"a +keep +- +\S+ \S+  already present", out.splitlines()[1]), out
+    code, out, err = project.run("sync")
+    assert (code, err) == (0, "")
+    assert out.splitlines() == [
+        "a                    already present",
+        f"synced 1 model into {project.cache}: 0 fetched, 1 already present, 0 checked in place, "
+        "0 failed",
+    ]
+    assert project.run("verify") == (0, "a                    ok\n", "")
+    code, out, err = project.run("lock", "--check")
+    assert (code, out, err) == (0, "models.lock is up to date (1 model)\n", "")
+
+    (project.entry("double.tar.gz") / "saved_model.pb").write_bytes(b"damaged")
+    code, out, err = project.run("verify")
+    assert (code, out.splitlines()[0]) == (1, "a                    DAMAGED")
+    assert out.splitlines()[1].startswith("  changed saved_model.pb"), out
+    assert err == f"1 of 1 models damaged in {project.cache}; run: hubpin verify --repair\n"
+    code, out, err = project.run("-q", "verify")
+    assert (code, out) == (1, "")
+
+    monkeypatch.delenv("TFHUB_CACHE_DIR")  # tensorflow_hub's default, under $TMPDIR
+    code, out, err = project.run("status")
+    assert code == 0 and out.startswith(f"lock:  {project.lock} ("), out
+    assert err == (
+        "hubpin: WARNING: the cache is under a temporary folder that cleaners may empty; "
+        "set TFHUB_CACHE_DIR or cache_dir in hubpin.toml\n"
     )

@@ -178,13 +178,13 @@ def test_replacing_a_damaged_entry_never_hides_it_from_readers(
         for _ in range(times):
             if replaced % 2:  # the same size, other bytes: only a re-hash sees it
                 blob.write_bytes(bytes(b ^ 0xFF for b in blob.read_bytes()))
-                code, _, err = project.run("verify", "--repair")
-                assert code == 0 and "heavy                repaired" in err, err
+                code, out, err = project.run("verify", "--repair")
+                assert code == 0 and "heavy                repaired" in out, err
             else:  # a size that differs: sync's stat check sees it
                 with blob.open("ab") as fh:
                     fh.write(b"!")
-                code, _, err = project.run("sync")
-                assert code == 0 and "replaced an entry that had: assets/blob-0.bin is" in err, err
+                code, out, err = project.run("sync")
+                assert code == 0 and "replaced an entry that had: assets/blob-0.bin is" in out, err
             replaced += 1
 
     # Part 1: a reader looking as fast as it can, on a core of its own (two renames leave

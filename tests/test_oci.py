@@ -76,9 +76,9 @@ def test_bundle_to_a_registry_then_sync_fleet_from_it_with_upstream_stopped(
     for worker, source in (("a", target), ("b", f"oci://{registry.host}/team/models@{digest}")):
         cache = tmp_path / f"worker-{worker}"
         monkeypatch.setenv("TFHUB_CACHE_DIR", str(cache))
-        code, _, err = project.run("sync", "--locked", "--from", source)
+        code, out, err = project.run("sync", "--locked", "--from", source)
         assert code == 0, err
-        assert "2 fetched" in err
+        assert "2 fetched" in out
         assert_holds(cache, models, {"double": double, "triple": triple})
         assert project.run("verify")[0] == 0
 
@@ -164,9 +164,9 @@ def test_bearer_token_registry_and_a_mount_from_another_repository(
 
     hub.stop()
     monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "worker"))
-    code, _, err = project.run("sync", "--locked", "--from", f"oci://{host}/app/models:v1")
+    code, out, err = project.run("sync", "--locked", "--from", f"oci://{host}/app/models:v1")
     assert code == 0, err
-    assert "2 fetched" in err
+    assert "2 fetched" in out
 
 
 def test_docker_config_is_read_and_a_refused_password_is_never_shown(
@@ -324,8 +324,8 @@ def test_a_blob_over_oci_chunk_size_goes_up_in_chunks_and_reads_back_whole(
 
     hub.stop()
     monkeypatch.setenv("TFHUB_CACHE_DIR", str(tmp_path / "worker"))
-    code, _, err = project.run("sync", "--locked", "--from", target)
-    assert code == 0 and "2 fetched" in err, err
+    code, out, err = project.run("sync", "--locked", "--from", target)
+    assert code == 0 and "2 fetched" in out, err
 
 
 def test_an_upload_cut_mid_chunk_is_never_finished_with_other_bytes(

@@ -129,8 +129,8 @@ def test_s3_archive_handle_locks_and_syncs_and_a_lying_checksum_pins_nothing(
     assert code == 0, err
     assert f'url = "{handle}"' in project.lock.read_text()
     assert _sha(archive) in project.lock.read_text()
-    code, _, err = project.run("sync", "--locked")
-    assert code == 0 and "quint                fetched" in err, err
+    code, out, err = project.run("sync", "--locked")
+    assert code == 0 and "quint                fetched" in out, err
     assert (project.entry(handle) / "saved_model.pb").is_file()
 
 
@@ -176,8 +176,8 @@ def test_objects_over_s3_part_size_go_up_in_parts_that_a_rerun_and_readers_trust
     assert project.run("--cache-dir", cache, "verify")[0] == 0
     hub.stop()
     worker = str(project.root / "worker")
-    code, _, err = project.run("--cache-dir", worker, "sync", "--locked", "--from", url)
-    assert code == 0 and "heavy                fetched" in err, err
+    code, out, err = project.run("--cache-dir", worker, "sync", "--locked", "--from", url)
+    assert code == 0 and "heavy                fetched" in out, err
     assert project.run("--cache-dir", worker, "verify")[0] == 0
 
     s3.put(obj, heavy[:-1] + bytes([heavy[-1] ^ 1]))  # other bytes; the notes are gone with them

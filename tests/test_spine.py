@@ -34,10 +34,10 @@ def test_lock_sync_then_unmodified_hub_load_offline(
     assert f'cache_key = "{hashlib.sha1(double.encode()).hexdigest()}"' in lock
     assert hub.archive_requests("google/double/1") == 1  # lock unpacked it into the cache
 
-    code, _, err = project.run("sync")
+    code, out, err = project.run("sync")
     assert code == 0, err
-    assert "double               already present" in err
-    assert "0 fetched, 2 already present" in err
+    assert "double               already present" in out
+    assert "0 fetched, 2 already present" in out
     assert hub.archive_requests("google/double/1") == 1, "the README's flow downloads once"
     entry = project.entry(double)
     assert (entry / "saved_model.pb").read_bytes() == (
@@ -49,9 +49,9 @@ def test_lock_sync_then_unmodified_hub_load_offline(
     assert _leftovers(project) == []
 
     hub.stop()
-    code, _, err = project.run("sync", "--locked")
+    code, out, err = project.run("sync", "--locked")
     assert code == 0, err
-    assert "0 fetched, 2 already present" in err
+    assert "0 fetched, 2 already present" in out
 
     out = run_python(
         "import tensorflow as tf, tensorflow_hub as hub\n"
@@ -87,10 +87,10 @@ def test_lock_is_deterministic_and_independent_of_manifest_order(
 def test_sync_without_lock_locks_first_and_downloads_once(project: Project, hub: HubServer) -> None:
     handle = hub.handle("google/double/1")
     project.models(double=handle)
-    code, _, err = project.run("sync")
+    code, out, err = project.run("sync")
     assert code == 0, err
     assert project.lock.exists() and "wrote models.lock" in err
-    assert "1 already present" in err
+    assert "1 already present" in out
     assert hub.archive_requests("google/double/1") == 1
     assert (project.entry(handle) / "saved_model.pb").is_file()
 
@@ -157,8 +157,8 @@ def test_sync_adopts_an_entry_tensorflow_hub_downloaded(project: Project, hub: H
     project.models(double=handle)
     assert project.run("lock", "--no-fill")[0] == 0
     downloads = hub.archive_requests("google/double/1")
-    code, _, err = project.run("sync")
-    assert code == 0 and "adopted (verified)" in err
+    code, out, _ = project.run("sync")
+    assert code == 0 and "adopted (verified)" in out
     assert hub.archive_requests("google/double/1") == downloads
 
 

@@ -61,7 +61,7 @@ def test_status_and_lock_check_repeat_from_the_stamp_as_the_full_path_says(
         code, out, err = _same_as_full_path(project, *argv)
         assert code == 0
     assert "double" in _same_as_full_path(project, "status")[1]
-    assert "is up to date (2 models)" in _same_as_full_path(project, "lock", "--check")[2]
+    assert "is up to date (2 models)" in _same_as_full_path(project, "lock", "--check")[1]
 
     # Each entry's state is checked again on every replay, as the full path checks it.
     (project.entry(double) / "saved_model.pb").unlink()

@@ -78,9 +78,9 @@ def test_bundle_once_then_sync_from_it_with_the_upstream_server_stopped(
         cache = tmp_path / f"worker-{worker}"
         monkeypatch.setenv("TFHUB_CACHE_DIR", str(cache))
         since = len(store.requests(bucket))
-        code, _, err = project.run("sync", "--locked", "--from", url)
+        code, out, err = project.run("sync", "--locked", "--from", url)
         assert code == 0, err
-        assert "2 fetched" in err
+        assert "2 fetched" in out
         assert store.writes(bucket, since) == [], "sync wrote to the bundle"
         assert_holds(cache, models, {"double": double, "triple": triple})
         assert project.run("verify")[0] == 0
@@ -290,9 +290,9 @@ def test_a_cache_on_the_store_holds_entries_that_status_verify_repair_and_prune_
     key = _key(handle)
     project.models(double=handle)
 
-    code, _, err = project.run("sync")
+    code, out, err = project.run("sync")
     assert code == 0, err
-    assert f"into {root}:" in err
+    assert f"into {root}:" in out
     objects = store.listing(root)
     local = {
         p.relative_to(models["double"].folder).as_posix(): p.read_bytes()
@@ -326,13 +326,13 @@ def test_a_cache_on_the_store_holds_entries_that_status_verify_repair_and_prune_
     code, out, _ = project.run("status")
     assert code == 0 and "warning" not in out
     assert project.run("verify")[0] == 0
-    code, _, err = project.run("sync")
-    assert code == 0 and "1 already present" in err
+    code, out, err = project.run("sync")
+    assert code == 0 and "1 already present" in out
     store.put(f"{root}/{key}.hubpin.json", b"{not json")
     code, out, _ = project.run("status", "--json")
     assert json.loads(out)["models"][0]["state"] == "no hubpin record for the entry"
-    code, _, err = project.run("sync")
-    assert code == 0 and "adopted (verified)" in err, err
+    code, out, err = project.run("sync")
+    assert code == 0 and "adopted (verified)" in out, err
     assert (
         json.loads(store.read(f"{root}/{key}.hubpin.json"))["tree_digest"]
         == (record["tree_digest"])
@@ -347,8 +347,8 @@ def test_a_cache_on_the_store_holds_entries_that_status_verify_repair_and_prune_
     assert state.startswith(f"{index} changed"), state
     if store.scheme == "gs":
         assert state.startswith(f"{index} changed (crc32c "), state
-    code, _, err = project.run("verify")
-    assert code == 1 and "double               DAMAGED" in err and f"  changed {index}" in err
+    code, out, err = project.run("verify")
+    assert code == 1 and "double               DAMAGED" in out and f"  changed {index}" in out
     # A reader during the repair finds the entry with its record throughout (the record of
     # the same tree stays while the files are put back), never without one.
     from hubpin.cache.store import StoreCache
@@ -363,11 +363,11 @@ def test_a_cache_on_the_store_holds_entries_that_status_verify_repair_and_prune_
     watcher = threading.Thread(target=look)
     watcher.start()
     try:
-        code, _, err = project.run("verify", "--repair")
+        code, out, err = project.run("verify", "--repair")
     finally:
         done.set()
         watcher.join()
-    assert code == 0 and "repaired" in err, err
+    assert code == 0 and "repaired" in out, err
     assert looks and all(looks), f"{looks.count(False)} of {len(looks)} looks found no record"
     assert store.read(f"{root}/{key}/{index}") == local[index]
     assert project.run("verify")[0] == 0

@@ -45,8 +45,8 @@ def test_a_record_edited_to_drop_a_deleted_file_is_not_trusted(
     assert _state(project) == "no hubpin record for the entry"  # before: "synced"
     with pytest.raises(hubpin.NotSyncedError):
         hubpin.Lock(project.lock).resolve("double")
-    code, _, err = project.run("sync")
-    assert code == 0 and "fetched" in err, err  # before: "already present"
+    code, out, err = project.run("sync")
+    assert code == 0 and "fetched" in out, err  # before: "already present"
     assert snapshot(entry) == snapshot(models["double"].folder)
     assert _state(project) == "synced"
 
@@ -93,14 +93,14 @@ def test_an_entry_that_is_a_symlink_out_of_the_cache_fails_verify(
     outside = project.root.parent / "outside"
     shutil.move(entry, outside)
     entry.symlink_to(outside, target_is_directory=True)
-    code, _, err = project.run("verify")
+    code, out, err = project.run("verify")
     assert code == 1, err  # before: "ok"
-    assert f"  {entry.name} is a symlink to {outside}, not a folder hubpin published" in err
+    assert f"  {entry.name} is a symlink to {outside}, not a folder hubpin published" in out
     assert _state(project).endswith(
         "is a symlink to " + str(outside) + ", not a folder hubpin published"
     )
-    code, _, err = project.run("verify", "--repair")
-    assert code == 0 and f"{'double':<20} repaired" in err, err
+    code, out, err = project.run("verify", "--repair")
+    assert code == 0 and f"{'double':<20} repaired" in out, err
     assert entry.is_dir() and not entry.is_symlink()
     assert snapshot(entry) == snapshot(models["double"].folder)
     assert snapshot(outside) == snapshot(models["double"].folder), "the link's target is not ours"
@@ -110,8 +110,8 @@ def test_an_entry_that_is_a_symlink_out_of_the_cache_fails_verify(
     shutil.rmtree(outside)  # a link to nothing: replaced the same way
     shutil.rmtree(entry)
     entry.symlink_to(outside, target_is_directory=True)
-    code, _, err = project.run("sync")
-    assert code == 0 and "fetched" in err, err
+    code, out, err = project.run("sync")
+    assert code == 0 and "fetched" in out, err
     assert entry.is_dir() and not entry.is_symlink() and leftovers(project.cache) == []
 
 
@@ -121,10 +121,10 @@ def test_a_model_file_nobody_may_read_is_not_synced(project: Project, hub: HubSe
     pb.chmod(0)
     try:
         assert _state(project) == "saved_model.pb is not readable (mode 000)"  # before: synced
-        code, _, err = project.run("verify")
-        assert code == 1 and "saved_model.pb is not readable (mode 000)" in err, err
-        code, _, err = project.run("sync")
-        assert code == 0 and "fetched" in err, err
+        code, out, err = project.run("verify")
+        assert code == 1 and "saved_model.pb is not readable (mode 000)" in out, err
+        code, out, err = project.run("sync")
+        assert code == 0 and "fetched" in out, err
         assert pb.stat().st_mode & 0o444 and _state(project) == "synced"
         assert leftovers(project.cache) == []
     finally:
@@ -145,8 +145,8 @@ def test_repairing_an_entry_with_an_unreadable_folder_leaves_nothing_behind(
     locked.chmod(0)
     try:
         proc = spawn_hubpin(project.root, project.cache, "sync", preexec_fn=without_root_overrides)
-        _, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0 and "fetched" in err, err
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0 and "fetched" in out, err
         assert leftovers(project.cache) == [], "the old entry was left as a .tmp folder"
         assert snapshot(entry) == snapshot(models["double"].folder)
     finally:
@@ -207,13 +207,13 @@ def test_a_record_that_cannot_be_read_heals_instead_of_crashing(
     bad = _bad(json.loads(record.read_text()), name)
     record.write_bytes(bad if isinstance(bad, bytes) else bad.encode())
     assert _state(project) == "no hubpin record for the entry"  # before: a traceback
-    code, _, err = project.run("verify")
-    assert code == 1 and "no hubpin record for the entry" in err and "Traceback" not in err
+    code, out, err = project.run("verify")
+    assert code == 1 and "no hubpin record for the entry" in out and "Traceback" not in err
     with pytest.raises(hubpin.NotSyncedError):
         hubpin.Lock(project.lock).resolve("double")
     downloads = hub.archive_requests(DOUBLE)
-    code, _, err = project.run("sync")
-    assert code == 0 and "adopted" in err, err  # re-hashed, matched, recorded: no download
+    code, out, err = project.run("sync")
+    assert code == 0 and "adopted" in out, err  # re-hashed, matched, recorded: no download
     assert hub.archive_requests(DOUBLE) == downloads
     assert _state(project) == "synced" and project.run("verify")[0] == 0
 

@@ -34,14 +34,14 @@ def test_verify_reports_each_damaged_path_and_repairs_only_what_is_damaged(
     entry = project.entry(double)
     triple_before = snapshot(project.entry(triple))
     code, out, err = project.run("verify")
-    assert code == 0 and "double               ok" in err and "triple               ok" in err
+    assert code == 0 and "double               ok" in out and "triple               ok" in out
 
     _flip(entry / "saved_model.pb")
     (entry / "variables" / "variables.index").unlink()
     (entry / "notes.txt").write_text("left by someone")
     code, out, err = project.run("verify")
     assert code == 1
-    lines = err.splitlines()
+    lines = out.splitlines()
     at = lines.index("double               DAMAGED")
     assert lines[at + 1 : at + 4] == [
         "  missing variables/variables.index",
@@ -49,7 +49,7 @@ def test_verify_reports_each_damaged_path_and_repairs_only_what_is_damaged(
         "  changed saved_model.pb",
     ]
     assert "triple               ok" in lines
-    assert lines[-1] == (f"1 of 2 models damaged in {project.cache}; run: hubpin verify --repair")
+    assert err == f"1 of 2 models damaged in {project.cache}; run: hubpin verify --repair\n"
 
     code, out, _ = project.run("verify", "--json")
     assert code == 1
@@ -61,7 +61,7 @@ def test_verify_reports_each_damaged_path_and_repairs_only_what_is_damaged(
     downloads = {p: hub.archive_requests(p) for p in (DOUBLE, TRIPLE)}
     code, out, err = project.run("verify", "--repair")
     assert code == 0, err
-    assert "double               repaired" in err
+    assert "double               repaired" in out
     assert hub.archive_requests(DOUBLE) == downloads[DOUBLE] + 1
     assert hub.archive_requests(TRIPLE) == downloads[TRIPLE], "an intact model was re-fetched"
     assert snapshot(entry) == snapshot(models["double"].folder)
@@ -75,11 +75,11 @@ def test_plain_sync_trusts_sizes_but_sync_verify_rehashes(
 ) -> None:
     double, _ = _synced(project, hub)
     _flip(project.entry(double) / "saved_model.pb")
-    code, _, err = project.run("sync")
-    assert code == 0 and "0 fetched, 2 already present" in err
-    code, _, err = project.run("sync", "--verify")
+    code, out, err = project.run("sync")
+    assert code == 0 and "0 fetched, 2 already present" in out
+    code, out, err = project.run("sync", "--verify")
     assert code == 0, err
-    line = next(line for line in err.splitlines() if line.startswith("double "))
+    line = next(line for line in out.splitlines() if line.startswith("double "))
     assert "fetched" in line and "replaced an entry that had: changed saved_model.pb" in line
     assert snapshot(project.entry(double)) == snapshot(models["double"].folder)
     assert project.run("verify")[0] == 0
@@ -92,9 +92,9 @@ def test_a_tmp_cleaner_emptying_the_entry_is_repaired_and_loads(
     shutil.rmtree(project.entry(double) / "variables")  # what tensorflow_hub users hit
     code, _, err = project.run("status")
     assert code == 0
-    code, _, err = project.run("verify", "double")
-    assert code == 1 and "  missing variables/variables.index" in err
-    assert "  missing folder variables" in err and "triple" not in err
+    code, out, err = project.run("verify", "double")
+    assert code == 1 and "  missing variables/variables.index" in out
+    assert "  missing folder variables" in out and "triple" not in out + err
     assert project.run("verify", "--repair", "double")[0] == 0
     out = run_python(
         "import tensorflow as tf, tensorflow_hub as hub\n"
@@ -108,8 +108,8 @@ def test_a_lost_record_is_restored_without_downloading(project: Project, hub: Hu
     double, _ = _synced(project, hub)
     record = project.entry(double).with_name(project.entry(double).name + ".hubpin.json")
     record.write_text("{not json")
-    code, _, err = project.run("verify")
-    assert code == 1 and "no hubpin record for the entry" in err
+    code, out, err = project.run("verify")
+    assert code == 1 and "no hubpin record for the entry" in out
     before = hub.archive_requests(DOUBLE)
     code, _, err = project.run("verify", "--repair")
     assert code == 0, err

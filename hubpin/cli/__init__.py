@@ -1,7 +1,11 @@
 """The ``hubpin`` command. It never imports TensorFlow.
 
-Reports go to stderr (like uv and Cargo); what a script asks for (``status``,
-``resolve``, ``env``, ``--json``) goes to stdout. Every HubpinError ends in one
+A command's result goes to stdout, where a script reads it: ``verify``'s findings,
+``status``, ``sync``'s outcome per model and summary, a dry run's plan, ``lock
+--check``'s verdict, ``resolve``, ``env``, ``outdated``, every ``--json`` document.
+Progress (bars, what ``lock`` pins), warnings, hints and errors (a model that failed to
+sync or repair) go to stderr. ``-q`` silences progress, warnings and the lines ``sync``,
+``verify`` and a dry run print per model (the exit code still tells). Every HubpinError ends in one
 line and its exit code: 1 for a failed check or operation, 2 for bad input.
 The package only parses arguments and renders results; one module per group of
 commands, ``common`` for what they share.

@@ -37,8 +37,15 @@ def _json_needs_dry_run(args: argparse.Namespace) -> None:
 
 
 def _say(args: argparse.Namespace, message: str) -> None:
+    """Progress and diagnostics: stderr, silenced by ``-q``."""
     if not getattr(args, "quiet", False):
         print(message, file=sys.stderr)
+
+
+def _result(args: argparse.Namespace, message: str) -> None:
+    """A command's result (what a script reads): stdout, silenced by ``-q``."""
+    if not getattr(args, "quiet", False):
+        print(message)
 
 
 def _count(n: int, noun: str) -> str:

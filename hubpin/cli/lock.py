@@ -13,6 +13,7 @@ from hubpin.cli.common import (
     _known,
     _project,
     _register,
+    _result,
     _say,
     _size,
     _sources,
@@ -49,7 +50,7 @@ def cmd_lock(args: argparse.Namespace) -> int:
                 f"{project.lock_path.name} is stale: {'; '.join(problems)}; run: hubpin lock"
             )
         said = f"{project.lock_path.name} is up to date ({_count(len(lock.models), 'model')})"
-        _say(args, said)
+        _result(args, said)
         from hubpin.cli.stamps import _stamp_check
 
         _stamp_check(
@@ -139,8 +140,8 @@ def _print_lock_plan(args: argparse.Namespace, project: Project, rows: list[dict
         (r["alias"], r["action"], "?" if r["size"] is None else _size(r["size"]), r["reason"])
         for r in rows
     ]
-    print_table(_LOCK_PLAN, cells, lambda line: _say(args, line))
-    _say(
+    print_table(_LOCK_PLAN, cells, lambda line: _result(args, line))
+    _result(
         args,
         f"dry run: {totals['pin']} to pin, {totals['keep']} kept, {totals['drop']} dropped; "
         f"{project.lock_path.name} not written",

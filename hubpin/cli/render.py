@@ -2,8 +2,8 @@
 
 A table's columns are separated by one space and its last one by two, padded
 to each column's width (``<`` left, ``>`` right); the last column is not padded.
-Which stream a table goes to is the command's: ``status`` and ``outdated`` are
-results (stdout), a dry run's plan is a report (stderr, silenced by ``-q``).
+Tables are results, printed on stdout (``status``, ``outdated``, a dry run's plan;
+``-q`` silences a dry run's); see :mod:`hubpin.cli` for which stream gets what.
 """
 
 from __future__ import annotations

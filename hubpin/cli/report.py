@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from hubpin import stamp
-from hubpin.cli.common import _count, _project, _say, _size
+from hubpin.cli.common import _count, _project, _result, _say, _size
 from hubpin.cli.render import print_json, print_table
 from hubpin.ops.status import StatusReport, resolve, status
 
@@ -26,14 +26,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
                     models[m.alias]["error"] = m.repair.detail
         print_json({"cache_dir": report.cache_dir, "models": models})
     else:
-        for m in report.models:
-            _say(args, f"{m.alias:<20} {'ok' if not m.problems else 'DAMAGED'}")
+        for m in report.models:  # the findings are the result; a failed repair is an error
+            _result(args, f"{m.alias:<20} {'ok' if not m.problems else 'DAMAGED'}")
             for problem in m.problems:
-                _say(args, f"  {problem}")
+                _result(args, f"  {problem}")
             if m.repair is not None and m.repair.status == "failed":
                 print(f"{m.alias:<20} repair failed: {m.repair.detail}", file=sys.stderr)
             elif m.repair is not None:
-                _say(args, f"{m.alias:<20} repaired (fetched and verified before publishing)")
+                _result(args, f"{m.alias:<20} repaired (fetched and verified before publishing)")
     if report.damaged and not args.repair:
         _say(
             args,
@@ -89,9 +89,10 @@ def show_status(report: StatusReport, as_json: bool) -> None:
     print(f"lock:  {report.lock} ({report.lock_state})")
     print(f"cache: {report.cache_dir}")
     if report.cache_under_temp:
-        print(
-            "       warning: the cache is under a temporary folder that cleaners may empty; "
-            "set TFHUB_CACHE_DIR or cache_dir in hubpin.toml"
+        print(  # as the logger says a warning; the stamp's replay runs before logging is set up
+            "hubpin: WARNING: the cache is under a temporary folder that cleaners may empty; "
+            "set TFHUB_CACHE_DIR or cache_dir in hubpin.toml",
+            file=sys.stderr,
         )
     print_table(_STATUS, [(m.alias, m.format, _size(m.size), m.state) for m in report.models])
 

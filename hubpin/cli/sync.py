@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from hubpin import stamp
-from hubpin.cli.common import _count, _project, _say, _size, _sources
+from hubpin.cli.common import _count, _project, _result, _size, _sources
 from hubpin.cli.lock import _lock
 from hubpin.cli.render import print_json, print_table
 from hubpin.cli.stamps import _report_lines, _stamp
@@ -100,7 +100,7 @@ def _print_sync_plan(args: argparse.Namespace, project: Project, plan: Plan) -> 
     lock_first = plan.lock_first
     if lock_first is not None:
         pin = ", ".join(lock_first.pin) or "none"
-        _say(
+        _result(
             args,
             f"would lock first ({'; '.join(lock_first.reasons)}): would pin {pin} (network)"
             + (f", drop {', '.join(lock_first.drop)}" if lock_first.drop else ""),
@@ -115,10 +115,10 @@ def _print_sync_plan(args: argparse.Namespace, project: Project, plan: Plan) -> 
         )
         for step in plan.steps
     ]
-    print_table(_PLAN, cells, lambda line: _say(args, line))
+    print_table(_PLAN, cells, lambda line: _result(args, line))
     totals = plan.totals()
     counts = [f"{totals[a.value]} {WORDS[a]}" for a in Action if totals[a.value]] or ["no models"]
-    _say(
+    _result(
         args,
         f"dry run: {', '.join(counts)}; {_size(totals['download_size'])} to download, "
         f"{_size(totals['write_size'])} to unpack into {project.settings.cache_root}; nothing written",
@@ -127,11 +127,13 @@ def _print_sync_plan(args: argparse.Namespace, project: Project, plan: Plan) -> 
 
 
 def _report(args: argparse.Namespace, outcomes: list[Outcome], project: Project) -> int:
+    """Each model's outcome and the summary are the result (stdout); a model that failed is an
+    error, said on stderr (with its reason) whatever ``-q`` says."""
     for failed, line in _report_lines(outcomes, project):
         if failed:
             print(line, file=sys.stderr)
         else:
-            _say(args, line)
+            _result(args, line)
     errors = [o.error for o in outcomes if o.error]
     return max((e.exit_code for e in errors), default=0)
 
