@@ -283,10 +283,11 @@ def test_two_syncs_racing_on_one_gs_cache_both_succeed_and_the_entries_are_whole
         )
         for _ in range(2)
     ]
-    results = [(r.wait(timeout=120), r.stderr.read() if r.stderr else "") for r in racers]
-    for code, err in results:
-        assert code == 0, err
-        assert "3 models" in err and "0 failed" in err
+    said_by = [r.communicate(timeout=120) for r in racers]  # (stdout: the result, stderr)
+    results = [(r.returncode, out + err) for r, (out, err) in zip(racers, said_by, strict=True)]
+    for code, said in results:
+        assert code == 0, said
+        assert "3 models" in said and "0 failed" in said
     if gcs.enforces_preconditions:  # the lock excludes: one fetches, the other finds it present
         for name in handles:
             said = [
