@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 
 import pytest
 from conftest import Model, Project, on_both_emulators
@@ -79,8 +79,16 @@ def heavy_hub(hub: HubServer, models: dict[str, Model], tmp_path_factory) -> Hub
     return hub
 
 
-def _victim(project: Project, root: str, gcs: GcsServer, key: str, host: str | None) -> str:
-    """Start a sync, SIGKILL it once its upload folder on GCS holds a file; its lock's text."""
+def _victim(
+    project: Project,
+    root: str,
+    key: str,
+    names: Callable[[], Collection[str]],
+    read: Callable[[str], bytes],
+    host: str | None = None,
+) -> str:
+    """Start a sync, SIGKILL it once its upload folder in the store (gs:// or s3://, whose
+    object ``names`` and ``read`` are given) holds a file; its lock's text."""
     argv = [sys.executable, "-m", "hubpin", "sync", "--locked"]
     if host is not None:  # a process of another machine of the fleet, as far as GCS can tell
         shell = f"hostname {host} && exec {' '.join(argv)}"
@@ -96,12 +104,12 @@ def _victim(project: Project, root: str, gcs: GcsServer, key: str, host: str | N
     deadline = time.monotonic() + BOUND
     try:
         while time.monotonic() < deadline and victim.poll() is None:
-            names = _cache_objects(gcs, root)
-            if f"{key}.lock" in names and any(f"{key}." in n and ".tmp/" in n for n in names):
+            now = names()
+            if f"{key}.lock" in now and any(f"{key}." in n and ".tmp/" in n for n in now):
                 break
             time.sleep(0.05)
         assert victim.poll() is None, f"the sync ended before it could be killed: {victim.stderr}"
-        holder = gcs.read(f"{root}/{key}.lock").decode()
+        holder = read(f"{root}/{key}.lock").decode()
     finally:
         victim.send_signal(signal.SIGKILL)
         victim.communicate(timeout=60)
@@ -136,7 +144,8 @@ def test_a_lock_left_by_a_sigkilled_sync_is_taken_over(
     project.write("lock_timeout = 2\n", "hubpin.toml")
     assert project.run("lock")[0] == 0
 
-    holder = _victim(project, root, gcs, key, None if where == "this host" else "fleet-worker-7")
+    host = None if where == "this host" else "fleet-worker-7"
+    holder = _victim(project, root, key, lambda: _cache_objects(gcs, root), gcs.read, host)
     left = _cache_objects(gcs, root)
     assert f"{key}.lock" in left and [n for n in left if ".tmp/" in n], left
 

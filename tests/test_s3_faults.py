@@ -5,7 +5,6 @@ timeouts (never by timed assertions)."""
 from __future__ import annotations
 
 import hashlib
-import signal
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from conftest import Model, Project
 from faultkit import heavy_archive, hubpin_env, spawn_hubpin
 from hubserver import Faults, HubServer
 from moto_s3 import MotoS3
-from test_gcs_faults import BOUND, _finish, _line, _only_entries, _unshare_uts
+from test_gcs_faults import BOUND, _finish, _line, _only_entries, _unshare_uts, _victim
 
 pytestmark = pytest.mark.s3
 
@@ -33,31 +32,6 @@ def heavy_hub(hub: HubServer, models: dict[str, Model], tmp_path_factory) -> Hub
     return hub
 
 
-def _victim(project: Project, root: str, s3: MotoS3, key: str) -> str:
-    """Start a sync, SIGKILL it once its upload folder on S3 holds a file; its lock's text."""
-    victim = subprocess.Popen(
-        [sys.executable, "-m", "hubpin", "sync", "--locked"],
-        cwd=project.root,
-        env=hubpin_env(root),  # type: ignore[arg-type]
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + BOUND
-    try:
-        while time.monotonic() < deadline and victim.poll() is None:
-            names = s3.listing(root)
-            if f"{key}.lock" in names and any(f"{key}." in n and ".tmp/" in n for n in names):
-                break
-            time.sleep(0.05)
-        assert victim.poll() is None, f"the sync ended before it could be killed: {victim.stderr}"
-        holder = s3.read(f"{root}/{key}.lock").decode()
-    finally:
-        victim.send_signal(signal.SIGKILL)
-        victim.communicate(timeout=60)
-    return holder
-
-
 def test_a_lock_left_by_a_sigkilled_sync_is_taken_over(
     project: Project, heavy_hub: HubServer, s3: MotoS3
 ) -> None:
@@ -71,7 +45,7 @@ def test_a_lock_left_by_a_sigkilled_sync_is_taken_over(
     project.write("lock_timeout = 2\n", "hubpin.toml")
     assert project.run("lock", "--no-fill")[0] == 0
 
-    holder = _victim(project, root, s3, key)
+    holder = _victim(project, root, key, lambda: s3.listing(root), s3.read)
     left = s3.listing(root)
     assert f"{key}.lock" in left and [n for n in left if ".tmp/" in n], left
 
