@@ -341,3 +341,29 @@ def test_a_hand_edited_kaggle_pin_fails_lock_check_and_lock_repins_it(
     assert code == 2 and "versioned_handle" in err and "run: hubpin lock" in err, err
     assert project.run("lock", "--no-fill")[0] == 0
     assert project.lock.read_text() == honest
+
+
+def test_a_kagglehub_copy_with_other_bytes_fails_verify_and_sync_puts_the_pinned_one_back(
+    project: Project, kaggle: KaggleServer, tmp_path: Path
+) -> None:
+    """kagglehub's copy is what unmodified ``kagglehub.model_download`` and KerasHub's
+    ``kaggle://`` presets read: a file of it replaced by other bytes (a new file, not the
+    hard link to the verified entry) is a wrong model under the handle, so ``verify`` names
+    it and ``sync`` links the pinned file back, with no download."""
+    project.write(f'[models.affine]\nhandle = "kaggle:{SLUG}"\n')
+    assert project.run("sync")[0] == 0
+    copy = tmp_path / "kagglehub" / "models" / SLUG / "1" / "saved_model.pb"
+    pinned = copy.read_bytes()
+    other = copy.with_name("other")
+    other.write_bytes(bytes([pinned[0] ^ 1]) + pinned[1:])  # same size, other bytes
+    other.replace(copy)
+    downloads = len(_downloads(kaggle))
+
+    code, out, err = project.run("verify")
+    assert code == 1, out + err
+    assert f"{copy}" in out + err
+
+    code, out, err = project.run("sync")
+    assert code == 0, err
+    assert copy.read_bytes() == pinned and len(_downloads(kaggle)) == downloads
+    assert project.run("verify")[0] == 0

@@ -13,6 +13,7 @@ network at all, whole or file by file.
 from __future__ import annotations
 
 import errno
+import filecmp
 import os
 import shutil
 import stat
@@ -131,13 +132,15 @@ def _remove(path: Path, tag: str) -> None:
 _PUBLISHING = threading.Lock()  # two aliases of one version, synced by parallel jobs
 
 
-def publish_to_kagglehub(folder: Path, root: Path, handle: KaggleHandle) -> Path:
+def publish_to_kagglehub(
+    folder: Path, root: Path, handle: KaggleHandle, rehash: bool = False
+) -> Path:
     """:func:`_publish`, one at a time in this process (it swaps shared folders)."""
     with _PUBLISHING:
-        return _publish(folder, root, handle)
+        return _publish(folder, root, handle, rehash)
 
 
-def _publish(folder: Path, root: Path, handle: KaggleHandle) -> Path:
+def _publish(folder: Path, root: Path, handle: KaggleHandle, rehash: bool = False) -> Path:
     """Make kagglehub's cache hold ``folder`` (already verified) for ``handle``; its entry path.
 
     Files are hard-linked (one copy on disk for tensorflow_hub's and kagglehub's
@@ -148,7 +151,8 @@ def _publish(folder: Path, root: Path, handle: KaggleHandle) -> Path:
     written last, so kagglehub never sees a marker beside a partial folder; a
     crash leaves at worst missing markers, and kagglehub then downloads for
     itself. An entry that already holds these very files (same inodes, or same
-    sizes and mtimes) is left alone, its missing per-file markers written.
+    sizes and mtimes, and with ``rehash`` the same bytes: :func:`differences`) is left
+    alone, its missing per-file markers written.
 
     kagglehub then answers ``model_download("o/m/f/v/N")`` from the cache with
     no network at all and no flag needed (http_resolver.py:208-215: a versioned
@@ -165,7 +169,7 @@ def _publish(folder: Path, root: Path, handle: KaggleHandle) -> Path:
     tag = uuid.uuid4().hex
     tmp = parent / f".{entry.name}.hubpin-{tag}.tmp"
     try:
-        if marker.exists() and entry.is_dir() and _same_tree(folder, entry):
+        if marker.exists() and entry.is_dir() and not differences(folder, entry, rehash):
             if not _file_markers_present(entry, markers):
                 _remove(markers, tag)
                 _write_file_markers(entry, markers, tag)
@@ -208,23 +212,40 @@ def _walk(folder: Path) -> dict[str, os.stat_result]:
     return found
 
 
-def _same_tree(source: Path, entry: Path) -> bool:
+def differences(source: Path, entry: Path, rehash: bool = False) -> list[str]:
+    """Where kagglehub's ``entry`` is not ``source``'s tree (empty: it is), one phrase each.
+
+    A file is the same when it is a hard link to ``source``'s (same inode), else when its
+    size and mtime are (a copy to another file system keeps them); with ``rehash`` such a
+    copy's bytes are compared too, so ``verify`` finds a copy rewritten in place.
+    """
     try:
         ours, theirs = _walk(source), _walk(entry)
-    except (OSError, CacheError):
-        return False
-    if ours.keys() != theirs.keys():
-        return False
-    for rel, st in ours.items():
-        other = theirs[rel]
+    except (OSError, CacheError) as exc:
+        return [str(exc)]
+    found = [f"{entry / rel}: not in the pinned model" for rel in sorted(theirs.keys() - ours)]
+    found += [f"{entry / rel}: missing" for rel in sorted(ours.keys() - theirs)]
+    for rel in sorted(ours.keys() & theirs.keys()):
+        st, other = ours[rel], theirs[rel]
         if (st.st_mode & 0o170000) != (other.st_mode & 0o170000):
-            return False
-        if stat.S_ISREG(st.st_mode) and not (
-            (st.st_ino, st.st_dev) == (other.st_ino, other.st_dev)
-            or (st.st_size, st.st_mtime_ns) == (other.st_size, other.st_mtime_ns)
+            found.append(f"{entry / rel}: another type of file than the pinned model's")
+        elif not stat.S_ISREG(st.st_mode) or (st.st_ino, st.st_dev) == (
+            other.st_ino,
+            other.st_dev,
         ):
-            return False
-    return True
+            continue
+        elif (st.st_size, st.st_mtime_ns) != (other.st_size, other.st_mtime_ns) or (
+            rehash and not _same_bytes(source / rel, entry / rel)
+        ):
+            found.append(f"{entry / rel}: other bytes than the pinned model's {source / rel}")
+    return found
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    try:
+        return filecmp.cmp(a, b, shallow=False)
+    except OSError:
+        return False
 
 
 _NO_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES}

@@ -72,7 +72,7 @@ class ArchiveHandler(Handler):
         mine: dict[str, str] = {}  # claims made if this step does not fail
         if pin.cache_key not in claimed:
             mine[pin.cache_key] = alias
-        links = tuple(t for t in self.targets(run, pin) if t.claim not in claimed)
+        links = tuple(t for t in self.targets(run, pin, damage) if t.claim not in claimed)
         mine |= {t.claim: alias for t in links}
         step = self._step(run, alias, pin, damage, links, shared)
         if step.action is not Action.FAIL:
@@ -131,9 +131,9 @@ class ArchiveHandler(Handler):
         why = f"cache entry: {damage[0]}; {source_text}"
         return Step(alias, Action.REPLACE, size, download, why, pin, links, damage=tuple(damage))
 
-    def targets(self, run: Run, pin: ArchivePin) -> list[Target]:
+    def targets(self, run: Run, pin: ArchivePin, damage: list[str]) -> list[Target]:
         """The other places this pin's model belongs (its other handles' keys) that do not
-        hold it yet."""
+        hold it yet; ``damage`` is what the pin's own entry lacks (empty: it is intact)."""
         return [
             Target(h, key)
             for h, key in pin.keyed()[1:]

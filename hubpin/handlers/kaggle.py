@@ -22,21 +22,52 @@ if TYPE_CHECKING:
     from hubpin.sources import Sources
 
 log = logging.getLogger("hubpin")
+ABSENT_COPY = "not in kagglehub's cache"  # kagglehub downloads it again itself: not damage
 
 
 class KaggleHandler(ArchiveHandler):
     """A Kaggle version: an archive, also hard-linked into kagglehub's cache, whose
     host names a current version."""
 
-    def targets(self, run: Run, pin: KagglePin) -> list[Target]:  # type: ignore[override]
-        from hubpin.cache.kagglehub import in_kagglehub_cache, kagglehub_cache_root
-
-        found = super().targets(run, pin)
-        if run.cache.local_root is not None and not in_kagglehub_cache(
-            kagglehub_cache_root(), _kaggle_handle(run, pin)
+    def targets(self, run: Run, pin: KagglePin, damage: list[str]) -> list[Target]:  # type: ignore[override]
+        """As an archive's, and kagglehub's copy unless it holds the pinned entry's very files
+        (hard links, or copies of them: :func:`~hubpin.cache.kagglehub.differences`; their
+        bytes too under ``full_verify``). An entry that is re-made re-makes the copy, which
+        may share its damaged files."""
+        found = super().targets(run, pin, damage)
+        if run.cache.local_root is not None and (
+            damage or self.kagglehub_damage(run, pin, run.full_verify)
         ):
             found.append(Target(str(_kaggle_handle(run, pin))))
         return found
+
+    def kagglehub_damage(self, run: Run, pin: KagglePin, rehash: bool) -> list[str]:
+        """How kagglehub's copy differs from the pin's entry (empty: it does not, or the
+        cache is not local, so there is no copy), or :data:`ABSENT_COPY`."""
+        from hubpin.cache.kagglehub import (
+            differences,
+            in_kagglehub_cache,
+            kagglehub_cache_root,
+            kagglehub_entry,
+        )
+
+        root, handle = kagglehub_cache_root(), _kaggle_handle(run, pin)
+        if run.cache.local_root is None:
+            return []
+        if not in_kagglehub_cache(root, handle):
+            return [ABSENT_COPY]
+        found = differences(
+            run.cache.local_root / pin.cache_key, kagglehub_entry(root, handle), rehash
+        )
+        return [f"kagglehub's copy {p}" for p in found]
+
+    def verify(self, run: Run, alias: str, pin: KagglePin) -> list[str]:  # type: ignore[override]
+        """The entry re-hashed, then kagglehub's copy compared with it byte for byte (what
+        unmodified ``kagglehub.model_download`` reads); a copy that is gone is no damage."""
+        problems = super().verify(run, alias, pin)
+        if problems:
+            return problems
+        return [p for p in self.kagglehub_damage(run, pin, rehash=True) if p != ABSENT_COPY]
 
     def fill(self, run: Run, pin: KagglePin, target: Target) -> None:  # type: ignore[override]
         """Put a Kaggle model where unmodified ``kagglehub.model_download`` finds it offline:
@@ -51,7 +82,10 @@ class KaggleHandler(ArchiveHandler):
             log.info("%s: kagglehub's cache is filled only from a local cache", pin.handle)
             return
         publish_to_kagglehub(
-            run.cache.local_root / pin.cache_key, kagglehub_cache_root(), _kaggle_handle(run, pin)
+            run.cache.local_root / pin.cache_key,
+            kagglehub_cache_root(),
+            _kaggle_handle(run, pin),
+            rehash=run.full_verify,
         )
 
     def keeps(self, project: Project, pin: KagglePin) -> dict[str, Any]:
