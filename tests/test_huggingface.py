@@ -470,3 +470,31 @@ def test_install_makes_unmodified_keras_hub_load_the_pinned_preset_and_refuse_ot
     assert [line for line in out.splitlines() if line.startswith("loaded ")] == want
     assert "refused preset hf://org/unpinned is not pinned in" in out, out
     assert len(hub.log("hub")) == before  # neither asked the Hub for anything
+
+
+def test_two_projects_pinning_other_files_of_one_commit_both_stay_synced(
+    project: Project, hub: HfServer, tmp_path: Path
+) -> None:
+    """One snapshot folder per commit is shared by every project on the machine: a project
+    that pins only some files of a commit, synced after one that pins them all, leaves the
+    other's files and record usable (before: the second sync rewrote the commit's record
+    with its own file list, so the first project's `hubpin.resolve` raised DamagedEntryError
+    and its next sync rebuilt the snapshot, and so on, turn by turn)."""
+    project.models(bert="hf:org/bert")
+    other = project.root.parent / "other"
+    other.mkdir()
+    (other / "models.toml").write_text(
+        '[models.bert]\nhandle = "hf:org/bert"\ninclude = ["config.json"]\n'
+    )
+    q = ["-m", str(other / "models.toml")]
+    assert project.run("sync")[0] == 0
+    code, _, err = project.run(*q, "sync")
+    assert code == 0, err
+    for args in ([], q):
+        code, out, err = project.run(*args, "status")
+        assert code == 0 and "synced" in out, out + err
+        code, out, err = project.run(*args, "resolve", "bert")
+        assert code == 0, out + err
+        code, out, err = project.run(*args, "sync", "--dry-run", "--json")
+        assert [s["action"] for s in json.loads(out)["models"]] == ["keep"], out
+        assert project.run(*args, "verify")[0] == 0

@@ -14,7 +14,9 @@ _tree_cache.py), under ``HF_HUB_CACHE`` (default ``$HF_HOME/hub``):
 
 hubpin's record of a snapshot, ``hubpin/<commit>.json``, sits beside ``snapshots/``,
 not in it: huggingface_hub's ``scan_cache_dir`` calls a file in ``snapshots/`` a
-corrupted cache. Every file is checked (sha256, or the git blob sha1) before it is
+corrupted cache. It lists every file verified into the snapshot, by whichever project's
+sync (projects may pin different files of one commit), and must add up to its own tree
+digest; a pin is synced when each of its files is listed there and linked to its blob. Every file is checked (sha256, or the git blob sha1) before it is
 renamed into ``blobs/``; the snapshot is built aside and swapped in whole; the ref
 and the record are written last. So a killed sync leaves the previous snapshot,
 and a reader never follows a link to an unverified blob.
@@ -177,11 +179,15 @@ class HfCache:
         record = self.read_record(pin)
         if record is None:
             return ["not synced"]
-        if record.get("tree_digest") != pin.digest():
-            return [f"{self.record_path(pin)}: records another file list than the lock"]
+        verified = recorded_files(record)
+        if verified is None:
+            return [f"{self.record_path(pin)}: its files do not add up to its tree digest"]
         snapshot = self.snapshot(pin)
         for f in pin.files:
             link, blob = snapshot / f.path, self.blob(pin, f)
+            if _row(verified.get(f.path)) != _row(f):
+                problems.append(f"{f.path}: not verified into snapshots/{pin.commit[:12]}")
+                continue
             try:
                 size = blob.stat().st_size
             except OSError:
@@ -263,6 +269,10 @@ class HfCache:
                 _write_atomic(folder / "refs" / pin.revision, pin.commit.encode(), work)
             previous = self.read_record(pin)
             creator = previous.get("created_by") if previous is not None else None
+            ours = {f.path for f in pin.files}
+            kept = recorded_files(previous) if previous is not None else None
+            files = [f for path, f in sorted((kept or {}).items()) if path not in ours]
+            files += pin.files  # and the files other projects pin of this commit, still linked
             record = {
                 "created_by": creator if isinstance(creator, str) and creator else created_by,
                 "version": RECORD_VERSION,
@@ -270,8 +280,8 @@ class HfCache:
                 "repo": pin.repo,
                 "revision": pin.revision,
                 "commit": pin.commit,
-                "tree_digest": pin.digest(),
-                "files": pin.model_dump_files(),
+                "tree_digest": files_digest(files),
+                "files": [_dump(f) for f in sorted(files, key=lambda f: f.path)],
             }
             text = json.dumps(record, indent=1, sort_keys=True).encode()
             _write_atomic(self.record_path(pin), text, work)
@@ -382,6 +392,36 @@ class HfCache:
         for f in pin.files:
             if f.etag not in used:
                 self.blob(pin, f).unlink(missing_ok=True)
+
+
+def recorded_files(record: Mapping[str, object]) -> dict[str, File] | None:
+    """The files a snapshot's record says were verified into it, by path; None for a record
+    whose files do not add up to its own tree digest (edited, or not one hubpin wrote).
+
+    One record serves every project pinning the commit: it lists the union of the files
+    their syncs verified (a project may pin only some of them, by include/exclude)."""
+    try:
+        files = [File(f["path"], f["size"], f["blob_id"], f.get("sha256")) for f in record["files"]]  # type: ignore[attr-defined, index]
+    except (KeyError, TypeError, AttributeError):
+        return None
+    if any(type(f.size) is not int or not isinstance(f.path, str) for f in files):
+        return None
+    try:
+        if files_digest(files) != record.get("tree_digest"):
+            return None
+    except TypeError:  # unsortable rows: not hubpin's
+        return None
+    found = {f.path: f for f in files}
+    return found if len(found) == len(files) else None
+
+
+def _row(f: HfFile | None) -> tuple[object, ...] | None:
+    return None if f is None else (f.path, f.size, f.blob_id, f.sha256)
+
+
+def _dump(f: HfFile) -> dict[str, object]:
+    row: dict[str, object] = {"path": f.path, "size": f.size, "blob_id": f.blob_id}
+    return row | ({"sha256": f.sha256} if f.sha256 else {})
 
 
 def _extra_files(snapshot: Path, pinned: set[str]) -> list[str]:
