@@ -14,7 +14,7 @@ import sys
 
 import pytest
 import tomllib
-from conftest import Model, Project, on_both_emulators, run_python
+from conftest import WORKTREE, Model, Project, on_both_emulators, run_python
 from gcs_emulator import GcsServer
 from hubserver import HubServer
 from savedmodels import pack
@@ -277,6 +277,7 @@ def test_two_syncs_racing_on_one_gs_cache_both_succeed_and_the_entries_are_whole
         subprocess.Popen(
             [sys.executable, "-m", "hubpin", "sync", "--locked"],
             cwd=project.root,
+            env={**os.environ, "PYTHONPATH": WORKTREE},  # this tree's hubpin, not the installed one
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Model, Project, hubpin_imports
+from conftest import WORKTREE, Model, Project, hubpin_imports
 from hubserver import HubServer
 
 from hubpin.digests import hash_tree
@@ -229,7 +229,7 @@ def test_noop_sync_imports_no_tensorflow_http_client_or_gcsfs(
         cwd=project.root,
         capture_output=True,
         text=True,
-        env={**os.environ, "TFHUB_CACHE_DIR": str(project.cache)},
+        env={**os.environ, "TFHUB_CACHE_DIR": str(project.cache), "PYTHONPATH": WORKTREE},
     )
     assert result.returncode == 0, result.stderr
     imported = {
