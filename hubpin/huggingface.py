@@ -114,6 +114,11 @@ def parse_hf(handle: str) -> HfHandle | None:
     return HfHandle(rest, revision)
 
 
+def is_commit(revision: str) -> bool:
+    """Whether a revision names a commit itself (then it is pinned as is, never resolved)."""
+    return _COMMIT.fullmatch(revision) is not None
+
+
 def endpoint(environ: Mapping[str, str] | None = None) -> str:
     """The Hub's base URL: ``HF_ENDPOINT`` as huggingface_hub reads it, else huggingface.co."""
     env = os.environ if environ is None else environ
@@ -381,7 +386,7 @@ def pin_repo(
     handle = parse_hf(spec_handle)
     assert handle is not None
     if commit is None:
-        commit = handle.revision if _COMMIT.fullmatch(handle.revision) else api.resolve(handle)
+        commit = handle.revision if is_commit(handle.revision) else api.resolve(handle)
     listed = api.list_files(handle, commit)
     keep = select([f.path for f in listed], include, exclude)
     files = sorted((f for f in listed if f.path in keep), key=_path)

@@ -19,7 +19,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from hubpin.handles import Format, Kind, archive_key, cache_key, kind_for, local_path
-from hubpin.huggingface import HfPinned, parse_hf
+from hubpin.huggingface import HfPinned, is_commit, parse_hf, select
 from hubpin.kaggle import configured, pinned
 from hubpin.kerashub import is_preset_handle, keras_hub_root
 from hubpin.settings import Settings
@@ -276,6 +276,21 @@ class HfPin(PinBase):
             problems.append(
                 f"huggingface.repo/revision are {hf.repo}@{hf.revision}, the handle names "
                 f"{named.repo_id}@{named.revision}"
+            )
+        if is_commit(named.revision) and hf.commit != named.revision:
+            problems.append(
+                f"huggingface.commit is {hf.commit}, the handle names commit {named.revision}"
+            )
+        paths = [f.path for f in hf.files]
+        left_out = sorted(set(paths) - select(paths, self.include, self.exclude))
+        if left_out:
+            problems.append(
+                f"huggingface.files lists {left_out[0]!r}, which the manifest's include/exclude "
+                "leave out"
+            )
+        if self.include is None and self.exclude is None and not hf.complete:
+            problems.append(
+                "huggingface.complete is false, but no include or exclude leaves a file out"
             )
         if self.location != f"hf://{hf.repo}@{hf.commit}":
             problems.append(f"location is {self.location!r}, expected 'hf://{hf.repo}@{hf.commit}'")

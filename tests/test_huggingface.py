@@ -13,8 +13,9 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tomllib
@@ -498,3 +499,70 @@ def test_two_projects_pinning_other_files_of_one_commit_both_stay_synced(
         code, out, err = project.run(*args, "sync", "--dry-run", "--json")
         assert [s["action"] for s in json.loads(out)["models"]] == ["keep"], out
         assert project.run(*args, "verify")[0] == 0
+
+
+def _edit_lock(project: Project, change: Callable[[dict[str, Any]], None]) -> None:
+    import tomli_w
+
+    data = tomllib.loads(project.lock.read_text())
+    change(data["models"]["bert"])
+    project.lock.write_text(tomli_w.dumps(data))
+
+
+def _check_fails(project: Project, *words: str) -> None:
+    code, out, err = project.run("lock", "--check")
+    assert code == 1 and all(w in out + err for w in words), (code, out + err)
+    code, out, err = project.run("sync", "--frozen")
+    assert code == 2 and "bert" in err, (code, out + err)
+
+
+def test_a_hand_edited_hugging_face_pin_fails_lock_check_and_lock_repins_it(
+    project: Project, hub: HfServer
+) -> None:
+    """What the handle and the manifest's include/exclude determine of a pin, offline: the
+    commit a handle names (``hf:org/bert@<commit>``), which files may be pinned, and whether
+    the pin is the whole commit. Each edit below kept the tree digest, file count and size
+    adding up, and passed `lock --check` and `sync --frozen` before."""
+    from hubpin.cache.huggingface import File, files_digest
+
+    first = hub.repos["org/bert"].refs["main"]
+    second = hub.push("org/bert", {**FILES, "config.json": b'{"n": 2}'})
+    project.models(bert="hf:org/bert")  # main: the second commit, as an attacker copies it
+    assert project.run("lock")[0] == 0
+    theirs = tomllib.loads(project.lock.read_text())["models"]["bert"]
+    project.models(bert=f"hf:org/bert@{first}")
+    assert project.run("lock")[0] == 0
+    genuine = project.lock.read_bytes()
+
+    def other_commit(pin: dict[str, Any]) -> None:
+        keep = {k: pin[k] for k in ("handle",)}
+        pin.update(theirs | keep)
+        pin["huggingface"] = theirs["huggingface"] | {"revision": first}
+
+    _edit_lock(project, other_commit)
+    _check_fails(project, "bert", f"huggingface.commit is {second}", f"names commit {first}")
+    assert project.run("lock")[0] == 0
+    assert project.lock.read_bytes() == genuine  # re-pinned, never carried forward
+
+    def incomplete(pin: dict[str, Any]) -> None:
+        pin["huggingface"]["complete"] = False
+
+    _edit_lock(project, incomplete)
+    _check_fails(project, "huggingface.complete is false")
+
+    project.write('[models.bert]\nhandle = "hf:org/bert"\ninclude = ["*.json"]\n')
+    assert project.run("lock")[0] == 0
+
+    def more_files(pin: dict[str, Any]) -> None:
+        files = pin["huggingface"]["files"] + [
+            {k: v for k, v in f.items()}
+            for f in theirs["huggingface"]["files"]
+            if f["path"] == "model.weights.h5"
+        ]
+        pin["huggingface"]["files"] = files
+        rows = [File(f["path"], f["size"], f["blob_id"], f.get("sha256")) for f in files]
+        pin |= {"tree_digest": files_digest(rows), "file_count": len(rows)}
+        pin["unpacked_size"] = sum(f.size for f in rows)
+
+    _edit_lock(project, more_files)
+    _check_fails(project, "huggingface.files", "model.weights.h5", "include")

@@ -321,6 +321,9 @@ class HfHandler(Handler):
         return row
 
     def keeps(self, project: Project, pin: HfPin) -> dict[str, Any]:
+        """The commit a moving revision was pinned at (unless the pin does not hold)."""
+        if pin.derived_problems(project.root, project.settings):
+            return {}
         return {"commit": pin.huggingface.commit}
 
     def upgrade(
