@@ -51,8 +51,16 @@ def heavy_model(base: Path, source: Path, files: int = 6, size: int = 128 << 10)
     return folder
 
 
+_ARCHIVES: dict[Path, bytes] = {}
+
+
 def heavy_archive(base: Path, source: Path, files: int = 6, size: int = 128 << 10) -> bytes:
-    return pack(heavy_model(base, source, files, size))
+    """:func:`heavy_model` packed as tfhub.dev packs it, once per folder per session: gzip -9
+    of 48 MiB of noise costs a core about a second each time, and no test changes the folder."""
+    folder = heavy_model(base, source, files, size)
+    if folder not in _ARCHIVES:
+        _ARCHIVES[folder] = pack(folder)
+    return _ARCHIVES[folder]
 
 
 def tar_bytes(members: list[tuple[tarfile.TarInfo, bytes | None]], gz: bool = True) -> bytes:
