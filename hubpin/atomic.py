@@ -23,14 +23,17 @@ No maintained PyPI package wraps it (``renameat2`` is a CFFI build last released
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
+import functools
 import os
 import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import ctypes
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
@@ -39,9 +42,12 @@ _RENAME_EXCHANGE = 2
 _UNSUPPORTED = {errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV}
 
 
+@functools.cache  # ctypes costs ~2 ms to import: only a swap needs it, not every lock read
 def _load() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
     if not sys.platform.startswith("linux"):
         return None
+    import ctypes
+
     try:
         function = ctypes.CDLL(None, use_errno=True).renameat2
     except (OSError, AttributeError):  # a libc without the wrapper (glibc < 2.28, some musl)
@@ -57,18 +63,18 @@ def _load() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
     return function  # type: ignore[no-any-return]
 
 
-_renameat2 = _load()
-
-
 def exchange(new: Path, old: Path) -> bool:
     """Swap the names ``new`` and ``old`` atomically: True if done, False where unsupported.
 
     Both must exist. Any other failure (permissions, read-only, missing) raises OSError.
     """
-    if _renameat2 is None:
+    renameat2 = _load()
+    if renameat2 is None:
         return False
-    if _renameat2(_AT_FDCWD, os.fsencode(new), _AT_FDCWD, os.fsencode(old), _RENAME_EXCHANGE) == 0:
+    if renameat2(_AT_FDCWD, os.fsencode(new), _AT_FDCWD, os.fsencode(old), _RENAME_EXCHANGE) == 0:
         return True
+    import ctypes
+
     code = ctypes.get_errno()
     if code in _UNSUPPORTED:
         return False

@@ -8,7 +8,6 @@ a traceback for a subclass of :class:`HubpinError`.
 
 from __future__ import annotations
 
-import difflib
 import errno
 import re
 from collections.abc import Iterable
@@ -112,6 +111,8 @@ class DamagedEntryError(CacheError):
 
 def unknown_alias(what: str, alias: str, known: Iterable[str], otherwise: str) -> UnknownAliasError:
     """``what``, then the closest known aliases (typos are the usual cause), else ``otherwise``."""
+    import difflib  # only for the message of a mistake
+
     close = difflib.get_close_matches(alias, list(known), n=3)
     return UnknownAliasError(
         f"{what}; " + (f"did you mean {', '.join(close)}?" if close else otherwise)

@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from hubpin.cache.huggingface import files_digest, hf_home
 from hubpin.errors import FetchError, InputError
 from hubpin.handles import strip_query
 
@@ -151,6 +150,8 @@ def load_token(environ: Mapping[str, str] | None = None) -> Token | None:
         value = (env.get(name) or "").replace("\r", "").replace("\n", "").strip()
         if value:
             return Token(name, value)
+    from hubpin.cache.huggingface import hf_home
+
     path = Path(env.get("HF_TOKEN_PATH") or hf_home(env) / "token")
     try:
         value = path.read_text(encoding="utf-8").replace("\r", "").replace("\n", "").strip()
@@ -197,6 +198,10 @@ class HfPinned(BaseModel):
 
     def digest(self) -> str:
         """The pinned tree: sorted paths, sizes, blob ids and LFS sha256s (no download needed)."""
+        from hubpin.cache.huggingface import (
+            files_digest,
+        )  # lazily: a lock of archives needs no HF cache
+
         return files_digest(self.files)
 
     def model_dump_files(self) -> list[dict[str, Any]]:

@@ -17,7 +17,6 @@ would ask kagglehub for; hubpin pins and syncs that version, so unmodified
 from __future__ import annotations
 
 import ast
-import difflib
 import functools
 import importlib.util
 from pathlib import Path
@@ -108,6 +107,8 @@ def preset_kaggle_handle(handle: str) -> str:
     presets = _presets(str(root))
     target = presets.get(name)
     if target is None:
+        import difflib  # for a mistake's message only
+
         close = difflib.get_close_matches(name, list(presets), n=3)
         hint = f"; did you mean: {', '.join(close)}?" if close else ""
         raise InputError(

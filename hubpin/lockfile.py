@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import tomli_w
 from pydantic import BaseModel, ConfigDict, Field
 
 from hubpin.atomic import write_atomic
@@ -206,6 +205,8 @@ def dumps(lock: Lock) -> str:
                 (dict(sorted(o.items())) for o in objects), key=lambda o: o["path"]
             )
     doc["models"] = models
+    import tomli_w  # only a lock that is written needs it
+
     return HEADER + "\n" + tomli_w.dumps(doc)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from hubpin.atomic import write_atomic
@@ -16,7 +15,7 @@ from hubpin.kaggle import parse_handle
 from hubpin.kerashub import PREFIX as PRESET
 from hubpin.kerashub import is_preset_handle, keras_hub_root
 from hubpin.settings import Settings
-from hubpin.tomlfile import read_toml, tomllib, validate
+from hubpin.tomlfile import empty_list, read_toml, tomllib, validate
 
 ALIAS_RE = re.compile(r"[A-Za-z0-9_.-]+")
 # "tfhub.dev/google/x/1": read as a relative path, it would fail much later as a missing folder.
@@ -37,7 +36,7 @@ class ModelSpec(BaseModel):
         pattern=r"^[0-9a-f]{64}$",
         description="64 lower-case hexadecimal digits (the archive's sha256)",
     )
-    also: list[str] = Field(default_factory=list)
+    also: list[str] = Field(default_factory=empty_list)
     include: list[str] | None = None  # Hugging Face: the files to pin (default: all)
     exclude: list[str] | None = None  # Hugging Face: files not to pin
 
@@ -127,6 +126,8 @@ def add_model(path: Path, alias: str, handle: str, fmt: Format | None) -> None:
     table: dict[str, str] = {"handle": handle}
     if fmt is not None:
         table["format"] = fmt.value
+    import tomli_w  # only `hubpin add` writes the manifest
+
     snippet = tomli_w.dumps({"models": {alias: table}})
     # The same checks, and the same messages, as for a hand-written entry.
     validate(Manifest, {"models": {alias: table}}, path, snippet, ManifestError)

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from hubpin.errors import SettingsError
 from hubpin.handles import Format
 from hubpin.paths import settings_path
-from hubpin.tomlfile import problems, read_toml, validate
+from hubpin.tomlfile import empty_list, problems, read_toml, validate
 
 
 class Mirror(BaseModel):
@@ -57,9 +57,9 @@ class Settings(BaseModel):
     s3_part_size: int = Field(default=5 << 30, ge=5 << 20, le=5 << 30)
     stage_dir: str | None = None
     kaggle_endpoint: str | None = None
-    mirrors: list[Mirror] = Field(default_factory=list)
-    insecure_registries: list[str] = Field(default_factory=list)
-    oci_mount_from: list[str] = Field(default_factory=list)
+    mirrors: list[Mirror] = Field(default_factory=empty_list)
+    insecure_registries: list[str] = Field(default_factory=empty_list)
+    oci_mount_from: list[str] = Field(default_factory=empty_list)
     oci_chunk_size: int = Field(default=64 << 20, ge=4096)
 
     @property

@@ -22,6 +22,7 @@ that cannot be written is skipped silently, it only costs the next run speed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -104,9 +105,11 @@ def _project(argv: Sequence[str]) -> Project:
     return Project.discover(need_manifest="--frozen" not in argv and command(argv) != "status")
 
 
-def _code() -> list[tuple[str, int, int]]:
+@functools.cache  # a run takes the key at its start and again before it stamps
+def _code() -> tuple[tuple[str, int, int], ...]:
     """hubpin's own modules as they are on disk: another hubpin (or an edited one) is
-    another input, whatever its version says."""
+    another input, whatever its version says. Read once per process: the code that runs
+    is the code this process started with."""
     here = os.path.dirname(os.path.abspath(__file__))
     found = []
     for base, dirs, files in os.walk(here):
@@ -115,7 +118,7 @@ def _code() -> list[tuple[str, int, int]]:
             if name.endswith(".py"):
                 info = os.stat(os.path.join(base, name))
                 found.append((os.path.join(base, name), info.st_mtime_ns, info.st_size))
-    return sorted(found)
+    return tuple(sorted(found))
 
 
 def _key(argv: Sequence[str], project: Project) -> str:

@@ -377,10 +377,10 @@ def heavy_imports_after(code: str, cwd: Path) -> list[str]:
 
 
 def hubpin_imports(
-    project: Project, *argv: str, env: dict[str, str] | None = None
+    project: Project, *argv: str, env: dict[str, str] | None = None, full: bool = False
 ) -> tuple[int, str, set[str]]:
     """Run ``python -X importtime -m hubpin ARGV``: exit code, what it said (stdout, then
-    stderr without the timings), top modules."""
+    stderr without the timings), top modules (with ``full``, every module by its full name)."""
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "hubpin", *argv],
         cwd=project.root,
@@ -398,7 +398,7 @@ def hubpin_imports(
         f"{line}\n" for line in lines if not line.startswith("import time:")
     )
     imported = {
-        line.split("|")[-1].strip().split(".")[0]
+        line.split("|")[-1].strip() if full else line.split("|")[-1].strip().split(".")[0]
         for line in lines
         if line.startswith("import time:")
     }

@@ -241,6 +241,35 @@ def test_noop_sync_imports_no_tensorflow_http_client_or_gcsfs(
     assert not imported & {"tensorflow", "tensorflow_hub", "keras", "gcsfs", "httpx", "urllib3"}
 
 
+# What a first `status` or `lock --check` of a lock of archives has no use for: a sync's
+# machinery (downloads, checksums, the cache's lock protocol), Hugging Face's cache, the
+# writers of files (TOML, renameat2 by ctypes) and the suggestions made for a mistake.
+_NOT_FOR_READING = {
+    "hubpin.download",
+    "hubpin.checksums",
+    "hubpin.fetch",
+    "hubpin.sync",
+    "hubpin.cache.lock",
+    "hubpin.cache.huggingface",
+    "tomli_w",
+    "ctypes",
+    "difflib",
+}
+
+
+@pytest.mark.parametrize("argv", [("status",), ("lock", "--check")], ids=["status", "check"])
+def test_a_first_status_or_check_imports_only_what_reading_needs(
+    project: Project, hub: HubServer, argv: tuple[str, ...]
+) -> None:
+    project.models(double=hub.handle("google/double/1"))
+    assert project.run("lock")[0] == 0
+    fresh = {"XDG_CACHE_HOME": str(project.root.parent / "no-stamps")}  # the full path
+    code, said, imported = hubpin_imports(project, *argv, env=fresh, full=True)
+    assert code == 0, said
+    assert "pydantic" in imported and "hubpin.lockfile" in imported
+    assert not imported & _NOT_FOR_READING, sorted(imported & _NOT_FOR_READING)
+
+
 def test_repeated_sync_is_checked_from_the_stamp_without_pydantic(
     project: Project, hub: HubServer
 ) -> None:

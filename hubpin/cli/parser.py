@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import difflib
 import importlib
 import sys
 from collections.abc import Callable
@@ -249,6 +248,8 @@ class _Parser(argparse.ArgumentParser):
     def _check_value(self, action: argparse.Action, value: Any) -> None:
         if isinstance(action, argparse._SubParsersAction) and value not in action.choices:
             names = list(action.choices)
+            import difflib  # for a mistake's message only
+
             close = difflib.get_close_matches(value, names, n=3)
             hint = (
                 f"did you mean: {', '.join(close)}?" if close else f"commands: {', '.join(names)}"

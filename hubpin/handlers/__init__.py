@@ -26,7 +26,6 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from hubpin.errors import HubpinError
 from hubpin.kinds import TAGS, PinBase, expected_kind, tag_of
-from hubpin.plan import Action, Outcome, Step
 
 if TYPE_CHECKING:
     import threading
@@ -37,6 +36,7 @@ if TYPE_CHECKING:
     from hubpin.kinds import ArchivePin, Pin
     from hubpin.lockfile import Lock
     from hubpin.manifest import ModelSpec
+    from hubpin.plan import Outcome, Step
     from hubpin.project import Project
     from hubpin.settings import Settings
     from hubpin.sources import Sources
@@ -301,4 +301,6 @@ class PinRequest:
 
 def failed(alias: str, pin: Any, exc: HubpinError) -> Step:
     """The step of a pin whose planning raised: it fails with that error."""
+    from hubpin.plan import Action, Step  # a sync's: `status` asks handlers without planning
+
     return Step(alias, Action.FAIL, pin.unpacked_size, 0, str(exc), pin, error=exc)

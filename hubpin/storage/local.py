@@ -16,12 +16,15 @@ import shutil
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hubpin.atomic import write_atomic
-from hubpin.download import Download
 from hubpin.errors import MissingError, write_error
 from hubpin.storage import Conflict, Stat, Storage
 from hubpin.storage.schemes import is_url
+
+if TYPE_CHECKING:  # reading a file imports it: `status` only stats the cache
+    from hubpin.download import Download
 
 _CHUNK = 1 << 20
 
@@ -70,6 +73,8 @@ class LocalStorage(Storage):
                 while left > 0 and (chunk := fh.read(min(_CHUNK, left))):
                     left -= len(chunk)
                     yield chunk
+
+        from hubpin.download import Download
 
         return Download(path.as_posix(), st.st_size if start == 0 else stop - start, chunks())
 
