@@ -566,3 +566,28 @@ def test_a_hand_edited_hugging_face_pin_fails_lock_check_and_lock_repins_it(
 
     _edit_lock(project, more_files)
     _check_fails(project, "huggingface.files", "model.weights.h5", "include")
+
+
+def test_prune_keeps_what_huggingface_hub_downloaded_into_a_snapshot_it_removes(
+    project: Project, hub: HfServer, tmp_path: Path
+) -> None:
+    """A snapshot folder is shared with huggingface_hub: prune removes the files hubpin
+    verified into it, never the ones huggingface_hub downloaded there itself (before: the
+    whole folder, so `hf_hub_download` of them failed offline; their blobs were left)."""
+    first = hub.repos["org/bert"].refs["main"]
+    project.write('[models.bert]\nhandle = "hf:org/bert"\ninclude = ["config.json"]\n')
+    assert project.run("sync")[0] == 0
+    code = (
+        f'print(json.dumps(h.hf_hub_download("org/bert", "assets/tokenizer/vocab.txt", '
+        f"revision={first!r})))"
+    )
+    (theirs,) = client(code)
+    hub.push("org/bert", {**FILES, "config.json": b'{"n": 2}'})
+    assert project.run("lock", "--upgrade")[0] == 0 and project.run("sync")[0] == 0
+    code, _, err = project.run("prune")
+    assert code == 0, err
+    snapshot = _snapshot_root(tmp_path) / "snapshots" / first
+    assert not (snapshot / "config.json").exists()  # hubpin's file is gone
+    assert Path(str(theirs)).read_bytes() == VOCAB  # huggingface_hub's file stays
+    assert not (_snapshot_root(tmp_path) / "hubpin" / f"{first}.json").exists()
+    assert not (_snapshot_root(tmp_path) / "blobs" / git_blob_sha1(CONFIG)).exists()

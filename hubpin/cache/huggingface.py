@@ -24,6 +24,7 @@ and a reader never follows a link to an unverified blob.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -366,32 +367,51 @@ class HfCache:
         (repo_folder(self.root, repo) / "hubpin" / "users" / name).unlink(missing_ok=True)
 
     def freed_by(self, pin: HfPinned) -> int:
-        """The bytes :meth:`remove` frees: the blobs no other snapshot links to."""
-        used = self._used_blobs(pin, without=pin.commit)
+        """The bytes :meth:`remove` frees: the blobs no other link uses."""
+        used = self._used_blobs(pin)
         sizes = {f.etag: f.size for f in pin.files if f.etag not in used}
         return sum(sizes.values())
 
-    def _used_blobs(self, pin: HfPinned, without: str) -> set[str]:
+    def _used_blobs(self, pin: HfPinned) -> set[str]:
+        """The blobs linked from anywhere in ``snapshots/`` but ``pin``'s own files."""
         snapshots = repo_folder(self.root, pin.repo) / "snapshots"
+        own, paths = self.snapshot(pin), {f.path for f in pin.files}
         return {
             os.path.basename(os.readlink(p))
             for p in snapshots.rglob("*")
-            if p.is_symlink() and p.relative_to(snapshots).parts[0] != without
+            if p.is_symlink()
+            and not (p.is_relative_to(own) and p.relative_to(own).as_posix() in paths)
         }
 
     def remove(self, pin: HfPinned) -> None:
-        """Forget a snapshot hubpin made (prune): its links, the ref and tree that name it,
-        its record, and the blobs no other snapshot uses."""
+        """Forget a snapshot hubpin made (prune): the links of the files it recorded, its
+        record, the tree file that lists them, the blobs no other link uses, and the ref
+        when the snapshot is gone. Files others put into the snapshot (huggingface_hub's
+        own downloads of that commit) stay, with their blobs and the ref."""
         folder = repo_folder(self.root, pin.repo)
-        shutil.rmtree(self.snapshot(pin), ignore_errors=True)
-        if self.ref(pin) == pin.commit:
+        snapshot = self.snapshot(pin)
+        used = self._used_blobs(pin)
+        for f in pin.files:
+            link = snapshot / f.path
+            if link.is_symlink() or link.is_file():
+                link.unlink()
+        _remove_empty_folders(snapshot)
+        if not snapshot.exists() and self.ref(pin) == pin.commit:
             (folder / "refs" / pin.revision).unlink(missing_ok=True)
         (folder / "trees" / f"{pin.commit}.json").unlink(missing_ok=True)
         self.record_path(pin).unlink(missing_ok=True)
-        used = self._used_blobs(pin, without=pin.commit)
         for f in pin.files:
             if f.etag not in used:
                 self.blob(pin, f).unlink(missing_ok=True)
+
+
+def _remove_empty_folders(top: Path) -> None:
+    """Remove ``top`` and the folders below it that are left empty, deepest first."""
+    if not top.is_dir() or top.is_symlink():
+        return
+    for here, _, _ in sorted(os.walk(top), key=lambda w: -len(w[0])):
+        with contextlib.suppress(OSError):  # not empty: someone else's files
+            os.rmdir(here)
 
 
 def recorded_files(record: Mapping[str, object]) -> dict[str, File] | None:
