@@ -367,3 +367,29 @@ def test_a_kagglehub_copy_with_other_bytes_fails_verify_and_sync_puts_the_pinned
     assert code == 0, err
     assert copy.read_bytes() == pinned and len(_downloads(kaggle)) == downloads
     assert project.run("verify")[0] == 0
+
+
+def test_every_cache_entry_of_a_pin_is_verified_and_repaired(
+    project: Project, kaggle: KaggleServer
+) -> None:
+    """A Kaggle pin fills two tensorflow_hub entries, the handle's and its versioned URL's
+    (what unmodified ``hub.load(URL + "/1")`` reads): a file of the second replaced by other
+    bytes of the same size is found by `verify` and put back by `verify --repair` (before:
+    only the first entry was re-hashed, so `verify` said ok)."""
+    project.write(f'[models.affine]\nhandle = "{URL}"\n')
+    assert project.run("sync")[0] == 0
+    first = project.entry(URL) / "saved_model.pb"
+    copy = project.entry(f"{URL}/1") / "saved_model.pb"
+    pinned = copy.read_bytes()
+    other = copy.with_name("other")
+    other.write_bytes(bytes([pinned[0] ^ 1]) + pinned[1:])
+    other.replace(copy)
+    downloads = len(_downloads(kaggle))
+
+    code, out, err = project.run("verify")
+    assert code == 1 and str(project.entry(f"{URL}/1")) in out + err, out + err
+    code, out, err = project.run("verify", "--repair")
+    assert code == 0, out + err
+    assert copy.read_bytes() == pinned and first.read_bytes() == pinned
+    assert len(_downloads(kaggle)) == downloads  # linked again from the verified entry
+    assert project.run("verify")[0] == 0

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from hubpin.cache import ABSENT, Record, code_of
+from hubpin.cache import ABSENT, Problem, Record, code_of
 from hubpin.errors import (
     ArchiveError,
     CacheError,
@@ -134,10 +134,11 @@ class ArchiveHandler(Handler):
     def targets(self, run: Run, pin: ArchivePin, damage: list[str]) -> list[Target]:
         """The other places this pin's model belongs (its other handles' keys) that do not
         hold it yet; ``damage`` is what the pin's own entry lacks (empty: it is intact)."""
+        check = run.cache.verify if run.full_verify else run.cache.quick_check
         return [
             Target(h, key)
             for h, key in pin.keyed()[1:]
-            if key != pin.cache_key and run.cache.quick_check(key, pin.tree_digest)
+            if key != pin.cache_key and check(key, pin.tree_digest)
         ]
 
     # -- execute ------------------------------------------------------------------------
@@ -188,7 +189,15 @@ class ArchiveHandler(Handler):
     # -- verify, status, resolve ----------------------------------------------------------
 
     def verify(self, run: Run, alias: str, pin: ArchivePin) -> list[str]:
-        return run.cache.verify(pin.cache_key, pin.tree_digest)
+        """The entry re-hashed, and each entry its other handles fill (what unmodified
+        ``hub.load`` of those handles reads), named by its folder; one not made yet is no
+        damage (sync makes it)."""
+        problems = run.cache.verify(pin.cache_key, pin.tree_digest)
+        for key in pin.cache_keys()[1:]:
+            found = run.cache.verify(key, pin.tree_digest)
+            if found and code_of(found[0]) != Problem.NOT_SYNCED:
+                problems += [f"{run.cache.entry(key)}: {p}" for p in found]
+        return problems
 
     def state(self, project: Project, pin: ArchivePin) -> str:
         return project.cache.entry_state(pin.cache_key, pin.tree_digest)
@@ -450,7 +459,8 @@ def _link_entry(run: Run, pin: ArchivePin, source: str, handle: str, key: str) -
     from hubpin.cache.kagglehub import link_tree
 
     cache = run.cache
-    if not cache.quick_check(key, pin.tree_digest):
+    check = cache.verify if run.full_verify else cache.quick_check  # a repair re-hashes
+    if not check(key, pin.tree_digest):
         return
     if cache.local_root is None:
         raise CacheError(
@@ -460,7 +470,7 @@ def _link_entry(run: Run, pin: ArchivePin, source: str, handle: str, key: str) -
     record = cache.read_record(source)
     assert record is not None
     with cache.locked(key, run.settings.lock_timeout) as work:
-        if not cache.quick_check(key, pin.tree_digest):
+        if not check(key, pin.tree_digest):
             return
         try:
             link_tree(cache.local_root / source, work)
