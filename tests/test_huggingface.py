@@ -591,3 +591,26 @@ def test_prune_keeps_what_huggingface_hub_downloaded_into_a_snapshot_it_removes(
     assert Path(str(theirs)).read_bytes() == VOCAB  # huggingface_hub's file stays
     assert not (_snapshot_root(tmp_path) / "hubpin" / f"{first}.json").exists()
     assert not (_snapshot_root(tmp_path) / "blobs" / git_blob_sha1(CONFIG)).exists()
+
+
+def test_a_blob_that_is_a_symlink_out_of_the_cache_is_damage(
+    project: Project, hub: HfServer, tmp_path: Path
+) -> None:
+    """As for a tensorflow_hub entry, a blob that is a symlink (here to a file outside the
+    cache, with the pinned bytes for now) is not a verified file: `status`, `verify` and
+    `hubpin.resolve` say so, and `sync` puts a real file in its place, leaving the target
+    alone (before: every check passed, following the link)."""
+    project.models(bert="hf:org/bert")
+    assert project.run("sync")[0] == 0
+    blob = _snapshot_root(tmp_path) / "blobs" / hashlib.sha256(WEIGHTS).hexdigest()
+    outside = tmp_path / "elsewhere.h5"
+    blob.replace(outside)
+    blob.symlink_to(outside)
+    code, out, err = project.run("verify")
+    assert code == 1 and "model.weights.h5" in out + err and "symlink" in out + err, out + err
+    code, out, _ = project.run("status")
+    assert "synced" not in out.splitlines()[-1], out
+    assert project.run("resolve", "bert")[0] == 1
+    assert project.run("sync")[0] == 0
+    assert not blob.is_symlink() and blob.read_bytes() == WEIGHTS
+    assert outside.read_bytes() == WEIGHTS and project.run("verify")[0] == 0

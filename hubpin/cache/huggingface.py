@@ -184,10 +184,15 @@ class HfCache:
         if verified is None:
             return [f"{self.record_path(pin)}: its files do not add up to its tree digest"]
         snapshot = self.snapshot(pin)
+        if snapshot.is_symlink():
+            return [f"{snapshot}: a symlink, not the snapshot hubpin verified"]
         for f in pin.files:
             link, blob = snapshot / f.path, self.blob(pin, f)
             if _row(verified.get(f.path)) != _row(f):
                 problems.append(f"{f.path}: not verified into snapshots/{pin.commit[:12]}")
+                continue
+            if blob.is_symlink():  # its target could be changed by anyone who owns it
+                problems.append(f"{f.path}: blob {f.etag[:12]} is a symlink, not a verified file")
                 continue
             try:
                 size = blob.stat().st_size
@@ -302,8 +307,10 @@ class HfCache:
             link.parent.mkdir(parents=True, exist_ok=True)
             depth = len(f.path.split("/")) + 1  # up from the file to the repo folder
             link.symlink_to("/".join([".."] * depth + ["blobs", f.etag]))
-        extra = _extra_files(snapshot, {f.path for f in pin.files})
-        for rel in extra:  # files others put there (another hubpin project, hf_hub_download)
+        # files others put there (another hubpin project, hf_hub_download); never from the
+        # folder a symlinked snapshot points to, which is not the cache's
+        extra = [] if snapshot.is_symlink() else _extra_files(snapshot, {f.path for f in pin.files})
+        for rel in extra:
             target = built / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             os.rename(snapshot / rel, target)
@@ -391,7 +398,9 @@ class HfCache:
         folder = repo_folder(self.root, pin.repo)
         snapshot = self.snapshot(pin)
         used = self._used_blobs(pin)
-        for f in pin.files:
+        if snapshot.is_symlink():  # the link goes, never what it points to
+            snapshot.unlink()
+        for f in pin.files if snapshot.is_dir() else ():
             link = snapshot / f.path
             if link.is_symlink() or link.is_file():
                 link.unlink()
@@ -457,7 +466,7 @@ def _extra_files(snapshot: Path, pinned: set[str]) -> list[str]:
 
 def _blob_ok(blob: Path, f: HfFile) -> bool:
     try:
-        if blob.stat().st_size != f.size:
+        if blob.is_symlink() or blob.stat().st_size != f.size:
             return False
         with open(blob, "rb") as handle:
             return not check_file(f, iter(lambda: handle.read(_CHUNK), b""))
