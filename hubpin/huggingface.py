@@ -168,7 +168,7 @@ class HfFile(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
     path: str
-    size: int = Field(ge=0)
+    size: int = Field(ge=0, strict=True)
     blob_id: str = Field(pattern=r"^[0-9a-f]{40}$")
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 

@@ -33,7 +33,7 @@ class GcsObject(BaseModel):
 
     model_config = ConfigDict(extra="forbid", defer_build=True)
     path: str
-    size: int = Field(ge=0)
+    size: int = Field(ge=0, strict=True)
     generation: str
     crc32c: str | None = None
     md5: str | None = None
@@ -53,8 +53,9 @@ class PinBase(BaseModel):
     expected_sha256: str | None = None
     also: list[str] | None = None
     tree_digest: str
-    unpacked_size: int = Field(ge=0)
-    file_count: int = Field(ge=0)
+    # strict: a lock's numbers are TOML integers (pydantic would take "0" or true for 0 or 1)
+    unpacked_size: int = Field(ge=0, strict=True)
+    file_count: int = Field(ge=0, strict=True)
     kind: Kind  # each kind's own Literal; last, so a table's first problem is reported first
 
     def handles(self) -> list[str]:
@@ -109,7 +110,7 @@ class ArchivePin(PinBase):
     cache_key: str = Field(pattern=r"^[0-9a-f]{40}$")
     url: str
     archive_sha256: str = Field(pattern=SHA256)
-    archive_size: int = Field(ge=0)
+    archive_size: int = Field(ge=0, strict=True)
 
     def keyed(self) -> list[tuple[str, str]]:
         """Each handle of :meth:`handles` with the cache key it fills, the pinned one first."""
@@ -156,7 +157,7 @@ class ArchivePin(PinBase):
 class KagglePin(ArchivePin):
     """A Kaggle model version: an archive, fetched as exactly ``kaggle_version``."""
 
-    kaggle_version: int = Field(ge=1)
+    kaggle_version: int = Field(ge=1, strict=True)
     versioned_handle: str  # its model URL at that version, as hub.load is given it
 
     def handles(self) -> list[str]:

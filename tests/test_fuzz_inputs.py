@@ -431,3 +431,16 @@ def test_lock_whose_cache_key_escapes_the_cache(valid_lock: dict[str, Any]) -> N
         code, err = run("-m", str(root / "models.toml"), "sync", "--frozen", "--offline")
         assert_rejected(code, err, "models.lock")
         assert "models.double.cache_key" in err
+
+
+def test_lock_whose_numbers_are_quoted(valid_lock: dict[str, Any]) -> None:
+    """hubpin writes sizes and counts as TOML integers; a quoted one is a hand edit, refused
+    (hypothesis found `archive_size = "0"` accepted: pydantic turned the string into 0)."""
+    doc = {**valid_lock, "models": {a: dict(p) for a, p in valid_lock["models"].items()}}
+    doc["models"]["double"]["archive_size"] = "0"
+    doc["models"]["double"]["file_count"] = True
+    with project(models_lock=tomli_w.dumps(doc)) as root:
+        code, err = run("-m", str(root / "models.toml"), "sync", "--frozen", "--offline")
+        assert_rejected(code, err, "models.lock")
+        assert "models.double.archive_size: expected an integer, found '0'" in err, err
+        assert "models.double.file_count: expected an integer, found true" in err, err
