@@ -366,6 +366,35 @@ def run_python(code: str, env: dict[str, str] | None = None, cwd: Path | None = 
     return result.stdout
 
 
+def run_here(code: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> str:
+    """Run ``code`` in this process with ``env`` set and ``cwd`` as the working directory,
+    and return what it printed, as :func:`run_python` would from a fresh interpreter.
+
+    For a test about what an unmodified reader finds (``hub.load``, ``hub.resolve``,
+    ``kagglehub.model_download``, ``hubpin.load``), not about a separate process: each of
+    these reads TFHUB_CACHE_DIR, KAGGLEHUB_CACHE, HUBPIN_LOCK and the working directory at
+    the call, and the suite has TensorFlow imported already, which a fresh interpreter pays
+    again (about 5 s of CPU). Tests of install() (which patches the process), of import
+    costs and of racing processes keep :func:`run_python`.
+    """
+    import contextlib
+    import io
+
+    saved = {var: os.environ.get(var) for var in env or {}}
+    os.environ.update(env or {})
+    out = io.StringIO()
+    try:
+        with contextlib.chdir(cwd or os.getcwd()), contextlib.redirect_stdout(out):
+            exec(code, {"__name__": "__main__"})
+    finally:
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+    return out.getvalue()
+
+
 def heavy_imports_after(code: str, cwd: Path) -> list[str]:
     """The TensorFlow, tensorflow_hub and gcsfs modules a fresh interpreter holds after ``code``."""
     out = run_python(

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 import tomllib
-from conftest import WORKTREE, Model, Project, on_both_emulators, run_python
+from conftest import WORKTREE, Model, Project, on_both_emulators, run_here, run_python
 from gcs_emulator import GcsServer
 from hubserver import HubServer
 from savedmodels import pack
@@ -151,7 +151,7 @@ def test_gs_archive_locks_syncs_and_unmodified_hub_load_reads_the_cache(
     code, out, err = project.run("sync", "--locked")
     assert code == 0, err
     assert "quint                fetched" in out
-    out = run_python(
+    out = run_here(
         "import tensorflow as tf, tensorflow_hub as hub\n"
         f"m = hub.load({handle!r})\n"
         "print(m(tf.constant([1.0, 2.0])).numpy().tolist())\n",

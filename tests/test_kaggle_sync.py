@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Model, Project, run_python
+from conftest import Model, Project, run_here
 from kaggleserver import KaggleServer, start_isolated
 
 SLUG = "google/affine/tensorFlow2/double"
@@ -82,7 +82,7 @@ print(path)
 print(tf.saved_model.load(path)(x).numpy().tolist())
 print(hubpin.load("short")(x).numpy().tolist())
 """
-    out = run_python(script, cwd=project.root).strip().splitlines()
+    out = run_here(script, cwd=project.root).strip().splitlines()
     want = str(models["triple"].expected([1.0, 2.0]))
     assert out[:2] == [want, want] and out[3:] == [want, want]
     assert out[2] == str(tmp_path / "kagglehub" / "models" / SLUG / "2")
@@ -246,7 +246,7 @@ def test_the_kaggle_example_syncs_and_every_reader_finds_it_offline(
     code, _, err = project.run("-m", str(example / "models.toml"), "sync")
     assert code == 0, err
     kaggle.stop()
-    out = run_python("exec(open('check.py').read())", cwd=example)
+    out = run_here("exec(open('check.py').read())", cwd=example)
     assert "bert: version 4" in out and "mobilenet: version 1" in out
     kagglehub = tmp_path / "kagglehub" / "models"
     assert f"kagglehub.model_download {kagglehub / bert / '4'}" in out

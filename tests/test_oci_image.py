@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Model, Project, run_python
+from conftest import Model, Project, run_here
 from hubserver import HubServer
 from kaggleserver import KaggleServer
 from oci_registry import OciLogin, Registry
@@ -111,7 +111,7 @@ def test_image_of_the_cache_is_reproducible_and_loads_unmodified_from_its_filesy
     before = _snapshot(root)
     elsewhere = tmp_path / "app"
     elsewhere.mkdir()
-    out = run_python(
+    out = run_here(
         "import tensorflow as tf, tensorflow_hub as hub, hubpin\n"
         f"m = hub.load({double!r})\n"
         "print(m(tf.constant([1.0, 2.0])).numpy().tolist())\n"
@@ -180,7 +180,7 @@ def test_a_kaggle_model_is_in_kagglehubs_layout_in_the_image(
     rootfs = _unpack(oci_login, f"{registry.host}/team/kaggle:v1", tmp_path) / "rootfs"
     entry = rootfs / "models" / "kagglehub" / "models" / SLUG / "1"
     assert (entry.parent / "1.complete").read_bytes() == b""
-    out = run_python(
+    out = run_here(
         f"import kagglehub\nprint(kagglehub.model_download({SLUG + '/1'!r}, 'saved_model.pb'))\n"
         f"print(kagglehub.model_download({SLUG + '/1'!r}))\n",
         env={"KAGGLEHUB_CACHE": str(rootfs / "models" / "kagglehub")},

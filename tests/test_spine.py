@@ -6,7 +6,7 @@ import hashlib
 import json
 import sys
 
-from conftest import Model, Project, heavy_imports_after, run_python
+from conftest import Model, Project, heavy_imports_after, run_here, run_python
 from hubserver import SIGNATURE, HubServer
 
 
@@ -150,7 +150,7 @@ def test_offline_sync_fails_clearly_when_not_cached(project: Project, hub: HubSe
 
 def test_sync_adopts_an_entry_tensorflow_hub_downloaded(project: Project, hub: HubServer) -> None:
     handle = hub.handle("google/double/1")
-    run_python(
+    run_here(
         f"import tensorflow_hub as hub; hub.resolve({handle!r})",
         env={"TFHUB_CACHE_DIR": str(project.cache)},
     )

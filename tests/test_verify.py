@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
-from conftest import Model, Project, run_python
+from conftest import Model, Project, run_here
 from faultkit import leftovers, snapshot
 from hubserver import HubServer
 
@@ -96,7 +96,7 @@ def test_a_tmp_cleaner_emptying_the_entry_is_repaired_and_loads(
     assert code == 1 and "  missing variables/variables.index" in out
     assert "  missing folder variables" in out and "triple" not in out + err
     assert project.run("verify", "--repair", "double")[0] == 0
-    out = run_python(
+    out = run_here(
         "import tensorflow as tf, tensorflow_hub as hub\n"
         f"print(hub.load({double!r})(tf.constant([3.0])).numpy().tolist())",
         env={"TFHUB_CACHE_DIR": str(project.cache)},
