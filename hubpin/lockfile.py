@@ -75,18 +75,26 @@ def spec_inputs(spec: ModelSpec, settings: Settings) -> dict[str, Any]:
 
 
 def manifest_digest(manifest: Manifest, settings: Settings) -> str:
+    return _digest({alias: spec_inputs(spec, settings) for alias, spec in manifest.models.items()})
+
+
+def _digest(inputs: dict[str, dict[str, Any]]) -> str:
+    """The digest of every alias's :func:`spec_inputs`."""
     # None-valued fields are left out, so adding an optional field does not stale old locks.
     canonical = {
-        alias: {k: v for k, v in spec_inputs(spec, settings).items() if v is not None}
-        for alias, spec in manifest.models.items()
+        alias: {k: v for k, v in fields.items() if v is not None}
+        for alias, fields in inputs.items()
     }
     blob = json.dumps(canonical, sort_keys=True, separators=(",", ":")).encode()
     return "sha256:" + hashlib.sha256(blob).hexdigest()
 
 
-def input_changes(spec: ModelSpec, pin: PinBase, settings: Settings) -> list[str]:
-    """How a manifest entry differs from what its pin was made from, one phrase per field."""
-    want, have = spec_inputs(spec, settings), pin.inputs()
+def input_changes(
+    spec: ModelSpec, pin: PinBase, settings: Settings, want: dict[str, Any] | None = None
+) -> list[str]:
+    """How a manifest entry differs from what its pin was made from, one phrase per field
+    (``want``: the entry's :func:`spec_inputs`, when the caller has them)."""
+    want, have = want or spec_inputs(spec, settings), pin.inputs()
     changes = [
         f"{key} is {want[key]!r} in the manifest, {have[key]!r} in the lock"
         for key in want
@@ -119,17 +127,19 @@ def preset_moved(spec: ModelSpec, pin: PinBase) -> str | None:
 def differences(lock: Lock, manifest: Manifest, settings: Settings) -> list[str]:
     """What makes the lock stale, one phrase per alias; empty when it is current."""
     found = []
+    inputs = {alias: spec_inputs(spec, settings) for alias, spec in manifest.models.items()}
     for alias, spec in sorted(manifest.models.items()):
         pin = lock.models.get(alias)
         if pin is None:
             found.append(f"{alias}: in the manifest but not in the lock")
             continue
-        found += [f"{alias}: {change}" for change in input_changes(spec, pin, settings)]
+        changes = input_changes(spec, pin, settings, inputs[alias])
+        found += [f"{alias}: {change}" for change in changes]
     found += [
         f"{alias}: in the lock but not in the manifest"
         for alias in sorted(set(lock.models) - set(manifest.models))
     ]
-    if not found and lock.manifest_digest != manifest_digest(manifest, settings):
+    if not found and lock.manifest_digest != _digest(inputs):
         found.append("manifest digest differs (the lock was made from another manifest)")
     return found
 

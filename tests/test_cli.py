@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import json
 import re
@@ -633,3 +634,76 @@ def test_readme_check_can_fail(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     monkeypatch.setattr(sys.modules[__name__], "README", readme)
     with pytest.raises(AssertionError, match="commands in the README"):
         test_readme_command_list_matches_the_parser()
+
+
+_ARGVS = [
+    ["status"],
+    ["-q", "status", "--json"],
+    ["status", "-q", "-v"],
+    ["lock", "--check"],
+    ["-m", "x.toml", "lock", "--check", "-q"],
+    ["lock", "--check", "--upgrade"],
+    ["lock", "--dry-run", "--json", "a"],
+    ["sync", "--frozen", "-j", "3", "a", "b"],
+    ["sync", "--locked", "--frozen"],
+    ["--lock", "sync", "status"],
+    ["-m", "status", "status"],
+    ["--cache-dir", "/c", "prune", "--dry-run"],
+    ["--format-default", "bogus", "status"],
+    ["--progress", "sync", "--from", "gs://b/p"],
+    ["--no-progress", "verify", "--repair", "--json"],
+    ["resolve", "bert"],
+    ["resolve"],
+    ["add", "bert", "h", "--format", "compressed"],
+    ["remove"],
+    ["bundle", "out", "-j", "2"],
+    ["image", "oci://r/x:1"],
+    ["outdated", "--json"],
+    ["env"],
+    ["completion", "bash"],
+    ["status", "--bogus"],
+    ["status", "extra"],
+    ["-h"],
+    ["status", "-h"],
+    ["-h", "status"],
+    ["--he", "status"],
+    ["--version"],
+    ["--ver", "-v"],
+    ["status", "--version"],
+    ["statu"],
+    ["--json", "status"],
+    [],
+    ["-q"],
+]
+
+
+@pytest.mark.parametrize("argv", _ARGVS, ids=lambda argv: " ".join(argv) or "(nothing)")
+def test_the_parser_of_one_command_parses_as_the_whole_parser(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`hubpin CMD` builds CMD's parser alone; whatever argv is, it must say what the whole
+    parser says: the same arguments, or the same help, message and exit code."""
+    from hubpin.cli.parser import build_parser, parser_for
+
+    def parse(parser: argparse.ArgumentParser) -> tuple[object, ...]:
+        try:
+            found = vars(parser.parse_args(argv))
+        except SystemExit as exc:
+            return ("exit", exc.code, *capsys.readouterr())
+        found["func"] = getattr(found.get("func"), "name", None)
+        found.pop("parser", None)  # completion's: the whole parser, to list every command
+        return ("parsed", found, *capsys.readouterr())
+
+    assert parse(parser_for(argv)) == parse(build_parser())
+
+
+def test_a_command_builds_only_its_own_parser() -> None:
+    from hubpin.cli.parser import parser_for
+
+    def commands(argv: list[str]) -> set[str]:
+        parser = parser_for(argv)
+        return set(next(a for a in parser._actions if a.dest == "command").choices)
+
+    assert commands(["-q", "status"]) == {"status"}
+    assert commands(["lock", "--check"]) == {"lock"}
+    assert len(commands(["-h", "status"])) == len(commands(["completion", "bash"])) > 10

@@ -18,16 +18,17 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from hubpin.cli.parser import _versions, build_parser
+from hubpin.cli.parser import _versions, build_parser, parser_for
 from hubpin.errors import INTERRUPTED, HubpinError
 
 log = logging.getLogger("hubpin")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = parser_for(words)
+    args = parser.parse_args(words)
+    args.argv = words
     _setup_logging(args)
     if args.version:
         print("\n".join(_versions(getattr(args, "verbose", False))))

@@ -7,7 +7,7 @@ import importlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from hubpin.cli.completion import SHELLS
 from hubpin.handles import Format
@@ -32,46 +32,15 @@ _COMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    g = common.add_argument_group("project options")
-    g.add_argument(
-        "-m", "--manifest", type=Path, default=argparse.SUPPRESS, help="models.toml to use"
-    )
-    g.add_argument(
-        "--lock",
-        type=Path,
-        default=argparse.SUPPRESS,
-        help="lock file (default: <manifest stem>.lock)",
-    )
-    g.add_argument(
-        "--cache-dir",
-        "--tfhub_cache_dir",
-        dest="cache_dir",
-        default=argparse.SUPPRESS,
-        help="cache folder (default: TFHUB_CACHE_DIR, hubpin.toml, $TMPDIR/tfhub_modules)",
-    )
-    g.add_argument(
-        "--tfhub_model_load_format",
-        "--format-default",
-        dest="load_format",
-        type=_format,
-        default=argparse.SUPPRESS,
-        help="default format for models that set none (COMPRESSED, UNCOMPRESSED, AUTO)",
-    )
-    g.add_argument(
-        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="errors only"
-    )
-    g.add_argument(
-        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="more detail"
-    )
-    g.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=argparse.SUPPRESS,
-        help="progress bars (default: when stderr is a terminal)",
-    )
-
+def build_parser(
+    only: str | None = None, common: argparse.ArgumentParser | None = None
+) -> argparse.ArgumentParser:
+    """The command line; with ``only``, the parser of that one command alone (what running
+    it needs: argparse builds each command's parser with the common options and asks
+    gettext for every title, about 4 ms for all of them, measured), which parses its
+    arguments exactly as the whole parser does (:func:`parser_for`). ``common``: the common
+    options' parser, when the caller has one."""
+    common = common or _common()
     parser = _Parser(
         prog="hubpin",
         parents=[common],
@@ -84,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def command(name: str, help: str) -> argparse.ArgumentParser:
+    def command(name: str, help: str) -> Any:
+        if only is not None and name != only:
+            return _Unused()
         p = sub.add_parser(name, parents=[common], help=help, description=help)
         p.set_defaults(func=_Command(name))
         return p
@@ -228,6 +199,95 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("shell", choices=SHELLS, metavar="SHELL", help=" | ".join(SHELLS))
     p.set_defaults(parser=parser)
     return parser
+
+
+def _common() -> argparse.ArgumentParser:
+    """The options every command takes, before or after its name."""
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("project options")
+    g.add_argument(
+        "-m", "--manifest", type=Path, default=argparse.SUPPRESS, help="models.toml to use"
+    )
+    g.add_argument(
+        "--lock",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="lock file (default: <manifest stem>.lock)",
+    )
+    g.add_argument(
+        "--cache-dir",
+        "--tfhub_cache_dir",
+        dest="cache_dir",
+        default=argparse.SUPPRESS,
+        help="cache folder (default: TFHUB_CACHE_DIR, hubpin.toml, $TMPDIR/tfhub_modules)",
+    )
+    g.add_argument(
+        "--tfhub_model_load_format",
+        "--format-default",
+        dest="load_format",
+        type=_format,
+        default=argparse.SUPPRESS,
+        help="default format for models that set none (COMPRESSED, UNCOMPRESSED, AUTO)",
+    )
+    g.add_argument(
+        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="errors only"
+    )
+    g.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="more detail"
+    )
+    g.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=argparse.SUPPRESS,
+        help="progress bars (default: when stderr is a terminal)",
+    )
+    return common
+
+
+def parser_for(argv: list[str]) -> argparse.ArgumentParser:
+    """The parser ``argv`` needs: that of the command it runs alone, when argparse finds the
+    command where the whole parser would (the same options before it, nothing unknown
+    before it: ``hubpin -h status`` is the whole help); else the whole parser. ``completion``
+    prints every command, so it gets them all."""
+    common = _common()
+    scan = _Scan(add_help=False, parents=[common])
+    scan.add_argument("--version", action="store_true")
+    scan.add_argument("command", nargs="?")
+    scan.add_argument("rest", nargs=argparse.REMAINDER)
+    try:
+        found, unknown = scan.parse_known_args(argv)
+    except _Unparsed:  # the whole parser says what is wrong
+        return build_parser(common=common)
+    name = found.command
+    if unknown or found.version or name not in _COMMANDS or name == "completion":
+        return build_parser(common=common)
+    return build_parser(only=name, common=common)
+
+
+class _Unparsed(Exception):
+    pass
+
+
+class _Scan(argparse.ArgumentParser):
+    """Finds the command's name in argv, silently: a mistake is left to the whole parser."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _Unparsed(message)
+
+
+class _Unused:
+    """Stands for the parser of a command that is not run (:func:`build_parser`'s ``only``)."""
+
+    description: str | None = None
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def add_mutually_exclusive_group(self, **kwargs: Any) -> _Unused:
+        return self
+
+    def set_defaults(self, **kwargs: Any) -> None:
+        return None
 
 
 class _Command:
