@@ -31,7 +31,9 @@ them alike:
   (``s3://…``) against moto's S3 server;
 - start-up (``import hubpin.cli``), a no-op ``hubpin sync --frozen``, ``status`` and
   ``lock --check`` over 50 and 2,000 pinned, cached models, peak RSS, and the full-path
-  no-op (no stamp);
+  no-op (no stamp); and where a first run's CPU goes, stage by stage, for ``status`` and
+  ``lock --check`` of 50 models (how much of it is pydantic: import, model classes,
+  plugin loader, schema build);
 - the limit of a cold 1×200 MB sync: a one-thread ISA-L inflate of the archive plus a
   bare interpreter start, measured in the same runs;
 - unpacking 100,000 members against 20,000 (linear, or not);
@@ -850,8 +852,10 @@ def main() -> None:
             )
         if "noop" in only:
             print(f"start-up and no-op, {NOOP_MODELS} models", file=sys.stderr)
-            few = many_models(url, NOOP_MODELS, max(runs, 5), fresh("noop"))
+            noop = fresh("noop")
+            few = many_models(url, NOOP_MODELS, max(runs, 5), noop)
             rows += startup_rows(few)
+            rows += phase_rows(noop, max(runs, 5))
         if "many" in only:
             print(f"{MANY_MODELS} models", file=sys.stderr)
             lots = many_models(url, MANY_MODELS, max(runs // 2, 3), fresh("many"))
@@ -990,6 +994,31 @@ def startup_rows(few: dict[str, float]) -> list[str]:
                 f"| {what}, {NOOP_MODELS} models, {how} | {ms(value)} | — | — | — | ≤ 150 ms "
                 f"| {'yes' if value <= 0.150 else '**no**'} | whole process |"
             )
+    return rows
+
+
+def phase_rows(scratch: Path, runs: int) -> list[str]:
+    """Where a first run's CPU time goes, stage by stage (:func:`scale.phases`): how much of
+    ``status`` and ``lock --check`` is pydantic (its import, the model classes, its plugin
+    loader and the schema build) and how much everything else."""
+    project, cache = scratch / f"p{NOOP_MODELS}", scratch / f"c{NOOP_MODELS}"
+    rows = []
+    for argv, what in (("status",), "`status`"), (("lock", "--check"), "`lock --check`"):
+        stages = scale.phases(hubpin_env(cache), project, ["-q", *argv], runs)
+        total = sum(stages.values())
+        ours = (
+            "pydantic import",
+            "pydantic model classes",
+            "pydantic plugin loader",
+            "schema build",
+        )
+        pydantic = sum(stages[label] for label in ours)
+        detail = ", ".join(f"{label} {value:.0f}" for label, value in stages.items())
+        rows.append(
+            f"| {what}, {NOOP_MODELS} models, first run: CPU by stage | {total:.0f} ms | — | — "
+            f"| pydantic {pydantic:.0f} ms ({pydantic / total:.0%}) | — | — | {detail} "
+            f"(CPU ms, medians of {runs}, each stage imported before the next) |"
+        )
     return rows
 
 

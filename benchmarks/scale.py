@@ -149,3 +149,108 @@ def many_models(
     result = {k: statistics.median(v) for k, v in times.items()}
     result["rss"] = rss * 1024
     return result
+
+
+# Where the CPU time of one whole first-run process goes, in stages: the interpreter's start;
+# `import hubpin.cli` (the slim start every command pays, no pydantic); pydantic's import; the
+# pydantic model classes hubpin's schema modules create (body and metaclass) and the rest
+# of those modules; the other modules the command imports; pydantic's plugin loader (it
+# imports importlib.metadata even with PYDANTIC_DISABLE_PLUGINS set); building the schemas
+# of the lock, manifest and settings; then the command's own work. Milliseconds, as JSON.
+_PHASES = r"""
+import gc, time
+gc.disable()  # as hubpin.__main__ starts
+out = {"interpreter": time.process_time() * 1000}
+mark = time.process_time()
+import importlib, json, os, sys
+names = json.loads(sys.argv[1])
+def stage(label, less=0.0):
+    global mark
+    now = time.process_time()
+    out[label] = (now - mark - less) * 1000
+    mark = now
+def load(prefixes, exclude=()):
+    for name in names:
+        if name.startswith(prefixes) and not name.startswith(exclude):
+            try:
+                importlib.import_module(name)
+            except Exception:
+                pass  # a module that only imports as part of its parent's import
+import hubpin.__main__, hubpin.cli, hubpin.stamp
+stage("import hubpin.cli")
+load(("pydantic",), ("pydantic.plugin._loader",))
+stage("pydantic import")
+import builtins
+from pydantic import BaseModel
+build, spent = builtins.__build_class__, [0.0]
+def timed(body, name, *bases, **kwargs):
+    if not any(isinstance(b, type) and issubclass(b, BaseModel) for b in bases):
+        return build(body, name, *bases, **kwargs)
+    start = time.process_time()  # the class body (Field(...), validators) and the metaclass
+    try:
+        return build(body, name, *bases, **kwargs)
+    finally:
+        spent[0] += time.process_time() - start
+builtins.__build_class__ = timed
+load(("hubpin.lockfile", "hubpin.manifest", "hubpin.settings", "hubpin.kinds", "hubpin.huggingface"))
+builtins.__build_class__ = build
+stage("hubpin schema modules, less their classes", spent[0])
+out["pydantic model classes"] = spent[0] * 1000
+load(("hubpin",))
+stage("other modules the command imports")
+os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
+import pydantic.plugin._loader
+stage("pydantic plugin loader")
+from hubpin.lockfile import Lock
+from hubpin.manifest import Manifest
+from hubpin.settings import Settings
+for model in (Lock, Manifest, Settings):
+    model.model_rebuild()
+stage("schema build")
+sys.argv = ["hubpin", *sys.argv[2:]]
+devnull = os.open(os.devnull, os.O_WRONLY)
+saved = os.dup(1)
+os.dup2(devnull, 1)
+from hubpin.__main__ import main
+code = main()
+sys.stdout.flush()
+os.dup2(saved, 1)
+stage("the command's work")
+assert code == 0, code
+print(json.dumps(out))
+"""
+_MODULES = (
+    "import json, runpy, sys\n"
+    "sys.argv = ['hubpin', *sys.argv[1:]]\n"
+    "try:\n"
+    "    runpy.run_module('hubpin', run_name='__main__')\n"
+    "except SystemExit:\n"
+    "    pass\n"
+    "sys.stderr.write('\\nMODULES=' + json.dumps(list(sys.modules)) + '\\n')\n"
+)
+
+
+def phases(env: dict[str, str], project: Path, argv: list[str], runs: int) -> dict[str, float]:
+    """Median CPU milliseconds of each stage of one whole ``hubpin ARGV`` process in
+    ``project`` (see :data:`_PHASES`), each run with a fresh XDG_CACHE_HOME: the full path."""
+    import json
+    import tempfile
+
+    def run(code: str, *args: str) -> subprocess.CompletedProcess[str]:
+        with tempfile.TemporaryDirectory(prefix="hubpin-phases-") as xdg:
+            return subprocess.run(
+                [sys.executable, "-c", code, *args],
+                cwd=project,
+                env=env | {"XDG_CACHE_HOME": xdg},
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+
+    names = run(_MODULES, *argv).stderr.rpartition("MODULES=")[2]
+    stages: dict[str, list[float]] = {}
+    for _ in range(runs):
+        done = run(_PHASES, names, *argv)
+        for label, value in json.loads(done.stdout.splitlines()[-1]).items():
+            stages.setdefault(label, []).append(value)
+    return {label: statistics.median(values) for label, values in stages.items()}
