@@ -18,9 +18,17 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from hubpin.handles import Format, Kind, archive_key, cache_key, kind_for, local_path
+from hubpin.handles import (
+    Format,
+    Kind,
+    archive_key,
+    cache_key,
+    kind_for,
+    local_path,
+    source_for,
+)
 from hubpin.huggingface import HfPinned, is_commit, parse_hf, select
-from hubpin.kaggle import configured, pinned
+from hubpin.kaggle import KaggleHandle, configured, pinned
 from hubpin.kerashub import is_preset_handle, keras_hub_root
 from hubpin.settings import Settings
 from hubpin.storage.schemes import is_url, scheme
@@ -62,9 +70,28 @@ class PinBase(BaseModel):
         """Every handle tensorflow_hub may be asked for this model: as written, and ``also``."""
         return [self.handle, *(self.also or [])]
 
+    def keyed(self) -> list[tuple[str, str]]:
+        """Each handle with the tensorflow_hub cache key it fills, the pinned one first (none
+        for a model whose files are not in tensorflow_hub's cache)."""
+        return []
+
     def cache_keys(self) -> list[str]:
         """Every cache folder this pin fills (none for a model read in place)."""
         return []
+
+    def archives(self) -> dict[str, int]:
+        """The archives (sha256 → size) this model is fetched as: what a bundle carries."""
+        return {}
+
+    def version_url(self) -> str | None:
+        """The model URL at the version the lock pins, for a kind pinned by a host's version
+        number (Kaggle); None for any other."""
+        return None
+
+    def kagglehub_version(self, kaggle_endpoint: str | None) -> KaggleHandle | None:
+        """The Kaggle model version whose place in kagglehub's own cache this model also
+        fills; None for a model that is not there."""
+        return None
 
     def inputs(self) -> dict[str, Any]:
         """The manifest fields this pin was made from."""
@@ -119,6 +146,14 @@ class ArchivePin(PinBase):
 
     def cache_keys(self) -> list[str]:
         return list(dict.fromkeys(key for _, key in self.keyed()))
+
+    def archives(self) -> dict[str, int]:
+        return {self.archive_sha256: self.archive_size}
+
+    def source(self, settings: Settings, root: Path) -> str:
+        """Where the host serves the pinned archive, as tensorflow_hub would fetch it
+        (``root``: the folder a relative handle is read from)."""
+        return source_for(self.handle, self.format, root).location
 
     def derived_problems(self, root: Path, settings: Settings) -> list[str]:
         problems = super().derived_problems(root, settings)
@@ -193,13 +228,15 @@ class KagglePin(ArchivePin):
             problems.append(f"versioned_handle is {self.versioned_handle!r}, expected {want!r}")
         return problems
 
-    def source(self, settings: Settings) -> str:
+    def source(self, settings: Settings, root: Path) -> str:
         """Exactly the pinned version (``kaggle:o/m/f/v/N``), never "latest"."""
-        return str(
-            pinned(
-                self.handle, self.kaggle_version, settings.kaggle_endpoint, self.versioned_handle
-            )
-        )
+        return str(self.kagglehub_version(settings.kaggle_endpoint))
+
+    def version_url(self) -> str | None:
+        return self.versioned_handle
+
+    def kagglehub_version(self, kaggle_endpoint: str | None) -> KaggleHandle:
+        return pinned(self.handle, self.kaggle_version, kaggle_endpoint, self.versioned_handle)
 
 
 def _read_in_place(location: str) -> bool:

@@ -115,7 +115,7 @@ def preset_moved(spec: ModelSpec, pin: PinBase) -> str | None:
     if not is_preset_handle(spec.handle) or keras_hub_root() is None:
         return None
     mapped = parse_handle(spec.handle)
-    locked = pin.versioned_handle if isinstance(pin, KagglePin) else None
+    locked = pin.version_url()
     if mapped is None or pin.handle != spec.handle or mapped.model_url == locked:
         return None
     return (
@@ -154,8 +154,6 @@ def key_conflicts(models: dict[str, Pin]) -> list[str]:
     found = []
     for alias in sorted(models):
         pin = models[alias]
-        if not isinstance(pin, ArchivePin):
-            continue
         for handle, key in pin.keyed():
             first = claims.setdefault(key, (alias, handle, pin.tree_digest))
             if first[0] != alias and first[2] != pin.tree_digest:

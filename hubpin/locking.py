@@ -14,11 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from hubpin.errors import CacheError, HubpinError, InputError, IntegrityError
+from hubpin.errors import CacheError, HubpinError, InputError
 from hubpin.handlers import for_handle, handler
-from hubpin.handles import cache_key
-from hubpin.kaggle import configured
-from hubpin.kinds import KagglePin
 from hubpin.lockfile import (
     Lock,
     Pin,
@@ -32,7 +29,6 @@ from hubpin.lockfile import (
 from hubpin.manifest import ModelSpec
 from hubpin.pin import pin_into_cache
 from hubpin.project import Project
-from hubpin.settings import Settings
 from hubpin.sources import Sources
 
 log = logging.getLogger("hubpin")
@@ -119,7 +115,7 @@ def lock_project(
 
     failures: list[HubpinError] = []
     pinned: dict[str, Pin] = dict(kept)
-    follows = shared_downloads(todo, versions, settings)
+    follows = shared_downloads(project, todo, versions)
     pool = ThreadPoolExecutor(max_workers=settings.jobs)
     try:
         futures = {
@@ -128,8 +124,8 @@ def lock_project(
         for alias in sorted(todo):
             try:
                 leader = pinned.get(follows.get(alias, ""))
-                if isinstance(leader, KagglePin):
-                    pinned[alias] = same_download(leader, alias, todo[alias], settings)
+                if leader is not None:
+                    pinned[alias] = handler(leader).follow(leader, alias, todo[alias], settings)
                 elif alias in follows:  # its leader failed: pin it alone, for its own message
                     pinned[alias] = pin_one(alias)
                 else:
@@ -155,46 +151,27 @@ def lock_project(
 
 
 def shared_downloads(
-    todo: dict[str, ModelSpec], versions: dict[str, int | None], settings: Settings
+    project: Project, todo: dict[str, ModelSpec], versions: dict[str, int | None]
 ) -> dict[str, str]:
-    """Aliases that name one Kaggle model variation at one version (say ``…/1`` and
-    ``kaggle:…/1``, or two unversioned handles of one model), each → the first of them by
-    name: that one is downloaded, the others pinned from it (see :func:`same_download`)."""
-    first: dict[tuple[str, int | None, str], str] = {}
+    """Aliases whose handles name one download (:meth:`hubpin.handlers.Handler.download`:
+    say ``…/1`` and ``kaggle:…/1`` of one Kaggle variation), each → the first of them by
+    name: that one is downloaded, the others pinned from it (``Handler.follow``)."""
+    settings = project.settings
+    first: dict[tuple[object, ...], str] = {}
     follows: dict[str, str] = {}
     for alias in sorted(todo):
         spec = todo[alias]
-        handle = configured(spec.handle, settings.kaggle_endpoint)
-        if handle is None:
+        fmt = spec.effective_format(settings)
+        kind = for_handle(spec.handle, fmt, project.root, settings)
+        found = kind.download(spec, fmt, versions.get(alias), settings)
+        if found is None:
             continue
-        version = handle.version or versions.get(alias)
-        same = (handle.slug, version, spec.effective_format(settings).value)
+        same = (type(kind).__name__, *found)
         if same in first:
             follows[alias] = first[same]
         else:
             first[same] = alias
     return follows
-
-
-def same_download(leader: KagglePin, alias: str, spec: ModelSpec, settings: Settings) -> Pin:
-    """The pin ``spec`` gets from the archive ``leader`` pinned: the same version, archive
-    and tree, under its own handle, cache key and manifest fields; nothing downloaded
-    (sync hard-links its entry from the leader's)."""
-    if spec.sha256 and spec.sha256 != leader.archive_sha256:
-        raise IntegrityError(
-            f"{alias} ({spec.handle}): archive sha256 is {leader.archive_sha256}, the manifest "
-            f"expects {spec.sha256}; check the handle, or update sha256 in the manifest"
-        )
-    fields = {
-        "handle": spec.handle,
-        "format": spec.effective_format(settings),
-        "io_device": spec.io_device,
-        "tags": spec.tags,
-        "expected_sha256": spec.sha256,
-        "also": spec.also or None,
-        "cache_key": cache_key(spec.handle),
-    }
-    return KagglePin.model_validate(leader.model_dump() | fields)
 
 
 def current_versions(

@@ -22,9 +22,9 @@ from typing import Protocol
 
 from hubpin.download import Download
 from hubpin.errors import FetchError, InputError, MissingError
-from hubpin.handles import local_path, source_for, strip_query
+from hubpin.handles import local_path, strip_query
 from hubpin.kaggle import KaggleApi
-from hubpin.kinds import ArchivePin, KagglePin
+from hubpin.kinds import ArchivePin
 from hubpin.lockfile import Lock
 from hubpin.settings import Mirror, Settings
 from hubpin.storage.schemes import known, scheme
@@ -160,9 +160,7 @@ class Sources:
     def location_of(self, pin: ArchivePin) -> str:
         """The host's location for a pinned archive: as tensorflow_hub would fetch it, or for a
         Kaggle model exactly the pinned version (``kaggle:o/m/f/v/N``), never "latest"."""
-        if isinstance(pin, KagglePin):
-            return pin.source(self.settings)
-        return source_for(pin.handle, pin.format, self.root).location
+        return pin.source(self.settings, self.root)
 
     def open_pin(self, pin: ArchivePin) -> Download:
         return self.open(self.location_of(pin), pin.archive_sha256)

@@ -174,3 +174,96 @@ def test_a_registry_is_one_storage_back_end() -> None:
     }
     # `hubpin image` is a command of its own (the cache as an image), not a bundle target.
     assert users == {"hubpin.storage.oci", "hubpin.cli.manage"}
+
+
+# What a pin is and what is done with it are its kind's (kinds.py) and its handler's
+# (handlers/); handles.py defines the Kind enum. Anywhere else, a test of a pin's class
+# is a branch that a new kind of pin would have to be added to.
+_MAY_TEST_PIN_KINDS = {"kinds", "handles", "handlers"}  # below the package
+
+
+def pin_classes(package: Path) -> set[str]:
+    """The pin kinds kinds.py defines: PinBase and every class below it."""
+    found = {"PinBase"}
+    tree = ast.parse((package / "kinds.py").read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and any(
+            isinstance(b, ast.Name) and b.id in found for b in node.bases
+        ):
+            found.add(node.name)
+    return found
+
+
+def pin_kind_tests(package: Path) -> list[str]:
+    """Places outside kinds.py, handles.py and handlers/ that test a pin's class:
+    ``isinstance(x, <a pin class>)``, ``type(x) is <a pin class>``, a ``case <a pin
+    class>()`` pattern, or any use of ``Kind.<member>``."""
+    classes = pin_classes(package)
+
+    def names_a_class(node: ast.AST) -> bool:
+        if isinstance(node, ast.Tuple):
+            return any(names_a_class(e) for e in node.elts)
+        if isinstance(node, ast.BinOp):  # A | B
+            return names_a_class(node.left) or names_a_class(node.right)
+        name = node.id if isinstance(node, ast.Name) else getattr(node, "attr", None)
+        return name in classes
+
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        name = module_name(path, package)
+        if name.partition(".")[2].split(".")[0] in _MAY_TEST_PIN_KINDS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            hit = (
+                (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Name)
+                    and node.func.id in {"isinstance", "issubclass"}
+                    and len(node.args) == 2
+                    and names_a_class(node.args[1])
+                )
+                or (
+                    isinstance(node, ast.Compare)
+                    and any(
+                        isinstance(op, ast.Is | ast.IsNot | ast.Eq | ast.NotEq) for op in node.ops
+                    )
+                    and any(names_a_class(n) for n in [node.left, *node.comparators])
+                )
+                or (isinstance(node, ast.MatchClass) and names_a_class(node.cls))
+                or (
+                    isinstance(node, ast.Attribute)
+                    and isinstance(node.value, ast.Name)
+                    and node.value.id == "Kind"
+                )
+            )
+            if hit:
+                found.append(f"{name}:{node.lineno}")
+    return found
+
+
+def test_only_kinds_and_handlers_test_a_pins_class() -> None:
+    """A new kind of pin is one class in kinds.py and one handler: no caller branches on it."""
+    assert {"ArchivePin", "KagglePin", "HfPin"} <= pin_classes(PACKAGE)
+    assert pin_kind_tests(PACKAGE) == []
+
+
+def test_the_pin_kind_check_finds_a_test(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    (package / "handlers").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "kinds.py").write_text(
+        "class PinBase: ...\nclass ArchivePin(PinBase): ...\nclass KagglePin(ArchivePin): ...\n"
+    )
+    (package / "handlers" / "__init__.py").write_text("def f(p):\n    return isinstance(p, X)\n")
+    (package / "handlers" / "a.py").write_text("def f(p):\n    return isinstance(p, KagglePin)\n")
+    (package / "a.py").write_text(
+        "from pkg import kinds\n"
+        "def f(p):\n"
+        "    if isinstance(p, (int, kinds.KagglePin)):\n"
+        "        return type(p) is ArchivePin\n"
+        "    match p:\n"
+        "        case KagglePin():\n"
+        "            return Kind.ARCHIVE\n"
+        "    return isinstance(p, str)\n"
+    )
+    assert pin_kind_tests(package) == ["pkg.a:3", "pkg.a:4", "pkg.a:6", "pkg.a:7"]

@@ -212,6 +212,19 @@ class Handler:
         current, or pinned exactly by its handle."""
         return None
 
+    def download(
+        self, spec: ModelSpec, fmt: Format, version: int | None, settings: Settings
+    ) -> tuple[object, ...] | None:
+        """Which one download a manifest entry names before it is pinned, where several
+        handles can name it (a Kaggle variation at one version, by URL and by ``kaggle:``):
+        ``hubpin lock`` downloads it once, for the first such alias, and pins the others from
+        that (:meth:`follow`). ``version``: what an earlier lock pinned. None: its own."""
+        return None
+
+    def follow(self, leader: Any, alias: str, spec: ModelSpec, settings: Settings) -> Pin:
+        """The pin ``spec`` gets from the one ``leader`` got (their :meth:`download` agreed)."""
+        raise NotImplementedError
+
     def pin(self, request: PinRequest) -> tuple[Pin, Tree | None]:
         """Resolve a manifest entry into a pin (and the tree unpacked into ``request.work``)."""
         raise NotImplementedError

@@ -8,17 +8,20 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from hubpin.errors import HubpinError
+from hubpin.errors import HubpinError, IntegrityError
 from hubpin.handlers import Currency, Run
 from hubpin.handlers.archive import ArchiveHandler
-from hubpin.kaggle import KaggleHandle, configured, pinned
+from hubpin.handles import cache_key
+from hubpin.kaggle import KaggleHandle, configured
 from hubpin.kerashub import is_preset_handle
 from hubpin.kinds import KagglePin, Pin
 from hubpin.plan import Target
 
 if TYPE_CHECKING:
+    from hubpin.handles import Format
     from hubpin.manifest import ModelSpec
     from hubpin.project import Project
+    from hubpin.settings import Settings
     from hubpin.sources import Sources
 
 log = logging.getLogger("hubpin")
@@ -106,11 +109,40 @@ class KaggleHandler(ArchiveHandler):
             return None
         return {"version": current}
 
+    def download(
+        self, spec: ModelSpec, fmt: Format, version: int | None, settings: Settings
+    ) -> tuple[object, ...] | None:
+        """One variation at one version (unversioned: the one kept, else the current one)."""
+        handle = configured(spec.handle, settings.kaggle_endpoint)
+        if handle is None:  # a keras-hub preset: keras_hub maps it when it is pinned
+            return None
+        return handle.slug, handle.version or version, fmt.value
+
+    def follow(self, leader: KagglePin, alias: str, spec: ModelSpec, settings: Settings) -> Pin:
+        """The same version, archive and tree, under its own handle, cache key and manifest
+        fields; nothing downloaded (sync hard-links its entry from the leader's)."""
+        if spec.sha256 and spec.sha256 != leader.archive_sha256:
+            raise IntegrityError(
+                f"{alias} ({spec.handle}): archive sha256 is {leader.archive_sha256}, the "
+                f"manifest expects {spec.sha256}; check the handle, or update sha256 in the "
+                "manifest"
+            )
+        fields = {
+            "handle": spec.handle,
+            "format": spec.effective_format(settings),
+            "io_device": spec.io_device,
+            "tags": spec.tags,
+            "expected_sha256": spec.sha256,
+            "also": spec.also or None,
+            "cache_key": cache_key(spec.handle),
+        }
+        return KagglePin.model_validate(leader.model_dump() | fields)
+
     def presets(self, project: Project, pin: KagglePin) -> list[str]:
         """``kaggle://o/m/f/v/N``, as keras_hub maps a built-in preset name; and without the
         version when the manifest's handle has none (the lock pins what "latest" is)."""
         endpoint = project.settings.kaggle_endpoint
-        exact = pinned(pin.handle, pin.kaggle_version, endpoint, pin.versioned_handle)
+        exact = pin.kagglehub_version(endpoint)
         found = [f"kaggle://{exact.slug}/{exact.version}"]
         named = None if is_preset_handle(pin.handle) else configured(pin.handle, endpoint)
         if named is not None and named.version is None:
@@ -137,6 +169,4 @@ class KaggleHandler(ArchiveHandler):
 
 
 def _kaggle_handle(run: Run, pin: KagglePin) -> KaggleHandle:
-    return pinned(
-        pin.handle, pin.kaggle_version, run.settings.kaggle_endpoint, pin.versioned_handle
-    )
+    return pin.kagglehub_version(run.settings.kaggle_endpoint)

@@ -38,7 +38,6 @@ from hubpin.errors import (
     MissingError,
     StaleLockError,
 )
-from hubpin.kinds import ArchivePin
 from hubpin.lockfile import Lock
 from hubpin.oci.client import OCI_MANIFEST, RegistryClient
 from hubpin.oci.reference import Reference
@@ -62,9 +61,10 @@ def bundle_manifest(lock: Lock, lock_text: str, archives: list[str]) -> bytes:
     users: dict[str, list[str]] = {}
     sizes: dict[str, int] = {}
     for alias, pin in sorted(lock.models.items()):
-        if isinstance(pin, ArchivePin) and pin.archive_sha256 in archives:
-            users.setdefault(pin.archive_sha256, []).append(alias)
-            sizes[pin.archive_sha256] = pin.archive_size
+        for sha, size in pin.archives().items():
+            if sha in archives:
+                users.setdefault(sha, []).append(alias)
+                sizes[sha] = size
     layers = [
         {
             "mediaType": ARCHIVE_TYPE,
@@ -124,8 +124,9 @@ class Artifact:
         problems = []
         for alias in aliases:
             pin, theirs = mine.models[alias], self.lock.models.get(alias)
-            if not isinstance(pin, ArchivePin):
-                continue  # read in place at load time: nothing of it is in a bundle
+            wanted = pin.archives()
+            if not wanted:
+                continue  # not fetched as an archive: nothing of it is in a bundle
             if theirs is None:
                 problems.append(f"{alias} is not in the artifact's lock")
                 continue
@@ -136,8 +137,12 @@ class Artifact:
                 for key in sorted(set(ours) | set(other))
                 if ours.get(key) != other.get(key)
             ]
-            if not differ and self.archives.get(pin.archive_sha256) != pin.archive_size:
-                differ.append(f"{alias}: the artifact has no archive sha256:{pin.archive_sha256}")
+            if not differ:
+                differ = [
+                    f"{alias}: the artifact has no archive sha256:{sha}"
+                    for sha, size in wanted.items()
+                    if self.archives.get(sha) != size
+                ]
             problems += differ
         if problems:
             raise StaleLockError(

@@ -38,8 +38,6 @@ from typing import IO, TYPE_CHECKING
 from hubpin.cache import Cache, Record
 from hubpin.cache.kagglehub import kagglehub_entry, kagglehub_file_markers, kagglehub_marker
 from hubpin.errors import FetchError, HubpinError, IntegrityError, NotSyncedError
-from hubpin.kaggle import pinned
-from hubpin.kinds import ArchivePin, KagglePin
 from hubpin.lockfile import Lock
 from hubpin.oci.client import OCI_MANIFEST, RegistryClient
 from hubpin.reader import HashingReader
@@ -96,22 +94,24 @@ def plan_image(
     plan = Plan()
     for alias in aliases:
         pin = lock.models[alias]
-        if not isinstance(pin, ArchivePin):
-            continue  # read in place at load time (gs:// or a local folder): nothing to ship
-        record = cache.read_record(pin.cache_key)
-        problems = cache.quick_check(pin.cache_key, pin.tree_digest)
+        keyed = pin.keyed()
+        if not keyed:
+            continue  # not in tensorflow_hub's cache (read in place, or Hugging Face's)
+        key = keyed[0][1]  # the pinned handle's entry; the others hold the same files
+        record = cache.read_record(key)
+        problems = cache.quick_check(key, pin.tree_digest)
         if record is None or problems:
             raise NotSyncedError(
-                f"{alias} ({pin.handle}): the cache entry {cache.entry(pin.cache_key)} is not "
+                f"{alias} ({pin.handle}): the cache entry {cache.entry(key)} is not "
                 f"ready ({'; '.join(problems) or 'no record'}); run: hubpin sync --locked"
             )
         plan.aliases.append(alias)
-        places = [
-            (f"{TFHUB}/{key}", handle)
-            for handle, key in zip(pin.handles(), pin.cache_keys(), strict=True)
-        ]
-        if isinstance(pin, KagglePin):
-            kaggle = pinned(pin.handle, pin.kaggle_version, endpoint)
+        first_handle: dict[str, str] = {}  # each key the pin fills → the handle it is for
+        for handle, filled in keyed:
+            first_handle.setdefault(filled, handle)
+        places = [(f"{TFHUB}/{filled}", handle) for filled, handle in first_handle.items()]
+        kaggle = pin.kagglehub_version(endpoint)
+        if kaggle is not None:
             places.append((kagglehub_entry(Path(KAGGLEHUB), kaggle).as_posix(), ""))
             plan.add(Member(kagglehub_marker(Path(KAGGLEHUB), kaggle).as_posix(), data=b""))
             markers = kagglehub_file_markers(Path(KAGGLEHUB), kaggle).as_posix()
@@ -125,7 +125,7 @@ def plan_image(
                 plan.add(Member(f"{where}/{rel}"))
             for rel, expect in sorted(record.tree.files.items()):
                 if where == first:
-                    source = cache.local_root / pin.cache_key / rel
+                    source = cache.local_root / key / rel
                     plan.add(Member(f"{where}/{rel}", source, expect=expect, alias=alias))
                 else:
                     plan.add(Member(f"{where}/{rel}", link=f"{first}/{rel}"))
