@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -270,3 +271,24 @@ def test_results_on_stdout_diagnostics_on_stderr(
         "hubpin: WARNING: the cache is under a temporary folder that cleaners may empty; "
         "set TFHUB_CACHE_DIR or cache_dir in hubpin.toml\n"
     )
+
+
+def test_resolve_of_a_pinned_folder_that_is_gone_names_it_and_what_to_run(
+    project: Project, models: dict[str, Model]
+) -> None:
+    """A folder pin is read in place: sync cannot bring it back, so the line says what the
+    lock expects there and both ways out (sync --frozen says the same)."""
+    shutil.copytree(models["triple"].folder, project.root / "triple")
+    project.models(mine="triple")
+    assert project.run("lock")[0] == 0
+    shutil.rmtree(project.root / "triple")
+    folder = (project.root / "triple").resolve()
+    code, out, err = project.run("resolve", "mine")
+    assert (code, out, err.count("\n")) == (1, "", 1), err
+    assert err.startswith("hubpin: error: mine (triple): the lock pins the local folder "), err
+    assert f" {folder} (4 files, tree tree-v1:" in err and "found nothing there" in err, err
+    assert err.rstrip().endswith(
+        "or point the handle in the manifest at where it is now and run: hubpin lock"
+    ), err
+    code, _, err = project.run("sync", "--frozen")
+    assert code == 1 and "FAILED: mine (triple): the lock pins the local folder" in err, err

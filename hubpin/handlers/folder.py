@@ -22,7 +22,7 @@ class FolderHandler(Handler):
         size = pin.unpacked_size
         folder = run.root / pin.location
         if not folder.is_dir():
-            error = NotSyncedError(f"{folder}: folder not found (the lock pins a local folder)")
+            error = missing(alias, pin, folder)
             return Step(
                 alias, Action.FAIL, size, 0, f"{folder}: folder not found", pin, error=error
             )
@@ -41,7 +41,7 @@ class FolderHandler(Handler):
 
         folder = run.root / pin.location
         if not folder.is_dir():
-            raise NotSyncedError(f"{folder}: folder not found (the lock pins a local folder)")
+            raise missing(step.alias, pin, folder)
         if not run.full_verify:
             return "checked", f"{folder} exists"
         digest = hash_tree(folder).digest()
@@ -61,7 +61,7 @@ class FolderHandler(Handler):
     def resolve(self, project: Project, alias: str, pin: FolderPin, verify: bool) -> str:
         folder = pin.folder(project.root)
         if not folder.is_dir():
-            raise NotSyncedError(f"{alias}: pinned folder {folder} does not exist")
+            raise missing(alias, pin, folder)
         if verify:  # read in place, so verify means re-hash it, as for a cache entry
             _check_folder(alias, folder, pin.tree_digest)
         return str(folder)
@@ -85,6 +85,17 @@ class FolderHandler(Handler):
             file_count=tree.file_count,
         )
         return made, None
+
+
+def missing(alias: str, pin: FolderPin, folder: Path) -> NotSyncedError:
+    """A pinned folder that is not there: sync cannot fetch it (it is read in place), so say
+    what the lock expects and the two ways out."""
+    what = "a file" if folder.exists() else "nothing"
+    return NotSyncedError(
+        f"{alias} ({pin.handle}): the lock pins the local folder {folder} ({pin.file_count} "
+        f"files, tree {pin.tree_digest}), found {what} there; put the folder back, or point "
+        "the handle in the manifest at where it is now and run: hubpin lock"
+    )
 
 
 def _check_folder(alias: str, folder: Path, tree_digest: str) -> None:
