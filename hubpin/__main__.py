@@ -46,6 +46,9 @@ def _main() -> int:
     code = replay(sys.argv[1:], _show_status)
     if code is not None:
         return code
+    import signal  # here, not before the replay: it takes no locks, and each ms counts there
+
+    signal.signal(signal.SIGTERM, _terminate)
     from hubpin.cli import main as cli_main
 
     return cli_main()
@@ -57,14 +60,35 @@ def _show_status(report: StatusReport, as_json: bool) -> None:
     show_status(report, as_json)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``docker stop``, ``kill``), handled as Ctrl-C is: the same line, nothing
+    half-written published, the cache's locks released; exit 143."""
+
+
+_terminated: list[int] = []  # the SIGTERM received, if one was
+
+
+def _terminate(signum: int, frame: object) -> None:
+    _terminated.append(signum)
+    raise Terminated
+
+
 def run() -> None:
     """``python -m hubpin`` and the ``hubpin`` script. An interrupted run leaves at once, skipping the interpreter's
     shutdown: after Ctrl-C about 0.1 s into start-up, that shutdown ended the process by
-    SIGINT (exit -2, not 130) in about one run of three, after hubpin had said it stopped."""
-    code = main()
+    SIGINT (exit -2, not 130) in about one run of three, after hubpin had said it stopped.
+    Its threads may still hold cache locks (mid-download): those are released first, or
+    each would be a ``<key>.lock`` that tensorflow_hub waits for."""
+    try:
+        code = main()
+    except KeyboardInterrupt:  # a signal just after main() returned
+        code = 130
     if code == 130:
+        held = sys.modules.get("hubpin.cache.lock")
+        if held is not None:
+            held.release_held()
         sys.stderr.flush()
-        os._exit(130)
+        os._exit(143 if _terminated else 130)
     sys.exit(code)
 
 

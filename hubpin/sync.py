@@ -149,11 +149,14 @@ class Syncer:
             pool = ThreadPoolExecutor(max_workers=max(1, min(jobs, len(wave))))
             try:
                 done |= {o.alias: o for o in pool.map(one, wave)}
-            except BaseException:  # Ctrl-C: make the workers stop reading, not finish
+            except BaseException:
+                # Ctrl-C: make the workers stop reading, and leave without waiting for one
+                # stalled on a host (for read_timeout). The CLI then releases the locks they
+                # hold (hubpin.cache.lock.release_held); nothing they did is committed.
                 self.stop.set()
+                pool.shutdown(wait=False, cancel_futures=True)
                 raise
-            finally:
-                pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown()
         return [done[s.alias] for s in plan.steps]
 
     def _execute_step(

@@ -199,37 +199,39 @@ class LocalCache(Cache):
         before the swap: a crash between the two must not leave a record that
         describes a tree the entry does not hold (without one, the next sync re-hashes).
         """
-        self._check_held(key)
         entry = self.root / key
-        try:
-            old_record = self.read_record(key)
-            record = self.provenance(record, old_record, adopted=False)
-            if old_record is None or old_record.tree_digest != record.tree_digest:
-                with contextlib.suppress(FileNotFoundError):
-                    self._record(key).unlink()
-            write_atomic(self.root / f"{key}.descriptor.txt", descriptor_text(record.handle))
-            old = None
-            present = os.path.lexists(entry)  # a symlink, even a dangling one, is swapped out too
-            if present and exchange(work, entry):
-                old = work  # now holding the old entry, under the work folder's name
-            else:
-                if present:
-                    old = entry.with_name(f"{key}.{uuid.uuid4().hex}.old")
-                    os.rename(entry, old)
-                os.rename(work, entry)
-        except OSError as exc:
-            raise write_error(exc, entry) from None
-        self._write_record(key, record)
+        with self._committing(key):
+            try:
+                old_record = self.read_record(key)
+                record = self.provenance(record, old_record, adopted=False)
+                if old_record is None or old_record.tree_digest != record.tree_digest:
+                    with contextlib.suppress(FileNotFoundError):
+                        self._record(key).unlink()
+                write_atomic(self.root / f"{key}.descriptor.txt", descriptor_text(record.handle))
+                old = None
+                present = os.path.lexists(entry)  # a symlink, even a dangling one, too
+                if present and exchange(work, entry):
+                    old = work  # now holding the old entry, under the work folder's name
+                else:
+                    if present:
+                        old = entry.with_name(f"{key}.{uuid.uuid4().hex}.old")
+                        os.rename(entry, old)
+                    os.rename(work, entry)
+            except OSError as exc:
+                raise write_error(exc, entry) from None
+            self._write_record(key, record)
         if old is not None:
             remove_tree(old, quiet=True)
 
-    def _check_held(self, key: str) -> None:
+    def _committing(self, key: str) -> contextlib.AbstractContextManager[None]:
+        """Commit only while this process holds ``key``'s lock, when it holds one."""
         holding = self._held.get(key)
-        if holding is not None:
-            holding.check()
+        return holding.committing() if holding is not None else contextlib.nullcontext()
 
     def publish_record(self, key: str, record: Record) -> None:
-        self._write_record(key, self.provenance(record, self.read_record(key), adopted=True))
+        with self._committing(key):
+            record = self.provenance(record, self.read_record(key), adopted=True)
+            self._write_record(key, record)
 
     def _write_record(self, key: str, record: Record) -> None:
         try:

@@ -22,6 +22,11 @@ create-only-if-absent, read, replace-only-if-unchanged and delete:
 5. Before committing anything, a holder checks it still holds the lock
    (:meth:`Holding.check`), and commits nothing if not.
 6. The lock is released only if unchanged (a lock someone took over is left to them).
+7. A process leaving at once (Ctrl-C or SIGTERM; the CLI ends without waiting for the
+   downloads in flight) releases the locks its threads hold on the way out
+   (:func:`release_held`), after any commit in progress ends, and its threads commit
+   nothing after that. A lock left behind would make tensorflow_hub wait for it (up to
+   its ``lock_file_timeout_sec``) before taking it over.
 """
 
 from __future__ import annotations
@@ -65,6 +70,9 @@ class Holding:
         self.lost_to: str | None = None
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
+        self._commit = threading.Lock()  # held while committing; release_held waits for it
+        self._abandoned = False  # released by release_held: commit nothing
+        self._released = False
 
     def renew_every(self, interval: float) -> None:
         """Start the lease (stores other machines share)."""
@@ -93,8 +101,20 @@ class Holding:
             except HubpinError as exc:  # the sync's own requests report the endpoint
                 log.debug("could not refresh the lock: %s", exc)
 
+    @contextlib.contextmanager
+    def committing(self) -> Iterator[None]:
+        """Commit in this block, only while the lock is held (:meth:`check`); a process
+        leaving at once releases the lock only after the block ends."""
+        with self._commit:
+            self.check()
+            yield
+
     def check(self) -> None:
         """Raise unless this process still holds the lock: a holder that lost it commits nothing."""
+        if self._abandoned:
+            raise CacheError(
+                f"{self.place.lock}: released, hubpin was interrupted; nothing was committed"
+            )
         if self._thread is None and self.lost_to is None:  # no lease: look
             found = _read(self.place)
             if found is None or found[0] != self.contents:
@@ -105,7 +125,25 @@ class Holding:
                 "saw no progress for lock_timeout); nothing was committed; run: hubpin sync"
             )
 
+    def abandon(self, timeout: float) -> None:
+        """Release the lock from another thread, for a process leaving now: once the commit
+        in progress, if any, ended (waiting at most ``timeout``; past it the lock stays, a
+        dead holder's once the process is gone). The holder commits nothing after, so its
+        work folder is removed too."""
+        if not self._commit.acquire(timeout=max(0.0, timeout)):
+            return
+        self._abandoned = True
+        self._commit.release()
+        self.release()
+        with contextlib.suppress(HubpinError, OSError):  # nothing renames it into place now
+            self.place.storage.remove_tree(self.place.work_of(self.task))
+
     def release(self) -> None:
+        with _registry:
+            if self._released:
+                return
+            self._released = True
+            _held.discard(self)
         self._stopped.set()
         if self._thread is not None:
             self._thread.join()
@@ -120,18 +158,43 @@ class Holding:
             log.warning("could not release the lock: %s", exc)
 
 
+_held: set[Holding] = set()  # every lock this process holds now
+_registry = threading.Lock()
+
+
 @contextlib.contextmanager
 def hold(place: Place, timeout: float) -> Iterator[Holding]:
     """Hold the lock at ``place`` (see the module docstring) until the block ends."""
     task = uuid.uuid4().hex
     contents = lock_contents(task)
     holding = Holding(place, task, contents, _acquire(place, contents, timeout))
+    with _registry:
+        _held.add(holding)
     if place.storage.shared:
         holding.renew_every(max(0.2, min(30.0, timeout / 4)))
     try:
         yield holding
     finally:
         holding.release()
+
+
+def release_held(timeout: float = 2.0) -> None:
+    """Release every lock this process holds, for a process that leaves now while other
+    threads still hold them (mid-download): each once its commit in progress, if any,
+    ended; the threads commit nothing after, so the holder's work folder is removed too.
+    Bounded by ``timeout`` in all (a shared store may not answer): a lock not released by
+    then is left, to be taken over as a dead holder's."""
+
+    def release_all() -> None:
+        deadline = time.monotonic() + timeout
+        with _registry:
+            holdings = list(_held)
+        for holding in holdings:
+            holding.abandon(deadline - time.monotonic())
+
+    worker = threading.Thread(target=release_all, name="hubpin-release", daemon=True)
+    worker.start()
+    worker.join(timeout)
 
 
 def _acquire(place: Place, contents: str, timeout: float) -> str:

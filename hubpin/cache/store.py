@@ -345,11 +345,11 @@ class StoreCache(Cache):
                 f"{self.entry(key)}: after upload {some(problems)}; nothing was committed; "
                 "run: hubpin sync"
             )
-        self._still_held(key)
-        self.storage.put(
-            self._url(f"{key}.descriptor.txt"), descriptor_text(record.handle).encode()
-        )
-        self._commit(key, record, {p: self._print(listing[p]) for p in record.tree.files})
+        with self._committing(key):
+            self.storage.put(
+                self._url(f"{key}.descriptor.txt"), descriptor_text(record.handle).encode()
+            )
+            self._commit(key, record, {p: self._print(listing[p]) for p in record.tree.files})
 
     def _checksum_of(self, path: Path) -> str | None:
         """The store's checksum of a local file, which the store checks the upload against."""
@@ -366,15 +366,19 @@ class StoreCache(Cache):
         if holding is not None:
             holding.check()
 
+    def _committing(self, key: str) -> contextlib.AbstractContextManager[None]:
+        """Commit only while this process holds ``key``'s lock, when it holds one."""
+        holding = self._held.get(key)
+        return holding.committing() if holding is not None else contextlib.nullcontext()
+
     def publish_record(self, key: str, record: Record) -> None:
         """Commit an entry someone else wrote (tensorflow_hub), once it was hashed and matched."""
-        self._still_held(key)
-        record = self.provenance(record, self.read_record(key), adopted=True)
-        self._revoke_other(key, record)
-        listing = self._listing(key)
-        self._commit(
-            key, record, {p: self._print(listing[p]) for p in record.tree.files if p in listing}
-        )
+        with self._committing(key):
+            record = self.provenance(record, self.read_record(key), adopted=True)
+            self._revoke_other(key, record)
+            listing = self._listing(key)
+            sums = {p: self._print(listing[p]) for p in record.tree.files if p in listing}
+            self._commit(key, record, sums)
 
     def _revoke_other(self, key: str, record: Record) -> None:
         """Delete a record that is unreadable or vouches for another tree (see step 3)."""
