@@ -6,6 +6,9 @@ https→http downgrade. Transient failures (resets, timeouts, 5xx, 429) are retr
 with backoff (429/503 after the server's Retry-After, capped); a body cut short
 resumes with a Range request from where it stopped. Headers given for one host
 (Kaggle credentials) go to that host only, never to a redirect target elsewhere.
+A host that did not answer one request through all its tries is down for the rest of
+the command: the parallel jobs' requests to it stop retrying, and later ones fail at
+once, so what to check is said once, not once per model after as many timeouts.
 Nothing here prints or records a URL with its query string.
 """
 
@@ -221,7 +224,7 @@ class Fetcher:
                         f"{strip_query(url)}: bytes {start}-{end}: {_reason(exc)} ({tries.gave_up})"
                     ) from None
                 log.info("%s: %s; resuming the range", strip_query(url), _reason(exc))
-                time.sleep(delay)
+                self._pause(url, delay)
 
     def _http_chunks(
         self, url: str, response: urllib3.BaseHTTPResponse, length: int | None
@@ -258,13 +261,14 @@ class Fetcher:
                         f"{strip_query(url)}: {what} after {tries.failures} tries ({_reason(exc)})"
                     ) from None
                 log.info("%s: %s; resuming at byte %d", strip_query(url), _reason(exc), offset)
-                time.sleep(delay)
+                self._pause(url, delay)
                 response, _ = self._with_retries(functools.partial(self._follow, url, offset), url)
                 skip = offset if response.status == 200 else 0
 
     def _with_retries(self, attempt: Callable[[], T], url: str, retries: int | None = None) -> T:
         tries = Retries(self.settings.retries if retries is None else retries)
         while True:
+            self._refuse_if_down(url)
             try:
                 return attempt()
             except _transient_errors() as exc:
@@ -281,10 +285,42 @@ class Fetcher:
                         raise FetchError(
                             f"{strip_query(url)}: {_reason(exc)} ({tries.gave_up}){busy}"
                         ) from None
+                    if retries is None:  # the whole budget (a caller's single try recovers)
+                        self._gave_up_on(url, _down(exc, self.settings) or _reason(exc))
                     raise FetchError(f"{strip_query(url)}: {down(tries.gave_up)}") from None
                 why = _down(exc, self.settings) or _reason(exc)
                 log.info("%s: %s; retrying (%s)", strip_query(url), why, tries.tried)
-                time.sleep(delay)
+                self._pause(url, delay)
+
+    def _gave_up_on(self, url: str, why: str) -> None:
+        """Note that ``url``'s host is down, and wake the requests waiting to retry it; if
+        another request said so first, fail with the short line instead (the full one, with
+        what to check, is said once)."""
+        origin = _origin(url)
+        with self._hosts.changed:
+            if origin not in self._hosts.down:
+                self._hosts.down[origin] = why
+                self._hosts.changed.notify_all()
+                return
+        self._refuse_if_down(url)
+
+    def _refuse_if_down(self, url: str) -> None:
+        """Fail at once for a host another request of this command gave up on."""
+        with self._hosts.lock:
+            why = self._hosts.down.get(_origin(url))
+        if why is not None:
+            host = urllib.parse.urlsplit(url).netloc.rpartition("@")[2]
+            raise FetchError(
+                f"{strip_query(url)}: not tried: {host} is down ({why}), as another request "
+                "found after its last try; its line says what to check"
+            )
+
+    def _pause(self, url: str, delay: float) -> None:
+        """Wait ``delay`` seconds before retrying ``url``, less if its host is found down."""
+        origin, until = _origin(url), time.monotonic() + delay
+        with self._hosts.changed:
+            while origin not in self._hosts.down and (left := until - time.monotonic()) > 0:
+                self._hosts.changed.wait(left)
 
     def _follow(
         self, url: str, offset: int, end: int | None = None
@@ -459,6 +495,11 @@ class _Hosts:
     headers: dict[tuple[str, str, int], dict[str, str]] = field(default_factory=dict)
     not_before: dict[tuple[str, str, int], float] = field(default_factory=dict)
     hints: dict[tuple[str, str, int], str] = field(default_factory=dict)
+    down: dict[tuple[str, str, int], str] = field(default_factory=dict)  # → why, once given up
+    changed: threading.Condition = field(init=False)  # over ``lock``: a host was found down
+
+    def __post_init__(self) -> None:
+        self.changed = threading.Condition(self.lock)
 
 
 def _is_status(exc: BaseException) -> bool:

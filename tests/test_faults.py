@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import tarfile
+
 import pytest
 from conftest import Model, Project
 from faultkit import heavy_archive, leftovers
@@ -256,3 +259,38 @@ def test_a_404_names_the_url_once_and_what_to_check(fast_retries: Project, hub: 
         "handle (model name and version) in the manifest\n"
     ) in err
     assert err.count(handle) == 1, err
+
+
+def _tiny_archive(data: bytes) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as tar:
+        info = tarfile.TarInfo("saved_model.pb")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+def test_a_host_that_is_down_stops_every_models_retries_and_is_said_once(
+    fast_retries: Project, hub: HubServer, models: dict[str, Model]
+) -> None:
+    """Six models on one plain-http host that drops every connection unanswered, three jobs:
+    once one download gave up on the host, the others stop retrying it and the ones not
+    started make no request; what to check is said once; exit 1 as before."""
+    paths = [f"google/m{i}/1" for i in range(6)]
+    for i, path in enumerate(paths):  # six archives (one archive would be one download)
+        hub.models[path] = _tiny_archive(f"model {i}".encode())
+    fast_retries.models(**{f"m{i}": hub.handle(p) for i, p in enumerate(paths)})
+    assert fast_retries.run("lock", "--no-fill")[0] == 0
+    hub.requests.clear()
+    for path in paths:
+        hub.faults[path] = Faults(reset_times=100)
+    code, _, err = fast_retries.run("sync", "--jobs", "3")
+    host = hub.url.removeprefix("http://")
+    assert code == 1, err
+    assert err.count(f"cannot reach {host}: the connection was reset (gave up after 4 tries)") == 1
+    assert err.count("that the host is up") == 1, err
+    failed = sorted(line.split()[0] for line in err.splitlines() if " FAILED: " in line)
+    assert failed == [f"m{i}" for i in range(6)], err
+    assert err.count(f"not tried: {host} is down (the connection was reset)") == 5, err
+    tried = sum(hub.archive_requests(p) for p in paths)
+    assert tried <= 3 * 4, (tried, err)  # at most the three in flight; 24 when each retried alone
