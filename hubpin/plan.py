@@ -81,6 +81,7 @@ class Step:
     shared: bool = False  # ...and that entry is this one's own key (same handle)
     damage: tuple[str, ...] = ()  # why the entry is not usable (REPLACE)
     error: HubpinError | None = field(default=None, repr=False, compare=False)  # FAIL
+    found: Any = field(default=None, repr=False, compare=False)  # ADOPT: what planning hashed
 
     def row(self) -> dict[str, Any]:
         """The step as ``sync --dry-run --json`` prints it."""

@@ -7,14 +7,22 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 from conftest import Model, Project, hubpin_imports
-from faultkit import leftovers, snapshot, spawn_hubpin, without_root_overrides
+from faultkit import (
+    heavy_model,
+    leftovers,
+    snapshot,
+    spawn_hubpin,
+    without_root_overrides,
+)
 from hubserver import HubServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from savedmodels import pack
 
 import hubpin
 
@@ -248,3 +256,57 @@ def test_any_malformed_record_is_refused_with_a_value_error(field: str, value: o
     except ValueError:
         return
     assert record.tree.digest() == record.tree_digest
+
+
+def _bytes_read() -> int:
+    """Bytes this process has read so far, through any file (Linux's /proc/self/io rchar)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar in /proc/self/io")
+
+
+def test_an_entry_tensorflow_hub_made_is_read_once_to_adopt_and_rechecked_if_it_changed(
+    project: Project, hub: HubServer, models: dict[str, Model], tmp_path: Path
+) -> None:
+    """Entries without hubpin's record are hashed when the sync is planned; under each key's
+    lock that hash is trusted only if the folder's stamp (every path's inode, size, mtime and
+    ctime) is what it was: 16 MiB of model are read once, not twice, and a file rewritten
+    between planning and the lock (same size, mtime put back) is caught and fetched again."""
+    from hubpin.ops.common import open_sources, syncer
+    from hubpin.project import Project as HubpinProject
+
+    big = heavy_model(tmp_path, models["double"].folder, files=2, size=8 << 20)
+    hub.models["google/big/1"] = pack(big)
+    handles = {"big": hub.handle("google/big/1"), "double": hub.handle(DOUBLE)}
+    project.models(**handles)
+    assert project.run("lock", "--no-fill")[0] == 0
+    for alias, folder in (("big", big), ("double", models["double"].folder)):
+        entry = project.entry(handles[alias])  # as tensorflow_hub leaves one: no record
+        shutil.copytree(folder, entry)
+        entry.with_name(entry.name + ".descriptor.txt").write_text(f"Module: {handles[alias]}\n")
+    time.sleep(2.1)  # settled: older than the coarsest file timestamps (see hash_stamped)
+    mine = HubpinProject.discover(project.manifest)
+    pins = dict(mine.read_lock().models)
+    with open_sources(mine) as sources:
+        run = syncer(mine, sources, offline=False, full_verify=False)
+        start = _bytes_read()
+        plan = run.plan(pins)
+        planned = _bytes_read() - start
+        assert [(s.alias, s.action.value) for s in plan.steps] == [
+            ("big", "adopt"),
+            ("double", "adopt"),
+        ]
+        victim = project.entry(handles["double"]) / "saved_model.pb"
+        was = victim.stat()
+        victim.write_bytes(bytes(was.st_size))  # a tool rewrote it in place, mtime put back
+        os.utime(victim, ns=(was.st_atime_ns, was.st_mtime_ns))
+        start = _bytes_read()
+        outcomes = {o.alias: o.status for o in run.execute(plan, 2)}
+        executed = _bytes_read() - start
+    assert outcomes == {"big": "adopted", "double": "fetched"}
+    assert victim.read_bytes() == (models["double"].folder / "saved_model.pb").read_bytes()
+    assert planned >= 16 << 20, planned
+    assert executed < 4 << 20, executed  # hashed twice, it read the 16 MiB again
+    code, out, _ = project.run("verify")
+    assert code == 0, out

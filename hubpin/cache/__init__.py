@@ -237,6 +237,17 @@ class Cache(ABC):
     def hash_entry(self, key: str) -> Tree:
         """The entry's files as they are now, hashed; OSError or CacheError if unreadable."""
 
+    def hash_stamped(self, key: str) -> Hashed:
+        """:meth:`hash_entry`, with a stamp that :meth:`unchanged` can later compare, when
+        this cache can tell from metadata alone that no file changed since (None: it cannot,
+        and the entry must be hashed again)."""
+        return Hashed(self.hash_entry(key), None)
+
+    def unchanged(self, key: str, hashed: Hashed) -> bool:
+        """Whether the entry provably holds what ``hashed`` found: so a hash taken before its
+        lock was held may be trusted under it, without reading the files again."""
+        return False
+
     def verify(self, key: str, tree_digest: str) -> list[str]:
         """Re-hash an entry against hubpin's record and the lock; one phrase per damaged path."""
         record = self.read_record(key)
@@ -312,6 +323,14 @@ class Cache(ABC):
 
 NOTES = "hubpin-projects"
 MAX_NOTE = 1 << 20
+
+
+@dataclass(frozen=True)
+class Hashed:
+    """An entry's files as hashed at one moment, and the cache's stamp of them then."""
+
+    tree: Tree
+    stamp: object | None  # see Cache.hash_stamped
 
 
 def descriptor_text(handle: str) -> str:

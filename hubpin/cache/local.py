@@ -23,6 +23,7 @@ from hubpin.cache import (
     MAX_RECORD,
     NOTES,
     Cache,
+    Hashed,
     Record,
     descriptor_text,
     holder_is_dead,
@@ -140,6 +141,29 @@ class LocalCache(Cache):
             if _unreadable(entry / path, found):
                 raise OSError(f"{path} is not readable (mode {found.st_mode & 0o777:03o})")
         return tree
+
+    def hash_stamped(self, key: str) -> Hashed:
+        """Hashed, with the entry's stamp (:func:`_stamp`) when it held still: the same
+        stamp before and after the hash, and nothing in it changed since ``SETTLED_NS``
+        before the hash began (a change within the filesystem's timestamp granularity of
+        the stamp could leave it as it was, so such an entry gets no stamp)."""
+        began = time.time_ns()
+        entry = str(self.root / key)
+        before = _stamp(entry)
+        tree = self.hash_entry(key)
+        settled = (
+            before is not None
+            and _stamp(entry) == before
+            and all(max(m, c) < began - SETTLED_NS for *_, m, c in before)
+        )
+        return Hashed(tree, before if settled else None)
+
+    def unchanged(self, key: str, hashed: Hashed) -> bool:
+        """Whether the folder and everything in it has the inode, type, mode, size, mtime and
+        ctime it had when hashed. The kernel sets a file's ctime to the current time on every
+        write, truncate, chmod or rename, and no call sets it back, so a changed file, or a
+        folder swapped in by another process's rename, has another stamp."""
+        return hashed.stamp is not None and _stamp(str(self.root / key)) == hashed.stamp
 
     def ensure_root(self) -> None:
         try:
@@ -344,6 +368,37 @@ _KEY_RE = re.compile(r"[0-9a-f]{40}")
 # ``<key>.lock.tmp<hex>`` (both tools) and hubpin's ``<key>.lock.<hex>.stale``.
 _TEMP_FILE_RE = re.compile(r"^\..+\.[0-9a-f]{32}$|\.tmp[0-9a-f]{32}$")
 _LOCK_TEMP_RE = re.compile(r"\.lock\.tmp[0-9a-f]{32}$|\.lock\.[0-9a-f]{32}\.stale$")
+
+
+SETTLED_NS = 2_000_000_000  # 2 s: the coarsest file timestamps in use (FAT's)
+
+Stamp = tuple[tuple[str, int, int, int, int, int, int], ...]
+
+
+def _stamp(entry: str) -> Stamp | None:
+    """Every path below ``entry`` (and itself) with its ``lstat``: type and mode, device,
+    inode, size, mtime and ctime in ns; no file is read. None if it cannot be listed."""
+    found: list[tuple[str, int, int, int, int, int, int]] = []
+
+    def add(rel: str, st: os.stat_result) -> None:
+        found.append(
+            (rel, st.st_mode, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        )
+
+    try:
+        add("", os.lstat(entry))
+        folders = [""]
+        while folders:
+            rel = folders.pop()
+            with os.scandir(os.path.join(entry, rel)) as listing:
+                for item in listing:
+                    path = f"{rel}/{item.name}" if rel else item.name
+                    add(path, item.stat(follow_symlinks=False))
+                    if item.is_dir(follow_symlinks=False):
+                        folders.append(path)
+    except OSError:
+        return None
+    return tuple(sorted(found))
 
 
 def _symlinked(entry: Path) -> str:

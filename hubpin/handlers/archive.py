@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from hubpin.cache import ABSENT, Problem, Record, code_of
+from hubpin.cache import ABSENT, Hashed, Problem, Record, code_of
 from hubpin.errors import (
     ArchiveError,
     CacheError,
@@ -110,9 +110,12 @@ class ArchiveHandler(Handler):
             refusal = _offline_refusal(damage)
             error = NotSyncedError(f"{refusal}; run: hubpin sync")
             return Step(alias, Action.FAIL, size, 0, refusal, pin, error=error)
-        if _adoptable(run.cache, pin) is not None:
+        hashed = _adoptable(run.cache, pin)
+        if hashed is not None:
             why = "an entry without hubpin's record that matches the lock"
-            return Step(alias, Action.ADOPT, size, 0, why, pin, links, damage=tuple(damage))
+            return Step(
+                alias, Action.ADOPT, size, 0, why, pin, links, damage=tuple(damage), found=hashed
+            )
         if source is not None:
             return Step(alias, Action.LINK, size, 0, linked, pin, links, source)
         sources = run.sources
@@ -156,7 +159,7 @@ class ArchiveHandler(Handler):
         elif step.action is Action.LINK:
             status, detail = "present", ""
         else:
-            status, detail = self._sync(run, pin, list(step.damage))
+            status, detail = self._sync(run, pin, list(step.damage), step.found)
         for target in step.links:
             self.fill(run, pin, target)
         return status, detail
@@ -166,17 +169,24 @@ class ArchiveHandler(Handler):
         assert target.key is not None
         _link_entry(run, pin, pin.cache_key, target.handle, target.key)
 
-    def _sync(self, run: Run, pin: ArchivePin, damage: list[str]) -> tuple[str, str]:
-        """Make the entry match the lock under its lock: adopted if it can be, else fetched."""
+    def _sync(
+        self, run: Run, pin: ArchivePin, damage: list[str], found: Hashed | None = None
+    ) -> tuple[str, str]:
+        """Make the entry match the lock under its lock: adopted if it can be, else fetched.
+
+        ``found``: what planning hashed of an entry to adopt, trusted here only if the
+        cache vouches that nothing of it changed since (:meth:`Cache.unchanged`); else
+        it is hashed again, now that the lock keeps other syncs out."""
         from hubpin.owners import refuse_replacing
 
         cache = run.cache
         with cache.locked(pin.cache_key, run.settings.lock_timeout) as work:
             if not self.damage(run, pin):  # another process finished while we waited
                 return "present", ""
-            tree = _adoptable(cache, pin)
-            if tree is not None:
-                cache.publish_record(pin.cache_key, Record(pin.handle, pin.tree_digest, tree))
+            hashed = _adoptable(cache, pin, found)
+            if hashed is not None:
+                record = Record(pin.handle, pin.tree_digest, hashed.tree)
+                cache.publish_record(pin.cache_key, record)
                 return "adopted", "verified the existing entry"
             refuse_replacing(cache, pin.cache_key, pin.tree_digest, pin.handle)
             result = run.fetch_into(pin, work)
@@ -419,17 +429,20 @@ def _offline_refusal(damage: list[str]) -> str:
     return f"{what}, and --offline forbids downloading"
 
 
-def _adoptable(cache: Cache, pin: ArchivePin) -> Tree | None:
+def _adoptable(cache: Cache, pin: ArchivePin, found: Hashed | None = None) -> Hashed | None:
     """The files of an entry without hubpin's record (tensorflow_hub's, or an older
-    hubpin's), if they are what the lock pins."""
+    hubpin's), hashed, if they are what the lock pins: ``found`` (hashed earlier) if
+    the cache vouches they did not change since, else hashed now."""
     key = pin.cache_key
     if not cache.has_entry(key) or cache.read_record(key) is not None:
         return None
+    if found is not None and cache.unchanged(key, found):
+        return found
     try:
-        tree = cache.hash_entry(key)
+        hashed = cache.hash_stamped(key)
     except OSError:
         return None
-    return tree if tree.digest() == pin.tree_digest else None
+    return hashed if hashed.tree.digest() == pin.tree_digest else None
 
 
 def _from_step(
