@@ -242,13 +242,14 @@ def test_noop_sync_imports_no_tensorflow_http_client_or_gcsfs(
 
 
 # What a first `status` or `lock --check` of a lock of archives has no use for: a sync's
-# machinery (downloads, checksums, the cache's lock protocol), Hugging Face's cache, the
-# writers of files (TOML, renameat2 by ctypes) and the suggestions made for a mistake.
+# machinery (its plan, downloads, checksums, the cache's lock protocol), Hugging Face's
+# cache, the writers of files (TOML, renameat2 by ctypes) and the suggestions for a mistake.
 _NOT_FOR_READING = {
     "hubpin.download",
     "hubpin.checksums",
     "hubpin.fetch",
     "hubpin.sync",
+    "hubpin.plan",
     "hubpin.cache.lock",
     "hubpin.cache.huggingface",
     "tomli_w",

@@ -36,12 +36,12 @@ from hubpin.handlers import SHA_NOTE, Bundled, Handler, PinRequest, Run, Shared
 from hubpin.handles import Format, Kind, archive_key, local_path, relative_posix
 from hubpin.kaggle import configured
 from hubpin.kinds import ArchivePin, KagglePin, Pin
-from hubpin.plan import Action, Outcome, Step, Target
 from hubpin.storage.schemes import is_url
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the plan is a sync's: `status` and `resolve` ask state and where only
     from hubpin.cache import Cache
     from hubpin.digests import Tree
+    from hubpin.plan import Outcome, Step, Target
     from hubpin.project import Project
     from hubpin.sources import Sources
     from hubpin.unpack import Unpacked
@@ -68,6 +68,8 @@ class ArchiveHandler(Handler):
     def plan(
         self, run: Run, alias: str, pin: ArchivePin, damage: list[str], shared: Shared
     ) -> Step:
+        from hubpin.plan import Action
+
         claimed = shared.claimed
         mine: dict[str, str] = {}  # claims made if this step does not fail
         if pin.cache_key not in claimed:
@@ -90,6 +92,8 @@ class ArchiveHandler(Handler):
         links: tuple[Target, ...],
         shared: Shared,
     ) -> Step:
+        from hubpin.plan import Action, Step
+
         size = pin.unpacked_size
         if not damage:
             if links:
@@ -137,6 +141,8 @@ class ArchiveHandler(Handler):
     def targets(self, run: Run, pin: ArchivePin, damage: list[str]) -> list[Target]:
         """The other places this pin's model belongs (its other handles' keys) that do not
         hold it yet; ``damage`` is what the pin's own entry lacks (empty: it is intact)."""
+        from hubpin.plan import Target
+
         check = run.cache.verify if run.full_verify else run.cache.quick_check
         return [
             Target(h, key)
@@ -154,6 +160,8 @@ class ArchiveHandler(Handler):
         steps: dict[str, Step],
         done: dict[str, Outcome],
     ) -> tuple[str, str]:
+        from hubpin.plan import Action
+
         if step.source is not None:
             status, detail = _from_step(run, step, pin, steps[step.source], done[step.source])
         elif step.action is Action.LINK:
