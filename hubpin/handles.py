@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path, PurePosixPath
 
-from hubpin.storage.schemes import known, scheme, scheme_of
+from hubpin.storage.schemes import known, scheme, scheme_of, split
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 _CONTROL = re.compile("[\x00-\x1f]")
@@ -98,7 +98,7 @@ def check_handle(handle: str) -> str | None:
             "write the path out, or relative to the manifest"
         )
     spec = scheme(handle)
-    parts = urllib.parse.urlsplit(handle)
+    parts = split(handle)
     if spec is None or not spec.handles:
         forms = [s.prefix for s in known("handles") if s.name]
         return f"unsupported scheme {scheme_of(handle)!r} (expected {', '.join(forms)} or a path)"
@@ -173,7 +173,7 @@ def source_for(handle: str, fmt: Format, base: Path) -> Source:
 def is_hf_host(handle: str) -> bool:
     """An https://huggingface.co/… handle: a repository page, not a tensorflow_hub model URL."""
     spec = scheme(handle)
-    host = (urllib.parse.urlsplit(handle).hostname or "").lower()
+    host = (split(handle).hostname or "").lower()
     return spec is not None and spec.web and host in ("huggingface.co", "hf.co")
 
 

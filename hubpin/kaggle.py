@@ -33,6 +33,7 @@ from typing import Protocol
 from hubpin.errors import FetchError, InputError
 from hubpin.handles import strip_query
 from hubpin.kerashub import is_preset_handle, preset_kaggle_handle
+from hubpin.storage.schemes import split
 
 # -- Handles ---------------------------------------------------------------------------
 
@@ -157,7 +158,7 @@ def parse_handle(handle: str, endpoint: str | None = None) -> KaggleHandle | Non
     if is_preset_handle(handle):  # keras-hub:<preset>: the version keras_hub maps it to
         mapped = preset_kaggle_handle(handle)
         return _from_parts(mapped[len("kaggle:") :].split("/"), mapped, f"{handle} ({mapped})")
-    parts = urllib.parse.urlsplit(handle)
+    parts = split(handle)
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
         return None
@@ -165,7 +166,7 @@ def parse_handle(handle: str, endpoint: str | None = None) -> KaggleHandle | Non
     on_kaggle = host in _KAGGLE_HOSTS
     on_endpoint = False
     if endpoint:
-        ours = urllib.parse.urlsplit(endpoint)
+        ours = split(endpoint)
         on_endpoint = (
             scheme == ours.scheme.lower()
             and host == (ours.hostname or "").lower()

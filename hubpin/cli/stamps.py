@@ -69,12 +69,18 @@ def _stamp_check(
     stamp.write(at_start, argv, project, [], output)
 
 
+_ARCHIVE_FIELDS = {"kind", "cache_key", "tree_digest"}
+
+
 def _stamp_status(
     argv: list[str], project: Project, report: StatusReport, at_start: str | None
 ) -> None:
     """A ``status`` of archives in a local cache answers the next identical one: its report,
     whose states the replay checks again, entry by entry (:func:`hubpin.stamp.replay`)."""
-    dumped = {a: p.model_dump(mode="json", exclude_none=True) for a, p in report.pins.items()}
+    dumped = {
+        alias: pin.model_dump(mode="json", include=_ARCHIVE_FIELDS)  # what archives_of reads
+        for alias, pin in report.pins.items()
+    }
     pins, root = stamp.archives_of(dumped), stamp.cache_root(project)
     if pins is None or root is None or report.cache_dir != str(root):
         return
@@ -87,8 +93,7 @@ def _stamp_status(
             return  # not the entry the replay would check
         row = {k: v for k, v in m.row().items() if k != "state"}
         models.append(row | {"cache_key": key, "tree_digest": digest})
-    doc = {k: v for k, v in report.doc().items() if k != "models"}
-    doc |= {"cache_chosen": report.cache_chosen, "models": models}
+    doc = report.head() | {"cache_chosen": report.cache_chosen, "models": models}
     stamp.write(at_start, argv, project, [], "", report=doc)
 
 

@@ -100,10 +100,17 @@ register(
 )
 
 
+@functools.lru_cache(maxsize=8192)
+def split(location: str) -> urllib.parse.SplitResult:
+    """``urllib.parse.urlsplit(location)``, kept for as many locations as a lock may hold: every
+    check of a handle splits it, and urllib keeps 128 (a lock of 2,000 handles missed them all)."""
+    return urllib.parse.urlsplit(location)
+
+
 @functools.lru_cache(maxsize=8192)  # asked of each handle several times by every check
 def scheme_of(location: str) -> str:
     """A location's scheme, lower-case; "" for a path (a Windows drive letter is a path)."""
-    found = urllib.parse.urlsplit(location).scheme.lower()
+    found = split(location).scheme.lower()
     return "" if _NO_SCHEME.fullmatch(found) else found
 
 
