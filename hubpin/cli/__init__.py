@@ -14,6 +14,7 @@ commands, ``common`` for what they share.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from collections.abc import Sequence
@@ -36,6 +37,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help(sys.stderr)
         return 2
+    if not gc.isenabled() and not _reads_only(args):  # turned off by hubpin.__main__
+        gc.freeze()  # what start-up made lives to the end: collections need not traverse it
+        gc.enable()
     try:
         return int(args.func(args) or 0)
     except HubpinError as exc:
@@ -48,6 +52,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(INTERRUPTED, file=sys.stderr)
         return 130
+
+
+def _reads_only(args: argparse.Namespace) -> bool:
+    """A command that reads files and the cache and exits, allocating little that could
+    become garbage: it runs with the cyclic collector off."""
+    return args.command in ("status", "resolve", "env") or (
+        args.command == "lock" and getattr(args, "check", False)
+    )
 
 
 def _setup_logging(args: argparse.Namespace) -> None:
