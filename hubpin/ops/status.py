@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from hubpin.ops.common import select
 
 if TYPE_CHECKING:  # the report serves the stamp's replay (hubpin.stamp), without pydantic
-    from hubpin.lockfile import Pin
+    from hubpin.lockfile import Lock, Pin
     from hubpin.project import Project
 
 
@@ -41,7 +41,7 @@ class StatusReport:
     cache_chosen: bool = (
         False  # set on purpose (flag, TFHUB_CACHE_DIR, hubpin.toml), not the default
     )
-    pins: dict[str, Pin] = field(default_factory=dict)  # what it was made from (for a stamp)
+    pinned: Lock | None = None  # what it was made from (for a stamp)
 
     @property
     def cache_under_temp(self) -> bool:
@@ -73,7 +73,7 @@ def status(project: Project) -> StatusReport:
         lock_state = "up to date" if not problems else "stale: " + "; ".join(problems)
     report = StatusReport(project.lock_path, lock_state, project.settings.cache_root)
     report.cache_chosen = project.settings.cache_dir is not None
-    report.pins = lock.models
+    report.pinned = lock
     for alias, pin in sorted(lock.models.items()):
         report.models.append(
             ModelStatus(
