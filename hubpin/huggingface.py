@@ -109,9 +109,30 @@ def parse_hf(handle: str) -> HfHandle | None:
         raise InputError(
             f"{shown}: '--', '..' and a trailing '.' or '-' are not allowed in a repo id"
         )
-    if not revision or any(ord(c) < 33 for c in revision) or ".." in revision.split("/"):
-        raise InputError(f"{shown}: {revision!r} is not a revision; {EXPECTED_FORM}")
+    if not is_ref_name(revision):
+        raise InputError(
+            f"{shown}: {revision!r} is not a revision (a branch, tag or commit as git names "
+            f"them); {EXPECTED_FORM}"
+        )
     return HfHandle(rest, revision)
+
+
+_NOT_IN_REF = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//")
+
+
+def is_ref_name(revision: str) -> bool:
+    """Whether git would take ``revision`` as a ref name (``git check-ref-format``'s rules).
+
+    It names ``refs/<revision>`` in Hugging Face's cache, so one starting with ``/`` (a
+    path outside the cache) or climbing with ``..`` must never get that far."""
+    parts = revision.split("/")
+    return not (
+        not revision
+        or revision == "@"
+        or _NOT_IN_REF.search(revision)
+        or revision.endswith(".")
+        or any(not p or p.startswith(".") or p.endswith(".lock") for p in parts)
+    )
 
 
 def is_commit(revision: str) -> bool:

@@ -614,3 +614,21 @@ def test_a_blob_that_is_a_symlink_out_of_the_cache_is_damage(
     assert project.run("sync")[0] == 0
     assert not blob.is_symlink() and blob.read_bytes() == WEIGHTS
     assert outside.read_bytes() == WEIGHTS and project.run("verify")[0] == 0
+
+
+@pytest.mark.parametrize("revision", ["{outside}", "v1//x", "v1/", "v1.lock", "v1@{0}", "a\\\\b"])
+def test_a_revision_that_is_no_git_ref_name_is_refused(
+    project: Project, hub: HfServer, tmp_path: Path, revision: str
+) -> None:
+    """The revision names ``refs/<revision>`` in Hugging Face's cache: one that git would not
+    take as a ref name is refused in one line, before the Hub is asked (before: an absolute
+    one, answered by a Hub or a mirror, made sync write the commit to that path, outside the
+    cache: ``refs/`` joined with ``/…`` is ``/…``)."""
+    outside = tmp_path / "outside"
+    revision = revision.replace("{outside}", str(outside))
+    hub.tag("org/bert", revision, hub.repos["org/bert"].refs["main"])
+    project.models(bert=f"hf:org/bert@{revision}")
+    code, out, err = project.run("sync")
+    assert code == 2 and "models.bert.handle" in err and "not a revision" in err, out + err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not outside.exists() and not project.lock.exists()
