@@ -362,6 +362,8 @@ def test_a_kagglehub_copy_with_other_bytes_fails_verify_and_sync_puts_the_pinned
     code, out, err = project.run("verify")
     assert code == 1, out + err
     assert f"{copy}" in out + err
+    code, out, _ = project.run("status")
+    assert f"kagglehub's copy {copy}: other bytes" in out, out
 
     code, out, err = project.run("sync")
     assert code == 0, err

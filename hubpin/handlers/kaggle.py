@@ -18,6 +18,7 @@ from hubpin.kinds import KagglePin, Pin
 from hubpin.plan import Target
 
 if TYPE_CHECKING:
+    from hubpin.cache import Cache
     from hubpin.handles import Format
     from hubpin.manifest import ModelSpec
     from hubpin.project import Project
@@ -47,22 +48,15 @@ class KaggleHandler(ArchiveHandler):
     def kagglehub_damage(self, run: Run, pin: KagglePin, rehash: bool) -> list[str]:
         """How kagglehub's copy differs from the pin's entry (empty: it does not, or the
         cache is not local, so there is no copy), or :data:`ABSENT_COPY`."""
-        from hubpin.cache.kagglehub import (
-            differences,
-            in_kagglehub_cache,
-            kagglehub_cache_root,
-            kagglehub_entry,
-        )
+        return _kagglehub_damage(run.cache, run.settings, pin, rehash)
 
-        root, handle = kagglehub_cache_root(), _kaggle_handle(run, pin)
-        if run.cache.local_root is None:
-            return []
-        if not in_kagglehub_cache(root, handle):
-            return [ABSENT_COPY]
-        found = differences(
-            run.cache.local_root / pin.cache_key, kagglehub_entry(root, handle), rehash
-        )
-        return [f"kagglehub's copy {p}" for p in found]
+    def state(self, project: Project, pin: KagglePin) -> str:
+        """As an archive's; a synced entry whose kagglehub copy differs (by stat) says how."""
+        found = super().state(project, pin)
+        if found != "synced":
+            return found
+        damage = _kagglehub_damage(project.cache, project.settings, pin, rehash=False)
+        return next((p for p in damage if p != ABSENT_COPY), found)
 
     def verify(self, run: Run, alias: str, pin: KagglePin) -> list[str]:  # type: ignore[override]
         """The entry re-hashed, then kagglehub's copy compared with it byte for byte (what
@@ -170,3 +164,21 @@ class KaggleHandler(ArchiveHandler):
 
 def _kaggle_handle(run: Run, pin: KagglePin) -> KaggleHandle:
     return pin.kagglehub_version(run.settings.kaggle_endpoint)
+
+
+def _kagglehub_damage(cache: Cache, settings: Settings, pin: KagglePin, rehash: bool) -> list[str]:
+    """:meth:`KaggleHandler.kagglehub_damage`, given the cache and settings."""
+    from hubpin.cache.kagglehub import (
+        differences,
+        in_kagglehub_cache,
+        kagglehub_cache_root,
+        kagglehub_entry,
+    )
+
+    if cache.local_root is None:
+        return []
+    root, handle = kagglehub_cache_root(), pin.kagglehub_version(settings.kaggle_endpoint)
+    if not in_kagglehub_cache(root, handle):
+        return [ABSENT_COPY]
+    found = differences(cache.local_root / pin.cache_key, kagglehub_entry(root, handle), rehash)
+    return [f"kagglehub's copy {p}" for p in found]
