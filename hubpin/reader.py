@@ -4,21 +4,26 @@ Every source (HTTP, a file, a store) hands over an iterator of chunks; a
 :class:`HashingReader` makes it a readable that keeps the archive's sha256 and
 size, checks what the host declared once the body has ended, and tells a body
 cut short from a corrupt one. Unpacking a single archive has it receive and
-hash in a thread of its own (:meth:`HashingReader.read_ahead`).
+hash in the thread that consumes the inflated bytes, beside the inflating one
+(:meth:`HashingReader.read_ahead`).
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
-import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from hubpin.checksums import Checker, Declared
 from hubpin.download import Download
 from hubpin.errors import HubpinError, IntegrityError, Interrupted, TruncatedError
+
+LOW = 2  # chunks waiting for the reading thread below which the feeding thread is told
+WAITED = 0.002  # seconds: a chunk that took longer to arrive came slower than it inflates
 
 
 class HashingReader(io.RawIOBase):
@@ -51,7 +56,11 @@ class HashingReader(io.RawIOBase):
         self._on_bytes = on_bytes
         self._sha256 = hashlib.sha256()
         self._received = 0  # bytes taken from ``chunks`` (ahead of ``size`` when reading ahead)
-        self._ahead: _ReadAhead | None = None
+        self._inbox: _Inbox | None = None  # chunks for a reading thread (read_ahead)
+        self._feeder: int | None = None  # the thread that receives for it
+        self._left: collections.deque[bytes | BaseException | None] = collections.deque()
+        self._fed_all = False  # the download's end (or its error) was taken for the inbox
+        self.waited = False  # the last chunk fed took longer than WAITED to arrive
         self.size = 0  # bytes handed out
         self.ended_short = False
         self._stop = stop
@@ -67,7 +76,14 @@ class HashingReader(io.RawIOBase):
     def _pull(self) -> bool:
         if self._stop is not None and self._stop.is_set():
             raise Interrupted("interrupted; nothing was published")
-        chunk = self._ahead.next() if self._ahead is not None else self._take()
+        if self._exhausted:
+            return False
+        if self._inbox is not None and threading.get_ident() != self._feeder:
+            chunk = self._inbox.next()
+        elif self._left:
+            chunk = _raised(self._left.popleft())
+        else:
+            chunk = None if self._fed_all else self._take()
         if chunk is not None:
             self.size += len(chunk)
             self._pending = memoryview(chunk)
@@ -114,22 +130,55 @@ class HashingReader(io.RawIOBase):
         self._pending = self._pending[n:]
         return n
 
-    def read_ahead(self, depth: int = 8) -> None:
-        """Receive, hash and count the download in a thread of its own, ``depth`` chunks ahead.
+    def read_ahead(self, low: Callable[[], None], depth: int = 8) -> None:
+        """Have the download received and hashed by the thread that called this, up to ``depth``
+        chunks ahead (:meth:`feed`), for another thread that reads (inflates) it.
 
-        Receiving from the socket and hashing release the GIL, as inflating does:
-        done in the inflating thread, they made it wait for the network and for the
-        hash, and inflating one stream is the longest path of a sync that unpacks
-        alone. Chunks are handed out in order and errors where they happened, so
-        the reader behaves as without it; :meth:`close_ahead` stops the thread.
+        Inflating one stream is the longest path of a sync that unpacks alone, so the
+        inflating thread only inflates: the thread consuming its output receives and
+        hashes while it would otherwise wait (both release the GIL, as inflating does),
+        and is told by ``low`` (called from the reading thread) when fewer than
+        :data:`LOW` chunks wait. Chunks and errors reach the reading thread in order,
+        so the reader behaves as without it; :meth:`close_ahead` ends it.
         """
-        if self._ahead is None:
-            self._ahead = _ReadAhead(self._take, self._chunks, depth)
+        if self._inbox is None:
+            self._inbox = _Inbox(depth, low)
+            self._feeder = threading.get_ident()
+
+    def feed(self, keep: int | None = None) -> bool:
+        """Receive and hash one chunk for the reading thread if fewer than ``keep`` wait (default:
+        the depth); False if none was wanted or the download has ended. Feeding thread only.
+        :attr:`waited` says whether that chunk kept it waiting (a slow network)."""
+        inbox = self._inbox
+        if inbox is None or self._fed_all or not inbox.wants(keep):
+            return False
+        started = time.perf_counter()
+        try:
+            chunk = self._take()
+            self.waited = time.perf_counter() - started > WAITED
+        except BaseException as exc:  # handed out in its place, after the chunks before it
+            self._fed_all = True
+            inbox.put(exc)
+            return True
+        self._fed_all = chunk is None
+        inbox.put(chunk)
+        return True
+
+    def stop_ahead(self) -> None:
+        """Hand the reading thread no more chunks (one waiting is woken with :class:`Stopped`);
+        what it did not take is read first by later reads, here."""
+        if self._inbox is not None and not self._inbox.closed:
+            self._left.extend(self._inbox.close())
 
     def close_ahead(self) -> None:
-        """Stop reading ahead and wait for the thread (it may be in a read of the network)."""
-        if self._ahead is not None:
-            self._ahead.close()
+        """:meth:`stop_ahead`, and close a download not received to its end (from the thread
+        that received it), so a refused archive is not read on."""
+        self.stop_ahead()
+        if self._inbox is not None and not self._fed_all:
+            self._fed_all = True
+            close = getattr(self._chunks, "close", None)
+            if close is not None:
+                close()
 
     def hexdigest(self) -> str:
         """The sha256 of every byte read so far; once all were read, raise unless they are
@@ -164,60 +213,58 @@ class HashingReader(io.RawIOBase):
         self._pending = memoryview(b"")
 
 
-class _ReadAhead:
-    """A thread calling ``take`` until it returns None, its results handed out by :meth:`next`.
+class Stopped(Exception):
+    """No more chunks for the reading thread (:meth:`HashingReader.stop_ahead`)."""
 
-    At most ``depth`` chunks wait; an exception from ``take`` is handed out in its
-    place, after the chunks before it. ``close`` makes the thread stop after its
-    current ``take`` and closes ``chunks`` from that thread (a generator must be
-    closed by the thread running it).
-    """
 
-    def __init__(
-        self, take: Callable[[], bytes | None], chunks: Iterator[bytes], depth: int
-    ) -> None:
-        self._take = take
-        self._chunks = chunks
-        self._items: queue.SimpleQueue[bytes | BaseException | None] = queue.SimpleQueue()
-        self._room = threading.Semaphore(depth)
-        self._closed = False
-        self._ended = False
-        self._thread = threading.Thread(target=self._run, name="hubpin-read", daemon=True)
-        self._thread.start()
+def _raised(item: bytes | BaseException | None) -> bytes | None:
+    if isinstance(item, BaseException):
+        raise item
+    return item
 
-    def _run(self) -> None:
-        item: bytes | BaseException | None = None
-        try:
-            while self._room.acquire() and not self._closed:
-                item = self._take()
-                if item is None:
-                    break
-                self._items.put(item)
-            item = None
-        except BaseException as exc:  # handed out in its place, raised by the reader
-            item = exc
-        finally:
-            if self._closed:
-                close = getattr(self._chunks, "close", None)
-                if close is not None:
-                    close()
-        self._items.put(item)
+
+class _Inbox:
+    """Chunks received for the reading thread: bytes, the error in their place, None at the end."""
+
+    def __init__(self, depth: int, low: Callable[[], None]) -> None:
+        self._items: collections.deque[bytes | BaseException | None] = collections.deque()
+        self._depth = depth
+        self._low = low
+        self._told = False  # ``low`` was called and nothing was put since
+        self._ready = threading.Condition(threading.Lock())
+        self.closed = False
+
+    def wants(self, keep: int | None) -> bool:
+        return len(self._items) < (self._depth if keep is None else min(keep, self._depth))
+
+    def put(self, item: bytes | BaseException | None) -> None:
+        with self._ready:
+            self._items.append(item)
+            self._told = False
+            self._ready.notify()
 
     def next(self) -> bytes | None:
-        """The next chunk, None at the end; raises what the thread raised, where it did."""
-        if self._ended:
-            return None
-        item = self._items.get()
-        if isinstance(item, BaseException):
-            self._ended = True
-            raise item
-        if item is None:
-            self._ended = True
-            return None
-        self._room.release()
-        return item
+        """The next chunk, waiting for it (None at the end); raises what came in its place."""
+        with self._ready:
+            while not self._items and not self.closed:
+                self._tell()
+                self._ready.wait()
+            if not self._items:
+                raise Stopped("no longer reading ahead")
+            item = self._items.popleft()
+            if len(self._items) < LOW:
+                self._tell()
+        return _raised(item)
 
-    def close(self) -> None:
-        self._closed = True
-        self._room.release()  # a thread waiting for room wakes, and sees it is closed
-        self._thread.join()
+    def _tell(self) -> None:
+        if not self._told:
+            self._told = True
+            self._low()
+
+    def close(self) -> list[bytes | BaseException | None]:
+        """What the reading thread did not take; a thread waiting for more gets :class:`Stopped`."""
+        with self._ready:
+            self.closed = True
+            left, self._items = list(self._items), collections.deque()
+            self._ready.notify_all()
+        return left
