@@ -80,23 +80,55 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def run() -> None:
-    """``python -m hubpin`` and the ``hubpin`` script. An interrupted run leaves at once, skipping the interpreter's
+    """``hubpin`` run by other code that goes on after it (``runpy.run_module``): it exits by
+    SystemExit, except when interrupted (see :func:`_leave`)."""
+    _leave(_command(), whole_process=False)
+
+
+def script() -> None:
+    """The ``hubpin`` script and ``python -m hubpin``: the process leaves with ``os._exit`` once
+    the command has returned and its output is flushed.
+
+    Nothing of hubpin's is left for the interpreter's shutdown (no atexit work,
+    finalizer or thread of its own), and that shutdown, which frees every module and
+    object one by one (pydantic's schemas, urllib3, the pins), took 30-50 ms of a sync.
+    """
+    _leave(_command(), whole_process=True)
+
+
+def _command() -> int:
+    try:
+        return main()
+    except KeyboardInterrupt:  # a signal just after main() returned
+        return 130
+
+
+def _leave(code: int, whole_process: bool) -> None:
+    """Exit with ``code``. An interrupted run leaves at once, skipping the interpreter's
     shutdown: after Ctrl-C about 0.1 s into start-up, that shutdown ended the process by
     SIGINT (exit -2, not 130) in about one run of three, after hubpin had said it stopped.
     Its threads may still hold cache locks (mid-download): those are released first, or
     each would be a ``<key>.lock`` that tensorflow_hub waits for."""
-    try:
-        code = main()
-    except KeyboardInterrupt:  # a signal just after main() returned
-        code = 130
     if code == 130:
         held = sys.modules.get("hubpin.cache.lock")
         if held is not None:
             held.release_held()
         sys.stderr.flush()
         os._exit(143 if _terminated else 130)
+    if whole_process:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except OSError:  # a closed pipe: the interpreter's shutdown reports it, as it always did
+            sys.exit(code)
+        os._exit(code)
     sys.exit(code)
 
 
 if __name__ == "__main__":
+    # ``python -m hubpin`` runs this module as the process's own __main__; runpy.run_module
+    # from other code leaves that code's __main__ in place, and that code goes on after it.
+    main_spec = getattr(sys.modules["__main__"], "__spec__", None)
+    if main_spec is not None and main_spec.name == __spec__.name:
+        script()
     run()
