@@ -15,7 +15,11 @@ def main() -> int:
     try:
         return _main()
     except BaseException as error:  # Ctrl-C while still importing: the same line as later on
-        if not _interrupted(error):
+        from hubpin.errors import reader_gone
+
+        if _caused_by(error, BrokenPipeError) and reader_gone():
+            return _reader_gone()
+        if not _caused_by(error, KeyboardInterrupt):
             raise
         from hubpin.errors import INTERRUPTED
 
@@ -23,17 +27,30 @@ def main() -> int:
         return 130
 
 
-def _interrupted(error: BaseException | None) -> bool:
-    """Whether Ctrl-C caused ``error``. Python wraps a KeyboardInterrupt raised inside a class
-    body's ``__set_name__`` (pydantic builds classes while it is imported) in a RuntimeError,
-    so the interrupt can arrive as that error's cause."""
+def _caused_by(error: BaseException | None, kind: type[BaseException]) -> bool:
+    """Whether ``error`` is, or was caused by, a ``kind``. Python wraps a KeyboardInterrupt
+    raised inside a class body's ``__set_name__`` (pydantic builds classes while it is
+    imported) in a RuntimeError, so Ctrl-C can arrive as that error's cause."""
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, KeyboardInterrupt):
+        if isinstance(error, kind):
             return True
         seen.add(id(error))
         error = error.__cause__ or error.__context__
     return False
+
+
+SIGPIPE_EXIT = 141  # 128 + SIGPIPE: what a shell reports for a writer whose reader left
+
+
+def _reader_gone() -> int:
+    """stdout's reader closed the pipe (``hubpin status | head -1``): stop quietly, as tools
+    killed by SIGPIPE do, rather than with a traceback. stdout is pointed at /dev/null so the
+    interpreter's last flush of what is still buffered cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return SIGPIPE_EXIT
 
 
 def _main() -> int:
@@ -119,8 +136,8 @@ def _leave(code: int, whole_process: bool) -> None:
         try:
             sys.stdout.flush()
             sys.stderr.flush()
-        except OSError:  # a closed pipe: the interpreter's shutdown reports it, as it always did
-            sys.exit(code)
+        except BrokenPipeError:  # what was still buffered had no reader left
+            code = _reader_gone()
         os._exit(code)
     sys.exit(code)
 

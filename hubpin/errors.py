@@ -16,6 +16,21 @@ from pathlib import Path
 INTERRUPTED = "hubpin: interrupted; nothing half-written was published"
 
 
+def reader_gone() -> bool:
+    """Whether stdout is a pipe whose reader has closed it (``hubpin status | head -1``):
+    a BrokenPipeError from there is no failure of hubpin's, unlike one from a server's
+    socket. A pipe with no reader polls as an error condition."""
+    import select
+    import sys
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):  # no stdout, or not a file
+        return False
+
+
 class HubpinError(Exception):
     """Base class of every error hubpin raises on purpose."""
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
+import os
 import re
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import Model, Project, run_python
+from conftest import WORKTREE, Model, Project, run_python
 from hubserver import HubServer
 
 README = Path(__file__).parent.parent / "README.md"
@@ -707,3 +708,28 @@ def test_a_command_builds_only_its_own_parser() -> None:
     assert commands(["-q", "status"]) == {"status"}
     assert commands(["lock", "--check"]) == {"lock"}
     assert len(commands(["-h", "status"])) == len(commands(["completion", "bash"])) > 10
+
+
+# ---------------------------------------------------------------- a closed pipe
+
+
+def test_a_reader_that_leaves_early_ends_hubpin_quietly(project: Project, hub: HubServer) -> None:
+    """``hubpin status | head -1``: the reader closes the pipe before hubpin writes; hubpin
+    stops as a tool killed by SIGPIPE does (141 in a shell), no traceback, on the full path
+    and on the stamp's replay."""
+    import subprocess
+
+    _locked(project, hub, "double", "triple")
+    for run in ("full path", "replay"):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hubpin", "status"],
+            cwd=project.root,
+            env={**os.environ, "PYTHONPATH": WORKTREE, "TFHUB_CACHE_DIR": str(project.cache)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # the reader is gone before hubpin has started
+        err = proc.stderr.read().decode()
+        assert proc.wait() == 141, (run, err)
+        assert "Traceback" not in err and "Exception ignored" not in err, (run, err)

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 
 from hubpin.cli.parser import _versions, build_parser, parser_for
-from hubpin.errors import INTERRUPTED, HubpinError
+from hubpin.errors import INTERRUPTED, HubpinError, reader_gone
 
 log = logging.getLogger("hubpin")
 
@@ -47,6 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"hubpin: error: {line}", file=sys.stderr)
         return exc.exit_code
     except OSError as exc:
+        if isinstance(exc, BrokenPipeError) and reader_gone():
+            raise  # stdout's reader left: hubpin.__main__ ends quietly
         print(f"hubpin: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
