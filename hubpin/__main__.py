@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import sys
@@ -138,6 +139,10 @@ def _leave(code: int, whole_process: bool) -> None:
             sys.stderr.flush()
         except BrokenPipeError:  # what was still buffered had no reader left
             code = _reader_gone()
+        except OSError as exc:  # stdout on a full disk, say: one line, not a traceback
+            with contextlib.suppress(OSError):
+                os.write(2, f"hubpin: error: cannot write the output: {exc}\n".encode())
+            code = code or 1
         os._exit(code)
     sys.exit(code)
 

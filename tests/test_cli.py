@@ -733,3 +733,30 @@ def test_a_reader_that_leaves_early_ends_hubpin_quietly(project: Project, hub: H
         err = proc.stderr.read().decode()
         assert proc.wait() == 141, (run, err)
         assert "Traceback" not in err and "Exception ignored" not in err, (run, err)
+
+
+def test_output_that_cannot_be_written_is_one_line_not_a_traceback(
+    project: Project, hub: HubServer
+) -> None:
+    """``hubpin resolve double > /dev/full``: the output is buffered until the end (no
+    PYTHONUNBUFFERED), and its last flush fails; one line and exit 1."""
+    import subprocess
+
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    _locked(project, hub, "double")
+    code, _, err = project.run("sync", "--locked")
+    assert code == 0, err
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "hubpin", "resolve", "double"],
+            cwd=project.root,
+            env=env | {"PYTHONPATH": WORKTREE, "TFHUB_CACHE_DIR": str(project.cache)},
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
+    assert "hubpin: error: cannot write the output: [Errno 28]" in result.stderr
