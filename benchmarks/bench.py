@@ -858,8 +858,11 @@ def main() -> None:
             rows += phase_rows(noop, max(runs, 5))
         if "many" in only:
             print(f"{MANY_MODELS} models", file=sys.stderr)
-            lots = many_models(url, MANY_MODELS, max(runs // 2, 3), fresh("many"))
-            rows += scale_rows(lots, few if "noop" in only else None)
+            # Each run of the 2,000-model rows takes ~3 s; with 3 they swung more between
+            # bench runs than the 50-model rows (0.25 vs 0.32 s for one code): 11 or more.
+            many_runs = max(2 * runs + 1, 11)
+            lots = many_models(url, MANY_MODELS, many_runs, fresh("many"))
+            rows += scale_rows(lots, few if "noop" in only else None, many_runs)
         if "members" in only:
             print("members: 20,000 and 100,000", file=sys.stderr)
             m = scale.members(args.fixtures, (20_000, 100_000), max(runs // 2, 3), fresh("members"))
@@ -1022,11 +1025,15 @@ def phase_rows(scratch: Path, runs: int) -> list[str]:
     return rows
 
 
-def scale_rows(lots: dict[str, float], few: dict[str, float] | None) -> list[str]:
+def scale_rows(lots: dict[str, float], few: dict[str, float] | None, runs: int) -> list[str]:
     def grow(key: str) -> str:
+        where = f"whole process, median of {runs}"
         if few is None:
-            return ""
-        return f"; {NOOP_MODELS} models: {few[key]:.2f} s ({lots[key] / few[key]:.1f}× for 40× the models)"
+            return where
+        return (
+            f"{where}; {NOOP_MODELS} models: {few[key]:.2f} s "
+            f"({lots[key] / few[key]:.1f}× for 40× the models)"
+        )
 
     targets = (
         ("noop", "no-op `sync --frozen` (stamp)", 0.3),
@@ -1036,13 +1043,13 @@ def scale_rows(lots: dict[str, float], few: dict[str, float] | None) -> list[str
     )
     rows = [
         f"| {what}, {MANY_MODELS} models | {secs(lots[key])} | — | — | — | ≤ {target} s "
-        f"| {'yes' if lots[key] <= target else '**no**'} | whole process{grow(key)} |"
+        f"| {'yes' if lots[key] <= target else '**no**'} | {grow(key)} |"
         for key, what, target in targets
     ]
     for key, what in (("check", "repeated (stamp)"), ("check-full", "first run (full path)")):
         rows.append(
             f"| `lock --check`, {MANY_MODELS} models, {what} | {secs(lots[key])} | — | — | — "
-            f"| — | — | whole process{grow(key)} |"
+            f"| — | — | {grow(key)} |"
         )
     rows.append(
         f"| peak RSS, {MANY_MODELS} models (full-path no-op, status) | {lots['rss'] / MB:.0f} MiB "
