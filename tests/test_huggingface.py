@@ -365,6 +365,88 @@ def test_an_oci_bundle_refuses_a_file_outside_lfs(
     assert code == 2 and "no models.lock" in err, err
 
 
+def test_an_image_holds_the_pinned_snapshot_in_hugging_faces_layout_and_refuses_a_folder(
+    project: Project,
+    hub: HfServer,
+    registry: Registry,
+    oci_login: OciLogin,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """`hubpin image` of Hugging Face pins (one commit by two revisions, one alias pinning a
+    file of it) holds blobs, snapshots of relative links, refs and hubpin's record, checked
+    as packed; from the unpacked image, read-only, with the Hub stopped, unmodified
+    huggingface_hub reads exactly the pinned bytes, `sync --locked` keeps both and resolve
+    gives the image's snapshot. A damaged blob makes no image; a local folder pin is refused
+    (before: HF pins were left out with exit 0, so the image's lock named what it lacked)."""
+    from test_oci_image import _unpack
+
+    oci_login.allow(registry)
+    commit = hub.repos["org/bert"].refs["main"]
+    hub.tag("org/bert", "v1", commit)
+    project.write(
+        '[models.bert]\nhandle = "hf:org/bert"\n\n'
+        '[models.cfg]\nhandle = "hf:org/bert@v1"\ninclude = ["config.json"]\n'
+    )
+    code, _, err = project.run("sync")
+    assert code == 0, err
+    root = _snapshot_root(tmp_path)
+    blob = root / "blobs" / git_blob_sha1(VOCAB)
+    blob.write_bytes(VOCAB.upper())  # same size, other bytes: only packing's hash sees it
+    target = f"oci://{registry.host}/team/hf"
+    code, out, err = project.run("image", f"{target}:bad")
+    assert code == 1 and out == "" and "Traceback" not in err, err
+    assert f"bert: {blob} changed since it was synced" in err and "verify --repair" in err
+    assert project.run("verify", "--repair")[0] == 0
+    code, out, err = project.run("image", f"{target}:v1")
+    assert code == 0, err
+
+    rootfs = _unpack(oci_login, f"{registry.host}/team/hf:v1", tmp_path) / "rootfs"
+    cache = rootfs / "models" / "huggingface"
+    inside = cache / "models--org--bert"
+    assert (inside / "refs" / "main").read_bytes() == (inside / "refs" / "v1").read_bytes()
+    assert (inside / "refs" / "v1").read_bytes() == commit.encode()
+    link = inside / "snapshots" / commit / "assets" / "tokenizer" / "vocab.txt"
+    assert os.readlink(link) == f"../../../../blobs/{git_blob_sha1(VOCAB)}"
+    hub.stop()
+    for path in rootfs.rglob("*"):
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode & ~0o222)
+    code = """
+print(json.dumps(open(h.hf_hub_download("org/bert", "config.json", revision="v1")).read()))
+folder = h.snapshot_download("org/bert")
+import pathlib
+print(json.dumps({str(p.relative_to(folder)): p.read_bytes().hex()
+                  for p in pathlib.Path(folder).rglob("*") if p.is_file()}))
+"""
+    out = client(code, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache))
+    assert out[0] == CONFIG.decode()
+    assert out[1] == {path: data.hex() for path, data in FILES.items()}
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    code, out, err = project.run("sync", "--locked", "--json")
+    assert code == 0, err
+    assert [m["action"] for m in json.loads(out)["models"]] == ["keep", "keep"], out
+    monkeypatch.setenv("HUBPIN_LOCK", str(rootfs / "models" / "models.lock"))
+    monkeypatch.chdir(tmp_path)
+    for alias in ("bert", "cfg"):
+        code, out, err = project.run("resolve", alias)
+        assert (code, out.strip()) == (0, str(inside / "snapshots" / commit)), err
+    for path in rootfs.rglob("*"):
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode | 0o200)
+    monkeypatch.delenv("HUBPIN_LOCK")
+    monkeypatch.chdir(project.root)
+
+    (project.root / "mine").mkdir()
+    (project.root / "mine" / "saved_model.pb").write_bytes(b"pb")
+    with project.manifest.open("a") as fh:
+        fh.write('\n[models.mine]\nhandle = "mine"\n')
+    assert project.run("lock")[0] == 0
+    code, out, err = project.run("image", f"{target}:v2")
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1, err
+    assert "mine (mine): a local folder is read in place" in err and "tar -czf" in err
+
+
 def test_a_clean_resync_is_answered_from_the_stamp_by_stat_checks(
     project: Project, hub: HfServer, tmp_path: Path
 ) -> None:

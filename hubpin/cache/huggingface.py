@@ -279,17 +279,8 @@ class HfCache:
             kept = recorded_files(previous) if previous is not None else None
             files = [f for path, f in sorted((kept or {}).items()) if path not in ours]
             files += pin.files  # and the files other projects pin of this commit, still linked
-            record = {
-                "created_by": creator if isinstance(creator, str) and creator else created_by,
-                "version": RECORD_VERSION,
-                "handle": handle,
-                "repo": pin.repo,
-                "revision": pin.revision,
-                "commit": pin.commit,
-                "tree_digest": files_digest(files),
-                "files": [_dump(f) for f in sorted(files, key=lambda f: f.path)],
-            }
-            text = json.dumps(record, indent=1, sort_keys=True).encode()
+            owner = creator if isinstance(creator, str) and creator else created_by
+            text = record_json(handle, pin, files, owner)
             _write_atomic(self.record_path(pin), text, work)
         except OSError as exc:
             raise write_error(exc, folder) from None
@@ -305,8 +296,7 @@ class HfCache:
         for f in pin.files:
             link = built / f.path
             link.parent.mkdir(parents=True, exist_ok=True)
-            depth = len(f.path.split("/")) + 1  # up from the file to the repo folder
-            link.symlink_to("/".join([".."] * depth + ["blobs", f.etag]))
+            link.symlink_to(link_target(f))
         # files others put there (another hubpin project, hf_hub_download); never from the
         # folder a symlinked snapshot points to, which is not the cache's
         extra = [] if snapshot.is_symlink() else _extra_files(snapshot, {f.path for f in pin.files})
@@ -322,15 +312,8 @@ class HfCache:
             os.rename(built, snapshot)
 
     def _write_tree(self, pin: HfPinned, work: Path) -> None:
-        files = {}
-        for f in sorted(pin.files, key=lambda f: f.path):
-            info: dict[str, object] = {"size": f.size, "blob_id": f.blob_id}
-            if f.sha256:
-                info |= {"lfs_sha256": f.sha256, "lfs_size": f.size}
-            files[f.path] = info
-        text = json.dumps({"format_version": TREE_FORMAT_VERSION, "files": files}, indent=1)
         path = repo_folder(self.root, pin.repo) / "trees" / f"{pin.commit}.json"
-        _write_atomic(path, text.encode(), work)
+        _write_atomic(path, tree_json(pin.files), work)
 
     def records(self) -> Iterator[tuple[str, dict[str, object]]]:
         """Every snapshot hubpin recorded, as (repository id, record), for ``prune``."""
@@ -412,6 +395,41 @@ class HfCache:
         for f in pin.files:
             if f.etag not in used:
                 self.blob(pin, f).unlink(missing_ok=True)
+
+
+def link_target(f: HfFile) -> str:
+    """A snapshot's link to a file's blob, relative to the link (as huggingface_hub's
+    ``_create_symlink`` makes it): up from the file to the repository folder, then blobs/."""
+    depth = len(f.path.split("/")) + 1
+    return "/".join([".."] * depth + ["blobs", f.etag])
+
+
+def tree_json(files: Iterable[HfFile]) -> bytes:
+    """``trees/<commit>.json``: a commit's every file, as offline ``snapshot_download`` reads it."""
+    listed = {}
+    for f in sorted(files, key=lambda f: f.path):
+        info: dict[str, object] = {"size": f.size, "blob_id": f.blob_id}
+        if f.sha256:
+            info |= {"lfs_sha256": f.sha256, "lfs_size": f.size}
+        listed[f.path] = info
+    return json.dumps({"format_version": TREE_FORMAT_VERSION, "files": listed}, indent=1).encode()
+
+
+def record_json(handle: str, pin: HfPinned, files: Iterable[HfFile], created_by: str) -> bytes:
+    """hubpin's record of a snapshot (``hubpin/<commit>.json``): the files verified into it,
+    which must add up to its tree digest (:func:`recorded_files`)."""
+    ordered = sorted(files, key=lambda f: f.path)
+    record = {
+        "created_by": created_by,
+        "version": RECORD_VERSION,
+        "handle": handle,
+        "repo": pin.repo,
+        "revision": pin.revision,
+        "commit": pin.commit,
+        "tree_digest": files_digest(ordered),
+        "files": [_dump(f) for f in ordered],
+    }
+    return json.dumps(record, indent=1, sort_keys=True).encode()
 
 
 def _remove_empty_folders(top: Path) -> None:

@@ -176,7 +176,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 
 
 def cmd_image(args: argparse.Namespace) -> int:
-    from hubpin.oci.image import TFHUB, build_image
+    from hubpin.oci.image import build_image, environment
 
     project = _project(args, need_manifest=False)
     lock = project.read_lock()
@@ -188,7 +188,8 @@ def cmd_image(args: argparse.Namespace) -> int:
         args,
         f"wrote {args.out}: {_count(len(pushed.aliases), 'model')} in one layer "
         f"({_size(pushed.layer_size)}, {pushed.layer}); mounted or copied at /models, "
-        f"TFHUB_CACHE_DIR=/{TFHUB} (the image sets it)",
+        f"{' '.join(v for v in environment() if not v.startswith('HUBPIN_'))} (the image sets "
+        "them)",
     )
     return 0
 

@@ -127,6 +127,9 @@ class Handler:
     """What the commands do with one kind of pin; the defaults suit a model read in place."""
 
     prechecks = False  # whether planning starts with :meth:`damage` (run `jobs` at a time)
+    # A cache of the kind's own in an image (``hubpin image``): its folder below the image's
+    # root, and the variable that points its tool there (set in the image's environment).
+    image_cache: tuple[str, str] | None = None
 
     # -- sync ---------------------------------------------------------------------------
 
@@ -186,6 +189,16 @@ class Handler:
         """What ``prune`` removes from a cache of this kind's own (not tensorflow_hub's, which
         :mod:`hubpin.owners` prunes): what this project made there and no lock pins now."""
         return Pruning()
+
+    # -- hubpin image -----------------------------------------------------------------------
+
+    def image(self, pins: dict[str, Any]) -> list[Placed] | None:
+        """What ``hubpin image`` puts into the image for these pins (all of this kind), below
+        their own cache's place there, checked against the lock; None: the kind's files are
+        in tensorflow_hub's cache (and kagglehub's), which the image lays out from each pin's
+        keys, or read from where the lock names (a gs:// folder). Raises for a kind an image
+        cannot hold."""
+        return None
 
     def has_file(self, pin: Any, path: str) -> bool | None:
         """Whether the pinned model holds ``path``, when the pin tells without reading the
@@ -253,6 +266,23 @@ class Bundled:
     )
     sha256: str | None = None
     pin: ArchivePin | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Placed:
+    """One member of an image's filesystem (``hubpin image``): a folder; a file from disk
+    (``source``), hashed as it is packed and compared with ``expect`` (size, and sha256 or,
+    with ``git_blob``, the git blob sha1); small bytes (``data``); a hard link to an earlier
+    member (``link``); or a symbolic link (``symlink``, its target)."""
+
+    path: str
+    source: Path | None = None
+    data: bytes | None = None
+    link: str | None = None
+    expect: tuple[int, str] | None = None
+    alias: str = ""
+    git_blob: bool = False
+    symlink: str | None = None
 
 
 @dataclass(frozen=True)

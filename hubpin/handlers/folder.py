@@ -6,8 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hubpin.errors import DamagedEntryError, FetchError, IntegrityError, NotSyncedError
-from hubpin.handlers import Handler, PinRequest, Run, Shared
+from hubpin.errors import (
+    DamagedEntryError,
+    FetchError,
+    InputError,
+    IntegrityError,
+    NotSyncedError,
+)
+from hubpin.handlers import Handler, PinRequest, Placed, Run, Shared
 from hubpin.handles import Kind, relative_posix
 from hubpin.kinds import FolderPin
 from hubpin.plan import Action, Outcome, Step
@@ -65,6 +71,19 @@ class FolderHandler(Handler):
         if verify:  # read in place, so verify means re-hash it, as for a cache entry
             _check_folder(alias, folder, pin.tree_digest)
         return str(folder)
+
+    def image(self, pins: dict[str, FolderPin]) -> list[Placed]:
+        """Refused: the lock names the folder by its path on this machine, read in place,
+        which a container mounting the image at any path does not have; copied into the
+        image, it would be a model the image's lock does not say where to find."""
+        alias, pin = min(pins.items())
+        raise InputError(
+            f"{alias} ({pin.handle}): a local folder is read in place, and an image holds only "
+            "caches (tensorflow_hub's, kagglehub's, Hugging Face's), so its lock would name a "
+            f"folder the image has not; pin an archive of it instead (tar -czf {alias}.tar.gz "
+            f'-C {pin.location} . and handle = "{alias}.tar.gz"), or name the aliases to put '
+            "in the image: hubpin image OUT ALIAS..."
+        )
 
     def pin(self, request: PinRequest) -> tuple[FolderPin, Tree | None]:
         from hubpin.digests import hash_tree

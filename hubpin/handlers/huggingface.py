@@ -11,11 +11,20 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from hubpin.cache.huggingface import HfCache, check_file, hf_cache_root
+from hubpin.cache.huggingface import (
+    HfCache,
+    check_file,
+    hf_cache_root,
+    link_target,
+    record_json,
+    repo_folder,
+    tree_json,
+)
 from hubpin.errors import (
     DamagedEntryError,
     FetchError,
     HubpinError,
+    InputError,
     IntegrityError,
     MissingError,
     NotSyncedError,
@@ -26,6 +35,7 @@ from hubpin.handlers import (
     Currency,
     Handler,
     PinRequest,
+    Placed,
     Pruning,
     Removal,
     Run,
@@ -135,6 +145,8 @@ def current_commit(pin: HfPin, sources: Sources) -> str:
 
 
 class HfHandler(Handler):
+    image_cache = ("huggingface", "HF_HUB_CACHE")
+
     def plan(self, run: Run, alias: str, pin: HfPin, damage: list[str], shared: Shared) -> Step:
         """Reads only: the stat check (a re-hash with ``--verify``); from a bundle, whether
         it holds every file that is missing."""
@@ -266,6 +278,60 @@ class HfHandler(Handler):
                 Removal(name, where.freed_by(pinned), lambda p=pinned: where.remove(p))
             )
         return found
+
+    def image(self, pins: dict[str, HfPin]) -> list[Placed]:
+        """Hugging Face's cache layout for these pins, from this machine's, as huggingface_hub
+        reads it: each blob once (hashed as it is packed), snapshots of relative links, the
+        refs, a complete commit's tree file, and hubpin's record of each snapshot listing
+        the files every alias of that commit pins (so each alias is synced there)."""
+        where = cache()
+        placed: list[Placed] = []
+        snapshots: dict[tuple[str, str], list[tuple[str, HfPin]]] = {}
+        refs: dict[tuple[str, str], tuple[str, str]] = {}  # (repo, revision) → (commit, alias)
+        for alias, pin in sorted(pins.items()):
+            hf = pin.huggingface
+            problems = where.quick_check(hf)
+            if problems:
+                raise NotSyncedError(
+                    f"{alias} ({pin.handle}): snapshot {where.snapshot(hf)} is not ready "
+                    f"({'; '.join(problems[:3])}); run: hubpin sync --locked"
+                )
+            snapshots.setdefault((hf.repo, hf.commit), []).append((alias, pin))
+            if hf.revision == hf.commit:
+                continue
+            other = refs.setdefault((hf.repo, hf.revision), (hf.commit, alias))
+            if other[0] != hf.commit:
+                raise InputError(
+                    f"{other[1]} and {alias} pin {hf.repo}@{hf.revision} at other commits "
+                    f"({other[0][:12]}, {hf.commit[:12]}), and an image's refs/{hf.revision} "
+                    f"names one; run: hubpin lock --upgrade {other[1]} {alias}"
+                )
+            folder = repo_folder(Path(), hf.repo).as_posix()
+            placed.append(Placed(f"{folder}/refs/{hf.revision}", data=hf.commit.encode()))
+        for (repo, commit), pinned in snapshots.items():
+            folder = repo_folder(Path(), repo).as_posix()
+            files = {f.path: (alias, f) for alias, pin in pinned for f in pin.huggingface.files}
+            for path, (alias, f) in sorted(files.items()):
+                blob = where.blob(pinned[0][1].huggingface, f)
+                expect = (f.size, f.sha256 or f.blob_id)
+                placed.append(
+                    Placed(
+                        f"{folder}/blobs/{f.etag}",
+                        blob,
+                        expect=expect,
+                        alias=alias,
+                        git_blob=not f.sha256,
+                    )
+                )
+                placed.append(Placed(f"{folder}/snapshots/{commit}/{path}", symlink=link_target(f)))
+            first = pinned[0][1]
+            complete = [pin for _, pin in pinned if pin.huggingface.complete]
+            if complete:
+                tree = tree_json(complete[0].huggingface.files)
+                placed.append(Placed(f"{folder}/trees/{commit}.json", data=tree))
+            own = record_json(first.handle, first.huggingface, [f for _, f in files.values()], "")
+            placed.append(Placed(f"{folder}/hubpin/{commit}.json", data=own))
+        return placed
 
     def bundled(self, pin: HfPin, sources: Sources) -> list[Bundled]:
         """Every pinned file, read from the Hub and checked against the lock as it is copied."""

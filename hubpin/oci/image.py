@@ -8,11 +8,17 @@ One layer holds, under ``/models``::
     kagglehub/models/<o>/<m>/<f>/<v>/<n>/…    a Kaggle model, as kagglehub reads it, with
     kagglehub/models/…/<n>.complete           its completion markers, whole and per file
     kagglehub/models/…/.complete/<n>/…        (the model's files are hard links, not copies)
+    huggingface/models--<org>--<repo>/…       a Hugging Face repository as huggingface_hub
+                                              reads it: blobs/, snapshots/<commit>/ of
+                                              relative symlinks, refs/, hubpin/<commit>.json
     models.lock                               the lock it was made from
 
 an image index offers that one layer for each platform in :data:`PLATFORMS`, and
 the image's environment points the tools there (``TFHUB_CACHE_DIR``,
-``KAGGLEHUB_CACHE``, ``HUBPIN_LOCK``). Reproducible: members in sorted order,
+``KAGGLEHUB_CACHE``, ``HF_HUB_CACHE``, ``HUBPIN_LOCK``). What a kind of pin puts
+there is its handler's (:meth:`hubpin.handlers.Handler.image`): a model read in place
+from a gs:// folder needs nothing, a local folder is refused (its lock names a path
+the image has not). Reproducible: members in sorted order,
 every time 0 and owner 0:0, modes 0755/0644 (0755 for an executable file), the
 same handle's extra keys as hard links, descriptors and records written from the
 lock and the verified tree (never copied from disk, where tensorflow_hub's
@@ -29,28 +35,28 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import tarfile
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 
 from hubpin.cache import Cache, Record
 from hubpin.cache.kagglehub import kagglehub_entry, kagglehub_file_markers, kagglehub_marker
-from hubpin.errors import FetchError, HubpinError, IntegrityError, NotSyncedError
+from hubpin.errors import HubpinError, IntegrityError, NotSyncedError
+from hubpin.handlers import Handler, Placed, every, handler
 from hubpin.lockfile import Lock
 from hubpin.oci.client import OCI_MANIFEST, RegistryClient
-from hubpin.reader import HashingReader
-from hubpin.storage.local import LocalStorage
 
 if TYPE_CHECKING:
+    from hubpin.kinds import Pin
     from hubpin.transport import Transport
 
 ROOT = "models"
 TFHUB = f"{ROOT}/tfhub_modules"
 KAGGLEHUB = f"{ROOT}/kagglehub"
 LOCK = f"{ROOT}/models.lock"
-ENV = [f"TFHUB_CACHE_DIR=/{TFHUB}", f"KAGGLEHUB_CACHE=/{KAGGLEHUB}", f"HUBPIN_LOCK=/{LOCK}"]
 LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
 CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
 ALIASES = "dev.hubpin.aliases"
@@ -58,16 +64,15 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 PLATFORMS = ("amd64", "arm64", "ppc64le", "s390x")  # linux; see push_image
 
 
-@dataclass(frozen=True)
-class Member:
-    """One tar member: a folder, a file (from disk or bytes) or a hard link to an earlier one."""
+Member = Placed  # one tar member
 
-    path: str
-    source: Path | None = None
-    data: bytes | None = None
-    link: str | None = None
-    expect: tuple[int, str] | None = None  # the record's (size, sha256) of a file from disk
-    alias: str = ""
+
+def environment() -> list[str]:
+    """The image's variables: each tool's cache below ``/models``, and the lock."""
+    own = [kind.image_cache for kind in every() if kind.image_cache is not None]
+    caches = [f"{variable}=/{ROOT}/{folder}" for folder, variable in own]
+    base = [f"TFHUB_CACHE_DIR=/{TFHUB}", f"KAGGLEHUB_CACHE=/{KAGGLEHUB}", f"HUBPIN_LOCK=/{LOCK}"]
+    return sorted(base + caches)
 
 
 @dataclass
@@ -92,49 +97,70 @@ def plan_image(
             "(hubpin --cache-dir DIR sync --locked)"
         )
     plan = Plan()
+    kinds: dict[type[Handler], tuple[Handler, dict[str, Pin]]] = {}
     for alias in aliases:
         pin = lock.models[alias]
-        keyed = pin.keyed()
-        if not keyed:
-            continue  # not in tensorflow_hub's cache (read in place, or Hugging Face's)
-        key = keyed[0][1]  # the pinned handle's entry; the others hold the same files
-        record = cache.read_record(key)
-        problems = cache.quick_check(key, pin.tree_digest)
-        if record is None or problems:
-            raise NotSyncedError(
-                f"{alias} ({pin.handle}): the cache entry {cache.entry(key)} is not "
-                f"ready ({'; '.join(problems) or 'no record'}); run: hubpin sync --locked"
-            )
-        plan.aliases.append(alias)
-        first_handle: dict[str, str] = {}  # each key the pin fills → the handle it is for
-        for handle, filled in keyed:
-            first_handle.setdefault(filled, handle)
-        places = [(f"{TFHUB}/{filled}", handle) for filled, handle in first_handle.items()]
-        kaggle = pin.kagglehub_version(endpoint)
-        if kaggle is not None:
-            places.append((kagglehub_entry(Path(KAGGLEHUB), kaggle).as_posix(), ""))
-            plan.add(Member(kagglehub_marker(Path(KAGGLEHUB), kaggle).as_posix(), data=b""))
-            markers = kagglehub_file_markers(Path(KAGGLEHUB), kaggle).as_posix()
-            for rel in record.tree.files:  # model_download(handle, path) takes a file by these
-                plan.add(Member(f"{markers}/{rel}.complete", data=b""))
-        # The files once, where they sort first (a hard link must follow its target).
-        first = min((where for where, _ in places), key=lambda p: p.encode("utf-8"))
-        for where, handle in places:
-            plan.add(Member(where))
-            for rel in sorted(record.tree.dirs):
-                plan.add(Member(f"{where}/{rel}"))
-            for rel, expect in sorted(record.tree.files.items()):
-                if where == first:
-                    source = cache.local_root / key / rel
-                    plan.add(Member(f"{where}/{rel}", source, expect=expect, alias=alias))
-                else:
-                    plan.add(Member(f"{where}/{rel}", link=f"{first}/{rel}"))
-            if handle:  # a tensorflow_hub entry: its descriptor and hubpin's record beside it
-                plan.add(Member(f"{where}.descriptor.txt", data=f"Module: {handle}\n".encode()))
-                own = Record(handle, pin.tree_digest, record.tree).to_json()
-                plan.add(Member(f"{where}.hubpin.json", data=own.encode()))
+        kind = handler(pin)
+        kinds.setdefault(type(kind), (kind, {}))[1][alias] = pin
+    held: set[str] = set()
+    for kind, pins in kinds.values():
+        placed = kind.image(pins)
+        if placed is None:  # tensorflow_hub's cache (and kagglehub's), or read in place
+            held |= {a for a, pin in pins.items() if _plan_tfhub(plan, a, pin, cache, endpoint)}
+            continue
+        assert kind.image_cache is not None
+        below = f"{ROOT}/{kind.image_cache[0]}"
+        for member in placed:
+            plan.add(replace(member, path=f"{below}/{member.path}"))
+        held |= set(pins)
+    plan.aliases = [alias for alias in aliases if alias in held]
     plan.add(Member(LOCK, data=lock_text.encode("utf-8")))
     return plan
+
+
+def _plan_tfhub(plan: Plan, alias: str, pin: Pin, cache: Cache, endpoint: str | None) -> bool:
+    """A pin's tensorflow_hub entries (and its kagglehub version) into ``plan``; False for
+    one read in place (a gs:// folder: the lock says where, the image needs nothing)."""
+    assert cache.local_root is not None
+    keyed = pin.keyed()
+    if not keyed:
+        return False
+    key = keyed[0][1]  # the pinned handle's entry; the others hold the same files
+    record = cache.read_record(key)
+    problems = cache.quick_check(key, pin.tree_digest)
+    if record is None or problems:
+        raise NotSyncedError(
+            f"{alias} ({pin.handle}): the cache entry {cache.entry(key)} is not "
+            f"ready ({'; '.join(problems) or 'no record'}); run: hubpin sync --locked"
+        )
+    first_handle: dict[str, str] = {}  # each key the pin fills → the handle it is for
+    for handle, filled in keyed:
+        first_handle.setdefault(filled, handle)
+    places = [(f"{TFHUB}/{filled}", handle) for filled, handle in first_handle.items()]
+    kaggle = pin.kagglehub_version(endpoint)
+    if kaggle is not None:
+        places.append((kagglehub_entry(Path(KAGGLEHUB), kaggle).as_posix(), ""))
+        plan.add(Member(kagglehub_marker(Path(KAGGLEHUB), kaggle).as_posix(), data=b""))
+        markers = kagglehub_file_markers(Path(KAGGLEHUB), kaggle).as_posix()
+        for rel in record.tree.files:  # model_download(handle, path) takes a file by these
+            plan.add(Member(f"{markers}/{rel}.complete", data=b""))
+    # The files once, where they sort first (a hard link must follow its target).
+    first = min((where for where, _ in places), key=lambda p: p.encode("utf-8"))
+    for where, handle in places:
+        plan.add(Member(where))
+        for rel in sorted(record.tree.dirs):
+            plan.add(Member(f"{where}/{rel}"))
+        for rel, expect in sorted(record.tree.files.items()):
+            if where == first:
+                source = cache.local_root / key / rel
+                plan.add(Member(f"{where}/{rel}", source, expect=expect, alias=alias))
+            else:
+                plan.add(Member(f"{where}/{rel}", link=f"{first}/{rel}"))
+        if handle:  # a tensorflow_hub entry: its descriptor and hubpin's record beside it
+            plan.add(Member(f"{where}.descriptor.txt", data=f"Module: {handle}\n".encode()))
+            own = Record(handle, pin.tree_digest, record.tree).to_json()
+            plan.add(Member(f"{where}.hubpin.json", data=own.encode()))
+    return True
 
 
 class _Hashing:
@@ -179,29 +205,51 @@ def write_layer(plan: Plan, out: IO[bytes]) -> tuple[str, str, int]:
 def _add(tar: tarfile.TarFile, member: Member) -> None:
     if member.link is not None:
         tar.addfile(_info(member.path, tarfile.LNKTYPE, link=member.link))
+    elif member.symlink is not None:
+        tar.addfile(_info(member.path, tarfile.SYMTYPE, mode=0o777, link=member.symlink))
     elif member.data is not None:
         tar.addfile(_info(member.path, tarfile.REGTYPE, len(member.data)), _Bytes(member.data))
     elif member.source is None:
         tar.addfile(_info(member.path, tarfile.DIRTYPE, mode=0o755))
     else:
-        assert member.expect is not None
-        size, sha = member.expect
-        try:
-            download = LocalStorage(None).open(str(member.source))
-            mode = 0o755 if member.source.stat().st_mode & 0o111 else 0o644
-            reader = HashingReader.of(download, expected_size=size)
+        _add_file(tar, member)
+
+
+def _add_file(tar: tarfile.TarFile, member: Member) -> None:
+    """A file from disk, hashed as it is packed: the layer holds exactly the bytes checked."""
+    assert member.expect is not None and member.source is not None
+    size, want = member.expect
+    digest = hashlib.sha1(b"blob %d\0" % size) if member.git_blob else hashlib.sha256()
+    try:
+        with open(member.source, "rb") as fh:
+            mode = 0o755 if os.fstat(fh.fileno()).st_mode & 0o111 else 0o644
+            reader = _Checked(fh, digest, size)
             tar.addfile(_info(member.path, tarfile.REGTYPE, size, mode), reader)
-        except (OSError, FetchError) as exc:
-            raise IntegrityError(
-                f"{member.alias}: {member.source}: cannot read it ({exc}); "
-                "run: hubpin verify --repair"
-            ) from None
-        found = reader.hexdigest()
-        if (found, reader.size) != (sha, size):
-            raise IntegrityError(
-                f"{member.alias}: {member.source} changed since it was synced (sha256 {found}, "
-                f"the record says {sha}); no image was written; run: hubpin verify --repair"
-            )
+            found = (digest.hexdigest(), reader.size + len(fh.read(1)))
+    except OSError as exc:
+        raise IntegrityError(
+            f"{member.alias}: {member.source}: cannot read it ({exc}); run: hubpin verify --repair"
+        ) from None
+    if found != (want, size):
+        kind = "git blob sha1" if member.git_blob else "sha256"
+        raise IntegrityError(
+            f"{member.alias}: {member.source} changed since it was synced ({kind} {found[0]}, "
+            f"the record says {want}); no image was written; run: hubpin verify --repair"
+        )
+
+
+class _Checked:
+    """A file's bytes for tarfile, hashed on the way, never past the size its header says."""
+
+    def __init__(self, fh: IO[bytes], digest: Any, size: int) -> None:
+        self.fh, self.digest, self.left, self.size = fh, digest, size, 0
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self.fh.read(self.left if n < 0 else min(n, self.left))
+        self.digest.update(chunk)
+        self.left -= len(chunk)
+        self.size += len(chunk)
+        return chunk
 
 
 class _Bytes:
@@ -219,7 +267,11 @@ def image_config(diff_id: str, aliases: list[str], architecture: str) -> bytes:
     config = {
         "architecture": architecture,
         "os": "linux",
-        "config": {"Env": ENV, "Labels": {ALIASES: ",".join(aliases)}, "WorkingDir": f"/{ROOT}"},
+        "config": {
+            "Env": environment(),
+            "Labels": {ALIASES: ",".join(aliases)},
+            "WorkingDir": f"/{ROOT}",
+        },
         "rootfs": {"type": "layers", "diff_ids": [diff_id]},
     }
     return json.dumps(config, indent=2, sort_keys=True).encode("utf-8")
