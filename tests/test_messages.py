@@ -290,5 +290,10 @@ def test_resolve_of_a_pinned_folder_that_is_gone_names_it_and_what_to_run(
     assert err.rstrip().endswith(
         "or point the handle in the manifest at where it is now and run: hubpin lock"
     ), err
+    # sync's and verify's rows start with the alias: the line does not say it again
+    row = f"mine                 FAILED: the lock pins the local folder {folder} (4 files, tree "
     code, _, err = project.run("sync", "--frozen")
-    assert code == 1 and "FAILED: mine (triple): the lock pins the local folder" in err, err
+    assert code == 1 and row in err and "mine (triple)" not in err, err
+    code, out, err = project.run("verify")
+    assert code == 1 and f"  the lock pins the local folder {folder} (4 files" in out, out
+    assert "mine (triple)" not in out + err, out + err

@@ -153,4 +153,4 @@ _LOCK_PLAN = (("ALIAS", "<20"), ("ACTION", "<8"), ("SIZE", ">10"), ("REASON", ""
 
 
 def _describe(pin: Pin) -> str:
-    return f"{pin.describe()} ({pin.file_count} files, {_size(pin.unpacked_size)})"
+    return f"{pin.describe()} ({_count(pin.file_count, 'file')}, {_size(pin.unpacked_size)})"

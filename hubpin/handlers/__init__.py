@@ -331,15 +331,20 @@ class PinRequest:
 
     def common(self) -> dict[str, Any]:
         """The fields every kind copies from the manifest."""
-        spec = self.spec
-        return {
-            "handle": spec.handle,
-            "format": self.format,
-            "io_device": spec.io_device,
-            "tags": spec.tags,
-            "expected_sha256": spec.sha256,
-            "also": spec.also or None,
-        }
+        return manifest_fields(self.spec, self.format)
+
+
+def manifest_fields(spec: ModelSpec, fmt: Format) -> dict[str, Any]:
+    """The fields every kind copies from a manifest entry into its pin (a pin made by
+    :meth:`Handler.pin` or by :meth:`Handler.follow` alike)."""
+    return {
+        "handle": spec.handle,
+        "format": fmt,
+        "io_device": spec.io_device,
+        "tags": spec.tags,
+        "expected_sha256": spec.sha256,
+        "also": spec.also or None,
+    }
 
 
 def failed(alias: str, pin: Any, exc: HubpinError) -> Step:

@@ -28,7 +28,7 @@ class FolderHandler(Handler):
         size = pin.unpacked_size
         folder = run.root / pin.location
         if not folder.is_dir():
-            error = missing(alias, pin, folder)
+            error = missing(pin, folder)  # the row names the alias already
             return Step(
                 alias, Action.FAIL, size, 0, f"{folder}: folder not found", pin, error=error
             )
@@ -47,7 +47,7 @@ class FolderHandler(Handler):
 
         folder = run.root / pin.location
         if not folder.is_dir():
-            raise missing(step.alias, pin, folder)
+            raise missing(pin, folder)
         if not run.full_verify:
             return "checked", f"{folder} exists"
         digest = hash_tree(folder).digest()
@@ -67,7 +67,7 @@ class FolderHandler(Handler):
     def resolve(self, project: Project, alias: str, pin: FolderPin, verify: bool) -> str:
         folder = pin.folder(project.root)
         if not folder.is_dir():
-            raise missing(alias, pin, folder)
+            raise missing(pin, folder, alias)
         if verify:  # read in place, so verify means re-hash it, as for a cache entry
             _check_folder(alias, folder, pin.tree_digest)
         return str(folder)
@@ -106,13 +106,15 @@ class FolderHandler(Handler):
         return made, None
 
 
-def missing(alias: str, pin: FolderPin, folder: Path) -> NotSyncedError:
+def missing(pin: FolderPin, folder: Path, alias: str | None = None) -> NotSyncedError:
     """A pinned folder that is not there: sync cannot fetch it (it is read in place), so say
-    what the lock expects and the two ways out."""
+    what the lock expects and the two ways out. ``alias`` names the model where nothing else
+    does (``hubpin resolve``); a sync or verify row starts with it already."""
     what = "a file" if folder.exists() else "nothing"
+    files = f"{pin.file_count} file{'' if pin.file_count == 1 else 's'}"
     return NotSyncedError(
-        f"{alias} ({pin.handle}): the lock pins the local folder {folder} ({pin.file_count} "
-        f"files, tree {pin.tree_digest}), found {what} there; put the folder back, or point "
+        f"{f'{alias} ({pin.handle}): ' if alias else ''}the lock pins the local folder {folder} "
+        f"({files}, tree {pin.tree_digest}), found {what} there; put the folder back, or point "
         "the handle in the manifest at where it is now and run: hubpin lock"
     )
 

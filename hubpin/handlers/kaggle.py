@@ -9,7 +9,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from hubpin.errors import HubpinError, IntegrityError
-from hubpin.handlers import Currency, Run
+from hubpin.handlers import Currency, Run, manifest_fields
 from hubpin.handlers.archive import ArchiveHandler
 from hubpin.handles import cache_key
 from hubpin.kaggle import KaggleHandle, configured
@@ -121,16 +121,10 @@ class KaggleHandler(ArchiveHandler):
                 f"manifest expects {spec.sha256}; check the handle, or update sha256 in the "
                 "manifest"
             )
-        fields = {
-            "handle": spec.handle,
-            "format": spec.effective_format(settings),
-            "io_device": spec.io_device,
-            "tags": spec.tags,
-            "expected_sha256": spec.sha256,
-            "also": spec.also or None,
-            "cache_key": cache_key(spec.handle),
-        }
-        return KagglePin.model_validate(leader.model_dump() | fields)
+        fields = manifest_fields(spec, spec.effective_format(settings))
+        return KagglePin.model_validate(
+            leader.model_dump() | fields | {"cache_key": cache_key(spec.handle)}
+        )
 
     def presets(self, project: Project, pin: KagglePin) -> list[str]:
         """``kaggle://o/m/f/v/N``, as keras_hub maps a built-in preset name; and without the
