@@ -15,17 +15,13 @@ Nothing here prints or records a URL with its query string.
 from __future__ import annotations
 
 import collections
-import email.utils
 import functools
 import logging
 import os
-import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
@@ -38,6 +34,16 @@ from hubpin.errors import (
     unreachable,
 )
 from hubpin.handles import is_loopback, scheme_of, strip_query
+from hubpin.httpfaults import (
+    NEXT_STEP,
+    Hosts,
+    Transient,
+    down_reason,
+    is_status,
+    reason,
+    retry_after,
+    transient_errors,
+)
 from hubpin.retry import Retries, backoff_delay  # noqa: F401 - backoff_delay: re-exported
 from hubpin.settings import Settings
 
@@ -56,18 +62,6 @@ SEGMENT = 4 << 20
 SLOW = 50e6
 
 
-class _Transient(Exception):
-    """A failure worth another try (reset, timeout, 5xx, 429, short body)."""
-
-    retry_after: float | None = None  # seconds the server asked for (Retry-After), capped
-
-
-def _transient_errors() -> tuple[type[BaseException], ...]:
-    import urllib3
-
-    return (urllib3.exceptions.HTTPError, _Transient)
-
-
 class Fetcher:
     """Opens downloads; one per command, sharing HTTP connection pools.
 
@@ -80,7 +74,7 @@ class Fetcher:
         self.settings = settings
         self._pools: dict[str | None, urllib3.PoolManager] = {}
         self._proxies: dict[str, str] | None = None
-        self._hosts = _Hosts()
+        self._hosts = Hosts()
 
     def close(self) -> None:
         for pool in self._pools.values():
@@ -215,15 +209,15 @@ class Fetcher:
                 finally:
                     response.close()
                 if got != want:
-                    raise _Transient(f"range {start}-{end} ended after {got} of {want} bytes")
+                    raise Transient(f"range {start}-{end} ended after {got} of {want} bytes")
                 return b"".join(parts)
-            except _transient_errors() as exc:
+            except transient_errors() as exc:
                 delay = tries.failed()
                 if delay is None or got > want:
                     raise FetchError(
-                        f"{strip_query(url)}: bytes {start}-{end}: {_reason(exc)} ({tries.gave_up})"
+                        f"{strip_query(url)}: bytes {start}-{end}: {reason(exc)} ({tries.gave_up})"
                     ) from None
-                log.info("%s: %s; resuming the range", strip_query(url), _reason(exc))
+                log.info("%s: %s; resuming the range", strip_query(url), reason(exc))
                 self._pause(url, delay)
 
     def _http_chunks(
@@ -247,9 +241,9 @@ class Fetcher:
                 finally:
                     response.close()
                 if length is not None and offset < length:
-                    raise _Transient(f"body ended after {offset} of {length} bytes")
+                    raise Transient(f"body ended after {offset} of {length} bytes")
                 return
-            except _transient_errors() as exc:
+            except transient_errors() as exc:
                 delay = tries.failed()
                 if delay is None:
                     what = (
@@ -258,9 +252,9 @@ class Fetcher:
                         else f"download failed after {offset} bytes"
                     )
                     raise FetchError(
-                        f"{strip_query(url)}: {what} after {tries.failures} tries ({_reason(exc)})"
+                        f"{strip_query(url)}: {what} after {tries.failures} tries ({reason(exc)})"
                     ) from None
-                log.info("%s: %s; resuming at byte %d", strip_query(url), _reason(exc), offset)
+                log.info("%s: %s; resuming at byte %d", strip_query(url), reason(exc), offset)
                 self._pause(url, delay)
                 response, _ = self._with_retries(functools.partial(self._follow, url, offset), url)
                 skip = offset if response.status == 200 else 0
@@ -271,24 +265,24 @@ class Fetcher:
             self._refuse_if_down(url)
             try:
                 return attempt()
-            except _transient_errors() as exc:
+            except transient_errors() as exc:
                 if "CERTIFICATE_VERIFY_FAILED" in str(exc):  # permanent: retrying cannot help
                     raise FetchError(
-                        f"{strip_query(url)}: {_reason(exc)}; if a company proxy or CA signs this "
+                        f"{strip_query(url)}: {reason(exc)}; if a company proxy or CA signs this "
                         "host, set ca_bundle in hubpin.toml"
                     ) from None
                 delay = tries.failed(exc)
                 down = self._unreachable(exc, url)
                 if delay is None:
                     if down is None:
-                        busy = "; the host is failing: try again later" if _is_status(exc) else ""
+                        busy = "; the host is failing: try again later" if is_status(exc) else ""
                         raise FetchError(
-                            f"{strip_query(url)}: {_reason(exc)} ({tries.gave_up}){busy}"
+                            f"{strip_query(url)}: {reason(exc)} ({tries.gave_up}){busy}"
                         ) from None
                     if retries is None:  # the whole budget (a caller's single try recovers)
-                        self._gave_up_on(url, _down(exc, self.settings) or _reason(exc))
+                        self._gave_up_on(url, down_reason(exc, self.settings) or reason(exc))
                     raise FetchError(f"{strip_query(url)}: {down(tries.gave_up)}") from None
-                why = _down(exc, self.settings) or _reason(exc)
+                why = down_reason(exc, self.settings) or reason(exc)
                 log.info("%s: %s; retrying (%s)", strip_query(url), why, tries.tried)
                 self._pause(url, delay)
 
@@ -296,18 +290,12 @@ class Fetcher:
         """Note that ``url``'s host is down, and wake the requests waiting to retry it; if
         another request said so first, fail with the short line instead (the full one, with
         what to check, is said once)."""
-        origin = _origin(url)
-        with self._hosts.changed:
-            if origin not in self._hosts.down:
-                self._hosts.down[origin] = why
-                self._hosts.changed.notify_all()
-                return
-        self._refuse_if_down(url)
+        if not self._hosts.give_up(_origin(url), why):
+            self._refuse_if_down(url)
 
     def _refuse_if_down(self, url: str) -> None:
         """Fail at once for a host another request of this command gave up on."""
-        with self._hosts.lock:
-            why = self._hosts.down.get(_origin(url))
+        why = self._hosts.why_down(_origin(url))
         if why is not None:
             host = urllib.parse.urlsplit(url).netloc.rpartition("@")[2]
             raise FetchError(
@@ -317,10 +305,7 @@ class Fetcher:
 
     def _pause(self, url: str, delay: float) -> None:
         """Wait ``delay`` seconds before retrying ``url``, less if its host is found down."""
-        origin, until = _origin(url), time.monotonic() + delay
-        with self._hosts.changed:
-            while origin not in self._hosts.down and (left := until - time.monotonic()) > 0:
-                self._hosts.changed.wait(left)
+        self._hosts.pause(_origin(url), delay)
 
     def _follow(
         self, url: str, offset: int, end: int | None = None
@@ -340,7 +325,7 @@ class Fetcher:
                 response.close()
                 error = FetchError(
                     f"{strip_query(url)}: HTTP {response.status} {response.reason}"
-                    f"{_NEXT_STEP.get(response.status, '')}"
+                    f"{NEXT_STEP.get(response.status, '')}"
                 )
                 error.status = response.status
                 raise error
@@ -388,15 +373,13 @@ class Fetcher:
         The origin is scheme, host and port: a redirect to another host (a signed
         storage URL) or to the same host over another scheme never gets them.
         """
-        with self._hosts.lock:
-            self._hosts.headers.setdefault(_origin(url), {}).update(headers)
+        self._hosts.add_headers(_origin(url), headers)
 
     def _headers_for(self, url: str) -> dict[str, str]:
-        with self._hosts.lock:
-            return dict(self._hosts.headers.get(_origin(url), {}))
+        return self._hosts.headers_for(_origin(url))
 
     def _raise_if_transient(self, response: urllib3.BaseHTTPResponse, url: str) -> None:
-        """Raise _Transient for 429 and 5xx; for 429/503 remember the host's Retry-After.
+        """Raise Transient for 429 and 5xx; for 429/503 remember the host's Retry-After.
 
         The wait is kept per host, so every job talking to that host holds off
         until then, not only the one that was told (parallel jobs would hammer it).
@@ -405,21 +388,18 @@ class Fetcher:
             return
         wait = None
         if response.status in (429, 503):
-            wait = _retry_after(response.headers.get("retry-after"), self.retry_after_cap)
+            wait = retry_after(response.headers.get("retry-after"), self.retry_after_cap)
         response.close()
-        exc = _Transient(f"HTTP {response.status} {response.reason}")
+        exc = Transient(f"HTTP {response.status} {response.reason}")
         if wait is not None:
             exc.retry_after = wait
-            origin, until = _origin(url), time.monotonic() + wait
-            with self._hosts.lock:
-                self._hosts.not_before[origin] = max(self._hosts.not_before.get(origin, 0.0), until)
+            self._hosts.hold_off(_origin(url), wait)
         raise exc
 
     def add_host_hint(self, url: str, check: str) -> None:
         """What to check when ``url``'s origin does not answer: the setting that chose the host
         (an API endpoint), instead of [[mirrors]], which serve archives only."""
-        with self._hosts.lock:
-            self._hosts.hints[_origin(url)] = check
+        self._hosts.add_hint(_origin(url), check)
 
     def _unreachable(self, exc: BaseException, url: str) -> Callable[[str], str] | None:
         """For a server that is down (refused, unknown host, no connection or no answer in
@@ -429,25 +409,20 @@ class Fetcher:
         host = urllib.parse.urlsplit(url).netloc.rpartition("@")[2]
         if isinstance(exc, urllib3.exceptions.ProxyError):
             proxy = strip_query((self._proxies or {}).get(scheme_of(url), "the proxy"))
-            reason = _down(exc.original_error, self.settings) or _reason(exc.original_error)
+            cause = down_reason(exc.original_error, self.settings) or reason(exc.original_error)
             return lambda tries: (
-                f"cannot reach {host} through the proxy {proxy}: {reason} ({tries}); "
+                f"cannot reach {host} through the proxy {proxy}: {cause} ({tries}); "
                 "check the proxy (HTTPS_PROXY, HTTP_PROXY, NO_PROXY) and the network"
             )
-        reason = _down(exc, self.settings)
-        if reason is None:
+        why = down_reason(exc, self.settings)
+        if why is None:
             return None
-        with self._hosts.lock:
-            check = self._hosts.hints.get(_origin(url), MIRRORS_CHECK)
-        return lambda tries: unreachable(host, reason, tries, check)
+        check = self._hosts.hint(_origin(url), MIRRORS_CHECK)
+        return lambda tries: unreachable(host, why, tries, check)
 
     def _wait_for_host(self, url: str) -> None:
         """Sleep until the Retry-After this host gave (to any job) has passed."""
-        with self._hosts.lock:
-            until = self._hosts.not_before.get(_origin(url), 0.0)
-        delay = until - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
+        self._hosts.wait_turn(_origin(url))
 
     def request(
         self,
@@ -487,65 +462,10 @@ class Fetcher:
         return self._with_retries(attempt, url, retries)
 
 
-@dataclass
-class _Hosts:
-    """Per-origin state shared by a Fetcher's threads: headers for that host only, Retry-After."""
-
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    headers: dict[tuple[str, str, int], dict[str, str]] = field(default_factory=dict)
-    not_before: dict[tuple[str, str, int], float] = field(default_factory=dict)
-    hints: dict[tuple[str, str, int], str] = field(default_factory=dict)
-    down: dict[tuple[str, str, int], str] = field(default_factory=dict)  # → why, once given up
-    changed: threading.Condition = field(init=False)  # over ``lock``: a host was found down
-
-    def __post_init__(self) -> None:
-        self.changed = threading.Condition(self.lock)
-
-
-def _is_status(exc: BaseException) -> bool:
-    """A 5xx or 429 the host answered (and hubpin retried), not a network failure."""
-    return isinstance(exc, _Transient) and str(exc).startswith("HTTP ")
-
-
-def _down(exc: BaseException, settings: Settings) -> str | None:
-    """Why a server did not answer, in a person's words, or None for another failure."""
-    import urllib3
-
-    errors = urllib3.exceptions
-    if isinstance(exc, errors.NameResolutionError):
-        return "the host name does not resolve (DNS)"
-    if isinstance(exc, errors.NewConnectionError):  # a subclass of ConnectTimeoutError
-        return (getattr(exc.__cause__, "strerror", None) or "cannot connect").lower()
-    if isinstance(exc, errors.ConnectTimeoutError):
-        return f"no connection within connect_timeout ({settings.connect_timeout:g}s)"
-    if isinstance(exc, errors.ReadTimeoutError):
-        return f"no answer within read_timeout ({settings.read_timeout:g}s)"
-    if isinstance(exc, errors.ProtocolError):
-        reset = isinstance(exc.args[-1] if exc.args else None, ConnectionResetError)
-        return "the connection was reset" if reset else "the connection closed unanswered"
-    return None
-
-
 def _origin(url: str) -> tuple[str, str, int]:
     parts = urllib.parse.urlsplit(url)
     scheme = parts.scheme.lower()
     return scheme, (parts.hostname or "").lower(), parts.port or (443 if scheme == "https" else 80)
-
-
-def _retry_after(value: str | None, cap: float) -> float | None:
-    """Seconds to wait from a Retry-After header (delay-seconds or an HTTP date), capped."""
-    if not value or not value.strip():
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return min(float(value), cap)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, min(cap, (when - datetime.now(timezone.utc)).total_seconds()))
 
 
 def _content_length(response: urllib3.BaseHTTPResponse) -> int | None:
@@ -571,16 +491,3 @@ def _tls_options(settings: Settings) -> dict[str, Any]:
             raise InputError(f"ca_bundle {settings.ca_bundle}: file not found")
         return {"cert_reqs": "CERT_REQUIRED", "ca_certs": settings.ca_bundle}
     return {"cert_reqs": "CERT_REQUIRED"}
-
-
-_NEXT_STEP = {  # what a client error asks of the user (a 4xx is never retried)
-    401: "; the server wants credentials: check the token or key for this host",
-    403: "; the server refused access: check the credentials, or accept the model's terms",
-    404: "; nothing is there: check the handle (model name and version) in the manifest",
-    410: "; the model was withdrawn: pin another version in the manifest",
-}
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text.split("?")[0] if "://" in text else text

@@ -123,7 +123,7 @@ def check_handle(handle: str) -> str | None:
             return f"a {spec.prefix} handle needs a bucket ({spec.example})"
         if not spec.folders and not is_archive_name(handle):
             return f"a {spec.prefix} handle names an archive ({', '.join(ARCHIVE_SUFFIXES)})"
-    # a Kaggle handle is checked by hubpin.kaggle.parse_handle, which knows Kaggle's form
+    # a Kaggle handle is checked by hubpin.kaggle.handle.parse_handle, which knows Kaggle's form
     return None
 
 

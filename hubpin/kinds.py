@@ -28,7 +28,7 @@ from hubpin.handles import (
     source_for,
 )
 from hubpin.huggingface import HfPinned, is_commit, parse_hf, select
-from hubpin.kaggle import KaggleHandle, configured, pinned
+from hubpin.kaggle.handle import KaggleHandle, configured, pinned
 from hubpin.kerashub import is_preset_handle, keras_hub_root
 from hubpin.settings import Settings
 from hubpin.storage.schemes import is_url, scheme

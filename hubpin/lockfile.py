@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hubpin.atomic import write_atomic
 from hubpin.errors import LockfileError, LockMissingError
-from hubpin.kaggle import parse_handle
+from hubpin.kaggle.handle import parse_handle
 from hubpin.kerashub import is_preset_handle, keras_hub_root, keras_hub_version
 from hubpin.kinds import TAGS as PIN_TAGS
 from hubpin.kinds import (

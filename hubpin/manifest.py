@@ -11,7 +11,7 @@ from hubpin.atomic import write_atomic
 from hubpin.errors import InputError, ManifestError
 from hubpin.handles import Format, check_handle
 from hubpin.huggingface import is_hf_handle, parse_hf
-from hubpin.kaggle import parse_handle
+from hubpin.kaggle.handle import parse_handle
 from hubpin.kerashub import PREFIX as PRESET
 from hubpin.kerashub import is_preset_handle, keras_hub_root
 from hubpin.settings import Settings

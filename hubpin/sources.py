@@ -23,7 +23,7 @@ from typing import Protocol
 from hubpin.download import Download
 from hubpin.errors import FetchError, InputError, MissingError
 from hubpin.handles import local_path, strip_query
-from hubpin.kaggle import KaggleApi
+from hubpin.kaggle.api import KaggleApi
 from hubpin.kinds import ArchivePin
 from hubpin.lockfile import Lock
 from hubpin.settings import Mirror, Settings

@@ -12,7 +12,10 @@ import threading
 
 from hubpin.download import Download
 from hubpin.fetch import Fetcher
-from hubpin.kaggle import KaggleApi, endpoint, load_credentials, parse_handle
+from hubpin.kaggle.api import KaggleApi
+from hubpin.kaggle.credentials import load_credentials
+from hubpin.kaggle.endpoint import endpoint
+from hubpin.kaggle.handle import parse_handle
 from hubpin.settings import Settings
 from hubpin.storage import Storage, scheme, scheme_of, storage_for
 

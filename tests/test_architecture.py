@@ -102,14 +102,16 @@ def test_only_the_scheme_table_chooses_a_cache_implementation() -> None:
 # scheme table is what made a new store an edit in seven modules.
 _SCHEME_WORDS = {"gs", "s3", "oci", "file", "http", "https", "kaggle"}
 _SCHEME_PREFIXES = tuple(f"{word}://" for word in _SCHEME_WORDS)
-# fetch.py is the HTTP client, kaggle.py reads Kaggle's http(s) URLs and API answers: their
-# redirect and URL policies compare http and https on purpose; so does huggingface.py for
-# the Hub's URLs. oci/reference.py parses its own oci:// references, kerashub.py the
+# fetch.py is the HTTP client, kaggle/ reads Kaggle's http(s) URLs (handle.py), endpoints
+# (endpoint.py) and API answers (api.py): their redirect and URL policies compare http and
+# https on purpose; so does huggingface.py for the Hub's URLs. oci/reference.py parses its own oci:// references, kerashub.py the
 # kaggle:// URLs keras_hub's preset tables hold.
 _MAY_NAME_SCHEMES = {
     "hubpin.storage.schemes",
     "hubpin.fetch",
-    "hubpin.kaggle",
+    "hubpin.kaggle.handle",
+    "hubpin.kaggle.endpoint",
+    "hubpin.kaggle.api",
     "hubpin.huggingface",
     "hubpin.oci.reference",
     "hubpin.kerashub",

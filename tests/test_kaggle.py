@@ -38,15 +38,10 @@ from hubpin.cache.kagglehub import (
 from hubpin.checksums import Checker, Declared, crc32c_available, from_headers
 from hubpin.errors import FetchError, InputError, IntegrityError, TruncatedError
 from hubpin.fetch import Fetcher
-from hubpin.kaggle import (
-    Credentials,
-    KaggleApi,
-    KaggleHandle,
-    endpoint,
-    load_credentials,
-    parse_handle,
-    rpc_url,
-)
+from hubpin.kaggle.api import KaggleApi
+from hubpin.kaggle.credentials import Credentials, load_credentials
+from hubpin.kaggle.endpoint import endpoint, rpc_url
+from hubpin.kaggle.handle import KaggleHandle, parse_handle
 from hubpin.settings import Settings
 
 SLUG = "google/affine/tensorFlow2/double"

@@ -248,6 +248,7 @@ _NOT_FOR_READING = {
     "hubpin.download",
     "hubpin.checksums",
     "hubpin.fetch",
+    "hubpin.httpfaults",
     "hubpin.sync",
     "hubpin.plan",
     "hubpin.cache.lock",

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from hubpin.errors import CacheError, write_error
-from hubpin.kaggle import KaggleHandle
+from hubpin.kaggle.handle import KaggleHandle
 
 KAGGLEHUB_MARKER_CONTENTS = b""  # kagglehub touches an empty file (cache.py:51-54)
 FILE_MARKERS = ".complete"  # kagglehub's FILE_COMPLETION_MARKER_FOLDER (cache.py:12)

@@ -34,7 +34,7 @@ from hubpin.errors import (
 )
 from hubpin.handlers import SHA_NOTE, Bundled, Handler, PinRequest, Run, Shared
 from hubpin.handles import Format, Kind, archive_key, local_path, relative_posix
-from hubpin.kaggle import configured
+from hubpin.kaggle.handle import configured
 from hubpin.kinds import ArchivePin, KagglePin, Pin
 from hubpin.storage.schemes import is_url
 

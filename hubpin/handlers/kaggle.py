@@ -12,7 +12,7 @@ from hubpin.errors import HubpinError, IntegrityError
 from hubpin.handlers import Currency, Run, manifest_fields
 from hubpin.handlers.archive import ArchiveHandler
 from hubpin.handles import cache_key
-from hubpin.kaggle import KaggleHandle, configured
+from hubpin.kaggle.handle import KaggleHandle, configured
 from hubpin.kerashub import is_preset_handle
 from hubpin.kinds import KagglePin, Pin
 from hubpin.plan import Target
