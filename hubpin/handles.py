@@ -127,6 +127,35 @@ def check_handle(handle: str) -> str | None:
     return None
 
 
+# Hosts whose model URLs people copy: a path handle starting with one lost its https://.
+_MODEL_HOSTS = frozenset(
+    {
+        "tfhub.dev",
+        "hub.tensorflow.google.cn",
+        "www.kaggle.com",
+        "kaggle.com",
+        "huggingface.co",
+        "storage.googleapis.com",
+    }
+)
+
+
+def meant_as_url(handle: str) -> str | None:
+    """The URL a path handle was probably meant to be, for the message when that path names
+    nothing: ``tfhub.dev/…`` without its ``https://``, or ``https//…`` without its colon
+    (both read as relative paths, as tensorflow_hub would read them)."""
+    if scheme_of(handle):
+        return None  # a handle with a scheme of its own
+    head, slash, rest = handle.partition("/")
+    for spec in known("handles"):
+        if spec.remote and head == spec.name and rest[:1] == "/":
+            return spec.prefix + rest[1:]  # "https//host/…": the colon left out
+    if slash and rest and head.lower() in _MODEL_HOSTS:
+        web = next(spec for spec in known("web") if spec.prefix.endswith("s://"))
+        return web.prefix + handle
+    return None
+
+
 def local_path(handle: str, base: Path) -> Path | None:
     """The filesystem path a path or file:// handle names (relative to ``base``)."""
     spec = scheme(handle)

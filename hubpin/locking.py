@@ -14,8 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from hubpin.errors import CacheError, HubpinError, InputError
+from hubpin.errors import CacheError, HubpinError, InputError, MissingError
 from hubpin.handlers import for_handle, handler
+from hubpin.handles import meant_as_url
 from hubpin.lockfile import (
     Lock,
     Pin,
@@ -261,4 +262,10 @@ def named(exc: HubpinError, alias: str, handle: str) -> HubpinError:
     text = str(exc)
     if text.startswith(f"{handle}: "):
         text = text[len(handle) + 2 :]
+    url = meant_as_url(handle) if isinstance(exc, MissingError) else None
+    if url is not None:  # not a path that names nothing, but a URL written wrong: bad input
+        return InputError(
+            f"{alias} ({handle}): {text}; the handle is read as a path relative to the "
+            f'manifest: if it is a URL, write handle = "{url}" in the manifest'
+        )
     return type(exc)(f"{alias} ({handle}): {text}")

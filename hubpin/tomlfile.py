@@ -49,9 +49,32 @@ def read_toml(path: Path, error: type[InputError], fix: str) -> tuple[dict[str, 
     try:
         return tomllib.loads(text), text
     except tomllib.TOMLDecodeError as exc:
-        raise error(f"{path}: invalid TOML: {exc}") from None
+        raise error(syntax_error(path, text, exc)) from None
     except RecursionError:  # tomllib recurses once per nested array or inline table
         raise error(f"{path}: invalid TOML: arrays or tables nested too deeply") from None
+
+
+# ``key = value`` where the value is a bare word: a string written without its quotes.
+_BARE_VALUE = re.compile(r"\s*([A-Za-z0-9_.\"'-]+)\s*=\s*([A-Za-z_][^\s#,\]}]*)")
+
+
+def syntax_error(path: Path, text: str, exc: ValueError) -> str:
+    """tomllib's complaint as ``file:line: invalid TOML (column N): what``, with the usual
+    fix for the two commonest slips: a string without quotes, a string not closed."""
+    line_no, column = getattr(exc, "lineno", None), getattr(exc, "colno", None)
+    if line_no is None:  # the standard library's tomllib before 3.14 keeps only the message
+        return f"{path}: invalid TOML: {exc}"
+    what = getattr(exc, "msg", str(exc))
+    lines = text.splitlines()
+    line = lines[line_no - 1] if 0 < line_no <= len(lines) else ""
+    hint = ""
+    bare = _BARE_VALUE.match(line)
+    if what == "Invalid value" and bare and bare.group(2) not in ("true", "false", "inf", "nan"):
+        key, value = bare.groups()
+        hint = f'; if it is a string, quote it: {key} = "{value}"'
+    elif what.startswith("Illegal character") and line.count('"') % 2 == 1:
+        hint = '; a string is not closed: end it with "'
+    return f"{path}:{line_no}: invalid TOML (column {column}): {what}{hint}"
 
 
 def validate(

@@ -45,7 +45,20 @@ def _one_error_line(err: str) -> str:
             '[modles.a]\nhandle = "https://x/y"\n',
             "models.toml:1: modles: unknown table [modles.a]; did you mean [models.a]?",
         ),
-        ('[models.a\nhandle = "https://x/y"\n', "models.toml: invalid TOML:"),
+        (
+            '[models.a\nhandle = "https://x/y"\n',
+            "models.toml:1: invalid TOML (column 10): Expected ']' at the end of a table",
+        ),
+        (  # a string without its quotes: the line, and the line as it should be
+            '[models.a]\nhandle = "https://x/y"\nformat = COMPRESSED\n',
+            "models.toml:3: invalid TOML (column 10): Invalid value; if it is a string, quote "
+            'it: format = "COMPRESSED"',
+        ),
+        (
+            '[models.a]\nhandle = "https://x/y\n',
+            "models.toml:2: invalid TOML (column 22): Illegal character '\\n'; a string is not "
+            'closed: end it with "',
+        ),
         ('[models.a]\nhandle = "gs://"\n', "a gs:// handle needs a bucket"),
     ],
 )
@@ -131,8 +144,55 @@ def test_unknown_alias_and_bad_flags(project: Project) -> None:
     assert "bad alias" not in project.manifest.read_text()
 
 
+@pytest.mark.parametrize(
+    ("handle", "meant"),
+    [
+        ("tfhub.dev/google/spice/2", "https://tfhub.dev/google/spice/2"),
+        (
+            "www.kaggle.com/models/google/x/tensorFlow2/y",
+            "https://www.kaggle.com/models/google/x/tensorFlow2/y",
+        ),
+        ("https//tfhub.dev/google/x/1.tar.gz", "https://tfhub.dev/google/x/1.tar.gz"),
+        ("gs//bucket/m.tar.gz", "gs://bucket/m.tar.gz"),
+    ],
+)
+def test_a_url_written_without_its_scheme_is_bad_input_naming_the_url(
+    project: Project, handle: str, meant: str
+) -> None:
+    """tensorflow_hub would read these as paths too; when nothing is there, the line says
+    which URL was probably meant, and it is exit 2 (the manifest is wrong), nothing written."""
+    project.models(a=handle)
+    for command in ("lock", "sync"):
+        code, _, err = project.run(command)
+        line = _one_error_line(err)
+        assert code == 2, (command, err)
+        assert line.startswith(f"hubpin: error: a ({handle}): "), line
+        assert line.endswith(f'if it is a URL, write handle = "{meant}" in the manifest'), line
+    assert not project.lock.exists()
+
+
 def test_missing_local_archive_names_alias_and_path(project: Project) -> None:
     project.models(local="mirror/none.tar.gz")
     code, _, err = project.run("lock")
     assert code == 1
     assert "local (mirror/none.tar.gz):" in err and "none.tar.gz: archive not found" in err
+
+
+def test_an_alias_added_to_the_manifest_but_not_locked_is_a_stale_lock_not_a_typo(
+    project: Project,
+) -> None:
+    """`resolve`/`verify` of a model added to models.toml without re-locking: exit 1 and the
+    command that pins it, not "no model with alias …; known: …" (exit 2)."""
+    project.models(a="https://example.invalid/a/1")
+    project.write('version = 1\nmanifest_digest = "x"\n', "models.lock")  # a lock of no models
+    project.models(a="https://example.invalid/a/1", b="https://example.invalid/b/1")
+    for command in (["resolve", "b"], ["verify", "b"]):
+        code, out, err = project.run(*command)
+        line = _one_error_line(err)
+        assert (code, out) == (1, ""), (command, err)
+        assert line == (
+            f"hubpin: error: b: in {project.manifest} but not pinned in {project.lock}; "
+            "run: hubpin lock"
+        ), line
+    code, _, err = project.run("resolve", "c")  # in neither: a typo, bad usage
+    assert code == 2 and "no model with alias 'c'" in _one_error_line(err)

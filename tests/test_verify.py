@@ -138,6 +138,9 @@ def test_verify_of_a_model_never_synced(project: Project, hub: HubServer) -> Non
     code, out, _ = project.run("verify", "--json")
     assert code == 1
     assert json.loads(out)["models"]["double"] == {"ok": False, "problems": ["not synced"]}
+    code, out, err = project.run("verify")  # before the first sync: nothing is damaged
+    assert (code, out) == (1, "double               not synced\n"), out
+    assert err == f"1 of 1 models not synced into {project.cache}; run: hubpin sync\n", err
     code, out, _ = project.run("verify", "--repair", "--json")
     assert code == 0
     assert json.loads(out)["models"]["double"]["repaired"] is True

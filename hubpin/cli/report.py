@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from hubpin import stamp
 from hubpin.cli.common import _count, _project, _result, _say, _size
 from hubpin.cli.render import print_json, print_table
 from hubpin.ops.status import StatusReport, resolve, status
+
+if TYPE_CHECKING:
+    from hubpin.ops.verify import VerifyReport
+
+NOT_SYNCED = "not synced"  # the one problem of an entry that is not there at all
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -27,20 +33,35 @@ def cmd_verify(args: argparse.Namespace) -> int:
         print_json({"cache_dir": report.cache_dir, "models": models})
     else:
         for m in report.models:  # the findings are the result; a failed repair is an error
-            _result(args, f"{m.alias:<20} {'ok' if not m.problems else 'DAMAGED'}")
-            for problem in m.problems:
-                _result(args, f"  {problem}")
+            if m.problems == [NOT_SYNCED]:  # never synced, or removed whole: nothing damaged
+                _result(args, f"{m.alias:<20} {NOT_SYNCED}")
+            else:
+                _result(args, f"{m.alias:<20} {'ok' if not m.problems else 'DAMAGED'}")
+                for problem in m.problems:
+                    _result(args, f"  {problem}")
             if m.repair is not None and m.repair.status == "failed":
                 print(f"{m.alias:<20} repair failed: {m.repair.detail}", file=sys.stderr)
             elif m.repair is not None:
                 _result(args, f"{m.alias:<20} repaired (fetched and verified before publishing)")
     if report.damaged and not args.repair:
-        _say(
-            args,
-            f"{len(report.damaged)} of {len(report.models)} models damaged in {report.cache_dir}; "
-            "run: hubpin verify --repair",
-        )
+        _say(args, _verify_hint(report))
     return report.exit_code
+
+
+def _verify_hint(report: VerifyReport) -> str:
+    """What the damage adds up to and the command for it: a cache that was never synced
+    needs ``hubpin sync``, not a repair of damage it does not have."""
+    absent = sum(m.problems == [NOT_SYNCED] for m in report.damaged)
+    damaged = len(report.damaged) - absent
+    of = f"{len(report.damaged)} of {len(report.models)} models"
+    if not damaged:
+        return f"{of} not synced into {report.cache_dir}; run: hubpin sync"
+    if absent:
+        return (
+            f"{of} damaged or missing in {report.cache_dir} ({damaged} damaged, {absent} not "
+            "synced); run: hubpin verify --repair"
+        )
+    return f"{of} damaged in {report.cache_dir}; run: hubpin verify --repair"
 
 
 def cmd_outdated(args: argparse.Namespace) -> int:

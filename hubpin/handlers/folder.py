@@ -11,6 +11,7 @@ from hubpin.errors import (
     FetchError,
     InputError,
     IntegrityError,
+    MissingError,
     NotSyncedError,
 )
 from hubpin.handlers import Handler, PinRequest, Placed, Run, Shared
@@ -90,7 +91,7 @@ class FolderHandler(Handler):
 
         folder = Path(request.source.location)
         if not folder.is_dir():
-            raise FetchError(f"{folder}: folder not found (a path handle is read in place)")
+            raise MissingError(f"{folder}: folder not found (a path handle is read in place)")
         try:
             tree = hash_tree(folder)
         except OSError as exc:

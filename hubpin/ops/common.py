@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hubpin.errors import unknown_alias
+from hubpin.errors import HubpinError, StaleLockError, unknown_alias
 
 # What fetches (the transport, the sources, the syncer) is imported by the commands that
 # fetch, when they open it: `status`, `resolve` and `lock --check` never load urllib3,
@@ -54,10 +54,34 @@ def syncer(project: Project, sources: Sources, offline: bool, full_verify: bool)
     return Syncer(project.cache, project.settings, sources, project.root, offline, full_verify)
 
 
-def select(lock: Lock, aliases: Sequence[str], lock_path: Path) -> dict[str, Pin]:
-    """The pins of ``aliases`` (all when empty); an unknown alias is bad usage (exit 2)."""
+def select(
+    lock: Lock, aliases: Sequence[str], lock_path: Path, project: Project | None = None
+) -> dict[str, Pin]:
+    """The pins of ``aliases`` (all when empty); an unknown alias is bad usage (exit 2).
+    With ``project``, an alias its manifest names but the lock does not is a stale lock
+    (exit 1, ``run: hubpin lock``), not a typo."""
+    if project is not None:
+        unpinned(aliases, lock, project)
     known(aliases, lock.models, lock_path)
     return {a: lock.models[a] for a in aliases} if aliases else dict(lock.models)
+
+
+def unpinned(aliases: Sequence[str], lock: Lock, project: Project) -> None:
+    """Raise StaleLockError for the first of ``aliases`` the manifest names and the lock
+    does not (a model added to models.toml without re-locking)."""
+    missing = [a for a in aliases if a not in lock.models]
+    if not missing or not project.manifest_path.is_file():
+        return
+    try:
+        named = project.manifest.models
+    except HubpinError:  # a manifest that does not read: the unknown alias is the news
+        return
+    for alias in missing:
+        if alias in named:
+            raise StaleLockError(
+                f"{alias}: in {project.manifest_path} but not pinned in {project.lock_path}; "
+                "run: hubpin lock"
+            )
 
 
 def known(aliases: Sequence[str], models: Iterable[str], where: Path) -> None:

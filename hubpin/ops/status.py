@@ -92,7 +92,7 @@ def resolve(project: Project, alias: str, *, verify: bool = False) -> str:
     """The path (or gs:// location) of a pinned model, checked (re-hashed with ``verify``):
     what ``hubpin resolve`` prints and ``hubpin.resolve`` returns. NotSyncedError or
     DamagedEntryError naming the alias when it is not there as the lock pins it."""
-    pin = select(project.read_lock(), [alias], project.lock_path)[alias]
+    pin = select(project.read_lock(), [alias], project.lock_path, project)[alias]
     return resolve_pin(project, alias, pin, verify)
 
 

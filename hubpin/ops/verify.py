@@ -43,7 +43,7 @@ def verify(project: Project, aliases: Sequence[str] = (), repair: bool = False) 
     lock); with ``repair``, sync the damaged ones again (fetched and verified before
     publishing). Never touches the network unless repairing."""
     lock = project.read_lock()
-    pins = select(lock, aliases, project.lock_path)
+    pins = select(lock, aliases, project.lock_path, project)
     report = VerifyReport(project.cache.location, repair=repair)
     with open_sources(project) as sources:
         runner = syncer(project, sources, offline=True, full_verify=True)
