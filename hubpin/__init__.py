@@ -6,6 +6,18 @@ TensorFlow only when a model is loaded.
 
 from __future__ import annotations
 
+import sys
+
+if sys.version_info < (3, 10):  # noqa: UP036 - said before anything 3.10 fails with a traceback
+    _TOO_OLD = (
+        f"hubpin needs Python 3.10 or newer, this is {sys.version.split()[0]} "
+        f"({sys.executable}); run it with python3.10 or newer (pip refuses to install it here)"
+    )
+    if sys.argv[:1] == ["-m"]:  # `python -m hubpin`, being located: the command line
+        print(f"hubpin: error: {_TOO_OLD}", file=sys.stderr)
+        raise SystemExit(2)
+    raise ImportError(_TOO_OLD)
+
 from typing import TYPE_CHECKING, Any
 
 from hubpin.errors import (

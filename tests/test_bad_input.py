@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from conftest import Project
 
@@ -196,3 +198,41 @@ def test_an_alias_added_to_the_manifest_but_not_locked_is_a_stale_lock_not_a_typ
         ), line
     code, _, err = project.run("resolve", "c")  # in neither: a typo, bad usage
     assert code == 2 and "no model with alias 'c'" in _one_error_line(err)
+
+
+def _older_python() -> str | None:
+    """An interpreter of 3.7-3.9 that runs (a pyenv shim may name one it cannot start)."""
+    import shutil
+    import subprocess
+
+    found = [shutil.which(f"python3.{minor}") for minor in (9, 8, 7)]
+    found += sorted(map(str, Path.home().glob(".pyenv/versions/3.[789].*/bin/python")))
+    for python in filter(None, found):
+        probe = subprocess.run([python, "-c", "pass"], capture_output=True, timeout=30)
+        if probe.returncode == 0:
+            return python
+    return None
+
+
+_OLDER_PYTHON = _older_python()
+
+
+@pytest.mark.skipif(_OLDER_PYTHON is None, reason="no Python 3.7-3.9 on this machine")
+def test_python_older_than_310_gets_one_line_naming_the_interpreter(tmp_path: Path) -> None:
+    """`python3.9 -m hubpin` from a clone (pip refuses the install): one line, exit 2."""
+    import subprocess
+
+    from conftest import WORKTREE
+
+    assert _OLDER_PYTHON is not None
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": WORKTREE, "HOME": str(tmp_path)}
+    run = subprocess.run(
+        [_OLDER_PYTHON, "-m", "hubpin", "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (run.returncode, run.stdout) == (2, ""), run.stderr
+    assert run.stderr.startswith("hubpin: error: hubpin needs Python 3.10 or newer, this is 3.")
+    assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr, run.stderr

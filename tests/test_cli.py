@@ -760,3 +760,26 @@ def test_output_that_cannot_be_written_is_one_line_not_a_traceback(
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr
     assert "hubpin: error: cannot write the output: [Errno 28]" in result.stderr
+
+
+def test_every_command_argument_has_help_and_the_top_help_shows_the_first_steps() -> None:
+    """`hubpin COMMAND --help` explains each positional and flag (a bare "ALIAS" said nothing
+    of which aliases, or that none means all); `hubpin --help` ends with the first steps and
+    the exit codes."""
+    import argparse
+
+    from hubpin.cli.parser import build_parser
+
+    parser = build_parser()
+    (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    bare = [
+        f"{name} {action.metavar or action.dest}"
+        for name, command in sub.choices.items()
+        for action in command._actions
+        if not action.help and not isinstance(action, argparse._HelpAction)
+    ]
+    assert bare == []
+    said = parser.format_help()
+    assert "first steps:\n  hubpin add bert https://tfhub.dev/" in said, said
+    assert "exit codes: 0 success, 1 a check or an operation failed, 2 bad usage" in said
+    assert "commit (Hugging Face)" in sub.choices["outdated"].description

@@ -45,6 +45,8 @@ def build_parser(
         prog="hubpin",
         parents=[common],
         description="Pin TensorFlow Hub models in a lock and sync them into tensorflow_hub's cache.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--version",
@@ -74,7 +76,8 @@ def build_parser(
     check.add_argument(
         "--upgrade",
         action="store_true",
-        help="move unversioned Kaggle handles to their current version (ALIAS…: only these)",
+        help="move unversioned Kaggle handles to their current version and Hugging Face "
+        "revisions to the commit they name now (ALIAS…: only these)",
     )
     p.add_argument(
         "--fill",
@@ -115,18 +118,18 @@ def build_parser(
         "what would be downloaded, adopted, replaced or left (no network if locked; writes nothing)",
         "the plan as JSON on stdout, with each step's outcome unless --dry-run",
     )
-    p.add_argument("aliases", nargs="*", metavar="ALIAS")
+    p.add_argument("aliases", nargs="*", metavar="ALIAS", help=_SOME)
 
     p = command("verify", "re-hash cached models against the lock")
     p.add_argument("--repair", action="store_true", help="re-fetch whatever is damaged")
     p.add_argument("--json", action="store_true", help="machine-readable report on stdout")
-    p.add_argument("aliases", nargs="*", metavar="ALIAS")
+    p.add_argument("aliases", nargs="*", metavar="ALIAS", help=_SOME)
 
     p = command("status", "one row per alias: format, size, cache state")
     p.add_argument("--json", action="store_true", help="machine-readable report on stdout")
 
     p = command("resolve", "print the local path (COMPRESSED) or gs:// location of an alias")
-    p.add_argument("alias", metavar="ALIAS")
+    p.add_argument("alias", metavar="ALIAS", help="a model's alias in the lock")
 
     p = command(
         "prune",
@@ -154,12 +157,28 @@ def build_parser(
     )
 
     p = command("add", "add a model to the manifest")
-    p.add_argument("alias", metavar="ALIAS")
-    p.add_argument("handle", metavar="HANDLE")
-    p.add_argument("--format", type=_format, default=None, dest="model_format")
+    p.add_argument(
+        "alias",
+        metavar="ALIAS",
+        help="the name code loads it by: hubpin.load(ALIAS) ([A-Za-z0-9_.-]+)",
+    )
+    p.add_argument(
+        "handle",
+        metavar="HANDLE",
+        help="a tfhub.dev, Kaggle or Hugging Face URL, kaggle:…, hf:…, keras-hub:<preset>, a "
+        "gs:// or s3:// archive, or a path (relative to the manifest)",
+    )
+    p.add_argument(
+        "--format",
+        type=_format,
+        default=None,
+        dest="model_format",
+        metavar="FORMAT",
+        help="COMPRESSED, UNCOMPRESSED or AUTO (default: none written; the format default applies)",
+    )
 
     p = command("remove", "remove models from the manifest and the lock")
-    p.add_argument("aliases", nargs="+", metavar="ALIAS")
+    p.add_argument("aliases", nargs="+", metavar="ALIAS", help="the models to remove")
 
     p = command(
         "bundle",
@@ -174,7 +193,7 @@ def build_parser(
         "missing",
     )
     p.add_argument("--jobs", "-j", type=int, default=None, help="archives copied at once")
-    p.add_argument("aliases", nargs="*", metavar="ALIAS")
+    p.add_argument("aliases", nargs="*", metavar="ALIAS", help=_SOME)
 
     p = command(
         "image",
@@ -182,11 +201,12 @@ def build_parser(
         "for byte (Kubernetes image volumes, KServe modelcars, COPY --from)",
     )
     p.add_argument("out", metavar="OUT", help="oci://registry/repository:tag")
-    p.add_argument("aliases", nargs="*", metavar="ALIAS")
+    p.add_argument("aliases", nargs="*", metavar="ALIAS", help=_SOME)
 
     p = command(
         "outdated",
-        "locked vs current version of each Kaggle-hosted model; exit 1 if any is behind",
+        "locked vs current version (Kaggle) or commit (Hugging Face) of each model; exit 1 if "
+        "any is behind",
     )
     p.add_argument("--json", action="store_true", help="machine-readable report on stdout")
 
@@ -199,6 +219,18 @@ def build_parser(
     p.add_argument("shell", choices=SHELLS, metavar="SHELL", help=" | ".join(SHELLS))
     p.set_defaults(parser=parser)
     return parser
+
+
+_SOME = "only these models (default: every model of the lock)"
+_EPILOG = """\
+first steps:
+  hubpin add bert https://tfhub.dev/tensorflow/bert_en_uncased_L-12_H-768_A-12/4
+  hubpin lock            pin it: writes models.lock (commit it with models.toml)
+  hubpin sync --locked   fill the cache from the lock (a Dockerfile's RUN, CI)
+  hubpin.load("bert")    in Python: load it from the lock, never downloading
+
+exit codes: 0 success, 1 a check or an operation failed, 2 bad usage or input file
+"""
 
 
 def _common() -> argparse.ArgumentParser:
