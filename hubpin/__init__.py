@@ -39,6 +39,7 @@ __all__ = [
     "LockMissingError",
     "LockfileError",
     "NotSyncedError",
+    "PresetConflictError",
     "StaleLockError",
     "UnknownAliasError",
     "UnpinnedHandleError",
@@ -48,9 +49,25 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from hubpin.runtime import KerasLayer, Lock, UnpinnedHandleError, install, load, resolve
+    from hubpin.runtime import (
+        KerasLayer,
+        Lock,
+        PresetConflictError,
+        UnpinnedHandleError,
+        install,
+        load,
+        resolve,
+    )
 
-_RUNTIME = {"KerasLayer", "Lock", "UnpinnedHandleError", "install", "load", "resolve"}
+_RUNTIME = {
+    "KerasLayer",
+    "Lock",
+    "PresetConflictError",
+    "UnpinnedHandleError",
+    "install",
+    "load",
+    "resolve",
+}
 
 
 def __getattr__(name: str) -> Any:

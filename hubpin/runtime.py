@@ -13,6 +13,7 @@ import importlib
 import importlib.abc
 import importlib.util
 import os
+import posixpath
 import sys
 import threading
 from pathlib import Path
@@ -42,6 +43,10 @@ if TYPE_CHECKING:
 
 class UnpinnedHandleError(HubpinError):
     """``install(strict=True)`` refused a handle the lock does not pin."""
+
+
+class PresetConflictError(HubpinError):
+    """``install()``: a KerasHub preset that aliases pinning other models both claim."""
 
 
 class Lock:
@@ -190,8 +195,9 @@ class _PinnedPresets:
     """KerasHub's ``get_file(preset, path)``, which every ``from_preset`` reads through,
     answered from the lock: a built-in preset name (mapped as keras_hub maps it), a
     ``kaggle://`` or ``hf://`` preset the lock pins → that file in the pinned entry or
-    snapshot, checked first (:meth:`Lock.resolve`); one it does not pin is refused when
-    strict. Local folders and other stores go to keras_hub's own ``get_file``.
+    snapshot, checked first (:meth:`Lock.resolve`) and only if the pin lists it (a
+    snapshot may hold files no pin of this lock checked); one it does not pin is refused
+    when strict. Local folders and other stores go to keras_hub's own ``get_file``.
 
     keras_hub's modules import ``get_file`` by name, so it is replaced in the module that
     defines it before the others import it: now if keras_hub is loaded (and in every
@@ -201,11 +207,43 @@ class _PinnedPresets:
     def __init__(self, lock: Lock, strict: bool) -> None:
         self.lock, self.strict = lock, strict
         project = lock._project
-        self.by_preset = {
-            preset: alias
-            for alias, pin in sorted(lock.data.models.items())
-            for preset in handler(pin).presets(project, pin)
-        }
+        self.by_preset: dict[str, list[str]] = {}  # preset → the aliases that claim it
+        for alias, pin in sorted(lock.data.models.items()):
+            for preset in handler(pin).presets(project, pin):
+                self.by_preset.setdefault(preset, []).append(alias)
+
+    def answer(self, named: str, preset: str, path: str) -> str | None:
+        """The checked path of ``path`` in the model the lock pins as ``named`` (``preset``
+        as the caller wrote it); None when the lock does not pin it.
+
+        Raises PresetConflictError when aliases pinning other models claim ``named`` (a
+        repository at two commits: ``hf://`` names no revision), FileNotFoundError (as
+        keras_hub's own, which it takes for an absent optional file) for a file the pin
+        does not list."""
+        aliases = self.by_preset.get(named.rstrip("/"))
+        if not aliases:
+            return None
+        project, models = self.lock._project, self.lock.data.models
+        places = {alias: handler(models[alias]).where(project, models[alias]) for alias in aliases}
+        if len(set(places.values())) > 1:
+            pins = " and ".join(f"{a} ({models[a].describe()})" for a in aliases)
+            raise PresetConflictError(
+                f"preset {preset} names {len(aliases)} models pinned in {self.lock.path}: {pins}, "
+                f"and keras_hub's {named.partition('://')[0]}:// preset names no version or "
+                f"commit; load one by its folder: from_preset(hubpin.resolve({aliases[-1]!r})), "
+                "or pin only one of them"
+            )
+        rel = posixpath.normpath(path.replace(os.sep, "/"))
+        for alias in aliases:  # one model; each alias may pin other files of it
+            listed = handler(models[alias]).files(project, models[alias])
+            if listed is None or rel in listed:
+                found = os.path.join(self.lock.resolve(alias), rel)
+                if os.path.exists(found):
+                    return found
+        raise FileNotFoundError(
+            f"`{path}` doesn't exist in preset directory `{preset}` (pinned as "
+            f"{' and '.join(aliases)} in {self.lock.path}, which lists no such file)"
+        )
 
     def install(self) -> None:
         module = sys.modules.get(_PRESET_UTILS)
@@ -226,14 +264,8 @@ class _PinnedPresets:
             named = preset
             if isinstance(preset, str) and preset in builtin:
                 named = builtin[preset]["kaggle_handle"]
-            alias = self.by_preset.get(named.rstrip("/")) if isinstance(named, str) else None
-            if alias is not None:
-                found = os.path.join(self.lock.resolve(alias), path)
-                if not os.path.exists(found):
-                    raise FileNotFoundError(
-                        f"`{path}` doesn't exist in preset directory `{preset}` "
-                        f"(pinned as {alias} in {self.lock.path})"
-                    )
+            found = self.answer(named, preset, path) if isinstance(named, str) else None
+            if found is not None:
                 return found
             if self.strict and isinstance(named, str) and _hub_preset(named, builtin, preset):
                 raise UnpinnedHandleError(

@@ -527,6 +527,47 @@ def test_keras_hub_preset_from_the_hub_loads_offline_as_pinned(
     assert [line for line in out.splitlines() if line.startswith("loaded ")] == want * 2
 
 
+def test_install_answers_a_preset_only_with_listed_files_of_one_pinned_commit(
+    project: Project, hub: HfServer, tmp_path: Path
+) -> None:
+    """``install()``'s answer to KerasHub's ``get_file`` (keras_hub's own module is not
+    needed for this: the patch is installed into a bare module; the keras_hub process test
+    below runs it for real): a preset two aliases pin at other commits is refused naming
+    both (before: the alphabetically last won silently); a file the pin does not list is
+    not found, though the shared snapshot holds it (before: returned unchecked)."""
+    import types
+
+    import hubpin
+    from hubpin.runtime import _PinnedPresets
+
+    old = hub.repos["org/bert"].refs["main"]
+    hub.push("org/bert", {**FILES, "config.json": b'{"n": 2}'})
+    project.write(
+        f'[models.new]\nhandle = "hf:org/bert"\n\n[models.old]\nhandle = "hf:org/bert@{old}"\n'
+    )
+    assert project.run("sync")[0] == 0
+    module = types.ModuleType("preset_utils")
+    module.get_file = lambda preset, path: pytest.fail(f"keras_hub asked for {preset} {path}")  # type: ignore[attr-defined]
+    _PinnedPresets(hubpin.Lock(project.lock), strict=True).patch(module)
+    with pytest.raises(hubpin.PresetConflictError) as refused:
+        module.get_file("hf://org/bert", "config.json")
+    said = str(refused.value)
+    assert "preset hf://org/bert names 2 models pinned in " in said and "\n" not in said
+    assert f": new (hf://org/bert@{hub.repos['org/bert'].refs['main']}) and " in said
+    assert f" and old (hf://org/bert@{old})" in said and "hubpin.resolve('old')" in said
+
+    project.write('[models.cfg]\nhandle = "hf:org/bert"\ninclude = ["config.json"]\n')
+    code, _, err = project.run("sync")  # the snapshot still holds new's files of this commit
+    assert code == 0, err
+    snapshot = Path(hubpin.Lock(project.lock).resolve("cfg"))
+    assert (snapshot / "model.weights.h5").read_bytes() == WEIGHTS
+    _PinnedPresets(hubpin.Lock(project.lock), strict=True).patch(module)
+    assert module.get_file("hf://org/bert", "config.json") == str(snapshot / "config.json")
+    for unlisted in ("model.weights.h5", "../../../../etc/passwd"):
+        with pytest.raises(FileNotFoundError, match=r"pinned as cfg in .*lists no such file"):
+            module.get_file("hf://org/bert", unlisted)
+
+
 @pytest.mark.tf
 def test_install_makes_unmodified_keras_hub_load_the_pinned_preset_and_refuse_others(
     project: Project, hub: HfServer, bert_presets: dict[int, Path]
@@ -536,9 +577,16 @@ def test_install_makes_unmodified_keras_hub_load_the_pinned_preset_and_refuse_ot
     main's files), and an unpinned preset is refused before anything is downloaded."""
     hub.add("org/kbert", _files(bert_presets[3]))
     hub.add("org/unpinned", _files(bert_presets[3]))
-    project.models(kbert="hf://org/kbert")
+    first = hub.add("org/twice", _files(bert_presets[3]))
+    hub.push("org/twice", _files(bert_presets[1]))
+    project.write(
+        '[models.kbert]\nhandle = "hf://org/kbert"\n\n'
+        f'[models.a]\nhandle = "hf:org/twice@{first}"\n\n[models.b]\nhandle = "hf:org/twice"\n'
+    )
     code, _, err = project.run("sync")
     assert code == 0, err
+    code, snapshot, _ = project.run("resolve", "kbert")
+    (Path(snapshot.strip()) / "task.json").write_text("{}")  # in the snapshot, not in the lock
     hub.push("org/kbert", _files(bert_presets[1]))
     want = outputs_in_process(str(bert_presets[3]))  # (version 1's differ: test_kerashub)
     script = (
@@ -547,11 +595,18 @@ def test_install_makes_unmodified_keras_hub_load_the_pinned_preset_and_refuse_ot
         "from kerasmodels import LOAD_SCRIPT\nexec(LOAD_SCRIPT)\n"
         "try:\n    keras_hub.models.BertBackbone.from_preset('hf://org/unpinned')\n"
         "except hubpin.UnpinnedHandleError as e:\n    print('refused', e)\n"
+        "try:\n    keras_hub.models.BertBackbone.from_preset('hf://org/twice')\n"
+        "except hubpin.PresetConflictError as e:\n    print('conflict', e)\n"
+        "from keras_hub.src.utils.preset_utils import check_file_exists\n"
+        "print('task.json', check_file_exists('hf://org/kbert', 'task.json'))\n"
     )
     before = len(hub.log("hub"))
     out = _keras(script, project.root)
     assert [line for line in out.splitlines() if line.startswith("loaded ")] == want
     assert "refused preset hf://org/unpinned is not pinned in" in out, out
+    assert "conflict preset hf://org/twice names 2 models pinned in " in out, out
+    assert ": a (hf://org/twice@" in out and "hubpin.resolve('b')" in out, out
+    assert "task.json False" in out, out  # what keras_hub sees of a file the lock lacks
     assert len(hub.log("hub")) == before  # neither asked the Hub for anything
 
 

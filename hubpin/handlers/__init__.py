@@ -19,7 +19,7 @@ and this module imports none of the machinery the handlers use.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol
@@ -199,6 +199,18 @@ class Handler:
         keys, or read from where the lock names (a gs:// folder). Raises for a kind an image
         cannot hold."""
         return None
+
+    def files(self, project: Project, pin: Any) -> Collection[str] | None:
+        """The files the pinned model holds, by relative POSIX path, as the lock or its
+        entry's verified record lists them (``hubpin.install()`` answers KerasHub's
+        ``get_file`` with these only); None for a kind that cannot tell."""
+        keyed = pin.keyed()
+        if not keyed:
+            return None
+        record = project.cache.read_record(keyed[0][1])
+        if record is None or record.tree_digest != pin.tree_digest:
+            return ()
+        return record.tree.files.keys()
 
     def has_file(self, pin: Any, path: str) -> bool | None:
         """Whether the pinned model holds ``path``, when the pin tells without reading the

@@ -365,6 +365,11 @@ class HfHandler(Handler):
             for f in pin.huggingface.files
         ]
 
+    def files(self, project: Project, pin: HfPin) -> set[str]:
+        """The pinned files only: a snapshot may hold more (other projects' pins of the
+        commit, huggingface_hub's own downloads), which the lock did not check."""
+        return {f.path for f in pin.huggingface.files}
+
     def presets(self, project: Project, pin: HfPin) -> list[str]:
         """``hf://<repo>`` (KerasHub follows ``main``; the lock says which commit that is)."""
         return [f"hf://{pin.huggingface.repo}"]
