@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hubpin import __version__
-from hubpin.handles import cache_key
+from hubpin.handles import archive_key
 from hubpin.project import Project
 from hubpin.tomlfile import tomllib
 
@@ -239,8 +239,8 @@ def cache_root(project: Project) -> Path | None:
 
 
 def lock_entries(lock_path: Path) -> list[tuple[str, str]] | None:
-    """Every (cache key, tree digest) the lock's archive pins fill (one key per handle,
-    ``also`` handle and versioned handle), and every Hugging Face snapshot it pins
+    """Every (cache key, tree digest) the lock's archive pins fill (one key per handle and
+    ``also`` handle), and every Hugging Face snapshot it pins
     (:func:`_hf_entry`); None if it cannot tell, or if a sync of this lock needs more than
     stat checks of these (a folder, a gs:// model, kagglehub's cache). A clean sync stamps
     exactly these (:func:`hubpin.ops.sync.stamp_entries`) and the replay checks exactly
@@ -265,10 +265,13 @@ def entries_of(models: Any) -> list[tuple[str, str]] | None:
                 continue
             if pin.get("kind") != "archive" or not pin.get("cache_key") or "kaggle_version" in pin:
                 return None  # such a sync leaves no stamp
-            handles = [pin["handle"], *pin.get("also", [])]
-            if pin.get("versioned_handle"):
-                handles.append(pin["versioned_handle"])
-            found |= {(cache_key(handle), pin["tree_digest"]) for handle in handles}
+            # The keys the pin fills (ArchivePin.keyed): a path or file:// handle's is its
+            # archive's content key, not sha1(handle), which may hold another entry
+            found.add((pin["cache_key"], pin["tree_digest"]))
+            found |= {
+                (archive_key(handle, pin["archive_sha256"]), pin["tree_digest"])
+                for handle in pin.get("also", [])
+            }
     except (ValueError, KeyError, TypeError, AttributeError):
         return None
     return sorted(found)
@@ -310,7 +313,7 @@ def intact(root: Path, entries: list[tuple[str, str]]) -> bool:
 
 def archive_pins(lock_path: Path) -> dict[str, tuple[str, str]] | None:
     """Each alias's pinned cache key and tree digest, read without pydantic; None unless every
-    pin is an archive in tensorflow_hub's cache (a Kaggle one too), whose state ``status``
+    pin is an archive in tensorflow_hub's cache (not a Kaggle one), whose state ``status``
     tells by the stat check alone."""
     try:
         models = tomllib.loads(lock_path.read_text("utf-8"))["models"]
@@ -320,13 +323,18 @@ def archive_pins(lock_path: Path) -> dict[str, tuple[str, str]] | None:
 
 
 def archives_of(models: Any) -> dict[str, tuple[str, str]] | None:
-    """:func:`archive_pins` of a lock's ``[models]`` tables (read, or as hubpin writes them)."""
+    """:func:`archive_pins` of a lock's ``[models]`` tables (read, or as hubpin writes them).
+
+    None for a Kaggle pin too (``kaggle_version``): its status is also whether kagglehub's
+    copy is the pinned model (:meth:`hubpin.handlers.kaggle.KaggleHandler.state`), which
+    the entry's stat check cannot tell."""
     try:
         found = {}
         for alias, pin in models.items():
             key, digest = pin.get("cache_key"), pin.get("tree_digest")
             if (
                 pin.get("kind") != "archive"
+                or "kaggle_version" in pin
                 or not isinstance(key, str)
                 or not isinstance(digest, str)
             ):

@@ -3,6 +3,7 @@ must say exactly what the full path says; a lock edited by hand is always checke
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import WORKTREE, Model, Project
 from hubserver import HubServer
+from kaggleserver import KaggleServer
+from test_kaggle_sync import SLUG, kaggle  # noqa: F401 - the Kaggle stand-in fixture
 
 
 def _run(project: Project, *argv: str, stamps: Path | None = None) -> tuple[int, str, str, bool]:
@@ -133,3 +136,46 @@ def test_what_a_check_reads_from_this_machine_is_read_again(
     assert code == 0 and [line.split()[-2:] for line in out.splitlines() if "folder" in line][
         -1
     ] == ["folder", "missing"], out
+
+
+def test_a_local_archive_sync_is_stamped_under_its_own_entry(
+    project: Project, models: dict[str, Model]
+) -> None:
+    """A path handle fills its archive's content key, not ``sha1(handle)``: the stamp checks
+    that entry (before: it checked ``sha1(handle)``, so a sync was never answered from it, and
+    an entry there, say one an older hubpin keyed by the path, answered for a deleted one)."""
+    (project.root / "double.tar.gz").write_bytes(models["double"].archive)
+    project.models(double="double.tar.gz")
+    entry = project.entry("double.tar.gz")
+    for _ in range(2):
+        assert _run(project, "sync")[0] == 0
+    code, out, err, full = _run(project, "sync")
+    assert code == 0 and not full and "already present" in out, err
+    by_path = project.cache / hashlib.sha1(b"double.tar.gz").hexdigest()
+    shutil.copytree(entry, by_path)
+    shutil.copy(f"{entry}.hubpin.json", f"{by_path}.hubpin.json")
+    shutil.rmtree(entry)
+    code, out, err, full = _run(project, "sync")
+    assert code == 0 and full, err
+    assert (entry / "saved_model.pb").is_file(), out
+
+
+def test_a_kaggle_status_is_never_answered_from_a_stamp(
+    project: Project,
+    kaggle: KaggleServer,  # noqa: F811 - the fixture imported above
+    tmp_path: Path,
+) -> None:
+    """A Kaggle pin's state includes kagglehub's copy (what unmodified
+    ``kagglehub.model_download`` reads), which the entry's stat check does not see (before:
+    the stamp said ``synced`` for a copy with other bytes, the full path named the file)."""
+    project.write(f'[models.affine]\nhandle = "kaggle:{SLUG}"\n')
+    assert project.run("sync")[0] == 0
+    for _ in range(2):
+        assert _run(project, "status")[0] == 0
+    copy = tmp_path / "kagglehub" / "models" / SLUG / "1" / "saved_model.pb"
+    other = copy.with_name("other")
+    other.write_bytes(copy.read_bytes() + b"x")
+    other.replace(copy)
+    code, out, err, full = _run(project, "status")
+    assert code == 0 and full, err
+    assert f"kagglehub's copy {copy}: other bytes" in out, out

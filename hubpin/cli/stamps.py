@@ -69,7 +69,7 @@ def _stamp_check(
     stamp.write(at_start, argv, project, [], output)
 
 
-_ARCHIVE_FIELDS = {"kind", "cache_key", "tree_digest"}
+_ARCHIVE_FIELDS = {"kind", "cache_key", "tree_digest", "kaggle_version"}
 
 
 def _stamp_status(
