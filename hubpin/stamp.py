@@ -41,7 +41,7 @@ from hubpin.tomlfile import tomllib
 if TYPE_CHECKING:
     from hubpin.ops.status import StatusReport
 
-VERSION = 2
+VERSION = 3
 # What the fast path accepts: plain `sync` with these flags, nothing that names files or caches.
 _FLAGS = {"--frozen", "--locked", "--offline", "-q", "--quiet"}
 _LOCK_FLAGS = {"-q", "--quiet", "-v", "--verbose"}  # a lock's flags that change no input
@@ -194,7 +194,40 @@ def _entries_intact(project: Project, stamp: dict[str, Any]) -> bool:
         return False
     if entries is None or sorted(map(tuple, stamp["entries"])) != entries:
         return False
-    return intact(root, entries)
+    return intact(root, entries) and noted(root, project.lock_path, entries) == stamp["notes"]
+
+
+def noted(root: Path, lock_path: Path, entries: list[tuple[str, str]]) -> dict[str, str] | None:
+    """The notes a sync of these entries leaves that this lock uses the caches (what
+    :func:`hubpin.ops.common.register_use` writes), each path → a digest of its bytes; None
+    if one is missing.
+
+    The full path notes them on every sync; the stamp's replay only finds them as the sync
+    it stands for left them. A note another project's prune forgot (this lock was gone for a
+    while) sends the sync down the full path, which notes it again: else that prune's next
+    run would remove the entries this project syncs (they would be protected by no note).
+    """
+    from hubpin.cache import NOTES
+    from hubpin.owners import note_name
+
+    name = note_name(lock_path)
+    paths = (
+        [os.path.join(root, NOTES, name)] if any(not k.startswith(_HF) for k, _ in entries) else []
+    )
+    repos = sorted({key[len(_HF) :].split(":")[0] for key, _ in entries if key.startswith(_HF)})
+    if repos:
+        from hubpin.cache.huggingface import HfCache, hf_cache_root  # HF pins only
+
+        hf = HfCache(hf_cache_root())
+        paths += [str(hf.note_path(repo, name)) for repo in repos]
+    found = {}
+    for path in paths:
+        try:
+            with open(path, "rb") as fh:
+                found[path] = hashlib.sha256(fh.read()).hexdigest()
+        except OSError:
+            return None
+    return found
 
 
 def _status(project: Project, doc: dict[str, Any]) -> StatusReport | None:
@@ -379,12 +412,18 @@ def write(
         for old in where.iterdir():  # a stamp per input set: forget the ones long unused
             if old.stat().st_mtime < stale:
                 old.unlink(missing_ok=True)
+        notes = None
+        if command(argv) == "sync":
+            notes = noted(Path(project.cache.location), project.lock_path, entries)
+            if notes is None:
+                return  # not noted (a read-only cache): the full path tries again each time
         data = {
             "version": VERSION,
             "key": at_start,
             "command": command(argv),
             "cache": project.cache.location if command(argv) == "sync" else None,
             "entries": entries,
+            "notes": notes,
             "output": output,
             "report": report,
         }

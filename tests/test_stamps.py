@@ -179,3 +179,36 @@ def test_a_kaggle_status_is_never_answered_from_a_stamp(
     code, out, err, full = _run(project, "status")
     assert code == 0 and full, err
     assert f"kagglehub's copy {copy}: other bytes" in out, out
+
+
+def test_a_sync_notes_its_lock_again_after_another_projects_prune_forgot_it(
+    project: Project, hub: HubServer
+) -> None:
+    """The stamp's replay writes nothing, so it must find this lock noted in the cache as the
+    sync it stands for left it. Before: P's lock was away while Q pruned (Q forgot P's note),
+    P's next sync was the stamp's "already present" without noting P again, and Q's next
+    prune removed the entry P pins (P's status: not synced)."""
+    triple = hub.handle("google/triple/1")
+    other = project.root.parent / "other"  # project Q, same cache, creates the entry
+    other.mkdir()
+    (other / "models.toml").write_text(f'[models.triple]\nhandle = "{triple}"\n')
+    q = ["-m", str(other / "models.toml")]
+    assert project.run(*q, "sync")[0] == 0
+    project.models(triple=triple)
+    for _ in range(2):
+        assert _run(project, "sync")[0] == 0
+    assert not _run(project, "sync")[3], "the stamp answers a repeated sync"
+
+    project.lock.rename(project.root / "away.lock")  # a checkout without it, say
+    code, _, err = project.run(*q, "prune")
+    assert code == 0 and f"forgot {project.lock}" in err, err
+    (project.root / "away.lock").rename(project.lock)
+    code, out, err, full = _run(project, "sync")
+    assert code == 0 and full and "already present" in out, err
+
+    (other / "models.toml").write_text("")  # Q drops the model and prunes
+    assert project.run(*q, "lock")[0] == 0
+    code, _, err = project.run(*q, "prune")
+    assert code == 0 and "1 pinned by other projects' locks" in err, err
+    assert (project.entry(triple) / "saved_model.pb").is_file()
+    assert not _run(project, "sync")[3], "noted again: the stamp answers again"

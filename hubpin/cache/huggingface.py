@@ -326,9 +326,13 @@ class HfCache:
                 if isinstance(data, dict) and isinstance(data.get("repo"), str):
                     yield data["repo"], data
 
+    def note_path(self, repo: str, name: str) -> Path:
+        """Where :meth:`note_use` notes a project (a no-op stamp checks it is still there)."""
+        return repo_folder(self.root, repo) / "hubpin" / "users" / name
+
     def note_use(self, repo: str, name: str, note: dict[str, object]) -> None:
         """Note beside a repository's snapshots that a project's lock pins some of them."""
-        path = repo_folder(self.root, repo) / "hubpin" / "users" / name
+        path = self.note_path(repo, name)
         data = json.dumps(note, indent=1, sort_keys=True).encode()
         try:
             if path.read_bytes() == data:
