@@ -82,7 +82,11 @@ class Unpacked:
 
 def member_path(name: str) -> str | None:
     """The safe relative POSIX path of a tar member, None for the root, or raise."""
-    size = len(name.encode("utf-8", "surrogateescape"))
+    try:
+        size = len(name.encode("utf-8"))
+    except UnicodeEncodeError:  # bytes tarfile kept as surrogates: no name a tree digest has
+        raw = name.encode("utf-8", "surrogateescape")
+        raise ArchiveError(f"member {_shown(str(raw))} has a name that is not UTF-8") from None
     if size > MAX_PATH_BYTES:
         raise ArchiveError(
             f"member {_shown(name)} has a path of {size} bytes, more than {MAX_PATH_BYTES}"
@@ -408,6 +412,7 @@ def _take(
             return
         if path in tree.files:
             raise ArchiveError(f"member {member.name!r} is both a file and a folder")
+        _not_below_a_file(member, path, tree)
         tree.add_dir(path)
         if dest is not None:
             (dest / path).mkdir(parents=True, exist_ok=True)
@@ -425,9 +430,7 @@ def _take(
         raise ArchiveError(f"member {member.name!r} is a file at the archive's root folder")
     if path in tree.files or path in tree.dirs:
         raise ArchiveError(f"member {member.name!r} appears twice")
-    for parent in PurePosixPath(path).parents:
-        if str(parent) in tree.files:
-            raise ArchiveError(f"member {member.name!r} is below a file, {str(parent)!r}")
+    _not_below_a_file(member, path, tree)
     if tree.size + member.size > limit:
         raise ArchiveError(
             f"unpacks to more than {limit} bytes (at member {member.name!r}); "
@@ -463,6 +466,14 @@ def _take(
     if size != member.size:
         raise ArchiveError(f"member {member.name!r} is truncated ({size} of {member.size} bytes)")
     tree.add_file(path, size, digest.hexdigest())
+
+
+def _not_below_a_file(member: tarfile.TarInfo, path: str, tree: Tree) -> None:
+    """A file or folder below a file is a tree no folder can hold (mkdir would fail, after
+    the lock had pinned it)."""
+    for parent in PurePosixPath(path).parents:
+        if str(parent) in tree.files:
+            raise ArchiveError(f"member {member.name!r} is below a file, {str(parent)!r}")
 
 
 def ensure_space(where: Path, needed: int, what: str) -> None:

@@ -96,6 +96,14 @@ def _cases(outside: Path, good: bytes) -> dict[str, tuple[bytes, str]]:
             tar_bytes([(member("variables"), pb), (member("variables/x"), pb)]),
             "is below a file",
         ),
+        "folder-below-a-file": (  # before: pinned by lock, then sync "cannot write …/x"
+            tar_bytes([(member("variables"), pb), (member("variables/x", tarfile.DIRTYPE), None)]),
+            "is below a file",
+        ),
+        "not-utf8": (  # before: a UnicodeEncodeError traceback from the tree digest
+            tar_bytes([(member("saved_model.pb"), pb), (member("caf\udcff.txt"), pb)]),
+            "has a name that is not UTF-8",
+        ),
         "control-chars": (tar_bytes([(member("saved\nmodel.pb"), pb)]), "control characters"),
         "long-path": (
             tar_bytes([(member(("d" * 200 + "/") * 25 + "saved_model.pb"), pb)]),
