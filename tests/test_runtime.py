@@ -235,3 +235,25 @@ def test_without_tensorflow_the_api_says_what_to_install(synced: Project) -> Non
             "; run: pip install 'tensorflow>=2.15' 'tensorflow-hub>=0.16' 'tf-keras>=2.15' "
             "(hubpin's tf extra; or, in a clone of hubpin: pip install '.[tf]')"
         ), line
+
+
+def test_a_lock_replaced_with_its_mtime_kept_is_read_again(
+    project: Project, hub: HubServer
+) -> None:
+    """The default lock is read again when its file changes: a new lock with the old one's
+    mtime (``touch -d``, ``cp -p``, ``rsync -t``, a reproducible build's fixed times, or two
+    writes within one tick of the kernel's coarse clock) is another file (inode, ctime).
+    Before: ``hubpin.resolve`` kept the old lock's pin and gave the other model's entry."""
+    import os
+
+    project.models(m=hub.handle("google/double/1"))
+    assert project.run("sync")[0] == 0
+    before = hubpin.resolve("m")
+    times = [
+        (p, p.stat().st_atime_ns, p.stat().st_mtime_ns) for p in (project.lock, project.manifest)
+    ]
+    project.models(m=hub.handle("google/triple/1"))
+    assert project.run("sync")[0] == 0
+    for path, atime, mtime in times:
+        os.utime(path, ns=(atime, mtime))
+    assert hubpin.resolve("m") == str(project.entry(hub.handle("google/triple/1"))) != before
