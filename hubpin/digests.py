@@ -63,7 +63,9 @@ class Tree:
     def digest(self) -> str:
         lines = [f"d {d}" for d in self.dirs]
         lines += [f"f {p} {s} {h}" for p, (s, h) in self.files.items()]
-        lines.sort(key=lambda line: line[2:].encode("utf-8"))
+        # By path, as UTF-8 bytes: str order is code-point order, which UTF-8 keeps (sorting by
+        # the encoded bytes cost a fifth of reading a record)
+        lines.sort(key=lambda line: line[2:])
         text = "\n".join([f"hubpin-{TREE_VERSION}", *lines]) + "\n"
         return f"{TREE_VERSION}:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path, PurePosixPath
 
-from hubpin.storage.schemes import known, scheme, scheme_of, split
+from hubpin.storage.schemes import host_of, known, scheme, scheme_of, split
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 _CONTROL = re.compile("[\x00-\x1f]")
@@ -113,7 +113,7 @@ def check_handle(handle: str) -> str | None:
             f"tensorflow_hub reads any other {spec.prefix} name as a model folder"
         )
     if spec.web:
-        if not parts.hostname:
+        if not host_of(handle):
             return "an http(s) handle needs a host"
     elif spec.local:
         if spec.name and not parts.path:
@@ -202,8 +202,7 @@ def source_for(handle: str, fmt: Format, base: Path) -> Source:
 def is_hf_host(handle: str) -> bool:
     """An https://huggingface.co/… handle: a repository page, not a tensorflow_hub model URL."""
     spec = scheme(handle)
-    host = (split(handle).hostname or "").lower()
-    return spec is not None and spec.web and host in ("huggingface.co", "hf.co")
+    return spec is not None and spec.web and host_of(handle) in ("huggingface.co", "hf.co")
 
 
 def append_query(handle: str, fmt: str) -> str:

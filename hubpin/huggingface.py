@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from hubpin.errors import FetchError, InputError
 from hubpin.handles import strip_query
-from hubpin.storage.schemes import split
+from hubpin.storage.schemes import host_of, scheme_of
 
 if TYPE_CHECKING:
     from hubpin.fetch import Fetcher
@@ -74,8 +74,7 @@ def is_hf_handle(handle: str) -> bool:
     """Whether ``handle`` is meant for the Hugging Face Hub (well-formed or not)."""
     if handle.startswith("hf:"):
         return True
-    parts = split(handle)
-    return parts.scheme.lower() in ("http", "https") and (parts.hostname or "").lower() in _HF_HOSTS
+    return scheme_of(handle) in ("http", "https") and host_of(handle) in _HF_HOSTS
 
 
 def parse_hf(handle: str) -> HfHandle | None:

@@ -95,11 +95,15 @@ def input_changes(
     """How a manifest entry differs from what its pin was made from, one phrase per field
     (``want``: the entry's :func:`spec_inputs`, when the caller has them)."""
     want, have = want or spec_inputs(spec, settings), pin.inputs()
-    changes = [
-        f"{key} is {want[key]!r} in the manifest, {have[key]!r} in the lock"
-        for key in want
-        if want[key] != have[key]
-    ]
+    changes = (
+        []
+        if want == have  # one comparison of the dicts: what almost every alias of a status is
+        else [
+            f"{key} is {want[key]!r} in the manifest, {have[key]!r} in the lock"
+            for key in want
+            if want[key] != have[key]
+        ]
+    )
     moved = preset_moved(spec, pin)
     return [*changes, moved] if moved else changes
 

@@ -85,6 +85,8 @@ class LocalCache(Cache):
                 chunks = []
                 while left > 0 and (chunk := os.read(fd, left)):
                     chunks.append(chunk)
+                    if len(chunk) < left:  # a short read of a file is its end: no read for b""
+                        break
                     left -= len(chunk)
             finally:
                 os.close(fd)

@@ -13,7 +13,7 @@ from hubpin.errors import InputError
 from hubpin.handles import strip_query
 from hubpin.kaggle.endpoint import endpoint
 from hubpin.kerashub import is_preset_handle, preset_kaggle_handle
-from hubpin.storage.schemes import split
+from hubpin.storage.schemes import host_of, split
 
 KAGGLE_WEB = "https://www.kaggle.com"
 _KAGGLE_HOSTS = ("www.kaggle.com", "kaggle.com")
@@ -140,14 +140,14 @@ def parse_handle(handle: str, endpoint: str | None = None) -> KaggleHandle | Non
     scheme = parts.scheme.lower()
     if scheme not in ("http", "https"):
         return None
-    host = (parts.hostname or "").lower()
+    host = host_of(handle)
     on_kaggle = host in _KAGGLE_HOSTS
     on_endpoint = False
     if endpoint:
         ours = split(endpoint)
         on_endpoint = (
             scheme == ours.scheme.lower()
-            and host == (ours.hostname or "").lower()
+            and host == host_of(endpoint)
             and _port(parts) == _port(ours)
         )
     if not (on_kaggle or on_endpoint):

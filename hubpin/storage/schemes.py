@@ -107,6 +107,13 @@ def split(location: str) -> urllib.parse.SplitResult:
     return urllib.parse.urlsplit(location)
 
 
+@functools.lru_cache(maxsize=8192)
+def host_of(location: str) -> str:
+    """``location``'s host name, lower-case ("" for none): :func:`split`'s ``hostname``, which
+    parses the netloc again each time it is read (five times per handle in a first status)."""
+    return (split(location).hostname or "").lower()
+
+
 @functools.lru_cache(maxsize=8192)  # asked of each handle several times by every check
 def scheme_of(location: str) -> str:
     """A location's scheme, lower-case; "" for a path (a Windows drive letter is a path)."""
