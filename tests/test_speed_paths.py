@@ -272,6 +272,21 @@ def test_a_first_status_or_check_imports_only_what_reading_needs(
     assert not imported & _NOT_FOR_READING, sorted(imported & _NOT_FOR_READING)
 
 
+def test_a_sync_of_a_pin_with_also_handles_is_replayed_from_its_stamp(
+    project: Project, hub: HubServer
+) -> None:
+    """The stamp's entries include each ``also`` handle's key, which needs the pin's
+    archive_sha256: a sync that dumped its pins without it left no stamp at all."""
+    main, copy = hub.handle("google/double/1"), hub.handle("google/copy/1")
+    project.write(f'[models.double]\nhandle = "{main}"\nalso = ["{copy}"]\n')
+    assert project.run("lock", "--no-fill")[0] == 0
+    code, said, imported = hubpin_imports(project, "sync", "--frozen")
+    assert code == 0 and "pydantic" in imported and "fetched" in said, said
+    code, said, imported = hubpin_imports(project, "sync", "--frozen")
+    assert code == 0 and "already present" in said, said
+    assert "pydantic" not in imported, "no stamp was left"
+
+
 def test_repeated_sync_is_checked_from_the_stamp_without_pydantic(
     project: Project, hub: HubServer
 ) -> None:
