@@ -136,7 +136,18 @@ def unknown_alias(what: str, alias: str, known: Iterable[str], otherwise: str) -
 
 def write_error(exc: OSError, where: Path | None) -> CacheError:
     """A one-line error for a failed write: disk full, read-only, permissions."""
-    reason = {
+    return CacheError(f"cannot write {exc.filename or where}: {write_reason(exc)}")
+
+
+def project_write_error(exc: OSError, path: Path, fix: str) -> HubpinError:
+    """A project file (models.lock, models.toml) that cannot be written: the file itself is
+    named, not the temp file beside it that the write went to, and what makes it writable."""
+    return HubpinError(f"cannot write {path}: {write_reason(exc)}; {fix}")
+
+
+def write_reason(exc: OSError) -> str:
+    """Why a write failed, in a person's words."""
+    return {
         errno.ENOSPC: "no space left on the device",
         errno.EDQUOT: "disk quota exceeded",
         errno.EROFS: "the file system is read-only",
@@ -144,7 +155,6 @@ def write_error(exc: OSError, where: Path | None) -> CacheError:
         errno.EPERM: "permission denied",
         errno.EFBIG: "file too large for this file system or limit",
     }.get(exc.errno or 0, exc.strerror or str(exc))
-    return CacheError(f"cannot write {exc.filename or where}: {reason}")
 
 
 def install_hint(extra: str) -> str:

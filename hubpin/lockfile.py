@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from hubpin.atomic import write_atomic
-from hubpin.errors import LockfileError, LockMissingError
+from hubpin.errors import LockfileError, LockMissingError, project_write_error
 from hubpin.kaggle.handle import parse_handle
 from hubpin.kerashub import is_preset_handle, keras_hub_root, keras_hub_version
 from hubpin.kinds import TAGS as PIN_TAGS
@@ -227,5 +227,12 @@ def write_lock(path: Path, lock: Lock) -> bool:
     text = dumps(lock)
     if path.exists() and path.read_text(encoding="utf-8") == text:
         return False
-    write_atomic(path, text)
+    try:
+        write_atomic(path, text)
+    except OSError as exc:
+        raise project_write_error(
+            exc,
+            path,
+            "run hubpin lock where its folder is writable, or write it elsewhere: --lock PATH",
+        ) from None
     return True

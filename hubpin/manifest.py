@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from hubpin.atomic import write_atomic
-from hubpin.errors import InputError, ManifestError
+from hubpin.errors import InputError, ManifestError, project_write_error
 from hubpin.handles import Format, check_handle
 from hubpin.huggingface import is_hf_handle, parse_hf
 from hubpin.kaggle.handle import parse_handle
@@ -134,7 +134,7 @@ def add_model(path: Path, alias: str, handle: str, fmt: Format | None) -> None:
     text = path.read_text(encoding="utf-8") if path.exists() else ""
     if text and not text.endswith("\n"):
         text += "\n"
-    path.write_text(text + ("\n" if text else "") + snippet, encoding="utf-8")
+    _atomic_write(path, text + ("\n" if text else "") + snippet)  # all of it, or as it was
 
 
 def remove_models(path: Path, aliases: list[str]) -> None:
@@ -275,4 +275,9 @@ def _spans(
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    write_atomic(path, text, keep_mode=True)
+    try:
+        write_atomic(path, text, keep_mode=True)
+    except OSError as exc:
+        raise project_write_error(
+            exc, path.absolute(), "make it writable, or edit it where it can be written"
+        ) from None

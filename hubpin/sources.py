@@ -65,12 +65,8 @@ class Bundle:
                 f"--from {self.base}: a bundle is a folder or a store prefix ({stores}) that "
                 "`hubpin bundle` wrote"
             )
-        local = local_path(self.base, Path.cwd())
-        if local is not None and local.is_file():
-            raise InputError(
-                f"{self.base}: a bundle file; extract it first (mkdir b && tar xf "
-                f"{self.base} -C b) and run: hubpin sync --from b"
-            )
+        if bundle_file(self.base):
+            raise InputError(f"{self.base}: a bundle file; {unpack_then_sync(self.base)}")
         if not transport.exists(bundle_lock(self.base)):
             raise InputError(
                 f"{self.base}: not a hubpin bundle (no {BUNDLE_LOCK}, which `hubpin bundle` writes "
@@ -120,6 +116,17 @@ class Host:
 
     def candidates(self, location: str, sha256: str | None) -> list[Candidate]:
         return [Candidate(location, strip_query(location))]
+
+
+def bundle_file(base: str) -> bool:
+    """Whether ``base`` is a bundle written as one file (``hubpin bundle OUT.tar``)."""
+    local = local_path(base, Path.cwd())
+    return local is not None and local.is_file()
+
+
+def unpack_then_sync(tar: str) -> str:
+    """What to run for a bundle carried as one ``.tar``: ``sync --from`` reads a folder."""
+    return f"extract it first (mkdir b && tar xf {tar} -C b) and run: hubpin sync --from b"
 
 
 def bundle_archive(base: str, sha256: str) -> str:

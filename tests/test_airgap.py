@@ -70,7 +70,13 @@ def test_a_tampered_bundle_publishes_nothing(
     assert not project.entry(handle).exists()
     code, _, err = project.run("sync", "--from", str(tmp_path / "nowhere"))
     assert code == 2 and "not a hubpin bundle" in err
-    assert project.run("bundle", str(tmp_path / "b.tar"))[0] == 0
+    code, _, err = project.run("bundle", str(tmp_path / "b.tar"))
+    assert code == 0, err
+    # what it says to run works: sync --from reads the bundle extracted, not the .tar
+    assert err.rstrip().endswith(
+        f"on each machine that syncs from it, extract it first (mkdir b && tar xf "
+        f"{tmp_path / 'b.tar'} -C b) and run: hubpin sync --from b"
+    ), err
     import tarfile
 
     with tarfile.open(tmp_path / "b.tar") as tar:

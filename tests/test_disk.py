@@ -222,3 +222,32 @@ def test_lock_into_a_read_only_cache_pins_and_says_so_with_v(
     assert snapshot(project.cache) == before
     code, _, err = project.run("lock", "--check")
     assert code == 0, err
+
+
+def test_a_read_only_project_folder_names_the_lock_or_manifest_and_the_way_out(
+    project: Project, models: dict[str, Model], mount, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """models.lock and models.toml that cannot be written: one line naming the file (not the
+    temp file beside it), why, and what to run; the files stay as they were."""
+    shutil.copytree(models["triple"].folder, project.root / "triple")
+    project.models(mine="triple")
+    before = project.manifest.read_bytes()
+    mount(project.root, read_only=True)
+    monkeypatch.chdir(project.root)  # into the mount (the working folder was the one below it)
+    code, _, err = project.run("lock")
+    assert (code, _only_error_line(err)) == (
+        1,
+        [
+            f"hubpin: error: cannot write {project.lock}: the file system is read-only; run "
+            "hubpin lock where its folder is writable, or write it elsewhere: --lock PATH"
+        ],
+    ), err
+    code, _, err = project.run("add", "other", "https://tfhub.dev/google/other/1")
+    assert (code, _only_error_line(err)) == (
+        1,
+        [
+            f"hubpin: error: cannot write {project.manifest}: the file system is read-only; "
+            "make it writable, or edit it where it can be written"
+        ],
+    ), err
+    assert project.manifest.read_bytes() == before and not project.lock.exists()

@@ -32,6 +32,7 @@ from hubpin.ops.remove import remove
 from hubpin.owners import prune_plan
 from hubpin.paths import SETTINGS_FILE, find_upwards
 from hubpin.project import Project
+from hubpin.sources import bundle_file, unpack_then_sync
 
 log = logging.getLogger("hubpin")
 
@@ -165,12 +166,14 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     files = f", {_count(len(written.files), 'Hugging Face file')}" if written.files else ""
     if written.reference:  # an OCI artifact: its manifest digest, the result
         print(written.reference.rpartition("@")[2])
+    if bundle_file(args.out):  # carried as one file: sync --from reads it extracted
+        then = f"on each machine that syncs from it, {unpack_then_sync(args.out)}"
+    else:
+        then = f"on each machine that syncs from it run: hubpin sync --from {written.reference or args.out}"
     _say(
         args,
         f"wrote {args.out}: {_count(len(written.archives), 'archive')}{kept}{files} and "
-        "models.lock; "
-        f"on each machine that syncs from it run: hubpin sync --from "
-        f"{written.reference or args.out}",
+        f"models.lock; {then}",
     )
     return 0
 
