@@ -145,6 +145,20 @@ def project_write_error(exc: OSError, path: Path, fix: str) -> HubpinError:
     return HubpinError(f"cannot write {path}: {write_reason(exc)}; {fix}")
 
 
+_UNWRITABLE = ("the file system is read-only", "permission denied")
+
+
+def unwritable_cache(message: str, cache_root: str) -> str:
+    """``message``, with the way out when it says the cache folder cannot be written at all
+    (a read-only mount, another user's folder): no sync can fill it, so point it elsewhere."""
+    if f"cannot write {cache_root}" in message and message.endswith(_UNWRITABLE):
+        return (
+            f"{message}; point TFHUB_CACHE_DIR (or --cache-dir, cache_dir in hubpin.toml) at a "
+            "folder hubpin can write"
+        )
+    return message
+
+
 def write_reason(exc: OSError) -> str:
     """Why a write failed, in a person's words."""
     return {

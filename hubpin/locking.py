@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from hubpin.errors import CacheError, HubpinError, InputError, MissingError
+from hubpin.errors import CacheError, HubpinError, InputError, MissingError, unwritable_cache
 from hubpin.handlers import for_handle, handler
 from hubpin.handles import meant_as_url
 from hubpin.lockfile import (
@@ -112,7 +112,7 @@ def lock_project(
                 **carried.get(alias, {}),
             )
         except HubpinError as exc:
-            raise named(exc, alias, spec.handle) from None
+            raise named(exc, alias, spec.handle, settings.cache_root) from None
 
     failures: list[HubpinError] = []
     pinned: dict[str, Pin] = dict(kept)
@@ -256,7 +256,7 @@ def lock_plan(project: Project, force: set[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def named(exc: HubpinError, alias: str, handle: str) -> HubpinError:
+def named(exc: HubpinError, alias: str, handle: str, cache_root: str = "") -> HubpinError:
     """``exc`` prefixed with the alias and handle it is about, the handle said once: an
     error that already starts with it (an HTTP error names the URL it got) keeps only one."""
     text = str(exc)
@@ -268,4 +268,6 @@ def named(exc: HubpinError, alias: str, handle: str) -> HubpinError:
             f"{alias} ({handle}): {text}; the handle is read as a path relative to the "
             f'manifest: if it is a URL, write handle = "{url}" in the manifest'
         )
+    if cache_root:
+        text = unwritable_cache(text, cache_root)
     return type(exc)(f"{alias} ({handle}): {text}")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hubpin.cache import Cache
-from hubpin.errors import HubpinError, IntegrityError, LimitError, TruncatedError
+from hubpin.errors import HubpinError, IntegrityError, LimitError, TruncatedError, unwritable_cache
 from hubpin.handlers import Shared, failed, handler
 from hubpin.kinds import ArchivePin, Pin
 from hubpin.plan import Action, Outcome, Plan, Step
@@ -137,13 +137,13 @@ class Syncer:
                 self.on_done(outcome)
             return outcome
 
-        waves: list[list[Step]] = [[], []]
+        waves: dict[int, list[Step]] = {}
         for step in plan.steps:
             if step.action in (Action.KEEP, Action.FAIL):
                 done[step.alias] = one(step)
             else:
-                waves[step.source is not None].append(step)
-        for wave in waves:
+                waves.setdefault(_depth(step, by_alias), []).append(step)
+        for _, wave in sorted(waves.items()):
             if not wave:
                 continue
             pool = ThreadPoolExecutor(max_workers=max(1, min(jobs, len(wave))))
@@ -168,7 +168,8 @@ class Syncer:
         try:
             status, detail = self._do(step, pin, steps, done)
         except HubpinError as exc:
-            return Outcome(step.alias, "failed", str(exc), error=exc)
+            why = unwritable_cache(str(exc), self.settings.cache_root)
+            return Outcome(step.alias, "failed", why, error=exc)
         return Outcome(step.alias, status, detail, pin.unpacked_size, time.monotonic() - start)
 
     def _do(
@@ -236,3 +237,13 @@ def check_against_lock(pin: ArchivePin, result: Unpacked) -> None:
     digest = result.tree.digest()
     if digest != pin.tree_digest:
         raise IntegrityError(f"unpacked tree mismatch: expected {pin.tree_digest}, found {digest}")
+
+
+def _depth(step: Step, steps: dict[str, Step]) -> int:
+    """How many steps must finish before ``step`` can: its source's, and theirs (an alias of
+    the same handle as another that is hard-linked from a third's entry waits for both)."""
+    depth = 0
+    while step.source is not None and depth <= len(steps):
+        step = steps[step.source]
+        depth += 1
+    return depth

@@ -169,7 +169,10 @@ def test_a_read_only_cache_serves_what_it_has_and_refuses_the_rest(
     assert code == 1
     line = next(line for line in err.splitlines() if "error:" in line)
     assert line.startswith("hubpin: error: heavy (mirror/heavy.tar.gz): cannot write ")
-    assert line.endswith("the file system is read-only")
+    assert line.endswith(  # no sync can fill it: what to run is another cache folder
+        "the file system is read-only; point TFHUB_CACHE_DIR (or --cache-dir, cache_dir in "
+        "hubpin.toml) at a folder hubpin can write"
+    ), line
 
     project.models(double="mirror/double.tar.gz")  # as synced: prune refuses a stale lock
     code, _, err = project.run("prune")

@@ -91,3 +91,32 @@ def test_sync_json_says_what_locking_did_first(project: Project, hub: HubServer)
     (model,) = doc["models"]  # locking filled the cache, so the sync keeps what it wrote
     assert (model["action"], model["outcome"]["status"]) == ("keep", "present")
     assert _doc(project, "--json")["lock_first"] is None
+
+
+def test_a_link_from_a_step_that_links_itself_waits_for_it(
+    project: Project, hub: HubServer
+) -> None:
+    """c names b's handle (c's entry is b's to fill) and b's archive is a's (b is hard-linked
+    from a's entry): c waits for b, which waits for a. Steps were run in two waves (no
+    source, a source), so c could run beside b and crash on its missing outcome (KeyError:
+    a traceback, and nothing said of the models)."""
+    hub.models["google/copy/1"] = hub.models["google/double/1"]  # the same archive
+    a, b = hub.handle("google/double/1"), hub.handle("google/copy/1")
+    project.models(a=a, b=b, c=b)
+    assert project.run("lock", "--no-fill")[0] == 0  # so that the sync fills all three
+
+    def downloads() -> int:
+        return hub.downloads("google/double/1") + hub.downloads("google/copy/1")
+
+    before = downloads()
+    code, out, err = project.run("sync")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("a                    fetched "), out
+    assert lines[1:3] == [
+        "b                    hard-linked: hard-linked from a's entry (the same archive)",
+        "c                    hard-linked: the same cache entry as b",
+    ], out
+    assert downloads() == before + 1  # one download fills the three
+    code, out, _ = project.run("verify")
+    assert code == 0 and out.count(" ok\n") == 3, out
