@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import tomllib
-from conftest import WORKTREE, Model
+from conftest import WORKTREE, Model, Project
 from gcs_emulator import GcsServer
 from hfserver import HfServer
 from hubserver import HubServer
@@ -384,3 +384,38 @@ def test_kerashub_example_runs_as_its_readme_says(
     kagglehub = Path(os.environ["KAGGLEHUB_CACHE"]) / "models" / KERAS_SLUG / "3"
     for name in ("config.json", "model.weights.h5"):
         assert (kagglehub / name).read_bytes() == files[name] == (kaggle_folder / name).read_bytes()
+
+
+def test_the_readme_first_commands_run_as_written(
+    project: Project, models: dict[str, Model]
+) -> None:
+    """README's first block (`hubpin add bert https://tfhub.dev/…`, `hubpin lock`,
+    `hubpin sync --locked`) as a new user types it, tfhub.dev served by the loopback hub
+    through a `[[mirrors]]` entry: each command succeeds, the lock pins the handle, the sync
+    finds what lock unpacked, and `hubpin.resolve("bert")` (the block's Python) is its entry."""
+    readme = Path(WORKTREE) / "README.md"
+    lines = _commands(readme, "console")
+    typed = [line.removeprefix("$ ").split("#")[0].split() for line in lines if line[:2] == "$ "]
+    assert [words[:2] for words in typed] == [
+        ["hubpin", "add"],
+        ["hubpin", "lock"],
+        ["hubpin", "sync"],
+    ]
+    handle = typed[0][3]
+    assert handle.startswith("https://tfhub.dev/"), handle
+    hub = HubServer(models={handle.removeprefix("https://tfhub.dev/"): models["double"].archive})
+    hub.start()
+    try:
+        project.write(
+            f'[[mirrors]]\nprefix = "https://tfhub.dev/"\nreplace = "{hub.url}/"\n', "hubpin.toml"
+        )
+        for words in typed:
+            code, _, err = project.run(*words[1:])
+            assert code == 0, (words, err)
+        assert f'handle = "{handle}"' in project.lock.read_text()
+        assert hub.downloads(handle.removeprefix("https://tfhub.dev/")) == 1
+        from hubpin.runtime import Lock
+
+        assert Lock(project.lock).resolve(typed[0][2]) == str(project.entry(handle))
+    finally:
+        hub.stop()
