@@ -4,9 +4,9 @@ tensorflow_hub's default cache (``$TMPDIR/tfhub_modules``) is shared by every
 project and tool on the machine, so "not in my lock" does not mean "nobody's".
 Two facts decide what is a project's own:
 
-- every record hubpin writes names the lock whose command created the entry
-  (``created_by``; an entry hubpin only adopted, or one without a record, was made
-  by someone else: tensorflow_hub, or a copy);
+- every record hubpin writes names the lock whose command created the entry and its
+  host (``created_by``, ``created_on``; an entry hubpin only adopted, or one without a
+  record, was made by someone else: tensorflow_hub, or a copy);
 - every ``sync``, filling ``lock`` and ``verify --repair`` notes in the cache, under
   ``hubpin-projects/``, which lock uses it (path, host) and the cache keys it pins.
 
@@ -18,6 +18,18 @@ nothing and is forgotten; one on another host (a gs:// cache shared by a fleet)
 protects the keys it registered. Entries other projects created that no lock pins
 now are removed only with ``--all-unpinned``; entries hubpin did not create only
 with ``--foreign``.
+
+A project is a lock on a host. A fleet sharing a gs:// or s3:// cache has the same lock
+path on every machine (``/app/models.lock`` in each container of one image), often with
+the same bytes, yet each host is a project of its own: its bytes change as the fleet
+rolls from one image to the next (the old image's containers still load what theirs
+pins), and a lock's bytes are not yet written when ``hubpin lock`` publishes what it
+pins. So one host's sync never replaces an entry that a lock at the same path on another
+host created and still pins, and its ``prune`` removes only what it created; what other
+hosts created and no noted lock pins goes with ``--all-unpinned``. A record older than
+``created_on`` names no host: in a local cache it is this machine's, as before; in a
+store's it is no host's (every host keeps it by default, none replaces it while a lock
+of that path on another host pins it).
 """
 
 from __future__ import annotations
@@ -30,7 +42,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hubpin.cache import MAX_NOTE, Cache
+from hubpin.cache import MAX_NOTE, Cache, Record
 from hubpin.errors import CacheError, HubpinError
 
 log = logging.getLogger("hubpin")
@@ -122,6 +134,25 @@ def users(cache: Cache) -> list[User]:
     return found
 
 
+def created_here(cache: Cache, record: Record, lock: str) -> bool:
+    """Whether ``record``'s entry was created by the project of ``lock`` on this host (a
+    record with no host: see the module)."""
+    if record.adopted or not record.created_by or record.created_by != lock:
+        return False
+    if record.created_on:
+        return record.created_on == socket.gethostname()
+    return cache.local_root is not None
+
+
+def creator(cache: Cache, record: Record) -> str:
+    """Who created ``record``'s entry, for a message: its lock, and its host when not this one."""
+    if record.created_on and record.created_on != socket.gethostname():
+        return f"{record.created_by} on {record.created_on}"
+    if not record.created_on and cache.local_root is None:
+        return f"{record.created_by} (on a host an older hubpin did not note)"
+    return record.created_by
+
+
 def pinned_by_another(cache: Cache, key: str, tree_digest: str) -> str | None:
     """Which other project pins the model ``<key>/`` holds now, when it is not ``tree_digest``.
 
@@ -133,10 +164,15 @@ def pinned_by_another(cache: Cache, key: str, tree_digest: str) -> str | None:
     record = cache.read_record(key)
     if record is None or record.tree_digest == tree_digest:
         return None
-    if record.adopted or not record.created_by or record.created_by == cache.owner:
+    if record.adopted or not record.created_by or created_here(cache, record, cache.owner):
         return None
+    here = socket.gethostname()
     for user in users(cache):
-        if user.lock == record.created_by and user.state != "gone" and key in user.keys:
+        if (user.lock, user.host) == (cache.owner, here) or user.lock != record.created_by:
+            continue  # this project's own note, or another lock's
+        if record.created_on and user.host != record.created_on:
+            continue  # the same path on another host: another project
+        if user.state != "gone" and key in user.keys:
             return user.where
     return None
 
@@ -182,9 +218,9 @@ def prune_plan(
         if record is None or record.adopted:
             if not foreign:
                 kept[key] = "not created by hubpin"
-        elif record.created_by != own and not all_unpinned:
+        elif not created_here(cache, record, own) and not all_unpinned:
             kept[key] = (
-                f"created by {record.created_by}"
+                f"created by {creator(cache, record)}"
                 if record.created_by
                 else "created by a hubpin that did not note its project"
             )

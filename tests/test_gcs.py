@@ -15,6 +15,7 @@ import sys
 import pytest
 import tomllib
 from conftest import WORKTREE, Model, Project, on_both_emulators, run_here, run_python
+from faultkit import hubpin_env
 from gcs_emulator import GcsServer
 from hubserver import HubServer
 from savedmodels import pack
@@ -466,3 +467,56 @@ def test_prune_on_a_gs_cache_removes_only_what_the_lock_does_not_name(
         n: o for n, o in after.items() if not n.startswith("hubpin-projects/")
     }
     assert project.run("verify")[0] == 0
+
+
+def test_a_fleet_host_neither_replaces_nor_prunes_what_the_same_lock_path_made_elsewhere(
+    project: Project, hub: HubServer, gcs: GcsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two machines of a fleet share a gs:// cache, each with its lock at the same path (the
+    image's /app/models.lock): one runs under another hostname (a UTS namespace). This host,
+    rolled to a newer lock, refuses to replace the entry the other host's lock still pins
+    (its unmodified hub.load would get this host's model), and its prune keeps what the
+    other host created (before: both were taken for this host's own, the path being the
+    same; the entry was replaced, exit 0). A record from before hosts were noted is kept too."""
+    from test_gcs_faults import _unshare_uts
+
+    from hubpin.cache.store import StoreCache
+    from hubpin.settings import Settings
+
+    root = _cache_project(project, gcs, monkeypatch)
+    handle, dropped = hub.handle("google/double/1"), hub.handle("google/triple/1")
+    key, gone = (hashlib.sha1(h.encode()).hexdigest() for h in (handle, dropped))
+    elsewhere = [
+        *_unshare_uts(),
+        "sh",
+        "-c",
+        f"hostname fleet-a && exec {sys.executable} -m hubpin sync",
+    ]
+    for manifest in ({"m": handle, "p": dropped}, {"m": handle}):  # fleet-a drops p later
+        project.models(**manifest)
+        done = subprocess.run(
+            elsewhere, cwd=project.root, env=hubpin_env(root), capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+    record = json.loads(gcs.read(f"{root}/{gone}.hubpin.json"))
+    assert (record["created_by"], record["created_on"]) == (str(project.lock), "fleet-a")
+
+    hub.models["google/double/1"] = hub.models["google/triple/1"]  # upstream changed the model
+    assert project.run("lock", "--no-fill", "m")[0] == 0
+    code, _, err = project.run("sync")
+    assert code == 1, err
+    assert f"which {project.lock} on fleet-a pins for {handle}" in err, err
+    reader = StoreCache.at(root, Settings())
+    still = reader.read_record(key)
+    assert still is not None and still.tree_digest not in project.lock.read_text()
+
+    code, _, err = project.run("prune")
+    assert code == 0, err
+    assert f"{root}/{gone}" not in err and reader.read_record(gone) is not None
+    record.pop("created_on")  # as a hubpin before this one wrote it
+    gcs.put(f"{root}/{gone}.hubpin.json", json.dumps(record).encode())
+    code, _, err = project.run("-v", "prune")
+    assert code == 0 and "(on a host an older hubpin did not note)" in err, err
+    assert reader.read_record(gone) is not None
+    code, _, err = project.run("prune", "--all-unpinned")
+    assert code == 0 and reader.read_record(gone) is None, err

@@ -89,9 +89,14 @@ class Record:
     # The lock table ``hubpin lock`` pinned when it published the entry (JSON), so a lock
     # interrupted before it wrote models.lock is finished by the next one without a download.
     pin: dict[str, object] | None = None
+    # The host of that lock: a fleet sharing a gs:// or s3:// cache has one lock path on
+    # every machine (/app/models.lock); "" in a record older than this field.
+    created_on: str = ""
 
     def to_json(self) -> str:
         provenance: dict[str, object] = {"created_by": self.created_by} if self.created_by else {}
+        if self.created_by and self.created_on:
+            provenance["created_on"] = self.created_on
         if self.adopted:
             provenance["adopted"] = True
         if self.pin is not None:
@@ -146,6 +151,7 @@ def parse_record(text: str | bytes, sums: str = "crc32c") -> tuple[Record, dict[
         raise ValueError("not a JSON object")
     handle, digest, files, dirs = (data.get(k) for k in ("handle", "tree_digest", "files", "dirs"))
     created_by, adopted = data.get("created_by", ""), data.get("adopted", False)
+    created_on = data.get("created_on", "")
     crcs = data.get(sums, {})
     if not (
         isinstance(handle, str)
@@ -153,6 +159,7 @@ def parse_record(text: str | bytes, sums: str = "crc32c") -> tuple[Record, dict[
         and isinstance(files, dict)
         and isinstance(dirs, list)
         and isinstance(created_by, str)
+        and isinstance(created_on, str)
         and isinstance(adopted, bool)
         and isinstance(crcs, dict)
     ):
@@ -178,7 +185,13 @@ def parse_record(text: str | bytes, sums: str = "crc32c") -> tuple[Record, dict[
         raise ValueError(f"{sums}: expected path → checksum")
     pin = data.get("pin")
     return Record(
-        handle, digest, tree, created_by, adopted, pin if isinstance(pin, dict) else None
+        handle,
+        digest,
+        tree,
+        created_by,
+        adopted,
+        pin if isinstance(pin, dict) else None,
+        created_on,
     ), crcs
 
 
@@ -197,7 +210,8 @@ class Cache(ABC):
     # the entries of a cache it cannot read (s3://) into a local folder (hubpin.cache.staging).
     tensorflow_reads: bool = True
     # The lock (absolute path) of the project whose commands write through this cache:
-    # the ``created_by`` of the entries they publish (see :mod:`hubpin.owners`).
+    # the ``created_by`` of the entries they publish, this host their ``created_on``
+    # (see :mod:`hubpin.owners`).
     owner: str = ""
 
     def provenance(self, record: Record, previous: Record | None, *, adopted: bool) -> Record:
@@ -207,12 +221,14 @@ class Cache(ABC):
             return dataclasses.replace(
                 record,
                 created_by=previous.created_by,
+                created_on=previous.created_on,
                 adopted=previous.adopted,
                 pin=record.pin or previous.pin,
             )
         if adopted:
-            return dataclasses.replace(record, created_by="", adopted=True)
-        return dataclasses.replace(record, created_by=self.owner, adopted=False)
+            return dataclasses.replace(record, created_by="", created_on="", adopted=True)
+        host = socket.gethostname() if self.owner else ""
+        return dataclasses.replace(record, created_by=self.owner, created_on=host, adopted=False)
 
     @abstractmethod
     def entry(self, key: str) -> str:

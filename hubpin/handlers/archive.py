@@ -380,11 +380,12 @@ def _published(cache: Cache, key: str, request: PinRequest) -> ArchivePin | None
     from pydantic import TypeAdapter, ValidationError
 
     from hubpin.lockfile import input_changes
+    from hubpin.owners import created_here
 
     record = cache.read_record(key)
     if record is None or record.pin is None or not cache.owner:
         return None
-    if record.created_by != cache.owner or record.adopted:
+    if not created_here(cache, record, cache.owner):
         return None
     try:
         pin: Pin = TypeAdapter(Pin).validate_python(record.pin)
