@@ -44,6 +44,7 @@ from pathlib import Path
 
 from hubpin.cache import MAX_NOTE, Cache, Record
 from hubpin.errors import CacheError, HubpinError
+from hubpin.paths import identity
 
 log = logging.getLogger("hubpin")
 VERSION = 1
@@ -198,17 +199,7 @@ def prune_plan(
 ) -> PrunePlan:
     """What ``hubpin prune`` for the project of ``lock_path`` removes (see the module)."""
     own = str(lock_path)
-    here = socket.gethostname()
-    protected: dict[str, str] = {}
-    forget = []
-    for user in users(cache):
-        if user.lock == own and user.host == here:
-            continue
-        if user.state == "gone":
-            forget.append(user)
-            continue
-        for key in user.keys:
-            protected.setdefault(key, f"pinned by {user.where}")
+    protected, forget = _protection(cache, lock_path)
     kept: dict[str, str] = {}
     for key in sorted(cache.keys() - own_keys):
         if key in protected:
@@ -225,3 +216,62 @@ def prune_plan(
                 else "created by a hubpin that did not note its project"
             )
     return PrunePlan(cache.prunable(own_keys | set(kept)), kept, forget)
+
+
+def _protection(cache: Cache, lock_path: Path) -> tuple[dict[str, str], list[User]]:
+    """The keys other projects' locks pin (each → why it stays), and the notes of locks
+    that are gone."""
+    own, here = str(lock_path), socket.gethostname()
+    protected: dict[str, str] = {}
+    forget = []
+    for user in users(cache):
+        if user.lock == own and user.host == here:
+            continue
+        if user.state == "gone":
+            forget.append(user)
+            continue
+        for key in user.keys:
+            protected.setdefault(key, f"pinned by {user.where}")
+    return protected, forget
+
+
+class Recheck:
+    """Whether an entry prune planned to remove became pinned since, asked while holding the
+    entry's ``<key>.lock``.
+
+    A sync that found the entry present notes its lock after it looked, and then looks
+    again, waiting while the key is locked (:meth:`hubpin.cache.Cache.still_present`). So
+    prune, holding the lock, reads the notes again: a note written before is seen here and
+    the entry kept; one written after is followed by the sync's second look, which finds
+    the entry gone once prune let go of the lock, and says so (exit 1) instead of
+    "already present". The same for this project's own lock, rewritten by a sync that
+    locked first (its new pins are written before their entries are fetched).
+    """
+
+    def __init__(self, cache: Cache, lock_path: Path, own_keys: set[str]) -> None:
+        self.cache, self.lock_path, self.own_keys = cache, lock_path, own_keys
+        self.seen = self._notes()
+        self.lock_seen = identity(lock_path)
+        self.protected: dict[str, str] | None = None  # as the plan had it, until notes change
+
+    def _notes(self) -> dict[str, bytes | None]:
+        return {name: self.cache.read_note(name) for name in self.cache.notes()}
+
+    def pinned_now(self, key: str) -> str | None:
+        """Why ``key`` must stay now (None: still nobody's)."""
+        from hubpin.lockfile import read_lock
+
+        now = identity(self.lock_path)
+        if now != self.lock_seen:
+            self.lock_seen = now
+            try:
+                pins = read_lock(self.lock_path).models.values()
+                self.own_keys = {k for pin in pins for k in pin.cache_keys()}
+            except HubpinError as exc:
+                return f"{self.lock_path} changed while pruning and cannot be read ({exc})"
+        if key in self.own_keys:
+            return f"pinned by {self.lock_path}, rewritten while pruning"
+        notes = self._notes()
+        if self.protected is None or notes != self.seen:
+            self.seen, self.protected = notes, _protection(self.cache, self.lock_path)[0]
+        return self.protected.get(key)

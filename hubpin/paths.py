@@ -20,6 +20,18 @@ def find_lock() -> Path | None:
     return Path(env_lock) if env_lock else find_upwards(LOCK_FILE)
 
 
+def identity(path: Path) -> tuple[int, ...] | None:
+    """Which file is at ``path``, as stat tells it (None: none). An mtime alone can be set
+    back (``touch -d``, ``cp -p``, fixed build times) or be shared by two writes within one
+    tick of the kernel's coarse clock; a file put in its place has another inode or ctime,
+    and ctime cannot be set."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def settings_path(project_dir: Path) -> Path:
     explicit = os.environ.get("HUBPIN_CONFIG")
     return Path(explicit) if explicit else project_dir / SETTINGS_FILE

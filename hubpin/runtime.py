@@ -33,7 +33,7 @@ from hubpin.handles import is_archive_name
 from hubpin.lockfile import Lock as LockData
 from hubpin.lockfile import Pin, differences
 from hubpin.ops.status import resolve_pin
-from hubpin.paths import LOCK_FILE, find_lock
+from hubpin.paths import LOCK_FILE, find_lock, identity
 from hubpin.project import Project
 from hubpin.storage.schemes import scheme
 
@@ -356,24 +356,12 @@ _default: tuple[tuple[object, ...], Lock] | None = None
 _default_guard = threading.Lock()
 
 
-def _identity(path: Path) -> tuple[int, ...] | None:
-    """Which file is at ``path``, as stat tells it: an mtime alone can be set back (``touch
-    -d``, ``cp -p``, fixed build times) or be shared by two writes within one tick of the
-    kernel's coarse clock; a file put in its place has another inode or ctime, and ctime
-    cannot be set."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
 def default_lock() -> Lock:
     """The lock found from HUBPIN_LOCK or the working directory, reread when a file changes."""
     global _default
     path = _find_lock(None)
     manifest, cache_dir = path.with_suffix(".toml"), os.environ.get("TFHUB_CACHE_DIR", "")
-    stamp = (path, _identity(path), _identity(manifest), cache_dir)
+    stamp = (path, identity(path), identity(manifest), cache_dir)
     with _default_guard:
         if _default is None or _default[0] != stamp:
             _default = (stamp, Lock(path))

@@ -4,8 +4,12 @@ when one path cannot be removed."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import shutil
+import socket
+import time
 import uuid
 from pathlib import Path
 
@@ -13,6 +17,8 @@ from conftest import Project
 from faultkit import snapshot, spawn_hubpin, without_root_overrides
 from hubserver import HubServer
 from test_disk import mount  # noqa: F401  (the fixture)
+
+from hubpin.owners import note_name
 
 
 def _key(handle: str) -> str:
@@ -172,3 +178,93 @@ def test_prune_removes_a_leftover_holding_an_unreadable_folder(
     finally:
         if (left / "variables").exists():
             (left / "variables").chmod(0o755)
+
+
+def _dropped_by_p(project: Project, hub: HubServer) -> tuple[str, Path, list[str]]:
+    """P created triple's entry and no longer pins it (its prune's to remove); Q, a project
+    on the same cache, pins the same model and has not synced yet. Returns triple's handle,
+    Q's folder and the flags that run Q in this process."""
+    triple = hub.handle("google/triple/1")
+    project.models(triple=triple)
+    assert project.run("sync")[0] == 0
+    project.write("")
+    assert project.run("lock")[0] == 0
+    other = project.root.parent / "other"
+    other.mkdir()
+    (other / "models.toml").write_text(f'[models.triple]\nhandle = "{triple}"\n')
+    return triple, other, ["-m", str(other / "models.toml")]
+
+
+def test_a_project_synced_while_another_prunes_keeps_its_entry(
+    project: Project, hub: HubServer
+) -> None:
+    """Q's sync finds the entry present and notes Q while P's prune is planning (held here
+    in its read of a note, a FIFO, after it listed the notes). Before: P's prune went on
+    from the notes it had listed and removed the entry, after Q's sync said "already
+    present" (exit 0); Q's status: not synced."""
+    triple, other, _ = _dropped_by_p(project, hub)
+    fifo = project.cache / "hubpin-projects" / "0-held.json"
+    os.mkfifo(fifo)
+    prune = spawn_hubpin(project.root, project.cache, "prune")
+    try:
+        held = None
+        while held is None and prune.poll() is None:  # prune opened the FIFO: it reads it now
+            try:
+                held = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # ENXIO: no reader yet
+                time.sleep(0.002)
+        assert held is not None, prune.communicate()
+        q = spawn_hubpin(other, project.cache, "sync")
+        q_out, q_err = q.communicate(timeout=120)
+        assert q.returncode == 0 and "already present" in q_out, q_err
+        os.close(held)  # prune reads the note's end, and every later read at once
+        while prune.poll() is None:
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                time.sleep(0.002)
+        _, err = prune.communicate(timeout=120)
+    finally:
+        prune.kill()
+    assert prune.returncode == 0, err
+    assert "1 pinned by other projects' locks" in err, err
+    assert (project.entry(triple) / "saved_model.pb").is_file(), err
+
+
+def test_prune_decides_under_the_entrys_lock_with_the_notes_as_they_are_then(
+    project: Project, hub: HubServer
+) -> None:
+    """P's prune planned to remove the entry, then waits for its ``<key>.lock`` (held here, as
+    a live sync would); Q's sync notes Q meanwhile and then waits for that lock to look at
+    the entry again. Under the lock, prune reads the notes again and keeps the entry; Q's
+    sync, its second look done, says "already present" (exit 0)."""
+    triple, other, q = _dropped_by_p(project, hub)
+    assert project.run(*q, "lock", "--no-fill")[0] == 0  # Q's sync: the entry is present
+    key = project.entry(triple).name
+    task = uuid.uuid4().hex
+    (project.cache / f"{key}.lock").write_text(f"{socket.gethostname()}.{os.getpid()}.{task}")
+    (project.cache / f"{key}.{task}.tmp").mkdir()
+    prune = spawn_hubpin(project.root, project.cache, "prune")
+    try:
+        assert prune.stderr is not None
+        said = prune.stderr.readline()
+        assert said.startswith("hubpin: WARNING: waiting for "), said + prune.stderr.read()
+        sync = spawn_hubpin(other, project.cache, "sync")
+        note = project.cache / "hubpin-projects" / note_name(other / "models.lock")
+        deadline = time.monotonic() + 60
+        while not note.exists() and sync.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert note.exists(), "Q's sync did not note Q"
+        (project.cache / f"{key}.lock").unlink()
+        (project.cache / f"{key}.{task}.tmp").rmdir()
+        out, err = sync.communicate(timeout=120)
+        _, prune_err = prune.communicate(timeout=120)
+    finally:
+        prune.kill()
+        with contextlib.suppress(FileNotFoundError):
+            (project.cache / f"{key}.lock").unlink()
+    assert sync.returncode == 0 and "already present" in out, err
+    assert prune.returncode == 0 and "1 pinned by other projects' locks" in prune_err, prune_err
+    assert (project.entry(triple) / "saved_model.pb").is_file()
+    out = project.run(*q, "status")[1]
+    assert out.splitlines()[-1].split()[-1] == "synced", out

@@ -324,6 +324,12 @@ class Cache(ABC):
     def keys(self) -> set[str]:
         """Every cache key with anything of its entry here (folder, descriptor or record)."""
 
+    def still_present(self, keys: set[str], timeout: float) -> set[str]:
+        """Which of ``keys`` have an entry now, once no prune holds their lock: what a sync
+        that found them present asks after noting its lock (see
+        :class:`hubpin.owners.Recheck`). Here by one listing, without waiting for locks."""
+        return keys & self.keys()
+
     # Notes: small files hubpin keeps beside the entries, under ``hubpin-projects/``
     # (which projects use this cache; see :mod:`hubpin.owners`).
 

@@ -282,6 +282,29 @@ class LocalCache(Cache):
                 sized.append((str(path), entry_size(path) if is_folder else path.lstat().st_size))
         return sized
 
+    def still_present(self, keys: set[str], timeout: float) -> set[str]:
+        """One listing; a key whose ``<key>.lock`` a live process holds (a prune deciding
+        whether to remove it, say) is looked at again once it is released (at most
+        ``timeout``, and 30 s: a prune decides in well under that)."""
+        try:
+            listed = {e.name: e.is_dir(follow_symlinks=False) for e in os.scandir(self.root)}
+        except OSError:
+            return set()
+        deadline = time.monotonic() + min(timeout, _PRUNE_DECIDES)
+        found = set()
+        for key in keys:
+            lock = f"{self.root}{os.sep}{key}.lock"
+            if f"{key}.lock" in listed:
+                while os.path.lexists(lock) and not holder_is_dead(_read(Path(lock))):
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.02)
+                if os.path.isdir(f"{self.root}{os.sep}{key}"):
+                    found.add(key)
+            elif listed.get(key):
+                found.add(key)
+        return found
+
     def keys(self) -> set[str]:
         if not self.root.is_dir():
             return set()
@@ -372,6 +395,7 @@ _TEMP_FILE_RE = re.compile(r"^\..+\.[0-9a-f]{32}$|\.tmp[0-9a-f]{32}$")
 _LOCK_TEMP_RE = re.compile(r"\.lock\.tmp[0-9a-f]{32}$|\.lock\.[0-9a-f]{32}\.stale$")
 
 
+_PRUNE_DECIDES = 30.0  # seconds a sync waits on a present key's lock before looking anyway
 SETTLED_NS = 2_000_000_000  # 2 s: the coarsest file timestamps in use (FAT's)
 
 Stamp = tuple[tuple[str, int, int, int, int, int, int], ...]

@@ -29,7 +29,7 @@ from hubpin.handlers import Removal, every
 from hubpin.lockfile import differences
 from hubpin.manifest import add_model
 from hubpin.ops.remove import remove
-from hubpin.owners import prune_plan
+from hubpin.owners import Recheck, prune_plan
 from hubpin.paths import SETTINGS_FILE, find_upwards
 from hubpin.project import Project
 from hubpin.sources import bundle_file, unpack_then_sync
@@ -49,31 +49,45 @@ def cmd_prune(args: argparse.Namespace) -> int:
                 "then hubpin prune"
             )
     cache = project.cache
+    own_keys = {key for p in lock.models.values() for key in p.cache_keys()}
+    recheck = Recheck(cache, project.lock_path, own_keys)
     plan = prune_plan(
-        cache,
-        project.lock_path,
-        {key for p in lock.models.values() for key in p.cache_keys()},
-        all_unpinned=args.all_unpinned,
-        foreign=args.foreign,
+        cache, project.lock_path, own_keys, all_unpinned=args.all_unpinned, foreign=args.foreign
     )
     own = [h.prunable(project, lock, args.all_unpinned) for h in every()]  # kinds' own caches
-    removals = [Removal(n, size, functools.partial(cache.remove, n)) for n, size in plan.remove]
-    removals += [r for found in own for r in found.remove]
-    failed = []
-    freed = 0
+    entries: dict[str, list[Removal]] = {}  # an entry's folder, descriptor and record, by key
+    removals = []  # leftovers of crashes
+    for name, size in plan.remove:
+        removal = Removal(name, size, functools.partial(cache.remove, name))
+        base = name.rstrip("/").rsplit("/", 1)[-1]
+        key = base.split(".")[0]
+        if base in (key, f"{key}.descriptor.txt", f"{key}.hubpin.json"):
+            entries.setdefault(key, []).append(removal)
+        else:
+            removals.append(removal)
+    done = _Done(args)
     for removal in removals:
-        name, size = removal.name, removal.size
+        done.remove(removal)
+    kept = {cache.entry(key): why for key, why in plan.kept.items()}
+    for key, parts in entries.items():
         if args.dry_run:
-            _say(args, f"would remove {name} ({_size(size)})")
+            for removal in parts:
+                done.remove(removal)
             continue
         try:
-            removal.remove()
+            with cache.locked(key, project.settings.lock_timeout):  # as a sync holds it
+                why = recheck.pinned_now(key)  # a project noted since the plan was made?
+                if why is None:
+                    for removal in parts:
+                        done.remove(removal)
         except (HubpinError, OSError) as exc:
-            failed.append(name)
-            print(f"hubpin: error: could not remove {name}: {exc}", file=sys.stderr)
+            done.failed += [removal.name for removal in parts]
+            print(f"hubpin: error: could not remove {cache.entry(key)}: {exc}", file=sys.stderr)
             continue
-        freed += size
-        _say(args, f"removed {name} ({_size(size)})")
+        if why is not None:
+            kept[cache.entry(key)] = why
+    for removal in (r for found in own for r in found.remove):
+        done.remove(removal)
     gone = [(u.where, functools.partial(cache.remove_note, u.note)) for u in plan.forget]
     gone += [(r.name, r.remove) for found in own for r in found.forget]
     for where, forget in gone:
@@ -85,17 +99,15 @@ def cmd_prune(args: argparse.Namespace) -> int:
         if not args.dry_run:
             with contextlib.suppress(HubpinError, OSError):
                 forget()
-    kept = {cache.entry(key): why for key, why in plan.kept.items()}
     kept |= {name: why for found in own for name, why in found.kept.items()}
     for name, why in kept.items():
         log.info("kept %s: %s", name, why)
     if kept:
         _say(args, _kept_summary(kept))
-    if args.dry_run:
-        freed = sum(r.size for r in removals)
     verb = "would free" if args.dry_run else "freed"
-    summary = f"{_count(len(removals) - len(failed), 'path')}, {verb} {_size(freed)}"
-    if failed:
+    summary = f"{_count(done.removed, 'path')}, {verb} {_size(done.freed)}"
+    if done.failed:
+        failed = done.failed
         _say(
             args,
             f"{summary}; {_count(len(failed), 'path')} could not be removed: {', '.join(failed)}",
@@ -103,6 +115,31 @@ def cmd_prune(args: argparse.Namespace) -> int:
         return 1
     _say(args, summary)
     return 0
+
+
+class _Done:
+    """What prune removed (or, with ``--dry-run``, would remove) so far, each path said."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.removed = 0
+        self.freed = 0
+        self.failed: list[str] = []
+
+    def remove(self, removal: Removal) -> None:
+        name, size = removal.name, removal.size
+        if self.args.dry_run:
+            _say(self.args, f"would remove {name} ({_size(size)})")
+        else:
+            try:
+                removal.remove()
+            except (HubpinError, OSError) as exc:
+                self.failed.append(name)
+                print(f"hubpin: error: could not remove {name}: {exc}", file=sys.stderr)
+                return
+            _say(self.args, f"removed {name} ({_size(size)})")
+        self.removed += 1
+        self.freed += size
 
 
 def _kept_summary(kept: dict[str, str]) -> str:

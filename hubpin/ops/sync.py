@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from hubpin.errors import StaleLockError
+from hubpin.errors import NotSyncedError, StaleLockError
 from hubpin.lockfile import Lock, Pin, mismatches
 from hubpin.locking import lock_plan
 from hubpin.ops.common import known, register_use, select, syncer
@@ -119,7 +119,32 @@ def sync(
     with watch(runner, plan) if watch else contextlib.nullcontext():
         outcomes = runner.execute(plan, request.jobs or project.settings.jobs)
     register_use(project, lock, outcomes)
-    return SyncResult(plan, pins, outcomes)
+    return SyncResult(plan, pins, _gone_meanwhile(project, pins, outcomes))
+
+
+def _gone_meanwhile(
+    project: Project, pins: dict[str, Pin], outcomes: list[Outcome]
+) -> list[Outcome]:
+    """The outcomes, with a model whose entry is gone now (after this lock was noted as
+    using the cache) failed: another project's prune that planned before the note removed
+    it (:class:`hubpin.owners.Recheck`), and its sync must not say it is present."""
+    wanted = {o.alias: pins[o.alias].cache_keys() for o in outcomes if o.status != "failed"}
+    keys = {key for found in wanted.values() for key in found}
+    if not keys:
+        return outcomes
+    present = project.cache.still_present(keys, project.settings.lock_timeout)
+    checked = []
+    for o in outcomes:
+        gone = [key for key in wanted.get(o.alias, ()) if key not in present]
+        if gone:
+            entry = project.cache.entry(gone[0])
+            error = NotSyncedError(
+                f"{entry} was removed while this sync ran (by another project's hubpin prune, "
+                "say); run: hubpin sync"
+            )
+            o = Outcome(o.alias, "failed", str(error), o.size, o.seconds, error)
+        checked.append(o)
+    return checked
 
 
 def stale(project: Project, lock: Lock | None) -> list[str]:
