@@ -18,9 +18,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from hubpin.download import Download
 from hubpin.errors import FetchError, InputError, MissingError
 from hubpin.handles import local_path, strip_query
 from hubpin.kaggle.api import KaggleApi
@@ -29,6 +28,9 @@ from hubpin.lockfile import Lock
 from hubpin.settings import Mirror, Settings
 from hubpin.storage.schemes import known, scheme
 from hubpin.transport import Transport
+
+if TYPE_CHECKING:
+    from hubpin.download import Download
 
 log = logging.getLogger("hubpin")
 ARCHIVES = "archives"  # a bundle's folder of archives named by sha256

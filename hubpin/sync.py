@@ -18,16 +18,18 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hubpin.cache import Cache
 from hubpin.errors import HubpinError, IntegrityError, LimitError, TruncatedError, unwritable_cache
 from hubpin.handlers import Shared, failed, handler
 from hubpin.kinds import ArchivePin, Pin
 from hubpin.plan import Action, Outcome, Plan, Step
-from hubpin.reader import HashingReader
 from hubpin.settings import Settings
 from hubpin.sources import Sources
-from hubpin.unpack import Unpacked, ensure_space, too_many_members, unpack
+
+if TYPE_CHECKING:  # the download and unpack path: imported by the sync that fetches
+    from hubpin.unpack import Unpacked
 
 log = logging.getLogger("hubpin")
 
@@ -184,6 +186,9 @@ class Syncer:
 
     def fetch_into(self, pin: ArchivePin, work: Path) -> Unpacked:
         """Download and unpack a pinned archive into ``work``; raise unless it matches the lock."""
+        from hubpin.reader import HashingReader
+        from hubpin.unpack import ensure_space, too_many_members, unpack
+
         if pin.file_count > self.settings.max_members:
             raise too_many_members(
                 self.settings.max_members,

@@ -9,9 +9,8 @@ which locations to try for a pinned archive, and in what order, is :mod:`hubpin.
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
-from hubpin.download import Download
-from hubpin.fetch import Fetcher
 from hubpin.kaggle.api import KaggleApi
 from hubpin.kaggle.credentials import load_credentials
 from hubpin.kaggle.endpoint import endpoint
@@ -19,16 +18,33 @@ from hubpin.kaggle.handle import parse_handle
 from hubpin.settings import Settings
 from hubpin.storage import Storage, scheme, scheme_of, storage_for
 
+if TYPE_CHECKING:  # made on first use: a sync with nothing to fetch never imports them
+    from hubpin.download import Download
+    from hubpin.fetch import Fetcher
+
 
 class Transport:
     """One per command: shares HTTP connection pools and each store's back-end across threads."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.http = Fetcher(settings)
+        self._http: Fetcher | None = None
+        self._http_lock = threading.Lock()
         self._kaggle: KaggleApi | None = None
         self._stores: dict[str, Storage] = {}
         self._stores_lock = threading.Lock()  # sync's jobs share one back-end (and its login)
+
+    @property
+    def http(self) -> Fetcher:
+        """HTTP(S) for every host: one per command (its pools, and the hosts found down), made
+        on first use, so a sync with nothing to fetch imports none of the download, checksum
+        and unpack path (~10 ms of a no-op sync of 2,000 models)."""
+        with self._http_lock:  # sync's jobs ask at once
+            if self._http is None:
+                from hubpin.fetch import Fetcher
+
+                self._http = Fetcher(self.settings)
+            return self._http
 
     @property
     def kaggle(self) -> KaggleApi:
@@ -70,4 +86,5 @@ class Transport:
         return self.http.ask_location(url)
 
     def close(self) -> None:
-        self.http.close()
+        if self._http is not None:
+            self._http.close()

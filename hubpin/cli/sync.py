@@ -10,7 +10,6 @@ from typing import Any
 
 from hubpin import stamp
 from hubpin.cli.common import _count, _project, _result, _size, _sources
-from hubpin.cli.lock import _lock
 from hubpin.cli.render import print_json, print_table
 from hubpin.cli.stamps import _report_lines, _stamp
 from hubpin.ops.sync import SyncRequest, SyncResult, sync
@@ -38,6 +37,8 @@ def cmd_sync(args: argparse.Namespace) -> int:
     )
 
     def relock(sources: Sources) -> Any:
+        from hubpin.cli.lock import _lock  # a stale lock only: the pinning path
+
         return _lock(args, project, sources, set(), fill=True, must_fill=True)[0]
 
     with _sources(project, bundle) as sources:

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 from hubpin.errors import NotSyncedError, StaleLockError
 from hubpin.lockfile import Lock, Pin, mismatches
-from hubpin.locking import lock_plan
 from hubpin.ops.common import known, register_use, select, syncer
 from hubpin.plan import Action, LockFirst, Outcome, Plan, Step
 from hubpin.project import Project
@@ -155,6 +154,8 @@ def stale(project: Project, lock: Lock | None) -> list[str]:
 
 
 def _lock_first(project: Project, problems: list[str]) -> LockFirst:
+    from hubpin.locking import lock_plan  # a dry run's stale lock only: the pinning path
+
     rows = lock_plan(project, set())
     return LockFirst(
         problems,
