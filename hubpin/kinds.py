@@ -397,9 +397,12 @@ def expected_kind(handle: str, fmt: Format, root: Path, settings: Settings) -> t
     """The kind of pin ``hubpin lock`` makes of ``handle`` under ``fmt``, offline."""
     if is_preset_handle(handle) or configured(handle, settings.kaggle_endpoint) is not None:
         return KagglePin
-    return {
-        Kind.ARCHIVE: ArchivePin,
-        Kind.GCS: GcsPin,
-        Kind.FOLDER: FolderPin,
-        Kind.HUGGINGFACE: HfPin,
-    }[kind_for(handle, fmt, root)]
+    return _BY_KIND[kind_for(handle, fmt, root)]
+
+
+_BY_KIND: dict[Kind, type[PinBase]] = {
+    Kind.ARCHIVE: ArchivePin,
+    Kind.GCS: GcsPin,
+    Kind.FOLDER: FolderPin,
+    Kind.HUGGINGFACE: HfPin,
+}

@@ -3,6 +3,7 @@ of its calls (kagglesdk/kaggle_env.py, kagglesdk/kaggle_http_client.py)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import urllib.parse
 from collections.abc import Mapping
@@ -34,13 +35,21 @@ def endpoint(settings_value: str | None, environ: Mapping[str, str] | None = Non
     A trailing ``/api/v1`` (the Kaggle CLI's form) is dropped.
     """
     env = os.environ if environ is None else environ
+    return _endpoint(
+        settings_value, env.get("KAGGLE_API_ENDPOINT"), env.get("KAGGLE_API_ENVIRONMENT")
+    )
+
+
+@functools.lru_cache(maxsize=16)  # asked once per pin by every check: 2,000 times for 2,000
+def _endpoint(settings_value: str | None, api_endpoint: str | None, name: str | None) -> str:
+    """:func:`endpoint` of these values (InputError is raised again each time: a cache keeps
+    only what returned)."""
     for value, origin in (
         (settings_value, "kaggle_endpoint"),
-        (env.get("KAGGLE_API_ENDPOINT"), "KAGGLE_API_ENDPOINT"),
+        (api_endpoint, "KAGGLE_API_ENDPOINT"),
     ):
         if value and value.strip():
             return _normal_endpoint(value.strip(), origin)
-    name = env.get("KAGGLE_API_ENVIRONMENT")
     if name:
         if name not in _ENVIRONMENTS:
             raise InputError(
