@@ -127,17 +127,8 @@ def check_handle(handle: str) -> str | None:
     return None
 
 
-# Hosts whose model URLs people copy: a path handle starting with one lost its https://.
-_MODEL_HOSTS = frozenset(
-    {
-        "tfhub.dev",
-        "hub.tensorflow.google.cn",
-        "www.kaggle.com",
-        "kaggle.com",
-        "huggingface.co",
-        "storage.googleapis.com",
-    }
-)
+# "tfhub.dev/google/x/1": read as a relative path, it would fail much later as a missing folder.
+_HOST_WITHOUT_SCHEME = re.compile(r"(?:[a-z0-9-]+\.)+[a-z]{2,}/.", re.IGNORECASE)
 
 
 def meant_as_url(handle: str) -> str | None:
@@ -146,11 +137,11 @@ def meant_as_url(handle: str) -> str | None:
     (both read as relative paths, as tensorflow_hub would read them)."""
     if scheme_of(handle):
         return None  # a handle with a scheme of its own
-    head, slash, rest = handle.partition("/")
+    head, _, rest = handle.partition("/")
     for spec in known("handles"):
         if spec.remote and head == spec.name and rest[:1] == "/":
             return spec.prefix + rest[1:]  # "https//host/…": the colon left out
-    if slash and rest and head.lower() in _MODEL_HOSTS:
+    if _HOST_WITHOUT_SCHEME.match(handle):
         web = next(spec for spec in known("web") if spec.prefix.endswith("s://"))
         return web.prefix + handle
     return None

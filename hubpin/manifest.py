@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from hubpin.atomic import write_atomic
 from hubpin.errors import InputError, ManifestError, project_write_error
-from hubpin.handles import Format, check_handle
+from hubpin.handles import Format, check_handle, meant_as_url
 from hubpin.huggingface import is_hf_handle, parse_hf
 from hubpin.kaggle.handle import parse_handle
 from hubpin.kerashub import PREFIX as PRESET
@@ -18,8 +18,6 @@ from hubpin.settings import Settings
 from hubpin.tomlfile import empty_list, read_toml, tomllib, validate
 
 ALIAS_RE = re.compile(r"[A-Za-z0-9_.-]+")
-# "tfhub.dev/google/x/1": read as a relative path, it would fail much later as a missing folder.
-_HOST_WITHOUT_SCHEME = re.compile(r"(?:[a-z0-9-]+\.)+[a-z]{2,}/", re.IGNORECASE)
 
 
 class ModelSpec(BaseModel):
@@ -118,10 +116,11 @@ def add_model(path: Path, alias: str, handle: str, fmt: Format | None) -> None:
             f"{path}: alias {alias!r} is already defined (handle "
             f"{manifest.models[alias].handle}); edit the file to change it"
         )
-    if _HOST_WITHOUT_SCHEME.match(handle) and not (path.parent / handle).exists():
+    url = meant_as_url(handle)  # read as a relative path, it would fail later as not found
+    if url is not None and not (path.parent / handle).exists():
         raise ManifestError(
-            f"{path}: {alias}: handle {handle!r} starts with a host name but has no scheme, and "
-            f"no such file is beside the manifest; for a URL run: hubpin add {alias} https://{handle}"
+            f"{path}: {alias}: handle {handle!r} looks like a URL but has no scheme, and "
+            f"no such file is beside the manifest; for a URL run: hubpin add {alias} {url}"
         )
     table: dict[str, str] = {"handle": handle}
     if fmt is not None:

@@ -38,6 +38,11 @@ class Project:
         overrides: dict[str, Any] | None = None,
         need_manifest: bool = True,
     ) -> Project:
+        for given, flag, name in ((manifest, "-m", MANIFEST_FILE), (lock, "--lock", "models.lock")):
+            if given is not None and given.is_dir():  # a project's folder, not its file
+                raise ManifestError(
+                    f"{flag} {given}: a folder; {flag} takes the file: {flag} {given / name}"
+                )
         if manifest is None and lock is not None and not need_manifest:
             manifest = lock.with_suffix(".toml")  # the lock's own manifest, if it has one
         if manifest is None:

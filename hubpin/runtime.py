@@ -347,6 +347,10 @@ def _find_lock(path: str | os.PathLike[str] | None) -> Path:
             f"no {LOCK_FILE} in {Path.cwd()} or its parents and HUBPIN_LOCK is not set; "
             "run: hubpin lock (or pass the lock's path)"
         )
+    if found.is_dir():  # HUBPIN_LOCK or the path given names the project's folder
+        raise LockMissingError(
+            f"{found}: a folder, not a lock file; name the file: {found / LOCK_FILE}"
+        )
     if not found.is_file():
         raise LockMissingError(f"{found}: no lock file; run: hubpin lock")
     return found.absolute()

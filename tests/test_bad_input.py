@@ -236,3 +236,46 @@ def test_python_older_than_310_gets_one_line_naming_the_interpreter(tmp_path: Pa
     assert (run.returncode, run.stdout) == (2, ""), run.stderr
     assert run.stderr.startswith("hubpin: error: hubpin needs Python 3.10 or newer, this is 3.")
     assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr, run.stderr
+
+
+def test_a_folder_where_a_file_is_expected_names_the_file(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """-m, --lock and HUBPIN_LOCK take files; a project's folder gets the file's path
+    (it was "<folder>.lock: no lock file" for -m, "[Errno 21] Is a directory" for --lock)."""
+    project.models(a="https://example.invalid/a/1")
+    root = project.root
+    code, _, err = project.run("-m", str(root), "status")
+    assert (code, _one_error_line(err)) == (
+        2,
+        f"hubpin: error: -m {root}: a folder; -m takes the file: -m {root / 'models.toml'}",
+    )
+    code, _, err = project.run("--lock", str(root), "status")
+    assert (code, _one_error_line(err)) == (
+        2,
+        f"hubpin: error: --lock {root}: a folder; --lock takes the file: "
+        f"--lock {root / 'models.lock'}",
+    )
+    import hubpin
+
+    monkeypatch.setenv("HUBPIN_LOCK", str(root))
+    with pytest.raises(hubpin.LockMissingError) as raised:
+        hubpin.Lock()
+    assert str(raised.value) == (
+        f"{root}: a folder, not a lock file; name the file: {root / 'models.lock'}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("handle", "meant"),
+    [
+        ("tfhub.dev/google/x/1", "https://tfhub.dev/google/x/1"),
+        ("https//h.io/m/1", "https://h.io/m/1"),
+    ],
+)
+def test_add_of_a_url_without_its_scheme_says_the_command_with_it(
+    project: Project, handle: str, meant: str
+) -> None:
+    code, _, err = project.run("add", "nb", handle)
+    assert code == 2 and _one_error_line(err).endswith(f"for a URL run: hubpin add nb {meant}")
+    assert not project.manifest.exists()
