@@ -60,6 +60,9 @@ class Lock(BaseModel):
     models: dict[str, Pin] = Field(default_factory=dict)
 
 
+REWRITE = "hubpin writes it: run: hubpin lock"  # said after a lock that does not parse
+
+
 def spec_inputs(spec: ModelSpec, settings: Settings) -> dict[str, Any]:
     """The resolution-relevant fields of one manifest entry, as a pin records them."""
     return {
@@ -195,7 +198,7 @@ def mismatches(lock: Lock, manifest: Manifest, root: Path, settings: Settings) -
 def read_lock(path: Path) -> Lock:
     if not path.exists():
         raise LockMissingError(f"{path}: no lock file; run: hubpin lock")
-    data, text = read_toml(path, LockfileError, "run: hubpin lock")
+    data, text = read_toml(path, LockfileError, "run: hubpin lock", REWRITE)
     if data.get("version") not in (None, LOCK_VERSION):
         raise LockfileError(
             f"{path}: lock version {data.get('version')!r} is not supported "

@@ -18,6 +18,7 @@ from hubpin.errors import CacheError, HubpinError, InputError, MissingError, unw
 from hubpin.handlers import for_handle, handler
 from hubpin.handles import meant_as_url
 from hubpin.lockfile import (
+    REWRITE,
     Lock,
     Pin,
     input_changes,
@@ -51,7 +52,8 @@ def previous_lock(project: Project) -> Lock | None:
     try:
         return project.lock_or_none(checked=False)  # partition re-pins what does not hold
     except InputError as exc:
-        log.warning("ignoring unreadable lock: %s", exc)
+        why = str(exc).removesuffix(f"; {REWRITE}")  # what lock is doing now
+        log.warning("ignoring unreadable lock (writing it anew): %s", why)
         return None
 
 

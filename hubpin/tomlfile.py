@@ -38,8 +38,11 @@ def empty_list() -> list[Any]:
     return []
 
 
-def read_toml(path: Path, error: type[InputError], fix: str) -> tuple[dict[str, Any], str]:
-    """Return the parsed document and its text, or raise ``error`` naming the file."""
+def read_toml(
+    path: Path, error: type[InputError], fix: str, rewrite: str = ""
+) -> tuple[dict[str, Any], str]:
+    """Return the parsed document and its text, or raise ``error`` naming the file.
+    ``rewrite``: what writes the file anew, said after a syntax error (a file hubpin writes)."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -49,7 +52,7 @@ def read_toml(path: Path, error: type[InputError], fix: str) -> tuple[dict[str, 
     try:
         return tomllib.loads(text), text
     except tomllib.TOMLDecodeError as exc:
-        raise error(syntax_error(path, text, exc)) from None
+        raise error(syntax_error(path, text, exc) + (f"; {rewrite}" if rewrite else "")) from None
     except RecursionError:  # tomllib recurses once per nested array or inline table
         raise error(f"{path}: invalid TOML: arrays or tables nested too deeply") from None
 

@@ -279,3 +279,15 @@ def test_add_of_a_url_without_its_scheme_says_the_command_with_it(
     code, _, err = project.run("add", "nb", handle)
     assert code == 2 and _one_error_line(err).endswith(f"for a URL run: hubpin add nb {meant}")
     assert not project.manifest.exists()
+
+
+def test_a_lock_that_does_not_parse_says_lock_writes_it(project: Project) -> None:
+    project.models(a="https://example.invalid/a/1")
+    project.write("version = 1\nmanifest_digest = \n", "models.lock")  # cut off mid-write
+    for command in (["status"], ["sync", "--frozen"], ["verify"]):
+        code, _, err = project.run(*command)
+        assert (code, _one_error_line(err)) == (
+            2,
+            f"hubpin: error: {project.lock}:2: invalid TOML (column 19): Invalid value; "
+            "hubpin writes it: run: hubpin lock",
+        ), (command, err)
