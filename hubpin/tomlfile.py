@@ -77,6 +77,8 @@ def syntax_error(path: Path, text: str, exc: ValueError) -> str:
         hint = f'; if it is a string, quote it: {key} = "{value}"'
     elif what.startswith("Illegal character") and line.count('"') % 2 == 1:
         hint = '; a string is not closed: end it with "'
+    elif line.startswith(("<<<<<<< ", "=======", ">>>>>>> ")):
+        hint = "; a merge conflict's marker: resolve the conflict"
     return f"{path}:{line_no}: invalid TOML (column {column}): {what}{hint}"
 
 

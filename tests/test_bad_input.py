@@ -56,6 +56,11 @@ def _one_error_line(err: str) -> str:
             "models.toml:3: invalid TOML (column 10): Invalid value; if it is a string, quote "
             'it: format = "COMPRESSED"',
         ),
+        (  # git merged two branches that both edited the manifest
+            '<<<<<<< HEAD\n[models.a]\nhandle = "https://x/y"\n=======\n>>>>>>> other\n',
+            "models.toml:1: invalid TOML (column 1): Invalid statement; a merge conflict's "
+            "marker: resolve the conflict",
+        ),
         (
             '[models.a]\nhandle = "https://x/y\n',
             "models.toml:2: invalid TOML (column 22): Illegal character '\\n'; a string is not "
