@@ -783,3 +783,24 @@ def test_every_command_argument_has_help_and_the_top_help_shows_the_first_steps(
     assert "first steps:\n  hubpin add bert https://tfhub.dev/" in said, said
     assert "exit codes: 0 success, 1 a check or an operation failed, 2 bad usage" in said
     assert "commit (Hugging Face)" in sub.choices["outdated"].description
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["sync", "--lockd"], "hubpin sync has no option --lockd; did you mean --locked?"),
+        (["lock", "--chek"], "hubpin lock has no option --chek; did you mean --check?"),
+        (["sync", "--dryrun"], "hubpin sync has no option --dryrun; did you mean --dry-run?"),
+        (["--verbse", "status"], "hubpin status has no option --verbse; did you mean --verbose?"),
+        (["status", "extra"], "hubpin status does not take extra; see: hubpin status --help"),
+    ],
+)
+def test_an_unknown_option_is_one_line_with_the_closest_of_the_command(
+    argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Not argparse's top-level usage and 'unrecognized arguments: --lockd' (no suggestion)."""
+    from hubpin.cli.parser import parser_for
+
+    with pytest.raises(SystemExit) as exited:
+        parser_for(argv).parse_args(argv)
+    assert (exited.value.code, capsys.readouterr().err) == (2, f"hubpin: error: {said}\n")

@@ -335,7 +335,31 @@ class _Command:
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, with a one-line suggestion for a mistyped command (``synk`` → sync)."""
+    """argparse, with a one-line suggestion for a mistyped command (``synk`` → sync) or
+    option (``sync --lockd`` → --locked)."""
+
+    def parse_args(self, args: Any = None, namespace: Any = None) -> Any:  # type: ignore[override]
+        found, extra = self.parse_known_args(args, namespace)
+        if extra:
+            self.exit(2, f"{self.prog}: error: {self._unknown_options(found, extra)}\n")
+        return found
+
+    def _unknown_options(self, found: argparse.Namespace, extra: list[str]) -> str:
+        """What was not understood, with the closest options of the command it was given to."""
+        import difflib  # for a mistake's message only
+
+        command = getattr(found, "command", None)
+        parser: argparse.ArgumentParser = self
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+                parser = action.choices[command]
+        where = f"{self.prog} {command}" if command else self.prog
+        options = [o for o in parser._option_string_actions if o.startswith("--")]
+        for word in extra:
+            close = difflib.get_close_matches(word.partition("=")[0], options, n=1)
+            if word.startswith("-") and close:
+                return f"{where} has no option {word}; did you mean {close[0]}?"
+        return f"{where} does not take {' '.join(extra)}; see: {where} --help"
 
     def _check_value(self, action: argparse.Action, value: Any) -> None:
         if isinstance(action, argparse._SubParsersAction) and value not in action.choices:
