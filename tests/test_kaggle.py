@@ -517,7 +517,11 @@ def test_missing_model_or_version_is_a_404_message(kaggle: KaggleServer, fetcher
         FetchError, match=r"google/nothing/tensorFlow2/x: no such model on 127\.0\.0\.1"
     ):
         api.current_version(parse_handle("kaggle:google/nothing/tensorFlow2/x"))
-    with pytest.raises(FetchError, match=rf"{SLUG}/9: no such model/version .*HTTP 404"):
+    with pytest.raises(
+        FetchError,
+        match=rf"{SLUG}/9: no such model/version .*HTTP 404\); check the handle in the manifest "
+        r"against the model's page, https://www\.kaggle\.com/models/google/affine$",
+    ):
         api.download_url(parse_handle(f"kaggle:{SLUG}/9"))
 
 

@@ -167,7 +167,10 @@ class KaggleApi:
             )
         if status == 404:
             what = "no such model/version" if versioned else "no such model"
-            return FetchError(f"Kaggle model {name}: {what} on {where} (HTTP 404)")
+            return FetchError(
+                f"Kaggle model {name}: {what} on {where} (HTTP 404); check the handle in the "
+                f"manifest against the model's page, {handle.page_url}"
+            )
         return FetchError(f"Kaggle model {name}: the API at {where} answered HTTP {status}")
 
 
