@@ -26,6 +26,7 @@ from hubpin.handles import (
     kind_for,
     local_path,
     source_for,
+    strip_query,
 )
 from hubpin.huggingface import HfPinned, is_commit, parse_hf, select
 from hubpin.kaggle.handle import KaggleHandle, configured, pinned
@@ -172,6 +173,11 @@ class ArchivePin(PinBase):
                 f"{want_key}{why}"
             )
         local = local_path(self.handle, root)
+        if local is None and self.url != strip_query(self.url):
+            problems.append(  # the host's final URL, as the lock records it: never a token
+                f"url has a query string, fragment or credentials ({strip_query(self.url)}…); "
+                "hubpin records the download URL without them"
+            )
         if local is not None:  # a path or file:// handle is read from there: url says so
             named = self.handle if is_url(self.handle) else None  # file://
             if named is not None and self.url != named:

@@ -242,6 +242,12 @@ def check_against_lock(pin: ArchivePin, result: Unpacked) -> None:
     digest = result.tree.digest()
     if digest != pin.tree_digest:
         raise IntegrityError(f"unpacked tree mismatch: expected {pin.tree_digest}, found {digest}")
+    found = (result.tree.file_count, result.tree.size)
+    if found != (pin.file_count, pin.unpacked_size):  # the pinned tree's own: the lock was edited
+        raise IntegrityError(
+            f"the pinned tree has {found[0]} files of {found[1]} bytes, the lock says "
+            f"{pin.file_count} files (file_count) of {pin.unpacked_size} bytes (unpacked_size)"
+        )
 
 
 def _depth(step: Step, steps: dict[str, Step]) -> int:

@@ -305,3 +305,27 @@ def test_a_relative_cache_dir_in_hubpin_toml_is_relative_to_the_file(
     local.write('cache_dir = "~/c"\n', "hubpin.toml")
     code, out, err = local.run("-m", str(local.manifest), "env")
     assert f"TFHUB_CACHE_DIR={tmp_path / 'home' / 'c'}\n" in out, out
+
+
+def test_a_remote_archives_url_sizes_and_count_edited_by_hand_are_found(
+    project: Project, hub: HubServer
+) -> None:
+    """Before: a ``url`` with a token in its query string passed ``lock --check`` (the lock
+    records the host's final URL without one), and ``unpacked_size`` or ``file_count``
+    edited by hand passed every check: sync fetched the pinned tree and said ``fetched
+    953.7 MiB``; status said that size, ``synced``."""
+    handle = hub.handle("google/double/1")
+    project.models(double=handle)
+    assert project.run("lock", "--no-fill")[0] == 0
+    honest = project.lock.read_text()
+    _edit_lock(project, "double", url='"https://other.example/m.tar.gz?token=s3cret"')
+    code, _, err = project.run("lock", "--check")
+    line = _one_error_line(err)
+    assert code == 1 and "double: url has a query string" in line and "s3cret" not in line, line
+    for field, value in (("unpacked_size", "999999999"), ("file_count", "7")):
+        project.lock.write_text(honest)
+        _edit_lock(project, "double", **{field: value})
+        code, out, err = project.run("sync", "--locked")
+        assert code == 1, out + err
+        assert f"the lock says {'7' if field == 'file_count' else '4'} files (file_count)" in err
+        assert not project.entry(handle).exists()
