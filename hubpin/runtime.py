@@ -9,6 +9,7 @@ TensorFlow and tensorflow_hub are imported only when a model is actually loaded.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.abc
 import importlib.util
@@ -29,7 +30,6 @@ from hubpin.errors import (
     unknown_alias,
 )
 from hubpin.handlers import handler
-from hubpin.handles import is_archive_name
 from hubpin.lockfile import Lock as LockData
 from hubpin.lockfile import Pin, differences
 from hubpin.ops.status import resolve_pin
@@ -152,7 +152,9 @@ class Lock:
 
 
 class _PinnedResolver:
-    """A tensorflow_hub resolver: pinned handles → their checked paths; others refused when strict."""
+    """A tensorflow_hub resolver: pinned handles → their checked paths; others refused when
+    strict, a path or gs:// folder included unless it is where the lock put a pinned model
+    (``hub.load(hubpin.resolve("bert"))``): any other is a model the lock does not pin."""
 
     def __init__(self, lock: Lock, strict: bool) -> None:
         self.lock = lock
@@ -160,32 +162,38 @@ class _PinnedResolver:
         self.by_handle = {
             handle: alias for alias, pin in lock.data.models.items() for handle in pin.handles()
         }
+        self._by_place: dict[str, str] | None = None
 
     def is_supported(self, handle: str) -> bool:
-        if handle in self.by_handle:
-            return True
-        if not self.strict:
-            return False
-        # Paths and gs:// folders are how tensorflow_hub reads what we resolved: let them through.
-        spec = scheme(handle)
-        return spec is not None and (
-            spec.web
-            or (
-                spec.remote
-                and spec.handles
-                and spec.storage is not None
-                and is_archive_name(handle)
-            )
-        )
+        return handle in self.by_handle or self.strict
 
     def __call__(self, handle: str) -> str:
-        alias = self.by_handle.get(handle)
+        alias = self.by_handle.get(handle) or self._places().get(_place(handle))
         if alias is None:
             raise UnpinnedHandleError(
                 f"handle {handle} is not pinned in {self.lock.path} and hubpin.install(strict=True) "
-                f"refuses to download it; run: hubpin add ALIAS {handle} && hubpin sync"
+                "refuses to download or load it (a path too, unless it is where hubpin.resolve "
+                f"put a pinned model); run: hubpin add ALIAS {handle} && hubpin sync"
             )
         return self.lock.resolve(alias)
+
+    def _places(self) -> dict[str, str]:
+        """Where each pinned model that is there now is read from (what ``hubpin.resolve``
+        gives, checked), → its alias; found once, when a handle is not a pinned one."""
+        if self._by_place is None:
+            found = {}
+            for alias in self.lock.data.models:
+                with contextlib.suppress(HubpinError):  # not there: no path of it to accept
+                    found[_place(self.lock.resolve(alias))] = alias
+            self._by_place = found
+        return self._by_place
+
+
+def _place(handle: str) -> str:
+    """A location as a path names it, for comparing: absolute and normalized, a URL as is."""
+    if "://" in handle:
+        return handle.rstrip("/")
+    return os.path.normpath(os.path.abspath(handle))
 
 
 _PRESET_UTILS = "keras_hub.src.utils.preset_utils"  # where keras_hub reads every preset file

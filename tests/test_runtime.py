@@ -137,7 +137,13 @@ def test_install_routes_hub_through_the_lock(synced: Project, models: dict[str, 
         "    hub.load('https://tfhub.dev/google/unpinned/1')\n"
         "except hubpin.UnpinnedHandleError as e:\n"
         "    result['refused'] = str(e)\n"
+        "try:\n"  # a folder the lock does not pin: before, strict let every path through
+        f"    hub.load({str(models['quint'].folder)!r})\n"
+        "except hubpin.UnpinnedHandleError as e:\n"
+        "    result['path_refused'] = str(e)\n"
         f"result['resolved'] = hub.resolve({handles[0]!r})\n"
+        "again = hub.load(hub.resolve(hubpin.resolve('double') + '/'))\n"  # where it put it
+        "result['again'] = again(tf.constant([3.0])).numpy().tolist()\n"
         "print(json.dumps(result))\n",
         cwd=synced.root,
     )
@@ -147,6 +153,8 @@ def test_install_routes_hub_through_the_lock(synced: Project, models: dict[str, 
     assert "https://tfhub.dev/google/unpinned/1 is not pinned" in result["refused"]
     assert "hubpin add ALIAS https://tfhub.dev/google/unpinned/1" in result["refused"]
     assert result["resolved"] == str(synced.entry(handles[0]))
+    assert f"handle {models['quint'].folder} is not pinned" in result["path_refused"]
+    assert result["again"] == models["double"].expected([3.0])
 
 
 def test_import_hubpin_stays_light(synced: Project) -> None:
