@@ -16,6 +16,9 @@ import pytest
 from conftest import Model, Project
 from hubserver import HubServer
 
+import hubpin
+from hubpin.errors import DamagedEntryError
+
 
 def _one_error_line(err: str) -> str:
     lines = [line for line in err.splitlines() if line.startswith("hubpin: error:")]
@@ -329,3 +332,27 @@ def test_a_remote_archives_url_sizes_and_count_edited_by_hand_are_found(
         assert code == 1, out + err
         assert f"the lock says {'7' if field == 'file_count' else '4'} files (file_count)" in err
         assert not project.entry(handle).exists()
+
+
+def test_a_pinned_folder_with_another_model_written_over_it_is_not_synced(
+    project: Project, models: dict[str, Model]
+) -> None:
+    """A folder is read in place, and the user's: another model written over it (here with
+    one file more) is not the one the lock pins. Before: ``sync`` and ``sync --locked`` said
+    ``checked: … exists`` (exit 0), status ``local folder``, ``hubpin resolve`` gave the
+    folder; only ``verify`` hashed it. Now each checks the files' number and total size by
+    stat, as a cache entry's sizes are (``--verify`` re-hashes)."""
+    shutil.copytree(models["triple"].folder, project.root / "triple")
+    project.models(folder="triple")
+    assert project.run("sync")[0] == 0
+    shutil.rmtree(project.root / "triple")
+    shutil.copytree(models["quint"].folder, project.root / "triple")
+    (project.root / "triple" / "assets" / "labels.txt").write_text("cat\ndog\n")
+    said = "holds 5 files of "
+    for argv in (("sync",), ("sync", "--locked"), ("resolve", "folder")):
+        code, out, err = project.run(*argv)
+        assert code == 1 and said in out + err and "the lock pins 4 of " in out + err, out + err
+    code, out, _ = project.run("status")
+    assert code == 0 and said in out, out
+    with pytest.raises(DamagedEntryError, match=said):
+        hubpin.resolve("folder")

@@ -1,8 +1,11 @@
 """A local folder pin (``FolderPin``): read in place, pinned by tree digest; a sync checks
-that it is there (re-hashes it with ``--verify``), ``hubpin.resolve`` gives the folder."""
+that it is there with the pinned number of files and bytes (re-hashes it with
+``--verify``), ``hubpin.resolve`` gives the folder, checked the same way."""
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +36,10 @@ class FolderHandler(Handler):
             return Step(
                 alias, Action.FAIL, size, 0, f"{folder}: folder not found", pin, error=error
             )
+        other = None if run.full_verify else reshaped(pin, folder)  # --verify: re-hashed
+        if other is not None:
+            error = DamagedEntryError(other)
+            return Step(alias, Action.FAIL, size, 0, other, pin, error=error)
         how = "re-hashed in place" if run.full_verify else "read in place"
         return Step(alias, Action.CHECK, size, 0, f"{folder}: local folder, {how}", pin)
 
@@ -60,7 +67,10 @@ class FolderHandler(Handler):
         return "checked", f"{folder} matches the lock"
 
     def state(self, project: Project, pin: FolderPin) -> str:
-        return "local folder" if pin.folder(project.root).is_dir() else "folder missing"
+        folder = pin.folder(project.root)
+        if not folder.is_dir():
+            return "folder missing"
+        return reshaped(pin, folder) or "local folder"
 
     def where(self, project: Project, pin: FolderPin) -> str:
         return str(pin.folder(project.root))
@@ -71,6 +81,8 @@ class FolderHandler(Handler):
             raise missing(pin, folder, alias)
         if verify:  # read in place, so verify means re-hash it, as for a cache entry
             _check_folder(alias, folder, pin.tree_digest)
+        elif (other := reshaped(pin, folder)) is not None:
+            raise DamagedEntryError(f"{alias}: {other}")
         return str(folder)
 
     def image(self, pins: dict[str, FolderPin]) -> list[Placed]:
@@ -117,6 +129,35 @@ def missing(pin: FolderPin, folder: Path, alias: str | None = None) -> NotSynced
         f"{f'{alias} ({pin.handle}): ' if alias else ''}the lock pins the local folder {folder} "
         f"({files}, tree {pin.tree_digest}), found {what} there; put the folder back, or point "
         "the handle in the manifest at where it is now and run: hubpin lock"
+    )
+
+
+def reshaped(pin: FolderPin, folder: Path) -> str | None:
+    """How the folder differs from the pinned tree by stat alone (its files' number and
+    total size, as a cache entry's sizes are checked; ``verify`` re-hashes it); None when
+    it does not. A folder is the user's, read in place: a model written over it (another
+    one, a retrained one of another shape) is not the one the lock pins."""
+    count = size = 0
+    for base, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            path = os.path.join(base, name)
+            try:
+                st = os.lstat(path)
+            except OSError as exc:
+                return f"pinned folder {folder} cannot be read ({exc}); fix it, or run: hubpin lock"
+            if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):  # a link, a device
+                return (
+                    f"pinned folder {folder} holds {path}, which is not a file or folder; "
+                    "put the pinned files back, or run: hubpin lock"
+                )
+            if stat.S_ISREG(st.st_mode):
+                count, size = count + 1, size + st.st_size
+    if (count, size) == (pin.file_count, pin.unpacked_size):
+        return None
+    return (
+        f"pinned folder {folder} holds {count} files of {size} bytes, the lock pins "
+        f"{pin.file_count} of {pin.unpacked_size} bytes (tree {pin.tree_digest}); put the "
+        "pinned files back, or if the change is intended run: hubpin lock"
     )
 
 
