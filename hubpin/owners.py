@@ -175,7 +175,23 @@ def pinned_by_another(cache: Cache, key: str, tree_digest: str) -> str | None:
             continue  # the same path on another host: another project
         if user.state != "gone" and key in user.keys:
             return user.where
-    return None
+    return _creator_pins(record.created_by, record.created_on, key, here)
+
+
+def _creator_pins(created_by: str, created_on: str, key: str, here: str) -> str | None:
+    """The creator's lock, when it is on this host and pins ``key``, noted or not: a sync
+    notes its lock only once all its models are done, and one of them published minutes
+    before (another project's sync replacing it then would give the first one's
+    ``hub.load`` the other model, after its sync said it fetched its own)."""
+    from hubpin.lockfile import read_lock
+
+    if created_on and created_on != here:
+        return None
+    try:
+        pins = read_lock(Path(created_by)).models.values()
+    except (HubpinError, OSError):
+        return None
+    return created_by if any(key in pin.cache_keys() for pin in pins) else None
 
 
 def refuse_replacing(cache: Cache, key: str, tree_digest: str, handle: str) -> None:

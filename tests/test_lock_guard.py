@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 from conftest import Model, Project
-from hubserver import HubServer
+from faultkit import spawn_hubpin
+from hubserver import Faults, HubServer
 
 import hubpin
 from hubpin.errors import DamagedEntryError
@@ -356,3 +358,38 @@ def test_a_pinned_folder_with_another_model_written_over_it_is_not_synced(
     assert code == 0 and said in out, out
     with pytest.raises(DamagedEntryError, match=said):
         hubpin.resolve("folder")
+
+
+def test_an_entry_a_sync_published_is_not_replaced_before_that_sync_ends(
+    tmp_path: Path, project: Project, hub: HubServer, models: dict[str, Model]
+) -> None:
+    """P's sync published ``m`` and is still fetching ``slow`` (it notes its lock in the cache
+    only when all are done); Q pins ``m``'s URL at another model (upstream changed between
+    the two locks). Before: Q's sync found P not noted and replaced P's new entry (exit 0),
+    then P's sync said it fetched ``m`` (exit 0) and P's ``hub.load`` got Q's model."""
+    handle, slow = hub.handle("google/double/1"), hub.handle("google/triple/1")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "models.toml").write_text(f'[models.m]\nhandle = "{handle}"\n')
+    theirs = ("-m", str(other / "models.toml"))
+    hub.models["google/double/1"] = models["quint"].archive
+    assert project.run(*theirs, "lock", "--no-fill")[0] == 0
+    hub.models["google/double/1"] = models["double"].archive
+    project.write(f'[models.m]\nhandle = "{handle}"\n\n[models.slow]\nhandle = "{slow}"\n')
+    assert project.run("lock", "--no-fill")[0] == 0
+    hub.faults["google/triple/1"] = Faults(delay=1.0, chunk=1024)  # about 4 s
+    sync = spawn_hubpin(project.root, project.cache, "sync", "--jobs", "2")
+    try:
+        record = project.cache / f"{project.entry(handle).name}.hubpin.json"
+        deadline = time.monotonic() + 60
+        while not record.exists() and sync.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        hub.models["google/double/1"] = models["quint"].archive  # what Q's lock pins
+        code, _, err = project.run(*theirs, "sync")
+        assert sync.poll() is None, "P's sync ended before Q's: nothing was raced"
+        out, p_err = sync.communicate(timeout=120)
+    finally:
+        sync.kill()
+    assert code == 1 and f"which {project.lock} pins for {handle}" in err, err
+    assert sync.returncode == 0, out + p_err
+    assert project.run("verify")[0] == 0
