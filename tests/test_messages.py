@@ -141,6 +141,37 @@ def test_a_missing_store_client_names_packages_that_are_published(
 
 
 @pytest.mark.parametrize(
+    ("cache", "needs"),
+    [
+        ("gs://bucket/tfhub", "gs:// locations need gcsfs"),
+        ("s3://bucket/tfhub", "s3:// locations need botocore"),
+    ],
+)
+@pytest.mark.parametrize("command", ["status", "sync"])
+def test_a_store_cache_without_its_client_is_one_line_too(
+    project: Project, models: dict[str, Model], cache: str, needs: str, command: str
+) -> None:
+    """cache_dir on gs:// or s3:// with the extra not installed: the cache's first check
+    imported the client's exceptions before making the client, and ended in a traceback."""
+    _archive(project, models)
+    project.write('[models.a]\nhandle = "double.tar.gz"\n')
+    assert project.run("lock", "--no-fill")[0] == 0
+    argv = ["hubpin", command] + (["--frozen"] if command == "sync" else [])
+    script = WITHOUT_STORES.replace('sys.argv = ["hubpin", "lock"]', f"sys.argv = {argv!r}")
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=project.root,
+        env={**os.environ, "PYTHONPATH": WORKTREE, "TFHUB_CACHE_DIR": cache},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1, result.stderr
+    assert f"{needs}, which is not installed; run: pip install" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
     ("handle", "variable", "check"),
     [
         (

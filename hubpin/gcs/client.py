@@ -94,6 +94,10 @@ _WATCHED_BODY = 256 << 10  # bodies larger than this are fed in chunks, each wat
 _CHUNK = 64 << 10
 
 
+def _not_installed() -> HubpinError:
+    return HubpinError(f"gs:// locations need gcsfs, which is not installed; {install_hint('gcs')}")
+
+
 def filesystem(settings: Settings) -> GCSFileSystem:
     """One gcsfs client per credentials, endpoint and network settings, shared by the
     threads of a command."""
@@ -106,9 +110,7 @@ def filesystem(settings: Settings) -> GCSFileSystem:
             try:
                 client = _client_class()
             except ImportError:
-                raise HubpinError(
-                    f"gs:// locations need gcsfs, which is not installed; {install_hint('gcs')}"
-                ) from None
+                raise _not_installed() from None
             # gcsfs logs a traceback when it gives up; we raise one line instead. A handler
             # of its own keeps Python's last-resort handler from printing it, while an
             # application that configured logging still receives it.
@@ -313,10 +315,13 @@ def _endpoint(fs: GCSFileSystem) -> str:
 @contextlib.contextmanager
 def errors(where: str, error: type[HubpinError] = FetchError) -> Iterator[None]:
     """Turn whatever gcsfs, aiohttp or google-auth raise into one line naming ``where``."""
-    import aiohttp
-    import google.auth.exceptions
-    from fsspec.exceptions import FSTimeoutError
-    from gcsfs.retry import HttpError
+    try:
+        import aiohttp
+        import google.auth.exceptions
+        from fsspec.exceptions import FSTimeoutError
+        from gcsfs.retry import HttpError
+    except ImportError:  # the gcs extra is not installed: say so before the client is made
+        raise _not_installed() from None
 
     try:
         yield

@@ -398,6 +398,12 @@ def client(settings: Settings) -> S3:
         return _clients[key]
 
 
+def _not_installed() -> HubpinError:
+    return HubpinError(
+        f"s3:// locations need botocore, which is not installed; {install_hint('s3')}"
+    )
+
+
 def _new_client(settings: Settings) -> Any:
     try:
         import botocore.session
@@ -405,9 +411,7 @@ def _new_client(settings: Settings) -> Any:
         from botocore.config import Config
         from botocore.exceptions import BotoCoreError
     except ImportError:
-        raise HubpinError(
-            f"s3:// locations need botocore, which is not installed; {install_hint('s3')}"
-        ) from None
+        raise _not_installed() from None
     config = Config(
         connect_timeout=settings.connect_timeout,
         read_timeout=settings.read_timeout,
@@ -512,6 +516,10 @@ def _tries(exc: BaseException) -> str:
 @contextlib.contextmanager
 def errors(where: str, error: type[HubpinError] = FetchError) -> Iterator[None]:
     """Turn whatever botocore raises into one line naming ``where`` (never a credential)."""
+    try:
+        import botocore.exceptions  # noqa: F401 - the s3 extra; its names are imported below
+    except ImportError:  # not installed: say so before the client is made
+        raise _not_installed() from None
     from botocore.exceptions import (
         BotoCoreError,
         ClientError,
