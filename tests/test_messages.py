@@ -141,13 +141,12 @@ def test_a_missing_store_client_names_packages_that_are_published(
 
 
 @pytest.mark.parametrize(
-    ("cache", "needs"),
+    ("cache", "needs", "command"),
     [
-        ("gs://bucket/tfhub", "gs:// locations need gcsfs"),
-        ("s3://bucket/tfhub", "s3:// locations need botocore"),
+        ("gs://bucket/tfhub", "gs:// locations need gcsfs", "status"),
+        ("s3://bucket/tfhub", "s3:// locations need botocore", "sync"),
     ],
 )
-@pytest.mark.parametrize("command", ["status", "sync"])
 def test_a_store_cache_without_its_client_is_one_line_too(
     project: Project, models: dict[str, Model], cache: str, needs: str, command: str
 ) -> None:
