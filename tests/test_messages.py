@@ -327,3 +327,5 @@ def test_resolve_of_a_pinned_folder_that_is_gone_names_it_and_what_to_run(
     code, out, err = project.run("verify")
     assert code == 1 and f"  the lock pins the local folder {folder} (4 files" in out, out
     assert "mine (triple)" not in out + err, out + err
+    # verify --repair cannot fetch a folder read in place: the hint does not send one there
+    assert err == "1 of 1 models damaged; each is read in place, so its line says what to do\n"

@@ -54,6 +54,8 @@ def _verify_hint(report: VerifyReport) -> str:
     absent = sum(m.problems == [NOT_SYNCED] for m in report.damaged)
     damaged = len(report.damaged) - absent
     of = f"{len(report.damaged)} of {len(report.models)} models"
+    if not any(m.repairable for m in report.damaged):  # read in place: nothing to fetch
+        return f"{of} damaged; each is read in place, so its line says what to do"
     if not damaged:
         return f"{of} not synced into {report.cache_dir}; run: hubpin sync"
     if absent:

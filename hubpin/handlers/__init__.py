@@ -127,6 +127,7 @@ class Handler:
     """What the commands do with one kind of pin; the defaults suit a model read in place."""
 
     prechecks = False  # whether planning starts with :meth:`damage` (run `jobs` at a time)
+    repairs = False  # whether a sync can fetch what verify finds damaged (not in place)
     # A cache of the kind's own in an image (``hubpin image``): its folder below the image's
     # root, and the variable that points its tool there (set in the image's environment).
     image_cache: tuple[str, str] | None = None

@@ -51,6 +51,7 @@ log = logging.getLogger("hubpin")
 
 class ArchiveHandler(Handler):
     prechecks = True
+    repairs = True
 
     # -- plan ---------------------------------------------------------------------------
 

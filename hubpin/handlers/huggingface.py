@@ -146,6 +146,7 @@ def current_commit(pin: HfPin, sources: Sources) -> str:
 
 class HfHandler(Handler):
     image_cache = ("huggingface", "HF_HUB_CACHE")
+    repairs = True
 
     def plan(self, run: Run, alias: str, pin: HfPin, damage: list[str], shared: Shared) -> Step:
         """Reads only: the stat check (a re-hash with ``--verify``); from a bundle, whether

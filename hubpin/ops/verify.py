@@ -18,6 +18,7 @@ class Verified:
     alias: str
     problems: list[str]
     repair: Outcome | None = None
+    repairable: bool = True  # a sync can fetch it again (a model read in place it cannot)
 
 
 @dataclass
@@ -48,7 +49,10 @@ def verify(project: Project, aliases: Sequence[str] = (), repair: bool = False) 
     with open_sources(project) as sources:
         runner = syncer(project, sources, offline=True, full_verify=True)
         for alias, pin in sorted(pins.items()):
-            report.models.append(Verified(alias, handler(pin).verify(runner, alias, pin)))
+            kind = handler(pin)
+            report.models.append(
+                Verified(alias, kind.verify(runner, alias, pin), None, kind.repairs)
+            )
         damaged = {m.alias: m for m in report.damaged}
         if repair and damaged:
             runner.offline = False
