@@ -395,3 +395,62 @@ def test_every_cache_entry_of_a_pin_is_verified_and_repaired(
     assert copy.read_bytes() == pinned and first.read_bytes() == pinned
     assert len(_downloads(kaggle)) == downloads  # linked again from the verified entry
     assert project.run("verify")[0] == 0
+
+
+def _tar_gz(files: dict[str, bytes]) -> bytes:
+    import io
+    import tarfile
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return raw.getvalue()
+
+
+def test_an_archive_whose_member_is_another_ones_kagglehub_marker_is_refused_by_name(
+    project: Project, kaggle: KaggleServer, tmp_path: Path
+) -> None:
+    """kagglehub marks file ``x`` done with a file ``.complete/<version>/x.complete``, which
+    ``x.complete/y``'s marker needs as a folder: refused before anything is written (before:
+    lock pinned it, sync published the entry and failed "File exists")."""
+    import tarfile
+
+    from hubpin.digests import hash_tree
+
+    clash = _tar_gz({"saved_model.pb": b"pb", "x": b"1", "x.complete/y": b"2"})
+    project.write(f'[models.affine]\nhandle = "kaggle:{SLUG}/1"\n')
+    kaggle.model(SLUG).versions[1] = clash
+    code, _, err = project.run("lock")
+    assert code == 1, err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert "affine" in err and f"kaggle:{SLUG}/1" in err and "x.complete/y" in err, err
+    assert "kagglehub" in err and "marker" in err, err
+    assert not project.lock.exists() and not _published(project)
+
+    # a lock that pins it anyway (an older hubpin's, or edited by hand): sync refuses it too
+    kaggle.model(SLUG).versions[1] = _tar_gz({"saved_model.pb": b"pb"})
+    assert project.run("lock", "--no-fill")[0] == 0
+    kaggle.model(SLUG).versions[1] = clash
+    unpacked = tmp_path / "unpacked"
+    with tarfile.open(fileobj=__import__("io").BytesIO(clash)) as tar:
+        tar.extractall(unpacked, filter="data")
+    tree = hash_tree(unpacked)
+    pin = _lock(project)["affine"]
+    text = project.lock.read_text()
+    for field, value in (
+        ("archive_sha256", hashlib.sha256(clash).hexdigest()),
+        ("archive_size", len(clash)),
+        ("tree_digest", tree.digest()),
+        ("unpacked_size", tree.size),
+        ("file_count", tree.file_count),
+    ):
+        text = text.replace(f"{field} = {json.dumps(pin[field])}", f"{field} = {json.dumps(value)}")
+    project.lock.write_text(text)
+    code, out, err = project.run("sync", "--locked")
+    assert code == 1, (out, err)
+    assert "x.complete/y" in out + err and "marker" in out + err and "Traceback" not in err
+    assert not _published(project), "no entry published"
+    assert not (tmp_path / "kagglehub" / "models").exists()

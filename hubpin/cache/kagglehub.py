@@ -20,10 +20,14 @@ import stat
 import threading
 import uuid
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 from hubpin.errors import CacheError, write_error
 from hubpin.kaggle.handle import KaggleHandle
+
+if TYPE_CHECKING:
+    from hubpin.digests import Tree
 
 KAGGLEHUB_MARKER_CONTENTS = b""  # kagglehub touches an empty file (cache.py:51-54)
 FILE_MARKERS = ".complete"  # kagglehub's FILE_COMPLETION_MARKER_FOLDER (cache.py:12)
@@ -75,6 +79,29 @@ def kagglehub_file_markers(root: Path, handle: KaggleHandle) -> Path:
     """
     entry = kagglehub_entry(root, handle)
     return entry.parent / FILE_MARKERS / entry.name
+
+
+def marker_clash(handle: str, tree: Tree) -> str | None:
+    """Why kagglehub's per-file markers cannot describe ``tree`` (None: they can).
+
+    File ``x`` is marked by a file ``<markers>/x.complete``; a file ``x.complete/y`` needs
+    that same name as the folder of its marker ``x.complete/y.complete``. Such an archive
+    cannot be published into kagglehub's cache, so it is refused before anything is written.
+    """
+    holding: dict[str, str] = {}  # folder → one file below it
+    for path in tree.files:
+        for parent in PurePosixPath(path).parents:
+            holding.setdefault(str(parent), path)
+    for path in sorted(tree.files):
+        below = holding.get(f"{path}.complete")
+        if below is not None:
+            return (
+                f"{handle}: the archive holds {path} and {below}; kagglehub marks a cached "
+                f"file done with a marker file named {path}.complete, which {below}'s marker "
+                "needs as a folder, so kagglehub's cache cannot hold this model; refused, "
+                "nothing was published (rename one of them in the model's archive)"
+            )
+    return None
 
 
 def in_kagglehub_cache(root: Path, handle: KaggleHandle) -> bool:

@@ -199,11 +199,16 @@ class ArchiveHandler(Handler):
                 return "adopted", "verified the existing entry"
             refuse_replacing(cache, pin.cache_key, pin.tree_digest, pin.handle)
             result = run.fetch_into(pin, work)
+            self.check_tree(pin.handle, result.tree)
             cache.publish(pin.cache_key, work, Record(pin.handle, pin.tree_digest, result.tree))
         if damage == ["not synced"]:
             return "fetched", ""
         more = f" and {len(damage) - 3} more" if len(damage) > 3 else ""
         return "fetched", f"replaced an entry that had: {'; '.join(damage[:3])}{more}"
+
+    def check_tree(self, handle: str, tree: Tree) -> None:
+        """Refuse a tree, already unpacked into a work folder, that this kind's caches
+        cannot hold (every tree an archive pin's own cache entry can: nothing to refuse)."""
 
     # -- verify, status, resolve ----------------------------------------------------------
 
@@ -302,6 +307,7 @@ class ArchiveHandler(Handler):
                 "the intended model archive, then run: hubpin lock"
             ) from None
         check_expected(spec.sha256, result)
+        self.check_tree(spec.handle, result.tree)
         local = local_path(spec.handle, root)
         url = relative_posix(local, root) if local else download.final_url
         if local and is_url(spec.handle):  # a file:// URL is recorded as written

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from hubpin.errors import HubpinError, IntegrityError
+from hubpin.errors import ArchiveError, HubpinError, IntegrityError
 from hubpin.handlers import Currency, Run, manifest_fields
 from hubpin.handlers.archive import ArchiveHandler
 from hubpin.handles import cache_key
@@ -19,6 +19,7 @@ from hubpin.plan import Target
 
 if TYPE_CHECKING:
     from hubpin.cache import Cache
+    from hubpin.digests import Tree
     from hubpin.handles import Format
     from hubpin.manifest import ModelSpec
     from hubpin.project import Project
@@ -44,6 +45,14 @@ class KaggleHandler(ArchiveHandler):
         ):
             found.append(Target(str(_kaggle_handle(run, pin))))
         return found
+
+    def check_tree(self, handle: str, tree: Tree) -> None:
+        """A tree kagglehub's per-file markers cannot describe is refused (lock and sync)."""
+        from hubpin.cache.kagglehub import marker_clash
+
+        why = marker_clash(handle, tree)
+        if why is not None:
+            raise ArchiveError(why)
 
     def kagglehub_damage(self, run: Run, pin: KagglePin, rehash: bool) -> list[str]:
         """How kagglehub's copy differs from the pin's entry (empty: it does not, or the
