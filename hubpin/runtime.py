@@ -162,13 +162,17 @@ class _PinnedResolver:
         self.by_handle = {
             handle: alias for alias, pin in lock.data.models.items() for handle in pin.handles()
         }
-        self._by_place: dict[str, str] | None = None
+        self._by_place: dict[str, list[str]] | None = None
 
     def is_supported(self, handle: str) -> bool:
         return handle in self.by_handle or self.strict
 
     def __call__(self, handle: str) -> str:
-        alias = self.by_handle.get(handle) or self._places().get(_place(handle))
+        alias = self.by_handle.get(handle)
+        if alias is None:
+            if self._by_place is None:
+                self._by_place = pinned_places(self.lock)
+            alias = next(iter(self._by_place.get(_place(handle), [])), None)
         if alias is None:
             raise UnpinnedHandleError(
                 f"handle {handle} is not pinned in {self.lock.path} and hubpin.install(strict=True) "
@@ -177,16 +181,16 @@ class _PinnedResolver:
             )
         return self.lock.resolve(alias)
 
-    def _places(self) -> dict[str, str]:
-        """Where each pinned model that is there now is read from (what ``hubpin.resolve``
-        gives, checked), → its alias; found once, when a handle is not a pinned one."""
-        if self._by_place is None:
-            found = {}
-            for alias in self.lock.data.models:
-                with contextlib.suppress(HubpinError):  # not there: no path of it to accept
-                    found[_place(self.lock.resolve(alias))] = alias
-            self._by_place = found
-        return self._by_place
+
+def pinned_places(lock: Lock) -> dict[str, list[str]]:
+    """Where each pinned model that is there now is read from (what ``hubpin.resolve``
+    gives, checked) → the aliases read from there; asked once, for a handle or preset
+    that is not a pinned one."""
+    found: dict[str, list[str]] = {}
+    for alias in sorted(lock.data.models):
+        with contextlib.suppress(HubpinError):  # not there: no path of it to accept
+            found.setdefault(_place(lock.resolve(alias)), []).append(alias)
+    return found
 
 
 def _place(handle: str) -> str:
@@ -205,7 +209,9 @@ class _PinnedPresets:
     ``kaggle://`` or ``hf://`` preset the lock pins → that file in the pinned entry or
     snapshot, checked first (:meth:`Lock.resolve`) and only if the pin lists it (a
     snapshot may hold files no pin of this lock checked); one it does not pin is refused
-    when strict. Local folders and other stores go to keras_hub's own ``get_file``.
+    when strict, and so is a folder or other store (as ``hub.load`` of one) unless it is
+    where ``hubpin.resolve`` put a pinned model (``from_preset(hubpin.resolve("bert"))``),
+    answered then from that model's listed files; not strict, those go to keras_hub.
 
     keras_hub's modules import ``get_file`` by name, so it is replaced in the module that
     defines it before the others import it: now if keras_hub is loaded (and in every
@@ -216,6 +222,7 @@ class _PinnedPresets:
         self.lock, self.strict = lock, strict
         project = lock._project
         self.by_preset: dict[str, list[str]] = {}  # preset → the aliases that claim it
+        self._by_place: dict[str, list[str]] | None = None  # pinned_places, when first asked
         for alias, pin in sorted(lock.data.models.items()):
             for preset in handler(pin).presets(project, pin):
                 self.by_preset.setdefault(preset, []).append(alias)
@@ -231,6 +238,10 @@ class _PinnedPresets:
         aliases = self.by_preset.get(named.rstrip("/"))
         if not aliases:
             return None
+        return self._listed(aliases, named, preset, path)
+
+    def _listed(self, aliases: list[str], named: str, preset: str, path: str) -> str:
+        """:meth:`answer` for the models ``aliases`` pin."""
         project, models = self.lock._project, self.lock.data.models
         places = {alias: handler(models[alias]).where(project, models[alias]) for alias in aliases}
         if len(set(places.values())) > 1:
@@ -275,13 +286,25 @@ class _PinnedPresets:
             found = self.answer(named, preset, path) if isinstance(named, str) else None
             if found is not None:
                 return found
-            if self.strict and isinstance(named, str) and _hub_preset(named, builtin, preset):
+            if not (self.strict and isinstance(named, str)):
+                return original(preset, path)
+            if _hub_preset(named, builtin, preset):
                 raise UnpinnedHandleError(
                     f"preset {preset} is not pinned in {self.lock.path} and hubpin.install"
                     "(strict=True) refuses to download it; add it to models.toml (keras-hub:"
                     "<name>, kaggle:… or hf:…) and run: hubpin lock && hubpin sync"
                 )
-            return original(preset, path)
+            if self._by_place is None:
+                self._by_place = pinned_places(self.lock)
+            aliases = self._by_place.get(_place(named))
+            if aliases is None:  # a folder the lock does not pin: as hub.load of one
+                raise UnpinnedHandleError(
+                    f"preset {preset} is not pinned in {self.lock.path} and hubpin.install"
+                    "(strict=True) refuses to load it (a folder too, unless it is where "
+                    "hubpin.resolve put a pinned model); add it to models.toml and run: "
+                    "hubpin lock && hubpin sync"
+                )
+            return self._listed(aliases, named, preset, path)
 
         module.get_file = get_file
 

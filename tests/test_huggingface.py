@@ -568,6 +568,43 @@ def test_install_answers_a_preset_only_with_listed_files_of_one_pinned_commit(
             module.get_file("hf://org/bert", unlisted)
 
 
+def test_strict_install_refuses_a_preset_folder_the_lock_does_not_pin(
+    project: Project, hub: HfServer, tmp_path: Path
+) -> None:
+    """``from_preset(<folder>)`` under strict ``install()`` is ``hub.load(<folder>)``'s rule:
+    a folder the lock does not pin is refused (before: keras_hub's own ``get_file`` read it,
+    unchecked); where ``hubpin.resolve`` put a pinned model still loads, its listed files
+    only (keras_hub's module is not needed: the patch is installed into a bare module)."""
+    import types
+
+    import hubpin
+    from hubpin.runtime import _PinnedPresets
+
+    project.write('[models.cfg]\nhandle = "hf:org/bert"\ninclude = ["config.json"]\n')
+    assert project.run("sync")[0] == 0
+    other = tmp_path / "other_preset"
+    other.mkdir()
+    (other / "config.json").write_bytes(CONFIG)
+    module = types.ModuleType("preset_utils")
+    module.get_file = lambda preset, path: os.path.join(preset, path)  # type: ignore[attr-defined]
+    lock = hubpin.Lock(project.lock)
+    _PinnedPresets(lock, strict=True).patch(module)
+    with pytest.raises(hubpin.UnpinnedHandleError) as refused:
+        module.get_file(str(other), "config.json")
+    said = str(refused.value)
+    assert f"preset {other} is not pinned in {project.lock}" in said and "\n" not in said
+    assert "hubpin.resolve" in said and "hubpin lock && hubpin sync" in said
+
+    snapshot = lock.resolve("cfg")
+    assert module.get_file(snapshot, "config.json") == os.path.join(snapshot, "config.json")
+    assert module.get_file(f"{snapshot}/", "config.json") == os.path.join(snapshot, "config.json")
+    with pytest.raises(FileNotFoundError, match=r"pinned as cfg in .*lists no such file"):
+        module.get_file(snapshot, "model.weights.h5")  # in no file list of this lock
+    module.get_file = lambda preset, path: os.path.join(preset, path)  # type: ignore[attr-defined]
+    _PinnedPresets(lock, strict=False).patch(module)  # not strict: keras_hub reads it
+    assert module.get_file(str(other), "config.json") == str(other / "config.json")
+
+
 @pytest.mark.tf
 def test_install_makes_unmodified_keras_hub_load_the_pinned_preset_and_refuse_others(
     project: Project, hub: HfServer, bert_presets: dict[int, Path]
