@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tarfile
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 from savedmodels import pack
@@ -150,6 +151,58 @@ def spawn_hubpin(
         text=True,
         **popen,  # type: ignore[arg-type]
     )
+
+
+def spawn_waiting(
+    cwd: Path, cache: Path, lock: Path, work: Callable[[str], Path], *argv: str
+) -> tuple[subprocess.Popen[str], Callable[[], None]]:
+    """Hold ``lock`` as a live sync of this process would (its work folder ``work(task)``),
+    then run ``hubpin ARGV`` and return once it says it waits for that lock; with the
+    function that releases the lock."""
+    import socket
+    import uuid
+
+    task = uuid.uuid4().hex
+    lock.write_text(f"{socket.gethostname()}.{os.getpid()}.{task}")
+    work(task).mkdir()
+    proc = spawn_hubpin(cwd, cache, *argv)
+    assert proc.stderr is not None
+    said = proc.stderr.readline()
+    if not said.startswith("hubpin: WARNING: waiting for "):
+        proc.kill()
+        raise AssertionError(said + proc.stderr.read())
+
+    def release() -> None:
+        lock.unlink(missing_ok=True)
+        if work(task).exists():
+            work(task).rmdir()
+
+    return proc, release
+
+
+def sync_while_waiting(
+    waiting: subprocess.Popen[str],
+    release: Callable[[], None],
+    sync: subprocess.Popen[str],
+    noted: Callable[[], bool],
+) -> tuple[str, str, str]:
+    """Let ``sync`` run until ``noted()`` (it noted its project), then release the lock
+    ``waiting`` (from :func:`spawn_waiting`) waits for; the sync's stdout and stderr and
+    the waiting process's stderr, both ended."""
+    import time
+
+    try:
+        deadline = time.monotonic() + 60
+        while not noted() and sync.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert noted(), "the sync did not note its project"
+        release()
+        out, err = sync.communicate(timeout=120)
+        _, waited = waiting.communicate(timeout=120)
+    finally:
+        waiting.kill()
+        release()
+    return out, err, waited
 
 
 def without_root_overrides() -> None:

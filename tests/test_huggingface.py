@@ -316,6 +316,42 @@ def test_prune_removes_only_snapshots_this_project_made_and_no_lock_pins(
     assert (root / "refs" / "main").read_text() == second
 
 
+def test_prune_decides_on_a_snapshot_under_its_lock_with_the_notes_as_they_are_then(
+    project: Project, hub: HfServer, tmp_path: Path
+) -> None:
+    """P's prune planned to remove a snapshot it made and no longer pins, then waits for the
+    snapshot's ``hubpin/<commit>.lock`` (held here, as a live sync filling it would); Q's
+    sync, which finds the snapshot present, notes Q meanwhile and waits for that lock to
+    look again. Under the lock prune reads the notes again and keeps it; Q's sync says
+    "already present" (exit 0). Before: prune took no lock and removed the snapshot while
+    Q's sync said "already present"."""
+    from faultkit import spawn_hubpin, spawn_waiting, sync_while_waiting
+
+    first = hub.repos["org/bert"].refs["main"]
+    project.models(bert="hf:org/bert")
+    assert project.run("sync")[0] == 0  # P makes the snapshot, then pins another commit
+    hub.push("org/bert", {**FILES, "config.json": b'{"n": 2}'})
+    assert project.run("lock", "--upgrade")[0] == 0 and project.run("sync")[0] == 0
+    other = project.root.parent / "other"  # Q pins the first commit and has not synced
+    other.mkdir()
+    (other / "models.toml").write_text(f'[models.bert]\nhandle = "hf:org/bert@{first}"\n')
+    root = _snapshot_root(tmp_path)
+    lock = root / "hubpin" / f"{first}.lock"
+    prune, release = spawn_waiting(
+        project.root, project.cache, lock, lambda task: root / "hubpin" / f".{task}.tmp", "prune"
+    )
+    sync = spawn_hubpin(other, project.cache, "sync")
+    notes = root / "hubpin" / "users"
+    out, err, prune_err = sync_while_waiting(
+        prune, release, sync, lambda: len(list(notes.glob("*.json"))) == 2
+    )
+    assert sync.returncode == 0 and "already present" in out, out + err
+    assert prune.returncode == 0 and "1 pinned by other projects' locks" in prune_err, prune_err
+    assert (root / "snapshots" / first / "config.json").read_bytes() == CONFIG
+    code, out, _ = project.run("-m", str(other / "models.toml"), "status")
+    assert code == 0 and out.splitlines()[-1].split()[-1] == "synced", out
+
+
 def test_bundle_then_sync_from_it_with_the_hub_stopped(
     project: Project, hub: HfServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -4,17 +4,21 @@ when one path cannot be removed."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import shutil
-import socket
 import time
 import uuid
 from pathlib import Path
 
 from conftest import Project
-from faultkit import snapshot, spawn_hubpin, without_root_overrides
+from faultkit import (
+    snapshot,
+    spawn_hubpin,
+    spawn_waiting,
+    sync_while_waiting,
+    without_root_overrides,
+)
 from hubserver import HubServer
 from test_disk import mount  # noqa: F401  (the fixture)
 
@@ -241,28 +245,13 @@ def test_prune_decides_under_the_entrys_lock_with_the_notes_as_they_are_then(
     triple, other, q = _dropped_by_p(project, hub)
     assert project.run(*q, "lock", "--no-fill")[0] == 0  # Q's sync: the entry is present
     key = project.entry(triple).name
-    task = uuid.uuid4().hex
-    (project.cache / f"{key}.lock").write_text(f"{socket.gethostname()}.{os.getpid()}.{task}")
-    (project.cache / f"{key}.{task}.tmp").mkdir()
-    prune = spawn_hubpin(project.root, project.cache, "prune")
-    try:
-        assert prune.stderr is not None
-        said = prune.stderr.readline()
-        assert said.startswith("hubpin: WARNING: waiting for "), said + prune.stderr.read()
-        sync = spawn_hubpin(other, project.cache, "sync")
-        note = project.cache / "hubpin-projects" / note_name(other / "models.lock")
-        deadline = time.monotonic() + 60
-        while not note.exists() and sync.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert note.exists(), "Q's sync did not note Q"
-        (project.cache / f"{key}.lock").unlink()
-        (project.cache / f"{key}.{task}.tmp").rmdir()
-        out, err = sync.communicate(timeout=120)
-        _, prune_err = prune.communicate(timeout=120)
-    finally:
-        prune.kill()
-        with contextlib.suppress(FileNotFoundError):
-            (project.cache / f"{key}.lock").unlink()
+    lock = project.cache / f"{key}.lock"
+    prune, release = spawn_waiting(
+        project.root, project.cache, lock, lambda task: project.cache / f"{key}.{task}.tmp", "prune"
+    )
+    sync = spawn_hubpin(other, project.cache, "sync")
+    note = project.cache / "hubpin-projects" / note_name(other / "models.lock")
+    out, err, prune_err = sync_while_waiting(prune, release, sync, note.exists)
     assert sync.returncode == 0 and "already present" in out, err
     assert prune.returncode == 0 and "1 pinned by other projects' locks" in prune_err, prune_err
     assert (project.entry(triple) / "saved_model.pb").is_file()

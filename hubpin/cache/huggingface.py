@@ -172,6 +172,12 @@ class HfCache:
     def blob(self, pin: HfPinned, f: HfFile) -> Path:
         return repo_folder(self.root, pin.repo) / "blobs" / f.etag
 
+    def lock_path(self, pin: HfPinned) -> Path:
+        """``hubpin/<commit>.lock``: held by a sync filling the snapshot and by a prune
+        removing it (the protocol of :mod:`hubpin.cache.lock`, as a cache entry's; held by
+        :func:`hubpin.handlers.huggingface.locked`)."""
+        return repo_folder(self.root, pin.repo) / "hubpin" / f"{pin.commit}.lock"
+
     # -- checks -----------------------------------------------------------------------
 
     def quick_check(self, pin: HfPinned, revision_ref: bool = True) -> list[str]:
@@ -241,6 +247,7 @@ class HfCache:
         fetch: Callable[[HfFile], Iterable[bytes]],
         on_bytes: Callable[[int], None] | None = None,
         created_by: str = "",
+        work: Path | None = None,
     ) -> int:
         """Make the cache hold ``pin``; the number of files downloaded.
 
@@ -249,10 +256,11 @@ class HfCache:
 
         A blob already there with the pinned size is re-hashed, not downloaded; a
         wrong one is replaced. Raises IntegrityError naming the file whose bytes
-        do not match the lock; nothing of that file is published.
+        do not match the lock; nothing of that file is published. ``work``: the folder to
+        build in (the one :func:`hubpin.handlers.huggingface.locked` yields), else a fresh one.
         """
         folder = repo_folder(self.root, pin.repo)
-        work = folder / "hubpin" / f".{uuid.uuid4().hex}.tmp"
+        work = work or folder / "hubpin" / f".{uuid.uuid4().hex}.tmp"
         downloaded = 0
         try:
             work.mkdir(parents=True)

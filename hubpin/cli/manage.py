@@ -87,7 +87,9 @@ def cmd_prune(args: argparse.Namespace) -> int:
         if why is not None:
             kept[cache.entry(key)] = why
     for removal in (r for found in own for r in found.remove):
-        done.remove(removal)
+        why = done.remove(removal)
+        if why is not None:
+            kept[removal.name] = why
     gone = [(u.where, functools.partial(cache.remove_note, u.note)) for u in plan.forget]
     gone += [(r.name, r.remove) for found in own for r in found.forget]
     for where, forget in gone:
@@ -126,20 +128,24 @@ class _Done:
         self.freed = 0
         self.failed: list[str] = []
 
-    def remove(self, removal: Removal) -> None:
+    def remove(self, removal: Removal) -> str | None:
+        """Remove it (say so, count it); why it was kept instead, if its removal says."""
         name, size = removal.name, removal.size
         if self.args.dry_run:
             _say(self.args, f"would remove {name} ({_size(size)})")
         else:
             try:
-                removal.remove()
+                why = removal.remove()
             except (HubpinError, OSError) as exc:
                 self.failed.append(name)
                 print(f"hubpin: error: could not remove {name}: {exc}", file=sys.stderr)
-                return
+                return None
+            if why is not None:  # pinned since the plan was made
+                return why
             _say(self.args, f"removed {name} ({_size(size)})")
         self.removed += 1
         self.freed += size
+        return None
 
 
 def _kept_summary(kept: dict[str, str]) -> str:

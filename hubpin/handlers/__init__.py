@@ -186,6 +186,13 @@ class Handler:
         """Note, in a cache of this kind's own, which of its entries ``lock`` pins (after a
         sync), so other projects' ``prune`` keeps them."""
 
+    def gone(self, project: Project, pin: Any, timeout: float) -> str | None:
+        """The place in a cache of this kind's own that a sync found or made for ``pin`` and
+        that is gone now, once no prune holds its lock (None: it is there, or the kind has
+        no cache of its own): asked after the sync noted its lock, as
+        :meth:`hubpin.cache.Cache.still_present` is for tensorflow_hub's cache."""
+        return None
+
     def prunable(self, project: Project, lock: Lock, all_unpinned: bool) -> Pruning:
         """What ``prune`` removes from a cache of this kind's own (not tensorflow_hub's, which
         :mod:`hubpin.owners` prunes): what this project made there and no lock pins now."""
@@ -304,7 +311,7 @@ class Removal:
 
     name: str
     size: int
-    remove: Callable[[], None] = field(compare=False, repr=False)
+    remove: Callable[[], str | None] = field(compare=False, repr=False)  # why kept, or None
 
 
 @dataclass

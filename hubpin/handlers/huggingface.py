@@ -6,6 +6,7 @@ huggingface_hub and KerasHub find them offline; ``hubpin.resolve`` gives the sna
 from __future__ import annotations
 
 import contextlib
+import functools
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from hubpin.cache.huggingface import (
     HfCache,
+    HfPinned,
     check_file,
     hf_cache_root,
     link_target,
@@ -21,6 +23,7 @@ from hubpin.cache.huggingface import (
     tree_json,
 )
 from hubpin.errors import (
+    CacheError,
     DamagedEntryError,
     FetchError,
     HubpinError,
@@ -28,6 +31,7 @@ from hubpin.errors import (
     IntegrityError,
     MissingError,
     NotSyncedError,
+    write_error,
 )
 from hubpin.handlers import (
     SHA_NOTE,
@@ -103,6 +107,67 @@ def _claims(where: HfCache, repo: str, own: str, here: str, found: Pruning) -> d
                 commits = _commits(read_lock(Path(lock))).get(repo, set())
         claims |= {c: who for c in commits}
     return claims
+
+
+@contextlib.contextmanager
+def locked(where: HfCache, pin: HfPinned, timeout: float) -> Iterator[Path]:
+    """Hold the snapshot's ``hubpin/<commit>.lock`` (:meth:`HfCache.lock_path`); yield the
+    (not yet made) work folder ``hubpin/.<task>.tmp``, whose growth waiters take for
+    progress. Here, not in :mod:`hubpin.cache.huggingface`, which the lock's storage
+    would import back through the lock file's pins."""
+    from hubpin.cache.lock import Place, hold
+    from hubpin.storage.local import LocalStorage
+
+    lock = where.lock_path(pin)
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(exc, lock.parent) from None
+    place = Place(
+        LocalStorage(None, CacheError),
+        str(lock),
+        str(lock),
+        lambda task: f"{lock.parent / f'.{task}.tmp'}/",
+    )
+    with hold(place, timeout) as holding:
+        yield lock.parent / f".{holding.task}.tmp"
+
+
+def _wait_unlocked(where: HfCache, pin: HfPinned, timeout: float) -> None:
+    """Return once no live process holds the snapshot's lock (a prune deciding whether to
+    remove it), or after ``timeout`` (at most 30 s: a prune decides well within that)."""
+    import time
+
+    from hubpin.cache import holder_is_dead
+
+    lock, deadline = where.lock_path(pin), time.monotonic() + min(timeout, 30.0)
+    while time.monotonic() < deadline:
+        try:
+            holder = lock.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            return
+        if holder_is_dead(holder):
+            return
+        time.sleep(0.02)
+
+
+def _remove_unclaimed(project: Project, where: HfCache, pinned: HfPinned) -> str | None:
+    """Remove a snapshot prune planned to, holding its lock (as a sync filling it does), if
+    no lock pins its commit now: the notes and this project's lock are read again under
+    it, so a sync that noted its project since is seen (one noting after looks again once
+    this lock is released, :meth:`HfHandler.gone`). Why it stays, else None."""
+    from hubpin.lockfile import read_lock
+
+    own, here = str(project.lock_path), socket.gethostname()
+    with locked(where, pinned, project.settings.lock_timeout):
+        with contextlib.suppress(HubpinError):  # unreadable: what the plan read stands
+            if pinned.commit in _commits(read_lock(project.lock_path)).get(pinned.repo, set()):
+                return f"pinned by {own}, rewritten while pruning"
+        claims = _claims(where, pinned.repo, own, here, Pruning())
+        if pinned.commit in claims:
+            return f"pinned by {claims[pinned.commit]}"
+        where.remove(pinned)
+    return None
 
 
 def _from_hub(sources: Sources, pin: HfPin, f: HfFile) -> Iterator[bytes]:
@@ -199,7 +264,8 @@ class HfHandler(Handler):
                 raise FetchError(_not_in_bundle(bundle, f)) from None
             yield from download.chunks
 
-        count = where.fill(pin.handle, hf, fetch, run.on_bytes, created_by=run.cache.owner)
+        with locked(where, hf, run.settings.lock_timeout) as work:  # no prune meanwhile
+            count = where.fill(pin.handle, hf, fetch, run.on_bytes, run.cache.owner, work)
         detail = f"{count} of {len(hf.files)} files downloaded into {where.snapshot(hf)}"
         return ("fetched" if count else "adopted"), detail
 
@@ -236,6 +302,14 @@ class HfHandler(Handler):
         for repo, commits in _commits(lock).items():
             note = {"version": 1, "host": host, "lock": str(project.lock_path)}
             where.note_use(repo, name, note | {"commits": sorted(commits)})
+
+    def gone(self, project: Project, pin: HfPin, timeout: float) -> str | None:
+        """The snapshot, if it is not synced now, once no prune holds its lock."""
+        where = cache()
+        _wait_unlocked(where, pin.huggingface, timeout)
+        if where.quick_check(pin.huggingface, revision_ref=False) == ["not synced"]:
+            return str(where.snapshot(pin.huggingface))
+        return None
 
     def prunable(self, project: Project, lock: Lock, all_unpinned: bool) -> Pruning:
         """Snapshots this project's syncs created (their record's ``created_by``) that its
@@ -275,9 +349,8 @@ class HfHandler(Handler):
                 found.kept[label] = "its record cannot be read"
                 continue
             name = str(where.snapshot(pinned))
-            found.remove.append(
-                Removal(name, where.freed_by(pinned), lambda p=pinned: where.remove(p))
-            )
+            remove = functools.partial(_remove_unclaimed, project, where, pinned)
+            found.remove.append(Removal(name, where.freed_by(pinned), remove))
         return found
 
     def image(self, pins: dict[str, HfPin]) -> list[Placed]:

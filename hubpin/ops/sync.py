@@ -127,19 +127,21 @@ def _gone_meanwhile(
     """The outcomes, with a model whose entry is gone now (after this lock was noted as
     using the cache) failed: another project's prune that planned before the note removed
     it (:class:`hubpin.owners.Recheck`), and its sync must not say it is present."""
+    from hubpin.handlers import handler
+
     wanted = {o.alias: pins[o.alias].cache_keys() for o in outcomes if o.status != "failed"}
     keys = {key for found in wanted.values() for key in found}
-    if not keys:
-        return outcomes
-    present = project.cache.still_present(keys, project.settings.lock_timeout)
+    timeout = project.settings.lock_timeout
+    present = project.cache.still_present(keys, timeout) if keys else set()
     checked = []
     for o in outcomes:
-        gone = [key for key in wanted.get(o.alias, ()) if key not in present]
+        gone = [project.cache.entry(k) for k in wanted.get(o.alias, ()) if k not in present]
+        if o.alias in wanted and not gone:  # a cache of the kind's own (Hugging Face's)
+            gone = [g for g in [handler(pins[o.alias]).gone(project, pins[o.alias], timeout)] if g]
         if gone:
-            entry = project.cache.entry(gone[0])
             error = NotSyncedError(
-                f"{entry} was removed while this sync ran (by another project's hubpin prune, "
-                "say); run: hubpin sync"
+                f"{gone[0]} was removed while this sync ran (by another project's hubpin "
+                "prune, say); run: hubpin sync"
             )
             o = Outcome(o.alias, "failed", str(error), o.size, o.seconds, error)
         checked.append(o)
