@@ -205,6 +205,40 @@ def sync_while_waiting(
     return out, err, waited
 
 
+def sync_while_reading_a_note(
+    fifo: Path, cwd: Path, cache: Path, other: Path
+) -> tuple[int, str, str, str]:
+    """Run ``hubpin prune`` in ``cwd`` and hold it in its read of ``fifo`` (a note it has
+    listed, made a FIFO here) while the project in ``other`` syncs to its end, then let
+    prune read every note and finish (it must exit 0). The sync's exit code, stdout and
+    stderr, and prune's stderr."""
+    import time
+
+    os.mkfifo(fifo)
+    prune = spawn_hubpin(cwd, cache, "prune")
+    try:
+        held = None
+        while held is None and prune.poll() is None:  # prune opened the FIFO: it reads it now
+            try:
+                held = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # ENXIO: no reader yet
+                time.sleep(0.002)
+        assert held is not None, prune.communicate()
+        sync = spawn_hubpin(other, cache, "sync")
+        out, err = sync.communicate(timeout=120)
+        os.close(held)  # prune reads the note's end, and every later read at once
+        while prune.poll() is None:
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                time.sleep(0.002)
+        _, pruned = prune.communicate(timeout=120)
+    finally:
+        prune.kill()
+    assert prune.returncode == 0, pruned
+    return sync.returncode, out, err, pruned
+
+
 def without_root_overrides() -> None:
     """``preexec_fn``: drop CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH from the bounding set, so a
     root process after exec obeys file modes like any user (a mode-000 folder is unreadable)."""

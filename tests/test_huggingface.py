@@ -316,6 +316,39 @@ def test_prune_removes_only_snapshots_this_project_made_and_no_lock_pins(
     assert (root / "refs" / "main").read_text() == second
 
 
+def test_a_project_synced_while_another_prunes_keeps_its_snapshot(
+    project: Project, hub: HfServer, tmp_path: Path
+) -> None:
+    """Q's sync finds the snapshot present and notes Q while P's prune is planning (held here
+    in its read of a note, a FIFO, after it listed the notes). Before: P's prune went on from
+    the notes it had read and removed the snapshot Q's sync had called "already present"."""
+    from faultkit import sync_while_reading_a_note
+
+    first = _dropped_by_p(project, hub)
+    other = project.root.parent / "other"
+    root = _snapshot_root(tmp_path)
+    fifo = root / "hubpin" / "users" / "0-held.json"
+    code, out, q_err, err = sync_while_reading_a_note(fifo, project.root, project.cache, other)
+    assert code == 0 and "already present" in out, out + q_err
+    assert "1 pinned by other projects' locks" in err, err
+    assert (root / "snapshots" / first / "config.json").read_bytes() == CONFIG
+
+
+def _dropped_by_p(project: Project, hub: HfServer) -> str:
+    """P made the snapshot of org/bert's first commit and pins another now (its prune's to
+    remove); Q, in ``<root>/../other``, pins the first commit and has not synced. The first
+    commit."""
+    first = hub.repos["org/bert"].refs["main"]
+    project.models(bert="hf:org/bert")
+    assert project.run("sync")[0] == 0
+    hub.push("org/bert", {**FILES, "config.json": b'{"n": 2}'})
+    assert project.run("lock", "--upgrade")[0] == 0 and project.run("sync")[0] == 0
+    other = project.root.parent / "other"
+    other.mkdir()
+    (other / "models.toml").write_text(f'[models.bert]\nhandle = "hf:org/bert@{first}"\n')
+    return first
+
+
 def test_prune_decides_on_a_snapshot_under_its_lock_with_the_notes_as_they_are_then(
     project: Project, hub: HfServer, tmp_path: Path
 ) -> None:
@@ -327,14 +360,8 @@ def test_prune_decides_on_a_snapshot_under_its_lock_with_the_notes_as_they_are_t
     Q's sync said "already present"."""
     from faultkit import spawn_hubpin, spawn_waiting, sync_while_waiting
 
-    first = hub.repos["org/bert"].refs["main"]
-    project.models(bert="hf:org/bert")
-    assert project.run("sync")[0] == 0  # P makes the snapshot, then pins another commit
-    hub.push("org/bert", {**FILES, "config.json": b'{"n": 2}'})
-    assert project.run("lock", "--upgrade")[0] == 0 and project.run("sync")[0] == 0
-    other = project.root.parent / "other"  # Q pins the first commit and has not synced
-    other.mkdir()
-    (other / "models.toml").write_text(f'[models.bert]\nhandle = "hf:org/bert@{first}"\n')
+    first = _dropped_by_p(project, hub)
+    other = project.root.parent / "other"
     root = _snapshot_root(tmp_path)
     lock = root / "hubpin" / f"{first}.lock"
     prune, release = spawn_waiting(

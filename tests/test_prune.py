@@ -5,9 +5,7 @@ when one path cannot be removed."""
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
-import time
 import uuid
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from faultkit import (
     snapshot,
     spawn_hubpin,
     spawn_waiting,
+    sync_while_reading_a_note,
     sync_while_waiting,
     without_root_overrides,
 )
@@ -208,29 +207,8 @@ def test_a_project_synced_while_another_prunes_keeps_its_entry(
     present" (exit 0); Q's status: not synced."""
     triple, other, _ = _dropped_by_p(project, hub)
     fifo = project.cache / "hubpin-projects" / "0-held.json"
-    os.mkfifo(fifo)
-    prune = spawn_hubpin(project.root, project.cache, "prune")
-    try:
-        held = None
-        while held is None and prune.poll() is None:  # prune opened the FIFO: it reads it now
-            try:
-                held = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-            except OSError:  # ENXIO: no reader yet
-                time.sleep(0.002)
-        assert held is not None, prune.communicate()
-        q = spawn_hubpin(other, project.cache, "sync")
-        q_out, q_err = q.communicate(timeout=120)
-        assert q.returncode == 0 and "already present" in q_out, q_err
-        os.close(held)  # prune reads the note's end, and every later read at once
-        while prune.poll() is None:
-            try:
-                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
-            except OSError:
-                time.sleep(0.002)
-        _, err = prune.communicate(timeout=120)
-    finally:
-        prune.kill()
-    assert prune.returncode == 0, err
+    code, out, q_err, err = sync_while_reading_a_note(fifo, project.root, project.cache, other)
+    assert code == 0 and "already present" in out, q_err
     assert "1 pinned by other projects' locks" in err, err
     assert (project.entry(triple) / "saved_model.pb").is_file(), err
 
