@@ -788,19 +788,49 @@ def test_every_command_argument_has_help_and_the_top_help_shows_the_first_steps(
 @pytest.mark.parametrize(
     ("argv", "said"),
     [
-        (["sync", "--lockd"], "hubpin sync has no option --lockd; did you mean --locked?"),
-        (["lock", "--chek"], "hubpin lock has no option --chek; did you mean --check?"),
-        (["sync", "--dryrun"], "hubpin sync has no option --dryrun; did you mean --dry-run?"),
-        (["--verbse", "status"], "hubpin status has no option --verbse; did you mean --verbose?"),
-        (["status", "extra"], "hubpin status does not take extra; see: hubpin status --help"),
+        (
+            ["sync", "--lockd"],
+            "hubpin: error: hubpin sync has no option --lockd; did you mean --locked?",
+        ),
+        (
+            ["lock", "--chek"],
+            "hubpin: error: hubpin lock has no option --chek; did you mean --check?",
+        ),
+        (
+            ["sync", "--dryrun"],
+            "hubpin: error: hubpin sync has no option --dryrun; did you mean --dry-run?",
+        ),
+        (
+            ["--verbse", "status"],
+            "hubpin: error: hubpin status has no option --verbse; did you mean --verbose?",
+        ),
+        (
+            ["status", "extra"],
+            "hubpin: error: hubpin status does not take extra; see: hubpin status --help",
+        ),
+        (
+            ["sync", "--lock"],
+            "hubpin sync: error: argument --lock: expected one argument; see: hubpin sync --help",
+        ),
+        (
+            ["sync", "-j", "x"],
+            "hubpin sync: error: argument --jobs/-j: invalid int value: 'x'; "
+            "see: hubpin sync --help",
+        ),
+        (
+            ["sync", "--locked", "--frozen"],
+            "hubpin sync: error: argument --frozen: not allowed with argument --locked; "
+            "see: hubpin sync --help",
+        ),
     ],
 )
 def test_an_unknown_option_is_one_line_with_the_closest_of_the_command(
     argv: list[str], said: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Not argparse's top-level usage and 'unrecognized arguments: --lockd' (no suggestion)."""
+    """Not argparse's top-level usage and 'unrecognized arguments: --lockd' (no suggestion),
+    nor a command's whole usage block above a missing or mistyped value."""
     from hubpin.cli.parser import parser_for
 
     with pytest.raises(SystemExit) as exited:
         parser_for(argv).parse_args(argv)
-    assert (exited.value.code, capsys.readouterr().err) == (2, f"hubpin: error: {said}\n")
+    assert (exited.value.code, capsys.readouterr().err) == (2, f"{said}\n")

@@ -361,6 +361,12 @@ class _Parser(argparse.ArgumentParser):
                 return f"{where} has no option {word}; did you mean {close[0]}?"
         return f"{where} does not take {' '.join(extra)}; see: {where} --help"
 
+    def error(self, message: str) -> NoReturn:
+        """argparse's other mistakes (an option's value missing or not of its type, two
+        options that exclude each other) in one line naming where the help is, instead of
+        the command's whole usage block above it."""
+        self.exit(2, f"{self.prog}: error: {message}; see: {self.prog} --help\n")
+
     def _check_value(self, action: argparse.Action, value: Any) -> None:
         if isinstance(action, argparse._SubParsersAction) and value not in action.choices:
             names = list(action.choices)
