@@ -34,7 +34,6 @@ of that path on another host pins it).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import socket
@@ -42,7 +41,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hubpin.cache import MAX_NOTE, Cache, Record
+from hubpin.cache import MAX_NOTE, Cache, Record, note_name
 from hubpin.errors import CacheError, HubpinError
 from hubpin.paths import identity
 
@@ -72,11 +71,6 @@ class PrunePlan:
     remove: list[tuple[str, int]]
     kept: dict[str, str] = field(default_factory=dict)  # cache key → why it stays
     forget: list[User] = field(default_factory=list)
-
-
-def note_name(lock_path: Path, host: str | None = None) -> str:
-    ident = f"{host or socket.gethostname()}\0{lock_path}"
-    return hashlib.sha1(ident.encode("utf-8")).hexdigest() + ".json"
 
 
 def register(cache: Cache, lock_path: Path, keys: Iterable[str]) -> None:

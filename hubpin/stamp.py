@@ -209,8 +209,7 @@ def noted(root: Path, lock_path: Path, entries: list[tuple[str, str]]) -> dict[s
     while) sends the sync down the full path, which notes it again: else that prune's next
     run would remove the entries this project syncs (they would be protected by no note).
     """
-    from hubpin.cache import NOTES
-    from hubpin.owners import note_name
+    from hubpin.cache import NOTES, note_name
 
     name = note_name(lock_path)
     paths = (

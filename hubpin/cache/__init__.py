@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import hashlib
 import json
 import os
 import re
@@ -352,6 +353,13 @@ class Cache(ABC):
 
 NOTES = "hubpin-projects"
 MAX_NOTE = 1 << 20
+
+
+def note_name(lock_path: Path, host: str | None = None) -> str:
+    """The file under ``NOTES`` in which a lock on a host notes what it uses (here, not in
+    :mod:`hubpin.owners`, for the no-op stamp's check of its notes, which needs no more)."""
+    ident = f"{host or socket.gethostname()}\0{lock_path}"
+    return hashlib.sha1(ident.encode("utf-8")).hexdigest() + ".json"
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from hubpin.cache import note_name
 from hubpin.cache.huggingface import (
     HfCache,
     HfPinned,
@@ -48,7 +49,6 @@ from hubpin.handlers import (
 from hubpin.handles import Kind
 from hubpin.huggingface import HfApi, HfFile, endpoint, load_token, parse_hf
 from hubpin.kinds import HfPin, Pin
-from hubpin.owners import note_name
 from hubpin.plan import Action, Outcome, Step
 
 if TYPE_CHECKING:
